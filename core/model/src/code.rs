@@ -1,0 +1,81 @@
+use std::fmt;
+
+use serde::Serialize;
+
+/// A stable, machine-readable error code. Clients match on these strings; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ErrorCode {
+    /// The request body is not valid JSON or does not have the expected shape.
+    MalformedJson,
+    /// A parameter or body member has an invalid value.
+    InvalidInput,
+    /// The body is larger than the configured limit.
+    PayloadTooLarge,
+    /// The request has a content type the route does not accept.
+    UnsupportedMediaType,
+    /// The record kind is not defined in the catalog.
+    UnknownKind,
+    /// The record's `fields` violate the kind's JSON Schema.
+    InvalidFields,
+    /// The state is not a state of the kind's lifecycle.
+    UnknownState,
+    /// The lifecycle has no transition from the current state to the requested one.
+    IllegalTransition,
+    /// The actor's roles do not allow this transition.
+    TransitionForbidden,
+    /// A link points at a record that does not exist.
+    UnknownLinkTarget,
+    /// The record does not exist.
+    RecordNotFound,
+    /// No route matches the request path.
+    RouteNotFound,
+    /// The route exists but not for this HTTP method.
+    MethodNotAllowed,
+    /// `If-Match` names a version that is not the current one.
+    VersionMismatch,
+    /// The cursor is malformed or belongs to a different query.
+    BadCursor,
+    /// The `Idempotency-Key` was already used for a different request.
+    IdempotencyKeyReused,
+    /// The write lost too many races with concurrent writers; retry it.
+    WriteConflict,
+    /// The server is shutting down or overloaded.
+    Unavailable,
+    /// An unexpected internal failure (storage I/O, corrupted data).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in problem documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidInput => "invalid_input",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnknownKind => "unknown_kind",
+            Self::InvalidFields => "invalid_fields",
+            Self::UnknownState => "unknown_state",
+            Self::IllegalTransition => "illegal_transition",
+            Self::TransitionForbidden => "transition_forbidden",
+            Self::UnknownLinkTarget => "unknown_link_target",
+            Self::RecordNotFound => "record_not_found",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::VersionMismatch => "version_mismatch",
+            Self::BadCursor => "bad_cursor",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::WriteConflict => "write_conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

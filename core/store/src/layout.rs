@@ -1,0 +1,425 @@
+//! The key layout and the write transaction, written once against a tiny key-value interface
+//! that both backends implement.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use usm_model::{
+    Action, Approval, Event, EventType, HistoryEntry, LinkRel, Record, RecordId, Timestamp,
+};
+
+use crate::{Committed, Expected, ListQuery, StoreError, Write};
+
+/// The named trees; the only way code reaches a tree (no string lookups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TreeId {
+    /// record id → [`StoredRecord`]
+    Records,
+    /// record id, 0, version (u64 BE) → [`HistoryEntry`]
+    History,
+    /// record id, 0, approval seq (u64 BE) → [`Approval`]
+    Approvals,
+    /// index tag, components each followed by 0, creation seq (u64 BE) → record id
+    Index,
+    /// target id, 0, rel, 0, source id → empty
+    Backlinks,
+    /// event seq (u64 BE) → [`Event`]
+    Outbox,
+    /// counter name → u64 BE
+    Counters,
+    /// idempotency key → [`IdempotencyEntry`]
+    Idempotency,
+}
+
+impl TreeId {
+    /// Every tree, in the order backends open them (index = `self as usize`).
+    pub(crate) const ALL: [TreeId; 8] = [
+        Self::Records,
+        Self::History,
+        Self::Approvals,
+        Self::Index,
+        Self::Backlinks,
+        Self::Outbox,
+        Self::Counters,
+        Self::Idempotency,
+    ];
+
+    /// The tree's name on disk.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Records => "records",
+            Self::History => "history",
+            Self::Approvals => "approvals",
+            Self::Index => "index",
+            Self::Backlinks => "backlinks",
+            Self::Outbox => "outbox",
+            Self::Counters => "counters",
+            Self::Idempotency => "idempotency",
+        }
+    }
+}
+
+/// The version of this layout; stored under [`FORMAT_KEY`] and checked on open.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+/// Counter key holding the layout version.
+pub(crate) const FORMAT_KEY: &[u8] = b"~format";
+const CREATED_COUNTER: &[u8] = b"~created";
+const OUTBOX_COUNTER: &[u8] = b"~outbox";
+
+/// A failed transaction: either our own abort or a backend error.
+pub(crate) enum TxFail<E> {
+    Abort(StoreError),
+    Kv(E),
+}
+
+impl<E> From<StoreError> for TxFail<E> {
+    fn from(error: StoreError) -> Self {
+        Self::Abort(error)
+    }
+}
+
+/// Reads and writes inside one transaction.
+pub(crate) trait KvTx {
+    type Error;
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail<Self::Error>>;
+    fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Self::Error>>;
+    fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>>;
+}
+
+/// Reads outside transactions.
+pub(crate) trait KvRead {
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive) on.
+    fn scan(
+        &self,
+        tree: TreeId,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// A record with its position in creation order (the key of its index entries).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredRecord {
+    pub(crate) seq: u64,
+    pub(crate) record: Record,
+}
+
+/// What an idempotency key is bound to.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct IdempotencyEntry {
+    record_id: RecordId,
+    request_hash: String,
+    at: Timestamp,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        what: "value to encode",
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// `a`, 0, `n` as u64 BE: keys of per-record sequences (history, approvals).
+pub(crate) fn child_key(id: &RecordId, n: u64) -> Vec<u8> {
+    let mut key = child_prefix(id);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub(crate) fn child_prefix(id: &RecordId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.as_str().len() + 9);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// Index entries exist for every subset of {domain, kind, state}; the subset is the tag byte, so a
+/// listing with any combination of filters reads exactly the entries it returns.
+const DOMAIN_BIT: u8 = 1;
+const KIND_BIT: u8 = 2;
+const STATE_BIT: u8 = 4;
+
+fn index_prefix(tag: u8, domain: &str, kind: &str, state: &str) -> Vec<u8> {
+    let mut key = vec![tag];
+    for (bit, part) in [(DOMAIN_BIT, domain), (KIND_BIT, kind), (STATE_BIT, state)] {
+        if tag & bit != 0 {
+            key.extend_from_slice(part.as_bytes());
+            key.push(0);
+        }
+    }
+    key
+}
+
+fn index_keys(record: &Record, seq: u64) -> Vec<Vec<u8>> {
+    (0..8u8)
+        .map(|tag| {
+            let mut key = index_prefix(
+                tag,
+                record.domain.as_str(),
+                record.kind.as_str(),
+                record.state.as_str(),
+            );
+            key.extend_from_slice(&seq.to_be_bytes());
+            key
+        })
+        .collect()
+}
+
+/// The index prefix serving `query`.
+pub(crate) fn query_prefix(query: &ListQuery) -> Vec<u8> {
+    let mut tag = 0;
+    tag |= if query.domain.is_some() { DOMAIN_BIT } else { 0 };
+    tag |= if query.kind.is_some() { KIND_BIT } else { 0 };
+    tag |= if query.state.is_some() { STATE_BIT } else { 0 };
+    index_prefix(
+        tag,
+        query.domain.as_ref().map_or("", |d| d.as_str()),
+        query.kind.as_ref().map_or("", |k| k.as_str()),
+        query.state.as_ref().map_or("", |s| s.as_str()),
+    )
+}
+
+/// The creation sequence number at the end of an index key.
+pub(crate) fn index_seq(key: &[u8]) -> Result<u64, StoreError> {
+    let tail = key.len().checked_sub(8).ok_or(StoreError::Corrupt {
+        what: "index key",
+        detail: "shorter than 8 bytes".into(),
+    })?;
+    decode_u64("index key", &key[tail..])
+}
+
+fn backlink_key(target: &RecordId, rel: LinkRel, source: &RecordId) -> Vec<u8> {
+    let mut key = child_prefix(target);
+    key.extend_from_slice(rel.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(source.as_str().as_bytes());
+    key
+}
+
+/// Splits a backlink key (without the target prefix) into relation and source.
+pub(crate) fn parse_backlink(rest: &[u8]) -> Result<(LinkRel, RecordId), StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        what: "backlink key",
+        detail: detail.to_owned(),
+    };
+    let text = std::str::from_utf8(rest).map_err(|_| corrupt("not UTF-8"))?;
+    let (rel, source) = text.split_once('\0').ok_or_else(|| corrupt("no separator"))?;
+    let rel: LinkRel = serde_json::from_value(serde_json::Value::from(rel)).map_err(|_| corrupt("unknown relation"))?;
+    let source = RecordId::parse(source).map_err(|_| corrupt("bad source id"))?;
+    Ok((rel, source))
+}
+
+fn next_counter<T: KvTx>(tx: &T, name: &[u8]) -> Result<u64, TxFail<T::Error>> {
+    let current = match tx.get(TreeId::Counters, name)? {
+        Some(bytes) => decode_u64("counter", &bytes)?,
+        None => 0,
+    };
+    let next = current + 1;
+    tx.insert(TreeId::Counters, name, next.to_be_bytes().to_vec())?;
+    Ok(next)
+}
+
+/// Applies `write` inside a transaction. Pure apart from `tx`: backends may run it more than once.
+pub(crate) fn apply_write<T: KvTx>(
+    tx: &T,
+    write: &Write,
+    idempotency_ttl: Duration,
+) -> Result<Committed, TxFail<T::Error>> {
+    let mut record = write.record.clone();
+    let mut history = write.history.clone();
+    let now = history.at;
+
+    let (seq, old) = match &write.expected {
+        Expected::Create {
+            prefix,
+            idempotency,
+        } => {
+            if let Some(claim) = idempotency
+                && let Some(bytes) = tx.get(TreeId::Idempotency, claim.key.as_bytes())?
+            {
+                let entry: IdempotencyEntry = decode("idempotency entry", &bytes)?;
+                let age = now.duration_since(entry.at);
+                if age.unsigned_abs() < idempotency_ttl {
+                    return Err(TxFail::Abort(StoreError::IdempotencyKeyUsed {
+                        record_id: entry.record_id,
+                        request_hash: entry.request_hash,
+                    }));
+                }
+            }
+            let number = next_counter(tx, prefix.as_bytes())?;
+            record.id = RecordId::from_parts(prefix, number);
+            record.version = 1;
+            if let Some(claim) = idempotency {
+                let entry = IdempotencyEntry {
+                    record_id: record.id.clone(),
+                    request_hash: claim.request_hash.clone(),
+                    at: now,
+                };
+                tx.insert(TreeId::Idempotency, claim.key.as_bytes(), encode(&entry)?)?;
+            }
+            (next_counter(tx, CREATED_COUNTER)?, None)
+        }
+        Expected::Version(expected) => {
+            let bytes = tx
+                .get(TreeId::Records, record.id.as_str().as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(record.id.clone()))?;
+            let stored: StoredRecord = decode("record", &bytes)?;
+            if stored.record.version != *expected {
+                return Err(TxFail::Abort(StoreError::VersionMismatch {
+                    id: record.id.clone(),
+                    expected: *expected,
+                    current: stored.record.version,
+                }));
+            }
+            record.version = expected + 1;
+            (stored.seq, Some(stored.record))
+        }
+    };
+
+    // Index entries: drop the ones that no longer hold, add the new ones.
+    let new_keys = index_keys(&record, seq);
+    let old_keys = old.as_ref().map(|o| index_keys(o, seq)).unwrap_or_default();
+    for key in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+        tx.remove(TreeId::Index, key)?;
+    }
+    for key in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+        tx.insert(TreeId::Index, key, record.id.as_str().as_bytes().to_vec())?;
+    }
+
+    let old_links = old.as_ref().map(|o| o.links.as_slice()).unwrap_or_default();
+    for link in old_links.iter().filter(|l| !record.links.contains(l)) {
+        tx.remove(TreeId::Backlinks, &backlink_key(&link.to, link.rel, &record.id))?;
+    }
+    for link in record.links.iter().filter(|l| !old_links.contains(l)) {
+        tx.insert(TreeId::Backlinks, &backlink_key(&link.to, link.rel, &record.id), Vec::new())?;
+    }
+
+    history.version = record.version;
+    if let Some(approval) = history.approval.as_mut() {
+        let mut counter = b"~approvals/".to_vec();
+        counter.extend_from_slice(record.id.as_str().as_bytes());
+        approval.seq = next_counter(tx, &counter)?;
+        approval.record_version = record.version;
+        tx.insert(TreeId::Approvals, &child_key(&record.id, approval.seq), encode::<Approval>(approval)?)?;
+    }
+    tx.insert(TreeId::History, &child_key(&record.id, record.version), encode(&history)?)?;
+
+    let stored = StoredRecord { seq, record };
+    tx.insert(TreeId::Records, stored.record.id.as_str().as_bytes(), encode(&stored)?)?;
+
+    let event = Event {
+        seq: next_counter(tx, OUTBOX_COUNTER)?,
+        event_type: EventType::from(history.action),
+        record_id: stored.record.id.clone(),
+        kind: stored.record.kind.clone(),
+        domain: stored.record.domain.clone(),
+        version: stored.record.version,
+        state: stored.record.state.clone(),
+        actor: history.actor.clone(),
+        at: now,
+    };
+    tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
+    debug_assert!(old.is_some() || history.action == Action::Create);
+    Ok(Committed {
+        record: stored.record,
+        event,
+    })
+}
+
+/// Reads a page of records for `query` through the index.
+pub(crate) fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Page, StoreError> {
+    let prefix = query_prefix(query);
+    let mut start = prefix.clone();
+    let from = query.after.map_or(0, |after| after.saturating_add(1));
+    start.extend_from_slice(&from.to_be_bytes());
+    let entries = reader.scan(TreeId::Index, &prefix, &start, query.limit.saturating_add(1))?;
+    let more = entries.len() > query.limit;
+    let mut records = Vec::with_capacity(query.limit.min(entries.len()));
+    let mut last_seq = None;
+    for (key, id) in entries.iter().take(query.limit) {
+        last_seq = Some(index_seq(key)?);
+        let Some(bytes) = reader.get(TreeId::Records, id)? else {
+            return Err(StoreError::Corrupt {
+                what: "index entry",
+                detail: format!("points at a missing record {}", String::from_utf8_lossy(id)),
+            });
+        };
+        let stored: StoredRecord = decode("record", &bytes)?;
+        // The record may have moved on since the index was read; keep the listing truthful.
+        let matches = query.kind.as_ref().is_none_or(|k| k == &stored.record.kind)
+            && query.state.as_ref().is_none_or(|s| s == &stored.record.state)
+            && query.domain.as_ref().is_none_or(|d| d == &stored.record.domain);
+        if matches {
+            records.push(stored.record);
+        }
+    }
+    Ok(crate::Page {
+        records,
+        next: if more { last_seq } else { None },
+    })
+}
+
+pub(crate) fn get<R: KvRead>(reader: &R, id: &RecordId) -> Result<Option<Record>, StoreError> {
+    reader
+        .get(TreeId::Records, id.as_str().as_bytes())?
+        .map(|bytes| decode::<StoredRecord>("record", &bytes).map(|s| s.record))
+        .transpose()
+}
+
+pub(crate) fn history<R: KvRead>(
+    reader: &R,
+    id: &RecordId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let start = child_key(id, after.saturating_add(1));
+    reader
+        .scan(TreeId::History, &child_prefix(id), &start, limit)?
+        .iter()
+        .map(|(_, bytes)| decode("history entry", bytes))
+        .collect()
+}
+
+pub(crate) fn approvals<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<Approval>, StoreError> {
+    let prefix = child_prefix(id);
+    reader
+        .scan(TreeId::Approvals, &prefix, &prefix, usize::MAX)?
+        .iter()
+        .map(|(_, bytes)| decode("approval", bytes))
+        .collect()
+}
+
+pub(crate) fn backlinks<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
+    let prefix = child_prefix(id);
+    reader
+        .scan(TreeId::Backlinks, &prefix, &prefix, usize::MAX)?
+        .iter()
+        .map(|(key, _)| parse_backlink(&key[prefix.len()..]))
+        .collect()
+}
+
+pub(crate) fn events_after<R: KvRead>(reader: &R, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let start = after.saturating_add(1).to_be_bytes();
+    reader
+        .scan(TreeId::Outbox, &[], &start, limit)?
+        .iter()
+        .map(|(_, bytes)| decode("event", bytes))
+        .collect()
+}

@@ -1,0 +1,197 @@
+//! `usm-store` owns persistence. The [`Store`] trait is what the engine sees; [`SledStore`] is
+//! the embedded, durable backend and [`MemoryStore`] an in-memory one for unit tests. Both share
+//! one implementation of the key layout and of the write transaction (`layout`), so they cannot
+//! drift apart.
+//!
+//! Every write is one atomic transaction that stores the new record version, its history entry,
+//! the index entries, the approval (if any) and an outbox event. [`Store::commit`] returns only
+//! once that transaction is durable: writers share fsyncs through a group commit.
+
+mod layout;
+mod memory;
+mod sled_store;
+
+use std::time::Duration;
+
+use usm_model::{
+    Approval, Domain, Event, HistoryEntry, Kind, LinkRel, Record, RecordId, State,
+};
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("record {0} does not exist")]
+    NotFound(RecordId),
+    /// The write expected another version than the stored one.
+    #[error("record {id} is at version {current}, not {expected}")]
+    VersionMismatch {
+        /// The record.
+        id: RecordId,
+        /// The version the writer read.
+        expected: u64,
+        /// The version in the store.
+        current: u64,
+    },
+    /// A create carried an idempotency key that is already bound to a record.
+    #[error("idempotency key already used for {record_id}")]
+    IdempotencyKeyUsed {
+        /// The record the key created.
+        record_id: RecordId,
+        /// Fingerprint of the request that first used the key.
+        request_hash: String,
+    },
+    /// The data directory could not be opened.
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        /// The data directory.
+        path: String,
+        /// Why.
+        source: sled::Error,
+    },
+    /// The data directory was written by an incompatible version of usm.
+    #[error("the store has format version {found}; this usm reads version {expected}")]
+    Format {
+        /// The version on disk.
+        found: u64,
+        /// The version this build reads.
+        expected: u64,
+    },
+    /// An I/O or internal error in the storage engine.
+    #[error("storage error: {0}")]
+    Backend(#[from] sled::Error),
+    /// Flushing to disk failed; the write may not be durable.
+    #[error("flush to disk failed: {0}")]
+    Durability(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt {what} in the store: {detail}")]
+    Corrupt {
+        /// Which item.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+}
+
+/// What a write expects to find in the store.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    /// A new record: the store assigns the next number for `prefix`.
+    Create {
+        /// The kind's id prefix, e.g. `INC`.
+        prefix: String,
+        /// Binds an idempotency key to the new record, if the client sent one.
+        idempotency: Option<IdempotencyClaim>,
+    },
+    /// An existing record at exactly this version (compare-and-swap).
+    Version(u64),
+}
+
+/// An idempotency key and the fingerprint of the request that carries it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The client's key, already scoped by the caller (e.g. per principal).
+    pub key: String,
+    /// Fingerprint of the request body.
+    pub request_hash: String,
+}
+
+/// One write: the proposed record and its history entry.
+///
+/// For creates the store fills in `record.id` and `version`; for updates it sets the version to
+/// the expected one plus one. It also numbers the history entry and the approval, if any.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The record as it should be after the write.
+    pub record: Record,
+    /// The history entry describing the write.
+    pub history: HistoryEntry,
+    /// What the writer read.
+    pub expected: Expected,
+}
+
+/// A durable write.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The record as stored.
+    pub record: Record,
+    /// The outbox event written with it.
+    pub event: Event,
+}
+
+/// Filters and position for listing records; every filter is served by an index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only records of this kind.
+    pub kind: Option<Kind>,
+    /// Only records in this state.
+    pub state: Option<State>,
+    /// Only records in this domain.
+    pub domain: Option<Domain>,
+    /// Resume after this position (from [`Page::next`]).
+    pub after: Option<u64>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+/// One page of a listing, in creation order.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The records.
+    pub records: Vec<Record>,
+    /// The position to resume from, when more records may follow.
+    pub next: Option<u64>,
+}
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Acknowledge writes only after they are flushed to disk (default: true).
+    pub durable_acks: bool,
+    /// How long an idempotency key stays bound to its record.
+    pub idempotency_ttl: Duration,
+    /// Bytes of page cache for the sled backend.
+    pub cache_capacity: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durable_acks: true,
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            cache_capacity: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Persistence for records, history, approvals, indexes and the outbox.
+///
+/// Methods block on I/O: async callers run them on a blocking thread.
+pub trait Store: Send + Sync + 'static {
+    /// The current version of a record.
+    fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError>;
+
+    /// Applies one write atomically and returns once it is durable.
+    fn commit(&self, write: Write) -> Result<Committed, StoreError>;
+
+    /// History entries of a record with a version above `after`, oldest first, at most `limit`.
+    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// All approvals of a record, oldest first.
+    fn approvals(&self, id: &RecordId) -> Result<Vec<Approval>, StoreError>;
+
+    /// Records linking to `id`: (relation, source record), in source-id order.
+    fn backlinks(&self, id: &RecordId) -> Result<Vec<(LinkRel, RecordId)>, StoreError>;
+
+    /// A page of records matching the query, in creation order.
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Outbox events with a sequence number above `after`, oldest first, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Flushes everything written so far to disk.
+    fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,134 @@
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
+
+use crate::{
+    Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
+    layout::{self, KvRead, KvTx, TreeId, TxFail},
+};
+
+type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; TreeId::ALL.len()];
+
+/// An in-memory backend with the same layout and semantics as [`SledStore`](crate::SledStore),
+/// minus durability. For unit tests of the engine.
+#[derive(Default)]
+pub struct MemoryStore {
+    trees: Mutex<Trees>,
+    config: StoreConfig,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Trees> {
+        self.trees.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Buffers writes so that an aborted transaction leaves the trees untouched.
+struct MemTx<'a> {
+    trees: &'a Trees,
+    writes: RefCell<Vec<(TreeId, Vec<u8>, Option<Vec<u8>>)>>,
+}
+
+impl KvTx for MemTx<'_> {
+    type Error = Infallible;
+
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail<Infallible>> {
+        let writes = self.writes.borrow();
+        if let Some((_, _, value)) = writes.iter().rev().find(|(t, k, _)| *t == tree && k == key) {
+            return Ok(value.clone());
+        }
+        Ok(self.trees[tree as usize].get(key).cloned())
+    }
+
+    fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Infallible>> {
+        self.writes.borrow_mut().push((tree, key.to_vec(), Some(value)));
+        Ok(())
+    }
+
+    fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Infallible>> {
+        self.writes.borrow_mut().push((tree, key.to_vec(), None));
+        Ok(())
+    }
+}
+
+impl KvRead for MemoryStore {
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()[tree as usize].get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        tree: TreeId,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self.lock()[tree as usize]
+            .range(start.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        layout::get(self, id)
+    }
+
+    fn commit(&self, write: Write) -> Result<Committed, StoreError> {
+        let mut trees = self.lock();
+        let tx = MemTx {
+            trees: &trees,
+            writes: RefCell::default(),
+        };
+        let committed = match layout::apply_write(&tx, &write, self.config.idempotency_ttl) {
+            Ok(committed) => committed,
+            Err(TxFail::Abort(error)) => return Err(error),
+            Err(TxFail::Kv(never)) => match never {},
+        };
+        let writes = tx.writes.into_inner();
+        for (tree, key, value) in writes {
+            match value {
+                Some(value) => trees[tree as usize].insert(key, value),
+                None => trees[tree as usize].remove(&key),
+            };
+        }
+        Ok(committed)
+    }
+
+    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        layout::history(self, id, after, limit)
+    }
+
+    fn approvals(&self, id: &RecordId) -> Result<Vec<Approval>, StoreError> {
+        layout::approvals(self, id)
+    }
+
+    fn backlinks(&self, id: &RecordId) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
+        layout::backlinks(self, id)
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        layout::list(self, query)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        layout::events_after(self, after, limit)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

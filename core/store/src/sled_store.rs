@@ -1,0 +1,266 @@
+use std::{
+    path::Path,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    thread::JoinHandle,
+};
+
+use sled::{
+    Transactional,
+    transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+    },
+};
+use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
+
+use crate::{
+    Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
+    layout::{self, FORMAT_KEY, FORMAT_VERSION, KvRead, KvTx, TreeId, TxFail},
+};
+
+/// The embedded, durable backend: a sled database in a data directory.
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    config: StoreConfig,
+    group_commit: Arc<GroupCommit>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_error)?;
+        let trees = TreeId::ALL
+            .iter()
+            .map(|id| db.open_tree(id.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(open_error)?;
+        let counters = &trees[TreeId::Counters as usize];
+        match counters.get(FORMAT_KEY)? {
+            Some(bytes) => {
+                let found = layout::decode_u64("format version", &bytes)?;
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::Format {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                counters.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            }
+        }
+        let group_commit = Arc::new(GroupCommit::default());
+        let flusher = {
+            let db = db.clone();
+            let group_commit = Arc::clone(&group_commit);
+            std::thread::Builder::new()
+                .name("usm-store-flush".into())
+                .spawn(move || group_commit.run_flusher(&db))
+                .map_err(|e| StoreError::Durability(format!("cannot start the flush thread: {e}")))?
+        };
+        tracing::info!(path = %dir.display(), "store opened");
+        Ok(Self {
+            db,
+            trees,
+            config,
+            group_commit,
+            flusher: Some(flusher),
+        })
+    }
+
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        &self.trees[id as usize]
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.group_commit.shut_down();
+        if let Some(flusher) = self.flusher.take()
+            && flusher.join().is_err()
+        {
+            tracing::error!("the store flush thread panicked");
+        }
+        #[allow(clippy::disallowed_methods)] // the final flush on close
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "final flush failed");
+        }
+    }
+}
+
+struct SledTx<'a>(&'a [TransactionalTree]);
+
+impl KvTx for SledTx<'_> {
+    type Error = UnabortableTransactionError;
+
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail<Self::Error>> {
+        Ok(self.0[tree as usize].get(key).map_err(TxFail::Kv)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Self::Error>> {
+        self.0[tree as usize].insert(key, value).map_err(TxFail::Kv)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>> {
+        self.0[tree as usize].remove(key).map_err(TxFail::Kv)?;
+        Ok(())
+    }
+}
+
+impl KvRead for SledStore {
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        tree: TreeId,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree(tree).range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        layout::get(self, id)
+    }
+
+    fn commit(&self, write: Write) -> Result<Committed, StoreError> {
+        let ttl = self.config.idempotency_ttl;
+        let result = self.trees.as_slice().transaction(|trees| {
+            layout::apply_write(&SledTx(trees), &write, ttl).map_err(|fail| match fail {
+                TxFail::Abort(error) => ConflictableTransactionError::Abort(error),
+                TxFail::Kv(error) => error.into(),
+            })
+        });
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(TransactionError::Abort(error)) => return Err(error),
+            Err(TransactionError::Storage(error)) => return Err(StoreError::Backend(error)),
+        };
+        if self.config.durable_acks {
+            self.group_commit.wait_durable()?;
+        }
+        Ok(committed)
+    }
+
+    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        layout::history(self, id, after, limit)
+    }
+
+    fn approvals(&self, id: &RecordId) -> Result<Vec<Approval>, StoreError> {
+        layout::approvals(self, id)
+    }
+
+    fn backlinks(&self, id: &RecordId) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
+        layout::backlinks(self, id)
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        layout::list(self, query)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        layout::events_after(self, after, limit)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.group_commit.wait_durable()
+    }
+}
+
+/// Group commit: writers that finished their transaction take a ticket and wait; one thread
+/// flushes for all of them. A flush started after a ticket was taken covers that ticket's write,
+/// so one fsync acknowledges every write that queued while the previous fsync ran.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<FlushState>,
+    work: Condvar,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    requested: u64,
+    flushed: u64,
+    /// Tickets up to this one were covered by a failed flush.
+    failed_through: u64,
+    failure: Option<String>,
+    shutting_down: bool,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_durable(&self) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.requested += 1;
+        let ticket = state.requested;
+        self.work.notify_one();
+        while state.flushed < ticket {
+            state = self.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        if ticket <= state.failed_through
+            && let Some(failure) = &state.failure
+        {
+            return Err(StoreError::Durability(failure.clone()));
+        }
+        Ok(())
+    }
+
+    fn run_flusher(&self, db: &sled::Db) {
+        let mut state = self.lock();
+        loop {
+            while state.requested == state.flushed && !state.shutting_down {
+                state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.requested == state.flushed {
+                return; // shutting down with nothing pending
+            }
+            let target = state.requested;
+            drop(state);
+            #[allow(clippy::disallowed_methods)] // this is the group commit
+            let result = db.flush();
+            state = self.lock();
+            if let Err(error) = result {
+                tracing::error!(%error, "flush failed; failing the writes it covered");
+                state.failed_through = target;
+                state.failure = Some(error.to_string());
+            }
+            state.flushed = target;
+            self.done.notify_all();
+        }
+    }
+
+    fn shut_down(&self) {
+        self.lock().shutting_down = true;
+        self.work.notify_all();
+    }
+}
