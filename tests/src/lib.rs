@@ -1,1 +1,238 @@
+//! Test support for the end-to-end suite: start a real usm server on a loopback port over a sled
+//! store in a temporary directory, talk to it over HTTP, stop and restart it on the same data.
 
+use std::{path::PathBuf, thread::JoinHandle};
+
+use actix_web::dev::ServerHandle;
+use anyhow::Context as _;
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use usm_server::{Config, Server};
+
+/// A usm server running in a thread of this process, listening on 127.0.0.1.
+pub struct TestServer {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub base: String,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    client: reqwest::Client,
+}
+
+/// A response: status, headers and body parsed as JSON (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body as JSON.
+    pub body: Value,
+}
+
+impl Reply {
+    /// A header as a string, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The record version from the `ETag` header.
+    pub fn etag_version(&self) -> Option<u64> {
+        self.header("etag")?.trim_matches('"').parse().ok()
+    }
+}
+
+impl TestServer {
+    /// Starts a server on a fresh temporary data directory.
+    pub fn start() -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_path_buf();
+        let mut server = Self::start_on(dir, |_| {})?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Starts a server on a fresh temporary directory with a tweaked configuration.
+    pub fn start_with(tweak: impl FnOnce(&mut Config) + Send + 'static) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_path_buf();
+        let mut server = Self::start_on(dir, tweak)?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    fn start_on(
+        data_dir: PathBuf,
+        tweak: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let mut config = Config {
+            addr: "127.0.0.1:0".into(),
+            data_dir: data_dir.clone(),
+            workers: Some(2),
+            shutdown_timeout_secs: 5,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("usm-test-server".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let server = match Server::bind(&config) {
+                        Ok(server) => server,
+                        Err(error) => {
+                            let message = format!("{error:#}");
+                            let _ = ready_tx.send(Err(error));
+                            anyhow::bail!(message);
+                        }
+                    };
+                    let _ = ready_tx.send(Ok((server.addr(), server.handle())));
+                    server.run().await
+                })
+            })?;
+        let (addr, handle) = ready_rx.recv().context("the server thread died")??;
+        Ok(Self {
+            base: format!("http://{addr}"),
+            handle,
+            thread: Some(thread),
+            data_dir,
+            _temp: None,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        let temp = self._temp.take();
+        let dir = self.data_dir.clone();
+        self.stop().await?;
+        let mut server = tokio::task::spawn_blocking(move || Self::start_on(dir, |_| {})).await??;
+        server._temp = temp;
+        Ok(server)
+    }
+
+    /// Stops the server gracefully: in-flight requests finish, the store is flushed and closed.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.handle.stop(true).await;
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+        }
+        Ok(())
+    }
+
+    /// A shared HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends a request with an optional JSON body and extra headers.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.call(Method::GET, path, None, &[]).await
+    }
+
+    /// POST `body` to `path`.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.call(Method::POST, path, Some(body), &[]).await
+    }
+
+    /// PATCH `path` with `body`.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.call(Method::PATCH, path, Some(body), &[]).await
+    }
+
+    /// Creates a record and returns it, failing unless the server answers 201.
+    pub async fn create(&self, body: Value) -> anyhow::Result<Value> {
+        let reply = self.post("/api/v1/records", &body).await?;
+        anyhow::ensure!(
+            reply.status == StatusCode::CREATED,
+            "create failed: {} {}",
+            reply.status,
+            reply.body
+        );
+        Ok(reply.body)
+    }
+
+    /// Moves a record to `to`, failing unless the server answers 200.
+    pub async fn transition(&self, id: &str, to: &str) -> anyhow::Result<Value> {
+        let reply = self
+            .post(
+                &format!("/api/v1/records/{id}/transitions"),
+                &serde_json::json!({"to": to}),
+            )
+            .await?;
+        anyhow::ensure!(
+            reply.status == StatusCode::OK,
+            "transition failed: {} {}",
+            reply.status,
+            reply.body
+        );
+        Ok(reply.body)
+    }
+
+    /// Every record, following cursors.
+    pub async fn list_all(&self, query: &str) -> anyhow::Result<Vec<Value>> {
+        let mut records = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/records?limit=7&{query}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let reply = self.get(&path).await?;
+            anyhow::ensure!(
+                reply.status == StatusCode::OK,
+                "list failed: {}",
+                reply.body
+            );
+            records.extend(
+                reply.body["records"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            match reply.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(records),
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Not stopped explicitly: stop without waiting so the test thread is not blocked.
+            drop(self.handle.stop(false));
+        }
+    }
+}

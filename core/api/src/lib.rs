@@ -1,1 +1,190 @@
-//! placeholder
+//! `usm-api` is the only crate that knows HTTP. It maps requests onto the engine, engine errors
+//! onto `application/problem+json` documents with stable codes, and describes itself in an
+//! OpenAPI document generated from the handlers. [`create_app`] builds the whole application;
+//! the binary and the end-to-end tests both use it.
+
+mod headers;
+mod principal;
+mod problem;
+mod records;
+
+use std::{sync::Arc, time::Instant};
+
+use actix_web::{
+    App, HttpResponse,
+    body::MessageBody,
+    dev::{ServiceFactory, ServiceRequest, ServiceResponse},
+    web,
+};
+use serde::Serialize;
+use usm_engine::Engine;
+use usm_model::ErrorCode;
+use utoipa::OpenApi;
+
+pub use problem::{ApiError, Problem, status_of};
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the handlers need, shared across workers.
+pub struct Services {
+    /// The record engine.
+    pub engine: Arc<Engine>,
+    /// HTTP settings.
+    pub config: ApiConfig,
+}
+
+/// The OpenAPI description of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "usm", description = "Unified Service Management server"),
+    paths(
+        records::create_record,
+        records::list_records,
+        records::get_record,
+        records::patch_record,
+        records::transition_record,
+        records::record_history,
+        records::create_approval,
+        records::list_approvals,
+        healthz,
+    ),
+    components(schemas(Problem, Health)),
+    tags(
+        (name = "records", description = "Agreements, changes, incidents, requests, tasks, … and their lifecycles"),
+        (name = "approvals", description = "Approval decisions on records"),
+        (name = "operations", description = "Health and API description"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Health of the server.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` when the server serves requests.
+    pub status: &'static str,
+}
+
+/// Reports that the server is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+async fn route_not_found(request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError as _;
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!("no route for {} {}", request.method(), request.path()),
+    )
+    .error_response()
+}
+
+async fn method_not_allowed(request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError as _;
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", request.method(), request.path()),
+    )
+    .error_response()
+}
+
+/// Registers the routes on `config`.
+pub fn configure(config: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    config
+        .service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/openapi.json").route(web::get().to(openapi_json)))
+        .service(
+            web::scope("/api/v1")
+                .service(resource("/openapi.json").route(web::get().to(openapi_json)))
+                .service(
+                    resource("/records")
+                        .route(web::post().to(records::create_record))
+                        .route(web::get().to(records::list_records)),
+                )
+                .service(
+                    resource("/records/{id}")
+                        .route(web::get().to(records::get_record))
+                        .route(web::patch().to(records::patch_record)),
+                )
+                .service(
+                    resource("/records/{id}/transitions")
+                        .route(web::post().to(records::transition_record)),
+                )
+                .service(
+                    resource("/records/{id}/history").route(web::get().to(records::record_history)),
+                )
+                .service(
+                    resource("/records/{id}/approvals")
+                        .route(web::post().to(records::create_approval))
+                        .route(web::get().to(records::list_approvals)),
+                ),
+        );
+}
+
+/// Builds the application: routes, extractor limits, error mapping and request logging.
+pub fn create_app(
+    services: web::Data<Services>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = services.config.max_body_bytes;
+    App::new()
+        .app_data(services)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(|error, _| problem::json_error(error).into()),
+        )
+        .app_data(web::PayloadConfig::default().limit(limit))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|error, _| problem::query_error(error).into()),
+        )
+        .app_data(
+            web::PathConfig::default().error_handler(|error, _| problem::path_error(error).into()),
+        )
+        .configure(configure)
+        .default_service(web::to(route_not_found))
+        .wrap_fn(|request, service| {
+            use actix_web::dev::Service as _;
+            let started = Instant::now();
+            let method = request.method().clone();
+            let path = request.path().to_owned();
+            let response = service.call(request);
+            async move {
+                let response = response.await?;
+                let status = response.status().as_u16();
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if status >= 500 {
+                    tracing::warn!(%method, %path, status, micros, "request failed");
+                } else {
+                    tracing::debug!(%method, %path, status, micros, "request");
+                }
+                Ok(response)
+            }
+        })
+}

@@ -1,1 +1,733 @@
-//! placeholder
+//! `usm-engine` owns what happens to records: creating them with per-kind ids, validating their
+//! fields against the kind's schema, moving them through their lifecycle, recording approvals,
+//! and committing each write with its history entry through the [`Store`]. It knows neither
+//! HTTP nor the storage engine.
+//!
+//! Writes are optimistic: the engine reads the record, computes the proposed version, and
+//! commits with a compare-and-swap on the version it read. With `If-Match` a lost race is the
+//! client's to resolve (412); without, the engine recomputes on the fresh record.
+
+mod cursor;
+mod error;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+use usm_model::{
+    Action, Actor, Approval, Catalog, Decision, Domain, HistoryEntry, KindDef, LifecycleError,
+    Link, Record, RecordId, Role, State, StateCategory, Timestamp, diff_records, merge_patch,
+};
+use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
+
+pub use error::EngineError;
+pub use usm_model::Kind;
+
+/// Bounds on what one request can make the engine do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest title, in characters.
+    pub max_title_chars: usize,
+    /// Longest transition or approval comment, in characters.
+    pub max_comment_chars: usize,
+    /// Most links on one record.
+    pub max_links: usize,
+    /// Deepest nesting of a merge patch.
+    pub max_patch_depth: usize,
+    /// Largest page a listing returns.
+    pub max_page: usize,
+    /// Page size when the client gives none.
+    pub default_page: usize,
+    /// Most history entries in one response.
+    pub max_history_page: usize,
+    /// Longest idempotency key, in bytes.
+    pub max_idempotency_key: usize,
+    /// How often a write without `If-Match` is recomputed after losing a race.
+    pub write_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_title_chars: 500,
+            max_comment_chars: 10_000,
+            max_links: 100,
+            max_patch_depth: 16,
+            max_page: 500,
+            default_page: 50,
+            max_history_page: 1000,
+            max_idempotency_key: 255,
+            write_attempts: 32,
+        }
+    }
+}
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The service domains records may live in.
+    pub domains: Vec<Domain>,
+    /// Request bounds.
+    pub limits: Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let domains = ["it", "hr", "facilities"]
+            .into_iter()
+            .filter_map(|d| Domain::new(d).ok())
+            .collect();
+        Self {
+            domains,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A record to create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewRecord {
+    /// The kind, e.g. `incident`.
+    pub kind: String,
+    /// The domain; `it` when absent.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// A one-line summary.
+    pub title: String,
+    /// Kind-specific data.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub fields: Map<String, Value>,
+    /// Relations to existing records.
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+/// A change to a record's title, fields (JSON merge patch) or links (replaced whole).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecordPatch {
+    /// The new title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// A JSON merge patch (RFC 7396) applied to `fields`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub fields: Option<Map<String, Value>>,
+    /// The new list of links.
+    #[serde(default)]
+    pub links: Option<Vec<Link>>,
+}
+
+/// A create's result: the record, and whether it was created earlier under the same key.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The record.
+    pub record: Record,
+    /// True when an earlier request with the same `Idempotency-Key` created it.
+    pub replayed: bool,
+}
+
+/// Filters for listing records; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this domain.
+    pub domain: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Resume from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// One page of records.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// The records, oldest first.
+    pub records: Vec<Record>,
+    /// Pass this as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The record engine.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// An engine over `store` with the kinds of `catalog`.
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, config: EngineConfig) -> Self {
+        Self {
+            store,
+            catalog,
+            config,
+        }
+    }
+
+    /// The kinds this engine knows.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The configured domains.
+    pub fn domains(&self) -> &[Domain] {
+        &self.config.domains
+    }
+
+    /// The store, for health checks and flushing on shutdown.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The current version of a record.
+    pub fn get(&self, id: &str) -> Result<Record, EngineError> {
+        let id = parse_id(id)?;
+        self.store
+            .get(&id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// Creates a record in its kind's initial state. With an idempotency key, a repeat of the
+    /// same request returns the record the first one created.
+    #[instrument(skip_all, fields(kind = %new.kind))]
+    pub fn create(
+        &self,
+        actor: &Actor,
+        new: NewRecord,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, EngineError> {
+        let def = self.kind(&new.kind)?;
+        let domain = match &new.domain {
+            Some(domain) => self.domain(domain)?,
+            None => Domain::default(),
+        };
+        let claim = idempotency_key
+            .map(|key| self.idempotency_claim(actor, key, &new))
+            .transpose()?;
+        let title = self.title(&new.title)?;
+        self.check_links(&new.links, None)?;
+        let fields = self.valid_fields(def, new.fields)?;
+        let now = Timestamp::now();
+        let record = Record {
+            id: RecordId::from_parts(&def.prefix, 0),
+            kind: def.name.clone(),
+            process: def.process,
+            domain,
+            state: def.lifecycle.initial().clone(),
+            title,
+            fields,
+            links: new.links,
+            version: 0,
+            created_at: now,
+            created_by: actor.name.clone(),
+            updated_at: now,
+            updated_by: actor.name.clone(),
+        };
+        let history = HistoryEntry {
+            version: 1,
+            at: now,
+            actor: actor.name.clone(),
+            action: Action::Create,
+            comment: None,
+            changes: diff_records(None, &record),
+            approval: None,
+            steps: Vec::new(),
+        };
+        let write = Write {
+            record,
+            history,
+            expected: Expected::Create {
+                prefix: def.prefix.clone(),
+                idempotency: claim.clone(),
+            },
+        };
+        match self.store.commit(write) {
+            Ok(committed) => {
+                tracing::info!(record = %committed.record.id, "record created");
+                Ok(Created {
+                    record: committed.record,
+                    replayed: false,
+                })
+            }
+            Err(StoreError::IdempotencyKeyUsed {
+                record_id,
+                request_hash,
+            }) => {
+                let ours = claim.map(|c| c.request_hash).unwrap_or_default();
+                if request_hash != ours {
+                    return Err(EngineError::IdempotencyKeyReused { record_id });
+                }
+                let record = self
+                    .store
+                    .get(&record_id)?
+                    .ok_or_else(|| EngineError::NotFound(record_id.to_string()))?;
+                Ok(Created {
+                    record,
+                    replayed: true,
+                })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Applies a patch to title, fields or links.
+    #[instrument(skip_all, fields(record = %id))]
+    pub fn update(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: RecordPatch,
+        if_match: Option<u64>,
+    ) -> Result<Record, EngineError> {
+        let title = patch.title.as_deref().map(|t| self.title(t)).transpose()?;
+        self.write(actor, id, if_match, Action::Update, |current| {
+            let mut next = current.clone();
+            if let Some(title) = &title {
+                next.title = title.clone();
+            }
+            if let Some(links) = &patch.links {
+                self.check_links(links, Some(&current.id))?;
+                next.links = links.clone();
+            }
+            if let Some(fields_patch) = &patch.fields {
+                merge_patch(
+                    &mut next.fields,
+                    fields_patch,
+                    self.config.limits.max_patch_depth,
+                )
+                .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
+                let def = self.kind(current.kind.as_str())?;
+                next.fields = self.valid_fields(def, std::mem::take(&mut next.fields))?;
+            }
+            Ok(Proposal {
+                record: next,
+                comment: None,
+                approval: None,
+            })
+        })
+        .map(|committed| committed.record)
+    }
+
+    /// Moves a record to another state of its lifecycle.
+    #[instrument(skip_all, fields(record = %id, to = %to))]
+    pub fn transition(
+        &self,
+        actor: &Actor,
+        id: &str,
+        to: &str,
+        comment: Option<String>,
+        if_match: Option<u64>,
+    ) -> Result<Record, EngineError> {
+        let comment = self.comment(comment)?;
+        self.write(actor, id, if_match, Action::Transition, |current| {
+            let def = self.kind(current.kind.as_str())?;
+            let lifecycle = &def.lifecycle;
+            let unknown = || EngineError::UnknownState {
+                state: to.chars().take(64).collect(),
+                kind: def.name.to_string(),
+                states: lifecycle.states().iter().map(|s| s.name.clone()).collect(),
+            };
+            let target = State::new(to).map_err(|_| unknown())?;
+            lifecycle
+                .check(&current.state, &target, actor)
+                .map_err(|error| match error {
+                    LifecycleError::UnknownState(_) => unknown(),
+                    LifecycleError::Illegal { from, to, allowed } => {
+                        EngineError::IllegalTransition {
+                            kind: def.name.to_string(),
+                            from,
+                            to,
+                            allowed,
+                        }
+                    }
+                    LifecycleError::Forbidden { from, to, roles } => {
+                        EngineError::TransitionForbidden { from, to, roles }
+                    }
+                    other => EngineError::invalid("/to", other.to_string()),
+                })?;
+            let mut next = current.clone();
+            next.state = target;
+            Ok(Proposal {
+                record: next,
+                comment: comment.clone(),
+                approval: None,
+            })
+        })
+        .map(|committed| committed.record)
+    }
+
+    /// Records an approval decision on a record that is not finished.
+    #[instrument(skip_all, fields(record = %id))]
+    pub fn approve(
+        &self,
+        actor: &Actor,
+        id: &str,
+        decision: Decision,
+        comment: Option<String>,
+    ) -> Result<(Approval, Record), EngineError> {
+        if !actor
+            .roles
+            .iter()
+            .any(|r| matches!(r, Role::Admin | Role::Agent | Role::Automation))
+        {
+            return Err(EngineError::Forbidden(
+                "approvals need the agent, automation or admin role".into(),
+            ));
+        }
+        let comment = self.comment(comment)?;
+        let committed = self.write(actor, id, None, Action::Approval, |current| {
+            let def = self.kind(current.kind.as_str())?;
+            let inactive = def
+                .lifecycle
+                .state(&current.state)
+                .is_some_and(|s| s.category == StateCategory::Inactive);
+            if inactive {
+                return Err(EngineError::RecordInactive {
+                    id: current.id.clone(),
+                    state: current.state.clone(),
+                });
+            }
+            Ok(Proposal {
+                record: current.clone(),
+                comment: None,
+                approval: Some(Approval {
+                    seq: 0,
+                    decision,
+                    comment: comment.clone(),
+                    actor: actor.name.clone(),
+                    roles: actor.roles.clone(),
+                    at: Timestamp::now(),
+                    state: current.state.clone(),
+                    record_version: 0,
+                }),
+            })
+        })?;
+        let approval = committed.history.approval.ok_or_else(|| {
+            EngineError::Store(StoreError::Corrupt {
+                what: "approval",
+                detail: "the committed entry lost its approval".into(),
+            })
+        })?;
+        Ok((approval, committed.record))
+    }
+
+    /// The approvals of a record, oldest first.
+    pub fn approvals(&self, id: &str) -> Result<Vec<Approval>, EngineError> {
+        let record = self.get(id)?;
+        Ok(self.store.approvals(&record.id)?)
+    }
+
+    /// The history of a record after version `after`, oldest first.
+    pub fn history(
+        &self,
+        id: &str,
+        after: u64,
+        limit: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, EngineError> {
+        let record = self.get(id)?;
+        let limit = self.page_size(limit, self.config.limits.max_history_page)?;
+        Ok(self.store.history(&record.id, after, limit)?)
+    }
+
+    /// A page of records matching the filters.
+    pub fn list(&self, request: ListRequest) -> Result<ListPage, EngineError> {
+        let kind = request.kind.as_deref().map(|k| self.kind(k)).transpose()?;
+        let domain = request
+            .domain
+            .as_deref()
+            .map(|d| self.domain(d))
+            .transpose()?;
+        let state = request
+            .state
+            .as_deref()
+            .map(|s| self.known_state(kind, s))
+            .transpose()?;
+        let mut query = ListQuery {
+            kind: kind.map(|k| k.name.clone()),
+            state,
+            domain,
+            after: None,
+            limit: self.page_size(request.limit, self.config.limits.max_page)?,
+        };
+        if let Some(cursor) = &request.cursor {
+            query.after = Some(cursor::decode(&query, cursor)?);
+        }
+        let page = self.store.list(&query)?;
+        Ok(ListPage {
+            records: page.records,
+            next_cursor: page.next.map(|after| cursor::encode(&query, after)),
+        })
+    }
+
+    /// The optimistic write loop shared by update, transition and approval.
+    fn write(
+        &self,
+        actor: &Actor,
+        id: &str,
+        if_match: Option<u64>,
+        action: Action,
+        propose: impl Fn(&Record) -> Result<Proposal, EngineError>,
+    ) -> Result<Committed, EngineError> {
+        let id = parse_id(id)?;
+        let attempts = self.config.limits.write_attempts;
+        for _ in 0..attempts {
+            let current = self
+                .store
+                .get(&id)?
+                .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+            if let Some(expected) = if_match
+                && expected != current.version
+            {
+                return Err(EngineError::VersionMismatch {
+                    id,
+                    expected,
+                    current: current.version,
+                });
+            }
+            let Proposal {
+                mut record,
+                comment,
+                approval,
+            } = propose(&current)?;
+            let now = Timestamp::now();
+            record.updated_at = now;
+            record.updated_by = actor.name.clone();
+            let history = HistoryEntry {
+                version: current.version + 1,
+                at: now,
+                actor: actor.name.clone(),
+                action,
+                comment,
+                changes: diff_records(Some(&current), &record),
+                approval,
+                steps: Vec::new(),
+            };
+            let write = Write {
+                record,
+                history,
+                expected: Expected::Version(current.version),
+            };
+            match self.store.commit(write) {
+                Ok(committed) => {
+                    tracing::info!(
+                        version = committed.record.version,
+                        ?action,
+                        "record written"
+                    );
+                    return Ok(committed);
+                }
+                Err(StoreError::VersionMismatch { .. }) if if_match.is_none() => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(EngineError::WriteConflict {
+            id: id.to_string(),
+            attempts,
+        })
+    }
+
+    fn kind(&self, name: &str) -> Result<&KindDef, EngineError> {
+        Kind::new(name)
+            .ok()
+            .and_then(|kind| self.catalog.get(&kind))
+            .ok_or_else(|| EngineError::UnknownKind {
+                kind: name.chars().take(64).collect(),
+                known: self
+                    .catalog
+                    .kinds()
+                    .map(|k| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn domain(&self, name: &str) -> Result<Domain, EngineError> {
+        Domain::new(name)
+            .ok()
+            .filter(|d| self.config.domains.contains(d))
+            .ok_or_else(|| {
+                let known: Vec<_> = self.config.domains.iter().map(Domain::as_str).collect();
+                EngineError::invalid(
+                    "/domain",
+                    format!(
+                        "unknown domain {:?}; domains: {}",
+                        name.chars().take(64).collect::<String>(),
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn known_state(&self, kind: Option<&KindDef>, name: &str) -> Result<State, EngineError> {
+        let candidates: Vec<&KindDef> = match kind {
+            Some(def) => vec![def],
+            None => self.catalog.kinds().collect(),
+        };
+        let states: BTreeSet<State> = candidates
+            .iter()
+            .flat_map(|def| def.lifecycle.states().iter().map(|s| s.name.clone()))
+            .collect();
+        match State::new(name) {
+            Ok(state) if states.contains(&state) => Ok(state),
+            _ => Err(EngineError::UnknownState {
+                state: name.chars().take(64).collect(),
+                kind: kind.map_or_else(|| "any kind".to_owned(), |k| k.name.to_string()),
+                states: states.into_iter().collect(),
+            }),
+        }
+    }
+
+    fn title(&self, title: &str) -> Result<String, EngineError> {
+        let title = title.trim();
+        let max = self.config.limits.max_title_chars;
+        if title.is_empty() {
+            return Err(EngineError::invalid("/title", "must not be empty"));
+        }
+        if title.chars().count() > max {
+            return Err(EngineError::invalid(
+                "/title",
+                format!("must be at most {max} characters"),
+            ));
+        }
+        if title.chars().any(char::is_control) {
+            return Err(EngineError::invalid(
+                "/title",
+                "must not contain control characters",
+            ));
+        }
+        Ok(title.to_owned())
+    }
+
+    fn comment(&self, comment: Option<String>) -> Result<Option<String>, EngineError> {
+        let max = self.config.limits.max_comment_chars;
+        match comment {
+            Some(c) if c.chars().count() > max => Err(EngineError::invalid(
+                "/comment",
+                format!("must be at most {max} characters"),
+            )),
+            Some(c) if c.trim().is_empty() => Ok(None),
+            other => Ok(other),
+        }
+    }
+
+    fn check_links(&self, links: &[Link], own_id: Option<&RecordId>) -> Result<(), EngineError> {
+        let max = self.config.limits.max_links;
+        if links.len() > max {
+            return Err(EngineError::invalid(
+                "/links",
+                format!("at most {max} links"),
+            ));
+        }
+        for (i, link) in links.iter().enumerate() {
+            let field = format!("/links/{i}/to");
+            if links[..i].contains(link) {
+                return Err(EngineError::invalid(
+                    format!("/links/{i}"),
+                    "duplicate link",
+                ));
+            }
+            if Some(&link.to) == own_id {
+                return Err(EngineError::invalid(
+                    field,
+                    "a record cannot link to itself",
+                ));
+            }
+            if self.store.get(&link.to)?.is_none() {
+                return Err(EngineError::UnknownLinkTarget {
+                    field,
+                    target: link.to.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn valid_fields(
+        &self,
+        def: &KindDef,
+        fields: Map<String, Value>,
+    ) -> Result<Map<String, Value>, EngineError> {
+        let value = Value::Object(fields);
+        self.catalog
+            .validate_fields(&def.name, &value)
+            .map_err(|errors| EngineError::InvalidFields {
+                kind: def.name.to_string(),
+                errors,
+            })?;
+        match value {
+            Value::Object(fields) => Ok(fields),
+            _ => unreachable!("constructed as an object above"),
+        }
+    }
+
+    fn page_size(&self, limit: Option<usize>, max: usize) -> Result<usize, EngineError> {
+        match limit {
+            None => Ok(self.config.limits.default_page.min(max)),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(_) => Err(EngineError::invalid(
+                "limit",
+                format!("must be between 1 and {max}"),
+            )),
+        }
+    }
+
+    fn idempotency_claim(
+        &self,
+        actor: &Actor,
+        key: &str,
+        new: &NewRecord,
+    ) -> Result<IdempotencyClaim, EngineError> {
+        let max = self.config.limits.max_idempotency_key;
+        let printable = key.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if key.is_empty() || key.len() > max || !printable {
+            return Err(EngineError::invalid(
+                "Idempotency-Key",
+                format!("must be 1 to {max} printable ASCII characters"),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(new.kind.as_bytes());
+        hasher.update([0]);
+        hasher.update(new.domain.as_deref().unwrap_or("").as_bytes());
+        hasher.update([0]);
+        hasher.update(new.title.as_bytes());
+        hasher.update([0]);
+        // serde_json maps are sorted, so this serialisation is canonical.
+        hasher.update(serde_json::to_vec(&new.fields).unwrap_or_default());
+        hasher.update(serde_json::to_vec(&new.links).unwrap_or_default());
+        let request_hash = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(IdempotencyClaim {
+            key: format!("{}\u{0}{key}", actor.name),
+            request_hash,
+        })
+    }
+}
+
+/// What a write proposes, computed from the current record.
+struct Proposal {
+    record: Record,
+    comment: Option<String>,
+    approval: Option<Approval>,
+}
+
+/// An id that cannot exist is simply not found; callers need not learn our id syntax.
+fn parse_id(id: &str) -> Result<RecordId, EngineError> {
+    RecordId::parse(id).map_err(|_| EngineError::NotFound(id.chars().take(64).collect()))
+}
+
+#[cfg(test)]
+mod tests;

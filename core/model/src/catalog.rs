@@ -88,7 +88,10 @@ impl Catalog {
             let prefix_ok = (2..=6).contains(&def.prefix.len())
                 && def.prefix.bytes().all(|b| b.is_ascii_uppercase());
             if !prefix_ok {
-                return Err(CatalogError::BadPrefix(def.name.clone(), def.prefix.clone()));
+                return Err(CatalogError::BadPrefix(
+                    def.name.clone(),
+                    def.prefix.clone(),
+                ));
             }
             if kinds.contains_key(&def.name) {
                 return Err(CatalogError::DuplicateKind(def.name.clone()));
@@ -117,7 +120,8 @@ impl Catalog {
 
     /// The catalog of the USM core kinds.
     pub fn core() -> Self {
-        Self::new(core_kinds()).unwrap_or_else(|e| panic!("the built-in core kinds are invalid: {e}"))
+        Self::new(core_kinds())
+            .unwrap_or_else(|e| panic!("the built-in core kinds are invalid: {e}"))
     }
 
     /// The definition of `kind`.
@@ -127,7 +131,10 @@ impl Catalog {
 
     /// The kind whose ids start with `prefix`.
     pub fn by_prefix(&self, prefix: &str) -> Option<&KindDef> {
-        self.kinds.values().map(|k| &k.def).find(|d| d.prefix == prefix)
+        self.kinds
+            .values()
+            .map(|k| &k.def)
+            .find(|d| d.prefix == prefix)
     }
 
     /// All kinds, by name.
@@ -152,7 +159,11 @@ impl Catalog {
                 message: error.to_string(),
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -207,7 +218,13 @@ fn schema(properties: Value) -> Value {
     json!({"type": "object", "properties": all})
 }
 
-fn kind_def(name: &str, prefix: &str, process: Process, properties: Value, lifecycle: Lifecycle) -> KindDef {
+fn kind_def(
+    name: &str,
+    prefix: &str,
+    process: Process,
+    properties: Value,
+    lifecycle: Lifecycle,
+) -> KindDef {
     KindDef {
         name: Kind::new(name).unwrap_or_else(|e| panic!("built-in kind {name}: {e}")),
         prefix: prefix.to_owned(),
@@ -232,7 +249,11 @@ pub fn core_kinds() -> Vec<KindDef> {
             json!({"owner": text(200), "criticality": level}),
             lifecycle(
                 &[("draft", Initial), ("live", Active), ("retired", Inactive)],
-                &[("draft", "live", WORKERS), ("live", "retired", WORKERS), ("retired", "live", WORKERS)],
+                &[
+                    ("draft", "live", WORKERS),
+                    ("live", "retired", WORKERS),
+                    ("retired", "live", WORKERS),
+                ],
             ),
         ),
         kind_def(
@@ -247,7 +268,12 @@ pub fn core_kinds() -> Vec<KindDef> {
                 "targets": {"type": "object"},
             }),
             lifecycle(
-                &[("draft", Initial), ("active", Active), ("expired", Inactive), ("terminated", Inactive)],
+                &[
+                    ("draft", Initial),
+                    ("active", Active),
+                    ("expired", Inactive),
+                    ("terminated", Inactive),
+                ],
                 &[
                     ("draft", "active", WORKERS),
                     ("draft", "terminated", WORKERS),
@@ -453,7 +479,12 @@ pub fn core_kinds() -> Vec<KindDef> {
             Process::Change,
             json!({"ci_type": text(100), "owner": text(200), "location": text(200), "serial_number": text(100)}),
             lifecycle(
-                &[("planned", Initial), ("operational", Active), ("maintenance", Active), ("retired", Inactive)],
+                &[
+                    ("planned", Initial),
+                    ("operational", Active),
+                    ("maintenance", Active),
+                    ("retired", Inactive),
+                ],
                 &[
                     ("planned", "operational", WORKERS),
                     ("operational", "maintenance", WORKERS),
@@ -482,7 +513,10 @@ mod tests {
         let catalog = Catalog::core();
         assert_eq!(catalog.kinds().count(), 10);
         for process in Process::ALL {
-            assert!(catalog.kinds().any(|k| k.process == process), "{process} has no kind");
+            assert!(
+                catalog.kinds().any(|k| k.process == process),
+                "{process} has no kind"
+            );
         }
         assert_eq!(catalog.by_prefix("INC").unwrap().name, kind("incident"));
     }
@@ -491,13 +525,24 @@ mod tests {
     fn schema_violations_name_the_field() {
         let catalog = Catalog::core();
         let errors = catalog
-            .validate_fields(&kind("incident"), &json!({"impact": "huge", "priority": "P9"}))
+            .validate_fields(
+                &kind("incident"),
+                &json!({"impact": "huge", "priority": "P9"}),
+            )
             .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"/fields/impact"), "{errors:?}");
         assert!(fields.contains(&"/fields/priority"), "{errors:?}");
-        assert!(catalog.validate_fields(&kind("incident"), &json!({"impact": "high"})).is_ok());
-        assert!(catalog.validate_fields(&kind("change"), &json!({"planned_start": "tomorrow"})).is_err());
+        assert!(
+            catalog
+                .validate_fields(&kind("incident"), &json!({"impact": "high"}))
+                .is_ok()
+        );
+        assert!(
+            catalog
+                .validate_fields(&kind("change"), &json!({"planned_start": "tomorrow"}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -506,7 +551,10 @@ mod tests {
         let lc = &catalog.get(&kind("incident")).unwrap().lifecycle;
         let agent = Actor::new("ann", [Role::Agent]);
         assert_eq!(lc.initial().as_str(), "new");
-        assert!(lc.check(&state("resolved"), &state("in_progress"), &agent).is_ok());
+        assert!(
+            lc.check(&state("resolved"), &state("in_progress"), &agent)
+                .is_ok()
+        );
         match lc.check(&state("new"), &state("closed"), &agent) {
             Err(LifecycleError::Illegal { allowed, .. }) => {
                 assert_eq!(allowed, vec![state("in_progress"), state("cancelled")]);
@@ -524,10 +572,16 @@ mod tests {
     fn malformed_catalogs_are_refused() {
         let mut defs = core_kinds();
         defs[1].prefix = defs[0].prefix.clone();
-        assert!(matches!(Catalog::new(defs), Err(CatalogError::DuplicatePrefix(..))));
+        assert!(matches!(
+            Catalog::new(defs),
+            Err(CatalogError::DuplicatePrefix(..))
+        ));
         let mut defs = core_kinds();
         defs[0].schema = json!({"type": "object", "properties": {"x": {"type": "nope"}}});
-        assert!(matches!(Catalog::new(defs), Err(CatalogError::BadSchema(..))));
+        assert!(matches!(
+            Catalog::new(defs),
+            Err(CatalogError::BadSchema(..))
+        ));
         let lifecycle: Result<Lifecycle, _> = serde_json::from_value(json!({
             "states": [{"name": "a", "category": "initial"}, {"name": "b", "category": "initial"}],
             "transitions": []

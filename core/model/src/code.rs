@@ -27,6 +27,10 @@ pub enum ErrorCode {
     TransitionForbidden,
     /// A link points at a record that does not exist.
     UnknownLinkTarget,
+    /// The record is in an inactive (finished) state and takes no more approvals.
+    RecordInactive,
+    /// The actor may not do this.
+    Forbidden,
     /// The record does not exist.
     RecordNotFound,
     /// No route matches the request path.
@@ -61,6 +65,8 @@ impl ErrorCode {
             Self::IllegalTransition => "illegal_transition",
             Self::TransitionForbidden => "transition_forbidden",
             Self::UnknownLinkTarget => "unknown_link_target",
+            Self::RecordInactive => "record_inactive",
+            Self::Forbidden => "forbidden",
             Self::RecordNotFound => "record_not_found",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",

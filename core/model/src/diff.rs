@@ -66,7 +66,12 @@ pub fn diff_records(old: Option<&Record>, new: &Record) -> Vec<Change> {
     changes
 }
 
-fn diff_maps(prefix: &str, old: &Map<String, Value>, new: &Map<String, Value>, out: &mut Vec<Change>) {
+fn diff_maps(
+    prefix: &str,
+    old: &Map<String, Value>,
+    new: &Map<String, Value>,
+    out: &mut Vec<Change>,
+) {
     for (key, new_value) in new {
         let path = format!("{prefix}/{}", escape_pointer(key));
         match old.get(key) {
@@ -132,20 +137,31 @@ mod tests {
     #[test]
     fn create_lists_every_member() {
         let new = record(json!({"impact": "high"}));
-        let paths: Vec<_> = diff_records(None, &new).into_iter().map(|c| c.path).collect();
+        let paths: Vec<_> = diff_records(None, &new)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
         assert_eq!(paths, ["/title", "/state", "/domain", "/fields/impact"]);
     }
 
     #[test]
     fn update_lists_only_what_changed_with_nested_paths() {
-        let old = record(json!({"impact": "high", "loc": {"site": "A", "room": 1}, "gone": true, "a/b": 1}));
+        let old = record(
+            json!({"impact": "high", "loc": {"site": "A", "room": 1}, "gone": true, "a/b": 1}),
+        );
         let mut new = record(json!({"impact": "low", "loc": {"site": "A", "room": 2}, "a/b": 2}));
         new.state = State::new("in_progress").unwrap();
         let changes = diff_records(Some(&old), &new);
         let paths: Vec<_> = changes.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["/state", "/fields/a~1b", "/fields/impact", "/fields/loc/room", "/fields/gone"]
+            [
+                "/state",
+                "/fields/a~1b",
+                "/fields/impact",
+                "/fields/loc/room",
+                "/fields/gone"
+            ]
         );
         let gone = changes.last().unwrap();
         assert_eq!(gone.from, Some(json!(true)));

@@ -14,7 +14,9 @@ pub enum IdError {
         max: usize,
     },
     /// The identifier contains a character it may not contain.
-    #[error("{what} {value:?} must start with a lowercase letter and contain only a-z, 0-9, '_' or '-'")]
+    #[error(
+        "{what} {value:?} must start with a lowercase letter and contain only a-z, 0-9, '_' or '-'"
+    )]
     Charset {
         /// Which identifier.
         what: &'static str,
@@ -137,7 +139,8 @@ impl RecordId {
     pub fn parse(value: &str) -> Result<Self, IdError> {
         let bad = || IdError::RecordId(value.chars().take(64).collect());
         let (prefix, number) = value.split_once('-').ok_or_else(bad)?;
-        let prefix_ok = (2..=6).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_uppercase());
+        let prefix_ok =
+            (2..=6).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_uppercase());
         let number_ok = !number.is_empty()
             && number.len() <= 19
             && number.bytes().all(|b| b.is_ascii_digit())
@@ -245,7 +248,16 @@ mod tests {
     fn record_ids_parse_strictly() {
         let id = RecordId::parse("INC-42").unwrap();
         assert_eq!(id.prefix(), "INC");
-        for bad in ["INC42", "inc-1", "INC-", "INC-01", "I-1", "INC-1x", "TOOLONG-1", "INC-99999999999999999999"] {
+        for bad in [
+            "INC42",
+            "inc-1",
+            "INC-",
+            "INC-01",
+            "I-1",
+            "INC-1x",
+            "TOOLONG-1",
+            "INC-99999999999999999999",
+        ] {
             assert!(RecordId::parse(bad).is_err(), "{bad} should be refused");
         }
     }

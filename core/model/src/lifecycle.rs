@@ -110,7 +110,10 @@ impl TryFrom<LifecycleSpec> for Lifecycle {
 impl Lifecycle {
     /// Builds a lifecycle, checking unique states, exactly one initial state and transitions
     /// between declared states.
-    pub fn new(states: Vec<StateDef>, transitions: Vec<TransitionDef>) -> Result<Self, LifecycleError> {
+    pub fn new(
+        states: Vec<StateDef>,
+        transitions: Vec<TransitionDef>,
+    ) -> Result<Self, LifecycleError> {
         let initials: Vec<usize> = states
             .iter()
             .enumerate()
@@ -126,7 +129,10 @@ impl Lifecycle {
             }
         }
         let declared = |name: &State| states.iter().any(|s| &s.name == name);
-        if let Some(t) = transitions.iter().find(|t| !declared(&t.from) || !declared(&t.to)) {
+        if let Some(t) = transitions
+            .iter()
+            .find(|t| !declared(&t.from) || !declared(&t.to))
+        {
             return Err(LifecycleError::UndeclaredState {
                 from: t.from.clone(),
                 to: t.to.clone(),

@@ -66,15 +66,30 @@ mod tests {
     #[test]
     fn follows_rfc_7396() {
         // Cases from RFC 7396 appendix A.
-        assert_eq!(apply(json!({"a": "b"}), json!({"a": "c"})), json!({"a": "c"}));
-        assert_eq!(apply(json!({"a": "b"}), json!({"b": "c"})), json!({"a": "b", "b": "c"}));
+        assert_eq!(
+            apply(json!({"a": "b"}), json!({"a": "c"})),
+            json!({"a": "c"})
+        );
+        assert_eq!(
+            apply(json!({"a": "b"}), json!({"b": "c"})),
+            json!({"a": "b", "b": "c"})
+        );
         assert_eq!(apply(json!({"a": "b"}), json!({"a": null})), json!({}));
         assert_eq!(
-            apply(json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}})),
+            apply(
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}})
+            ),
             json!({"a": {"b": "d"}})
         );
-        assert_eq!(apply(json!({"a": [{"b": "c"}]}), json!({"a": [1]})), json!({"a": [1]}));
-        assert_eq!(apply(json!({"a": "foo"}), json!({"a": {"bb": {"ccc": null}}})), json!({"a": {"bb": {}}}));
+        assert_eq!(
+            apply(json!({"a": [{"b": "c"}]}), json!({"a": [1]})),
+            json!({"a": [1]})
+        );
+        assert_eq!(
+            apply(json!({"a": "foo"}), json!({"a": {"bb": {"ccc": null}}})),
+            json!({"a": {"bb": {}}})
+        );
     }
 
     #[test]

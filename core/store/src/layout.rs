@@ -86,6 +86,9 @@ pub(crate) trait KvTx {
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>>;
 }
 
+/// A key and its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
 /// Reads outside transactions.
 pub(crate) trait KvRead {
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -96,7 +99,7 @@ pub(crate) trait KvRead {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
 }
 
 /// A record with its position in creation order (the key of its index entries).
@@ -121,7 +124,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what,
         detail: e.to_string(),
@@ -185,7 +191,11 @@ fn index_keys(record: &Record, seq: u64) -> Vec<Vec<u8>> {
 /// The index prefix serving `query`.
 pub(crate) fn query_prefix(query: &ListQuery) -> Vec<u8> {
     let mut tag = 0;
-    tag |= if query.domain.is_some() { DOMAIN_BIT } else { 0 };
+    tag |= if query.domain.is_some() {
+        DOMAIN_BIT
+    } else {
+        0
+    };
     tag |= if query.kind.is_some() { KIND_BIT } else { 0 };
     tag |= if query.state.is_some() { STATE_BIT } else { 0 };
     index_prefix(
@@ -220,8 +230,11 @@ pub(crate) fn parse_backlink(rest: &[u8]) -> Result<(LinkRel, RecordId), StoreEr
         detail: detail.to_owned(),
     };
     let text = std::str::from_utf8(rest).map_err(|_| corrupt("not UTF-8"))?;
-    let (rel, source) = text.split_once('\0').ok_or_else(|| corrupt("no separator"))?;
-    let rel: LinkRel = serde_json::from_value(serde_json::Value::from(rel)).map_err(|_| corrupt("unknown relation"))?;
+    let (rel, source) = text
+        .split_once('\0')
+        .ok_or_else(|| corrupt("no separator"))?;
+    let rel: LinkRel = serde_json::from_value(serde_json::Value::from(rel))
+        .map_err(|_| corrupt("unknown relation"))?;
     let source = RecordId::parse(source).map_err(|_| corrupt("bad source id"))?;
     Ok((rel, source))
 }
@@ -305,10 +318,17 @@ pub(crate) fn apply_write<T: KvTx>(
 
     let old_links = old.as_ref().map(|o| o.links.as_slice()).unwrap_or_default();
     for link in old_links.iter().filter(|l| !record.links.contains(l)) {
-        tx.remove(TreeId::Backlinks, &backlink_key(&link.to, link.rel, &record.id))?;
+        tx.remove(
+            TreeId::Backlinks,
+            &backlink_key(&link.to, link.rel, &record.id),
+        )?;
     }
     for link in record.links.iter().filter(|l| !old_links.contains(l)) {
-        tx.insert(TreeId::Backlinks, &backlink_key(&link.to, link.rel, &record.id), Vec::new())?;
+        tx.insert(
+            TreeId::Backlinks,
+            &backlink_key(&link.to, link.rel, &record.id),
+            Vec::new(),
+        )?;
     }
 
     history.version = record.version;
@@ -317,12 +337,24 @@ pub(crate) fn apply_write<T: KvTx>(
         counter.extend_from_slice(record.id.as_str().as_bytes());
         approval.seq = next_counter(tx, &counter)?;
         approval.record_version = record.version;
-        tx.insert(TreeId::Approvals, &child_key(&record.id, approval.seq), encode::<Approval>(approval)?)?;
+        tx.insert(
+            TreeId::Approvals,
+            &child_key(&record.id, approval.seq),
+            encode::<Approval>(approval)?,
+        )?;
     }
-    tx.insert(TreeId::History, &child_key(&record.id, record.version), encode(&history)?)?;
+    tx.insert(
+        TreeId::History,
+        &child_key(&record.id, record.version),
+        encode(&history)?,
+    )?;
 
     let stored = StoredRecord { seq, record };
-    tx.insert(TreeId::Records, stored.record.id.as_str().as_bytes(), encode(&stored)?)?;
+    tx.insert(
+        TreeId::Records,
+        stored.record.id.as_str().as_bytes(),
+        encode(&stored)?,
+    )?;
 
     let event = Event {
         seq: next_counter(tx, OUTBOX_COUNTER)?,
@@ -339,6 +371,7 @@ pub(crate) fn apply_write<T: KvTx>(
     debug_assert!(old.is_some() || history.action == Action::Create);
     Ok(Committed {
         record: stored.record,
+        history,
         event,
     })
 }
@@ -349,7 +382,12 @@ pub(crate) fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Pa
     let mut start = prefix.clone();
     let from = query.after.map_or(0, |after| after.saturating_add(1));
     start.extend_from_slice(&from.to_be_bytes());
-    let entries = reader.scan(TreeId::Index, &prefix, &start, query.limit.saturating_add(1))?;
+    let entries = reader.scan(
+        TreeId::Index,
+        &prefix,
+        &start,
+        query.limit.saturating_add(1),
+    )?;
     let more = entries.len() > query.limit;
     let mut records = Vec::with_capacity(query.limit.min(entries.len()));
     let mut last_seq = None;
@@ -364,8 +402,14 @@ pub(crate) fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Pa
         let stored: StoredRecord = decode("record", &bytes)?;
         // The record may have moved on since the index was read; keep the listing truthful.
         let matches = query.kind.as_ref().is_none_or(|k| k == &stored.record.kind)
-            && query.state.as_ref().is_none_or(|s| s == &stored.record.state)
-            && query.domain.as_ref().is_none_or(|d| d == &stored.record.domain);
+            && query
+                .state
+                .as_ref()
+                .is_none_or(|s| s == &stored.record.state)
+            && query
+                .domain
+                .as_ref()
+                .is_none_or(|d| d == &stored.record.domain);
         if matches {
             records.push(stored.record);
         }
@@ -406,7 +450,10 @@ pub(crate) fn approvals<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<Appr
         .collect()
 }
 
-pub(crate) fn backlinks<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
+pub(crate) fn backlinks<R: KvRead>(
+    reader: &R,
+    id: &RecordId,
+) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
     let prefix = child_prefix(id);
     reader
         .scan(TreeId::Backlinks, &prefix, &prefix, usize::MAX)?
@@ -415,7 +462,11 @@ pub(crate) fn backlinks<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<(Lin
         .collect()
 }
 
-pub(crate) fn events_after<R: KvRead>(reader: &R, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn events_after<R: KvRead>(
+    reader: &R,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
     let start = after.saturating_add(1).to_be_bytes();
     reader
         .scan(TreeId::Outbox, &[], &start, limit)?

@@ -13,9 +13,7 @@ mod sled_store;
 
 use std::time::Duration;
 
-use usm_model::{
-    Approval, Domain, Event, HistoryEntry, Kind, LinkRel, Record, RecordId, State,
-};
+use usm_model::{Approval, Domain, Event, HistoryEntry, Kind, LinkRel, Record, RecordId, State};
 
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
@@ -118,6 +116,8 @@ pub struct Write {
 pub struct Committed {
     /// The record as stored.
     pub record: Record,
+    /// The history entry as stored (numbered, with its approval numbered).
+    pub history: HistoryEntry,
     /// The outbox event written with it.
     pub event: Event,
 }
@@ -178,7 +178,12 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, write: Write) -> Result<Committed, StoreError>;
 
     /// History entries of a record with a version above `after`, oldest first, at most `limit`.
-    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
+    fn history(
+        &self,
+        id: &RecordId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
 
     /// All approvals of a record, oldest first.
     fn approvals(&self, id: &RecordId) -> Result<Vec<Approval>, StoreError>;

@@ -9,7 +9,7 @@ use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
 
 use crate::{
     Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
-    layout::{self, KvRead, KvTx, TreeId, TxFail},
+    layout::{self, Entry, KvRead, KvTx, TreeId, TxFail},
 };
 
 type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; TreeId::ALL.len()];
@@ -33,10 +33,13 @@ impl MemoryStore {
     }
 }
 
+/// An insert (`Some`) or removal (`None`) waiting for the transaction to succeed.
+type StagedWrite = (TreeId, Vec<u8>, Option<Vec<u8>>);
+
 /// Buffers writes so that an aborted transaction leaves the trees untouched.
 struct MemTx<'a> {
     trees: &'a Trees,
-    writes: RefCell<Vec<(TreeId, Vec<u8>, Option<Vec<u8>>)>>,
+    writes: RefCell<Vec<StagedWrite>>,
 }
 
 impl KvTx for MemTx<'_> {
@@ -51,7 +54,9 @@ impl KvTx for MemTx<'_> {
     }
 
     fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Infallible>> {
-        self.writes.borrow_mut().push((tree, key.to_vec(), Some(value)));
+        self.writes
+            .borrow_mut()
+            .push((tree, key.to_vec(), Some(value)));
         Ok(())
     }
 
@@ -72,7 +77,7 @@ impl KvRead for MemoryStore {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         Ok(self.lock()[tree as usize]
             .range(start.to_vec()..)
             .take_while(|(key, _)| key.starts_with(prefix))
@@ -108,7 +113,12 @@ impl Store for MemoryStore {
         Ok(committed)
     }
 
-    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+    fn history(
+        &self,
+        id: &RecordId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         layout::history(self, id, after, limit)
     }
 

@@ -7,14 +7,15 @@ use std::{
 use sled::{
     Transactional,
     transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+        ConflictableTransactionError, TransactionError, TransactionalTree,
+        UnabortableTransactionError,
     },
 };
 use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
 
 use crate::{
     Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
-    layout::{self, FORMAT_KEY, FORMAT_VERSION, KvRead, KvTx, TreeId, TxFail},
+    layout::{self, Entry, FORMAT_KEY, FORMAT_VERSION, KvRead, KvTx, TreeId, TxFail},
 };
 
 /// The embedded, durable backend: a sled database in a data directory.
@@ -66,7 +67,9 @@ impl SledStore {
             std::thread::Builder::new()
                 .name("usm-store-flush".into())
                 .spawn(move || group_commit.run_flusher(&db))
-                .map_err(|e| StoreError::Durability(format!("cannot start the flush thread: {e}")))?
+                .map_err(|e| {
+                    StoreError::Durability(format!("cannot start the flush thread: {e}"))
+                })?
         };
         tracing::info!(path = %dir.display(), "store opened");
         Ok(Self {
@@ -104,11 +107,16 @@ impl KvTx for SledTx<'_> {
     type Error = UnabortableTransactionError;
 
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail<Self::Error>> {
-        Ok(self.0[tree as usize].get(key).map_err(TxFail::Kv)?.map(|v| v.to_vec()))
+        Ok(self.0[tree as usize]
+            .get(key)
+            .map_err(TxFail::Kv)?
+            .map(|v| v.to_vec()))
     }
 
     fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Self::Error>> {
-        self.0[tree as usize].insert(key, value).map_err(TxFail::Kv)?;
+        self.0[tree as usize]
+            .insert(key, value)
+            .map_err(TxFail::Kv)?;
         Ok(())
     }
 
@@ -129,7 +137,7 @@ impl KvRead for SledStore {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         for entry in self.tree(tree).range(start..) {
             if out.len() >= limit {
@@ -169,7 +177,12 @@ impl Store for SledStore {
         Ok(committed)
     }
 
-    fn history(&self, id: &RecordId, after: u64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+    fn history(
+        &self,
+        id: &RecordId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         layout::history(self, id, after, limit)
     }
 
@@ -225,7 +238,10 @@ impl GroupCommit {
         let ticket = state.requested;
         self.work.notify_one();
         while state.flushed < ticket {
-            state = self.done.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         if ticket <= state.failed_through
             && let Some(failure) = &state.failure
@@ -239,7 +255,10 @@ impl GroupCommit {
         let mut state = self.lock();
         loop {
             while state.requested == state.flushed && !state.shutting_down {
-                state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if state.requested == state.flushed {
                 return; // shutting down with nothing pending

@@ -1,5 +1,7 @@
 //! The same behaviour checks against both backends, plus sled-only durability checks.
 
+#![allow(clippy::unwrap_used)] // helpers of tests panic on failure, like the tests
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -8,8 +10,7 @@ use usm_model::{
     RecordId, Role, State, Timestamp,
 };
 use usm_store::{
-    Expected, IdempotencyClaim, ListQuery, SledStore, Store, StoreConfig, StoreError,
-    Write,
+    Expected, IdempotencyClaim, ListQuery, SledStore, Store, StoreConfig, StoreError, Write,
 };
 
 fn incident(domain: &str, title: &str) -> Record {
@@ -81,7 +82,10 @@ fn numbers_ids_and_versions(store: &dyn Store) {
     assert_eq!(moved.version, 2);
     assert_eq!(store.get(&first.id).unwrap().unwrap(), moved);
     let history = store.history(&first.id, 0, 100).unwrap();
-    assert_eq!(history.iter().map(|h| h.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        history.iter().map(|h| h.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
     assert_eq!(store.history(&first.id, 1, 100).unwrap().len(), 1);
 }
 
@@ -97,7 +101,10 @@ fn refuses_stale_versions_and_changes_nothing(store: &dyn Store) {
             expected: Expected::Version(1),
         })
         .unwrap_err();
-    assert!(matches!(error, StoreError::VersionMismatch { current: 2, .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::VersionMismatch { current: 2, .. }),
+        "{error:?}"
+    );
     assert_eq!(store.get(&record.id).unwrap().unwrap().title, "one");
     assert_eq!(store.history(&record.id, 0, 100).unwrap().len(), 2);
     let events = store.events_after(0, 100).unwrap();
@@ -172,7 +179,17 @@ fn binds_idempotency_keys(store: &dyn Store) {
         }
         other => panic!("expected the key to be bound, got {other:?}"),
     }
-    assert_eq!(store.list(&ListQuery { limit: 10, ..ListQuery::default() }).unwrap().records.len(), 1);
+    assert_eq!(
+        store
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .unwrap()
+            .records
+            .len(),
+        1
+    );
 }
 
 fn keeps_approvals_backlinks_and_events(store: &dyn Store) {
@@ -193,7 +210,10 @@ fn keeps_approvals_backlinks_and_events(store: &dyn Store) {
         })
         .unwrap()
         .record;
-    assert_eq!(store.backlinks(&parent.id).unwrap(), vec![(LinkRel::Parent, child.id.clone())]);
+    assert_eq!(
+        store.backlinks(&parent.id).unwrap(),
+        vec![(LinkRel::Parent, child.id.clone())]
+    );
 
     let mut history = entry(Action::Approval);
     history.approval = Some(Approval {
@@ -258,7 +278,11 @@ fn sled_keeps_everything_across_reopen() {
     let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
     assert_eq!(store.get(&record.id).unwrap().unwrap(), record);
     assert_eq!(store.history(&record.id, 0, 10).unwrap(), history);
-    assert_eq!(create(&store, "it", "next").id.as_str(), "INC-2", "counters survive");
+    assert_eq!(
+        create(&store, "it", "next").id.as_str(),
+        "INC-2",
+        "counters survive"
+    );
 }
 
 #[test]
@@ -274,14 +298,22 @@ fn concurrent_creates_get_distinct_ids_and_ordered_events() {
             });
         }
     });
-    let page = store.list(&ListQuery { limit: 1000, ..ListQuery::default() }).unwrap();
+    let page = store
+        .list(&ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        })
+        .unwrap();
     let mut ids: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 200);
     let events = store.events_after(0, 1000).unwrap();
     assert_eq!(events.len(), 200);
-    assert!(events.windows(2).all(|w| w[0].seq + 1 == w[1].seq), "outbox is gap-free and ordered");
+    assert!(
+        events.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+        "outbox is gap-free and ordered"
+    );
 }
 
 #[test]

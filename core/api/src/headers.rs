@@ -1,0 +1,56 @@
+//! The conditional and idempotency headers.
+
+use actix_web::{HttpRequest, HttpResponseBuilder, http::header};
+use usm_model::{ErrorCode, Record};
+
+use crate::problem::ApiError;
+
+/// The `ETag` of a record version: the version number as a strong tag.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Adds `ETag` for the record's version.
+pub fn with_etag(builder: &mut HttpResponseBuilder, record: &Record) {
+    builder.insert_header((header::ETAG, etag(record.version)));
+}
+
+/// The version `If-Match` requires: `None` when absent or `*`.
+pub fn if_match(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let Some(value) = request.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            "If-Match must be a record ETag such as \"3\" (quotes included) or *",
+        )
+        .with_field("If-Match")
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let inner = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    inner.parse::<u64>().map(Some).map_err(|_| bad())
+}
+
+/// The `Idempotency-Key` header, if sent.
+pub fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    request
+        .headers()
+        .get("idempotency-key")
+        .map(|value| {
+            value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidInput,
+                    "Idempotency-Key must be printable ASCII",
+                )
+                .with_field("Idempotency-Key")
+            })
+        })
+        .transpose()
+}

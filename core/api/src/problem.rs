@@ -1,0 +1,207 @@
+//! RFC 9457 problem documents: the one shape of every error the API returns.
+
+use actix_web::{
+    HttpResponse, ResponseError,
+    error::{JsonPayloadError, PathError, QueryPayloadError},
+    http::{StatusCode, header},
+};
+use serde::Serialize;
+use usm_engine::EngineError;
+use usm_model::{ErrorCode, FieldError, State};
+
+/// A problem document (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:usm:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short, human-readable summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// The stable machine-readable code.
+    pub code: ErrorCode,
+    /// The offending member as a JSON pointer into the request body, or a parameter name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every schema violation, for `invalid_fields`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// States reachable from the current one, for `illegal_transition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed: Option<Vec<State>>,
+    /// The record's current version, for `version_mismatch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+/// The HTTP status of each error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::MalformedJson | C::InvalidInput | C::BadCursor => StatusCode::BAD_REQUEST,
+        C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        C::UnknownKind
+        | C::InvalidFields
+        | C::UnknownState
+        | C::UnknownLinkTarget
+        | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
+        C::TransitionForbidden | C::Forbidden => StatusCode::FORBIDDEN,
+        C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn title_of(code: ErrorCode) -> &'static str {
+    use ErrorCode as C;
+    match code {
+        C::MalformedJson => "Malformed JSON body",
+        C::InvalidInput => "Invalid input",
+        C::PayloadTooLarge => "Request body too large",
+        C::UnsupportedMediaType => "Unsupported media type",
+        C::UnknownKind => "Unknown record kind",
+        C::InvalidFields => "Fields do not match the kind's schema",
+        C::UnknownState => "Unknown state",
+        C::IllegalTransition => "Transition not allowed",
+        C::TransitionForbidden => "Transition not allowed for your roles",
+        C::UnknownLinkTarget => "Link to an unknown record",
+        C::RecordInactive => "Record is inactive",
+        C::Forbidden => "Forbidden",
+        C::RecordNotFound => "Record not found",
+        C::RouteNotFound => "No such route",
+        C::MethodNotAllowed => "Method not allowed",
+        C::VersionMismatch => "Version mismatch",
+        C::BadCursor => "Bad cursor",
+        C::IdempotencyKeyReused => "Idempotency key reused",
+        C::WriteConflict => "Write conflict",
+        C::Unavailable => "Service unavailable",
+        C::Internal => "Internal error",
+    }
+}
+
+/// An error on its way to becoming a problem response.
+#[derive(Debug)]
+pub struct ApiError(Box<Problem>);
+
+impl ApiError {
+    /// A problem with the given code and detail.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem {
+            problem_type: format!("urn:usm:problem:{code}"),
+            title: title_of(code).to_owned(),
+            status: status_of(code).as_u16(),
+            detail: detail.into(),
+            code,
+            field: None,
+            errors: None,
+            allowed: None,
+            current_version: None,
+        }))
+    }
+
+    /// Names the offending member.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.0.field = Some(field.into());
+        self
+    }
+
+    /// The problem document.
+    pub fn problem(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        status_of(self.0.code)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
+            .json(&*self.0)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        let code = error.code();
+        if code == ErrorCode::Internal {
+            // Log the cause; do not hand storage internals to clients.
+            tracing::error!(%error, "internal error");
+            return Self::new(
+                code,
+                "the server failed to complete the request; it has been logged",
+            );
+        }
+        let mut api = Self::new(code, error.to_string());
+        api.0.field = error.field();
+        match error {
+            EngineError::InvalidFields { errors, .. } => api.0.errors = Some(errors),
+            EngineError::IllegalTransition { allowed, .. } => api.0.allowed = Some(allowed),
+            EngineError::VersionMismatch { current, .. } => api.0.current_version = Some(current),
+            _ => {}
+        }
+        api
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        Self::new(ErrorCode::Unavailable, "the server is shutting down")
+    }
+}
+
+/// Maps body extraction failures (size, content type, syntax, shape) to problems.
+pub fn json_error(error: JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body exceeds the limit of {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be application/json",
+        ),
+        JsonPayloadError::Deserialize(error) if error.is_data() => ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("the body has the wrong shape: {error}"),
+        ),
+        JsonPayloadError::Deserialize(error) => ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {error}"),
+        ),
+        other => ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body could not be read: {other}"),
+        ),
+    }
+}
+
+/// Maps query-string failures to problems.
+pub fn query_error(error: QueryPayloadError) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidInput,
+        format!("bad query string: {error}"),
+    )
+}
+
+/// Maps path failures to problems.
+pub fn path_error(error: PathError) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, format!("bad path: {error}"))
+}

@@ -1,0 +1,322 @@
+//! `/api/v1/records` and its sub-resources.
+
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use serde::{Deserialize, Serialize};
+use usm_engine::{ListRequest, NewRecord, RecordPatch};
+use usm_model::{Approval, Decision, HistoryEntry, Record};
+
+use crate::{
+    Services,
+    headers::{etag, idempotency_key, if_match, with_etag},
+    principal::Principal,
+    problem::{ApiError, Problem},
+};
+
+/// Runs blocking engine work off the async executor.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, usm_engine::EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(web::block(work).await??)
+}
+
+fn record_response(status: actix_web::http::StatusCode, record: &Record) -> HttpResponse {
+    let mut builder = HttpResponse::build(status);
+    with_etag(&mut builder, record);
+    builder.json(record)
+}
+
+/// Creates a record in its kind's initial state.
+#[utoipa::path(
+    post, path = "/api/v1/records", tag = "records",
+    request_body = NewRecord,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes retries safe: a repeat with the same key and body returns the first result")),
+    responses(
+        (status = 201, description = "Created (or replayed, with `Idempotent-Replayed: true`)", body = Record,
+            headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Malformed JSON or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind, schema violation, unknown link target or reused key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_record(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    request: HttpRequest,
+    body: web::Json<NewRecord>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&request)?;
+    let engine = services.engine.clone();
+    let created =
+        blocking(move || engine.create(&actor, body.into_inner(), key.as_deref())).await?;
+    let mut builder = HttpResponse::Created();
+    with_etag(&mut builder, &created.record);
+    builder.insert_header((
+        header::LOCATION,
+        format!("/api/v1/records/{}", created.record.id),
+    ));
+    if created.replayed {
+        builder.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(builder.json(&created.record))
+}
+
+/// Reads the current version of a record.
+#[utoipa::path(
+    get, path = "/api/v1/records/{id}", tag = "records",
+    params(("id" = String, Path, description = "Record id, e.g. INC-42")),
+    responses(
+        (status = 200, body = Record, headers(("ETag" = String))),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_record(
+    services: web::Data<Services>,
+    _principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let record = blocking(move || engine.get(&id)).await?;
+    Ok(record_response(actix_web::http::StatusCode::OK, &record))
+}
+
+/// Changes title, fields (JSON merge patch) or links.
+#[utoipa::path(
+    patch, path = "/api/v1/records/{id}", tag = "records",
+    request_body = RecordPatch,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "The ETag the change is based on")),
+    responses(
+        (status = 200, body = Record, headers(("ETag" = String))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_record(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    request: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<RecordPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let expected = if_match(&request)?;
+    let engine = services.engine.clone();
+    let record = blocking(move || engine.update(&actor, &id, body.into_inner(), expected)).await?;
+    Ok(record_response(actix_web::http::StatusCode::OK, &record))
+}
+
+/// A transition request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    /// The target state.
+    pub to: String,
+    /// Why.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Moves a record to another state of its lifecycle.
+#[utoipa::path(
+    post, path = "/api/v1/records/{id}/transitions", tag = "records",
+    request_body = TransitionRequest,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, body = Record, headers(("ETag" = String))),
+        (status = 403, description = "Your roles may not take this transition", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed from the current state; `allowed` lists the reachable states", body = Problem, content_type = "application/problem+json"),
+        (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown state", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn transition_record(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    request: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<TransitionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let expected = if_match(&request)?;
+    let engine = services.engine.clone();
+    let TransitionRequest { to, comment } = body.into_inner();
+    let record = blocking(move || engine.transition(&actor, &id, &to, comment, expected)).await?;
+    Ok(record_response(actix_web::http::StatusCode::OK, &record))
+}
+
+/// Query parameters of the history listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Only entries with a version above this one.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many entries (default 50, max 1000).
+    pub limit: Option<usize>,
+}
+
+/// A record's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HistoryPage {
+    /// The record.
+    pub record_id: String,
+    /// Entries, oldest first.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// Lists who changed what, when, and how: one entry per version.
+#[utoipa::path(
+    get, path = "/api/v1/records/{id}/history", tag = "records",
+    params(("id" = String, Path), HistoryParams),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn record_history(
+    services: web::Data<Services>,
+    _principal: Principal,
+    id: web::Path<String>,
+    params: web::Query<HistoryParams>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let record_id = id.clone();
+    let entries = blocking(move || engine.history(&id, params.after, params.limit)).await?;
+    Ok(HttpResponse::Ok().json(HistoryPage { record_id, entries }))
+}
+
+/// Query parameters of the record listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only records of this kind.
+    pub kind: Option<String>,
+    /// Only records in this state.
+    pub state: Option<String>,
+    /// Only records in this domain.
+    pub domain: Option<String>,
+    /// Page size (default 50, max 500).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of records.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordPage {
+    /// Records, oldest first.
+    pub records: Vec<Record>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Lists records, filtered by kind, state and domain, with keyset pagination.
+#[utoipa::path(
+    get, path = "/api/v1/records", tag = "records",
+    params(ListParams),
+    responses(
+        (status = 200, body = RecordPage),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind or state", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_records(
+    services: web::Data<Services>,
+    _principal: Principal,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let ListParams {
+        kind,
+        state,
+        domain,
+        limit,
+        cursor,
+    } = params.into_inner();
+    let page = blocking(move || {
+        engine.list(ListRequest {
+            kind,
+            state,
+            domain,
+            limit,
+            cursor,
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(RecordPage {
+        records: page.records,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// An approval decision to record.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    /// `approve` or `reject`.
+    pub decision: Decision,
+    /// The approver's reasoning.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// A record's approvals.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApprovalList {
+    /// The record.
+    pub record_id: String,
+    /// Approvals, oldest first.
+    pub approvals: Vec<Approval>,
+}
+
+/// Records an approval decision by the caller.
+#[utoipa::path(
+    post, path = "/api/v1/records/{id}/approvals", tag = "approvals",
+    request_body = ApprovalRequest,
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, body = Approval, headers(("ETag" = String, description = "The record's new version"))),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is inactive", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_approval(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    body: web::Json<ApprovalRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let ApprovalRequest { decision, comment } = body.into_inner();
+    let (approval, record) =
+        blocking(move || engine.approve(&actor, &id, decision, comment)).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, etag(record.version)))
+        .json(approval))
+}
+
+/// Lists a record's approvals.
+#[utoipa::path(
+    get, path = "/api/v1/records/{id}/approvals", tag = "approvals",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ApprovalList),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_approvals(
+    services: web::Data<Services>,
+    _principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let record_id = id.clone();
+    let approvals = blocking(move || engine.approvals(&id)).await?;
+    Ok(HttpResponse::Ok().json(ApprovalList {
+        record_id,
+        approvals,
+    }))
+}

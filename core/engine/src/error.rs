@@ -1,0 +1,177 @@
+use usm_model::{ErrorCode, FieldError, RecordId, Role, State};
+use usm_store::StoreError;
+
+/// Why an engine operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The record does not exist.
+    #[error("record {0} does not exist")]
+    NotFound(String),
+    /// The kind is not in the catalog.
+    #[error("unknown kind {kind:?}; known kinds: {known}")]
+    UnknownKind {
+        /// The requested kind.
+        kind: String,
+        /// The catalog's kinds, comma separated.
+        known: String,
+    },
+    /// The fields violate the kind's schema.
+    #[error("fields do not match the {kind} schema: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidFields {
+        /// The kind.
+        kind: String,
+        /// The violations, first one first.
+        errors: Vec<FieldError>,
+    },
+    /// A member of the input has an invalid value.
+    #[error("{field}: {message}")]
+    InvalidInput {
+        /// JSON pointer (or parameter name) of the member.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state is not part of the kind's lifecycle.
+    #[error("{state} is not a state of {kind}; states: {}", .states.iter().map(State::as_str).collect::<Vec<_>>().join(", "))]
+    UnknownState {
+        /// The requested state.
+        state: String,
+        /// The record's kind.
+        kind: String,
+        /// The kind's states.
+        states: Vec<State>,
+    },
+    /// The lifecycle has no transition from the current state to the requested one.
+    #[error("{kind} cannot go from {from} to {to}; allowed: {}", .allowed.iter().map(State::as_str).collect::<Vec<_>>().join(", "))]
+    IllegalTransition {
+        /// The record's kind.
+        kind: String,
+        /// Current state.
+        from: State,
+        /// Requested state.
+        to: State,
+        /// States reachable from `from`.
+        allowed: Vec<State>,
+    },
+    /// The actor's roles do not allow the transition.
+    #[error("going from {from} to {to} needs one of the roles {roles:?}")]
+    TransitionForbidden {
+        /// Current state.
+        from: State,
+        /// Requested state.
+        to: State,
+        /// Roles that may.
+        roles: Vec<Role>,
+    },
+    /// The actor may not perform the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A link names a record that does not exist.
+    #[error("{field}: record {target} does not exist")]
+    UnknownLinkTarget {
+        /// JSON pointer of the link.
+        field: String,
+        /// The missing record.
+        target: RecordId,
+    },
+    /// The record is finished and takes no approvals.
+    #[error("record {id} is {state}, an inactive state")]
+    RecordInactive {
+        /// The record.
+        id: RecordId,
+        /// Its state.
+        state: State,
+    },
+    /// `If-Match` named another version than the current one.
+    #[error("record {id} is at version {current}, not {expected}")]
+    VersionMismatch {
+        /// The record.
+        id: RecordId,
+        /// The version the client sent.
+        expected: u64,
+        /// The current version.
+        current: u64,
+    },
+    /// The cursor is malformed or belongs to a different query.
+    #[error("bad cursor: {0}")]
+    BadCursor(&'static str),
+    /// The idempotency key was first used for a different request.
+    #[error("Idempotency-Key was already used for a different request (it created {record_id})")]
+    IdempotencyKeyReused {
+        /// The record the key created.
+        record_id: RecordId,
+    },
+    /// The write kept losing races with concurrent writers.
+    #[error("record {id} changed concurrently {attempts} times in a row; retry")]
+    WriteConflict {
+        /// The record.
+        id: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(id) => Self::NotFound(id.to_string()),
+            StoreError::VersionMismatch {
+                id,
+                expected,
+                current,
+            } => Self::VersionMismatch {
+                id,
+                expected,
+                current,
+            },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl EngineError {
+    /// The stable code clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound(_) => ErrorCode::RecordNotFound,
+            Self::UnknownKind { .. } => ErrorCode::UnknownKind,
+            Self::InvalidFields { .. } => ErrorCode::InvalidFields,
+            Self::InvalidInput { .. } => ErrorCode::InvalidInput,
+            Self::UnknownState { .. } => ErrorCode::UnknownState,
+            Self::IllegalTransition { .. } => ErrorCode::IllegalTransition,
+            Self::TransitionForbidden { .. } => ErrorCode::TransitionForbidden,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::UnknownLinkTarget { .. } => ErrorCode::UnknownLinkTarget,
+            Self::RecordInactive { .. } => ErrorCode::RecordInactive,
+            Self::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            Self::BadCursor(_) => ErrorCode::BadCursor,
+            Self::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
+            Self::WriteConflict { .. } => ErrorCode::WriteConflict,
+            Self::Store(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The offending member, as a JSON pointer into the request, where there is one.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Self::UnknownKind { .. } => Some("/kind".into()),
+            Self::InvalidFields { errors, .. } => errors.first().map(|e| e.field.clone()),
+            Self::InvalidInput { field, .. } | Self::UnknownLinkTarget { field, .. } => {
+                Some(field.clone())
+            }
+            Self::UnknownState { .. } => Some("/to".into()),
+            Self::BadCursor(_) => Some("cursor".into()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

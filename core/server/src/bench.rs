@@ -1,0 +1,236 @@
+//! `usm bench`: durable creates per second and their latency, through the engine in-process and
+//! through the HTTP API, on a fresh store in a temporary directory.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use usm_engine::NewRecord;
+use usm_model::{Actor, Role};
+
+use crate::{Config, Server};
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Records to create per run.
+    #[arg(long, default_value_t = 5000)]
+    pub records: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Which paths to measure.
+    #[arg(long, value_enum, default_value_t = BenchMode::Both)]
+    pub mode: BenchMode,
+    /// Benchmark an already running server at this base URL instead of an in-process one.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Acknowledge writes without waiting for the flush to disk (to measure what durability costs).
+    #[arg(long)]
+    pub no_durable_acks: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The paths `usm bench` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// Engine calls on threads, no HTTP.
+    Engine,
+    /// HTTP requests to a server.
+    Http,
+    /// Both, one after the other.
+    Both,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// `engine` or `http`.
+    pub path: &'static str,
+    /// Records created.
+    pub records: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Whether acks waited for the disk.
+    pub durable_acks: bool,
+    /// Wall time of the run, in seconds.
+    pub seconds: f64,
+    /// Created records per second.
+    pub records_per_second: f64,
+    /// Median latency of one create, in microseconds.
+    pub p50_micros: u64,
+    /// 99th percentile latency, in microseconds.
+    pub p99_micros: u64,
+    /// Slowest create, in microseconds.
+    pub max_micros: u64,
+}
+
+fn report(
+    path: &'static str,
+    args: &BenchArgs,
+    elapsed: Duration,
+    mut latencies: Vec<Duration>,
+) -> BenchReport {
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies
+            .get(index)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    };
+    BenchReport {
+        path,
+        records: latencies.len(),
+        concurrency: args.concurrency,
+        durable_acks: !args.no_durable_acks,
+        seconds: elapsed.as_secs_f64(),
+        records_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_micros: pick(0.50),
+        p99_micros: pick(0.99),
+        max_micros: pick(1.0),
+    }
+}
+
+fn sample(i: usize) -> NewRecord {
+    let levels = ["high", "medium", "low"];
+    NewRecord {
+        kind: "incident".into(),
+        domain: None,
+        title: format!("Benchmark incident {i}"),
+        fields: serde_json::json!({
+            "impact": levels[i % 3],
+            "urgency": levels[(i / 3) % 3],
+            "description": "Users on floor 3 cannot print; the queue shows jobs stuck in 'pending'.",
+            "category": "hardware",
+            "service": "printing",
+            "tags": ["printer", "floor-3"],
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+        links: Vec::new(),
+    }
+}
+
+/// Runs the benchmark and returns one report per measured path.
+pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
+    anyhow::ensure!(
+        args.concurrency > 0 && args.records > 0,
+        "records and concurrency must be positive"
+    );
+    let mut reports = Vec::new();
+    if matches!(args.mode, BenchMode::Engine | BenchMode::Both) {
+        reports.push(bench_engine(args)?);
+    }
+    if matches!(args.mode, BenchMode::Http | BenchMode::Both) {
+        reports.push(bench_http(args)?);
+    }
+    Ok(reports)
+}
+
+fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
+    Config {
+        addr: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        durable_acks: !args.no_durable_acks,
+        ..Config::default()
+    }
+}
+
+fn bench_engine(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let dir = tempfile::tempdir()?;
+    let engine = Arc::new(crate::open_engine(&temp_config(args, dir.path()))?);
+    let actor = Actor::new("bench", [Role::Agent]);
+    let started = Instant::now();
+    let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {
+        let workers: Vec<_> = (0..args.concurrency)
+            .map(|worker| {
+                let engine = &engine;
+                let actor = &actor;
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut latencies = Vec::new();
+                    for i in (worker..args.records).step_by(args.concurrency) {
+                        let t = Instant::now();
+                        engine.create(actor, sample(i), None)?;
+                        latencies.push(t.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(args.records);
+        for worker in workers {
+            let latencies = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
+            all.extend(latencies);
+        }
+        Ok(all)
+    })?;
+    Ok(report("engine", args, started.elapsed(), latencies))
+}
+
+fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let dir = tempfile::tempdir()?;
+    let config = temp_config(args, dir.path());
+    let runtime = actix_web::rt::System::new();
+    runtime.block_on(async {
+        let (base, handle) = match &args.url {
+            Some(url) => (url.trim_end_matches('/').to_owned(), None),
+            None => {
+                let server = Server::bind(&config)?;
+                let base = format!("http://{}", server.addr());
+                let handle = server.handle();
+                actix_web::rt::spawn(server.run());
+                (base, Some(handle))
+            }
+        };
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .build()?;
+        let url = format!("{base}/api/v1/records");
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..args.concurrency)
+            .map(|worker| {
+                let client = client.clone();
+                let url = url.clone();
+                let records = args.records;
+                let step = args.concurrency;
+                actix_web::rt::spawn(async move {
+                    let mut latencies = Vec::new();
+                    for i in (worker..records).step_by(step) {
+                        let body = serde_json::json!({
+                            "kind": "incident",
+                            "title": format!("Benchmark incident {i}"),
+                            "fields": sample(i).fields,
+                        });
+                        let t = Instant::now();
+                        let response = client.post(&url).json(&body).send().await?;
+                        anyhow::ensure!(
+                            response.status().as_u16() == 201,
+                            "create failed: {}",
+                            response.status()
+                        );
+                        response.bytes().await?;
+                        latencies.push(t.elapsed());
+                    }
+                    Ok::<_, anyhow::Error>(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(args.records);
+        for task in tasks {
+            all.extend(task.await.context("a bench task panicked")??);
+        }
+        let elapsed = started.elapsed();
+        if let Some(handle) = handle {
+            handle.stop(true).await;
+        }
+        Ok(report("http", args, elapsed, all))
+    })
+}

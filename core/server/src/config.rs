@@ -1,0 +1,156 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use figment::{
+    Figment,
+    providers::{Env, Format as _, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The server's configuration, merged from defaults, a TOML file, `USM_*` variables and flags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter, in `RUST_LOG` syntax.
+    pub log_level: String,
+    /// HTTP worker threads; one per core when absent.
+    pub workers: Option<usize>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Acknowledge writes only once flushed to disk.
+    pub durable_acks: bool,
+    /// Service domains records may live in.
+    pub domains: Vec<String>,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            workers: None,
+            max_body_bytes: 1024 * 1024,
+            durable_acks: true,
+            domains: vec!["it".into(), "hr".into(), "facilities".into()],
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// Values given on the command line; they beat every other layer.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct ConfigOverrides {
+    /// Address to listen on [env: USM_ADDR] [default: 127.0.0.1:8080]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Directory of the embedded store [env: USM_DATA_DIR] [default: ./data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format [env: USM_LOG_FORMAT] [default: human]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter [env: USM_LOG_LEVEL] [default: info]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// HTTP worker threads [env: USM_WORKERS]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Merges the layers. `file` must exist when given; otherwise `./usm.toml` is read if present.
+    pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.is_file(),
+                    "config file {} does not exist",
+                    path.display()
+                );
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => figment = figment.merge(Toml::file("usm.toml")),
+        }
+        figment
+            .merge(Env::prefixed("USM_").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("invalid configuration")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "addr = \"127.0.0.1:9000\"\ndata_dir = \"/from-file\"\nworkers = 3",
+            )?;
+            jail.set_env("USM_DATA_DIR", "/from-env");
+            let overrides = ConfigOverrides {
+                workers: Some(7),
+                ..ConfigOverrides::default()
+            };
+            let config = Config::load(Some(Path::new("custom.toml")), &overrides)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.addr, "127.0.0.1:9000", "file beats defaults");
+            assert_eq!(
+                config.data_dir,
+                PathBuf::from("/from-env"),
+                "env beats file"
+            );
+            assert_eq!(config.workers, Some(7), "flags beat everything");
+            assert_eq!(config.log_level, "info", "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_is_a_valid_configuration() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../usm.example.toml");
+        let config = Config::load(Some(Path::new(example)), &ConfigOverrides::default()).unwrap();
+        assert_eq!(config.addr, Config::default().addr);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "adr = \"typo\"")?;
+            assert!(
+                Config::load(Some(Path::new("bad.toml")), &ConfigOverrides::default()).is_err()
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,136 @@
+//! The `usm` server: layered configuration (defaults < file < `USM_*` environment < flags),
+//! logging, and the process that serves the API over the embedded store. The binary and the
+//! end-to-end tests start servers through [`Server`].
+
+pub mod bench;
+mod config;
+mod telemetry;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use actix_web::{HttpServer, dev::ServerHandle, web};
+use anyhow::Context as _;
+use usm_api::{ApiConfig, Services};
+use usm_engine::{Engine, EngineConfig, Limits};
+use usm_model::{Catalog, Domain};
+use usm_store::{SledStore, Store, StoreConfig};
+
+pub use config::{Config, ConfigOverrides, LogFormat};
+pub use telemetry::init_tracing;
+
+/// A bound, not yet running server.
+pub struct Server {
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    engine: Arc<Engine>,
+}
+
+impl Server {
+    /// Opens the store, builds the engine and binds the listener. Call inside an async runtime.
+    pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        let engine = Arc::new(open_engine(config)?);
+        let services = web::Data::new(Services {
+            engine: engine.clone(),
+            config: ApiConfig {
+                max_body_bytes: config.max_body_bytes,
+            },
+        });
+        let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
+            .shutdown_timeout(config.shutdown_timeout_secs)
+            .disable_signals();
+        if let Some(workers) = config.workers {
+            http = http.workers(workers);
+        }
+        let http = http
+            .bind(&config.addr)
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let addr = *http
+            .addrs()
+            .first()
+            .context("the listener has no address")?;
+        Ok(Self {
+            addr,
+            server: http.run(),
+            engine,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then finishes in-flight requests and flushes the store.
+    pub async fn run(self) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "usm serving");
+        self.server.await.context("the HTTP server failed")?;
+        let store = self.engine.store().clone();
+        drop(self.engine);
+        web::block(move || store.flush()).await??;
+        tracing::info!("usm stopped; store flushed");
+        Ok(())
+    }
+}
+
+/// Opens the store in the configured data directory and builds the engine over it.
+pub fn open_engine(config: &Config) -> anyhow::Result<Engine> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = SledStore::open(
+        &config.data_dir,
+        StoreConfig {
+            durable_acks: config.durable_acks,
+            ..StoreConfig::default()
+        },
+    )?;
+    let domains = config
+        .domains
+        .iter()
+        .map(|d| {
+            Domain::new(d.as_str()).with_context(|| format!("domain {d:?} in the configuration"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    Ok(Engine::new(
+        store,
+        Arc::new(Catalog::core()),
+        EngineConfig {
+            domains,
+            limits: Limits::default(),
+        },
+    ))
+}
+
+/// Stops the server on SIGINT or SIGTERM: stop accepting, finish in-flight requests, flush.
+pub async fn stop_on_signal(handle: ServerHandle, grace: Duration) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+    tracing::info!(grace_secs = grace.as_secs(), "finishing in-flight requests");
+    handle.stop(true).await;
+}

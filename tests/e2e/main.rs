@@ -1,0 +1,9 @@
+//! End-to-end tests against real usm servers on 127.0.0.1 with sled stores in temp dirs.
+//! One test binary with modules links once.
+
+#![allow(clippy::unwrap_used)] // helpers of tests panic on failure, like the tests
+
+mod bad_input;
+mod concurrency;
+mod records;
+mod restart;

@@ -1,0 +1,263 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use usm_tests::TestServer;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incident_walks_its_lifecycle_with_history() {
+    let server = TestServer::start().unwrap();
+    let created = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "incident", "title": "Mail is down", "fields": {"impact": "high", "urgency": "high"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.header("etag"), Some("\"1\""));
+    assert_eq!(created.header("location"), Some("/api/v1/records/INC-1"));
+    assert_eq!(created.body["id"], "INC-1");
+    assert_eq!(created.body["process"], "recover");
+    assert_eq!(created.body["domain"], "it");
+    assert_eq!(created.body["state"], "new");
+
+    for to in ["in_progress", "on_hold", "in_progress", "resolved"] {
+        server.transition("INC-1", to).await.unwrap();
+    }
+    // Reopen from resolved, then resolve and close for good.
+    for to in ["in_progress", "resolved", "closed"] {
+        server.transition("INC-1", to).await.unwrap();
+    }
+    let record = server.get("/api/v1/records/INC-1").await.unwrap();
+    assert_eq!(record.body["state"], "closed");
+    assert_eq!(record.etag_version(), Some(8));
+
+    let history = server.get("/api/v1/records/INC-1/history").await.unwrap();
+    let entries = history.body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 8);
+    let versions: Vec<u64> = entries
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+    assert_eq!(entries[0]["action"], "create");
+    assert_eq!(
+        entries[5]["changes"][0],
+        json!({"path": "/state", "from": "resolved", "to": "in_progress"})
+    );
+    let page = server
+        .get("/api/v1/records/INC-1/history?after=6")
+        .await
+        .unwrap();
+    assert_eq!(page.body["entries"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_merges_fields_and_if_match_guards_it() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "request", "title": "New laptop", "fields": {"request_type": "hardware", "due": "2026-12-01"}}))
+        .await
+        .unwrap();
+    let patched = server
+        .call(
+            Method::PATCH,
+            "/api/v1/records/REQ-1",
+            Some(&json!({"title": "New laptop (14\")", "fields": {"due": null, "category": "laptops"}})),
+            &[("if-match", "\"1\"")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.etag_version(), Some(2));
+    assert_eq!(
+        patched.body["fields"],
+        json!({"request_type": "hardware", "category": "laptops"})
+    );
+
+    let stale = server
+        .call(
+            Method::PATCH,
+            "/api/v1/records/REQ-1",
+            Some(&json!({"fields": {"category": "phones"}})),
+            &[("if-match", "\"1\"")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.body["code"], "version_mismatch");
+    assert_eq!(stale.body["current_version"], 2);
+
+    let stale_transition = server
+        .call(
+            Method::POST,
+            "/api/v1/records/REQ-1/transitions",
+            Some(&json!({"to": "in_progress"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale_transition.status, StatusCode::PRECONDITION_FAILED);
+    let record = server.get("/api/v1/records/REQ-1").await.unwrap();
+    assert_eq!(record.body["fields"]["category"], "laptops");
+    assert_eq!(record.body["state"], "new");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_are_recorded_listed_and_in_history() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "change", "title": "Upgrade mail server", "fields": {"change_type": "normal"}}))
+        .await
+        .unwrap();
+    let approval = server
+        .post(
+            "/api/v1/records/CHG-1/approvals",
+            &json!({"decision": "approve", "comment": "CAB agreed"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approval.status, StatusCode::CREATED, "{}", approval.body);
+    assert_eq!(approval.body["seq"], 1);
+    assert_eq!(approval.body["decision"], "approve");
+    assert_eq!(approval.body["state"], "new");
+    assert_eq!(approval.etag_version(), Some(2));
+
+    let bad = server
+        .post(
+            "/api/v1/records/CHG-1/approvals",
+            &json!({"decision": "maybe"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    let list = server.get("/api/v1/records/CHG-1/approvals").await.unwrap();
+    assert_eq!(list.body["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["approvals"][0]["comment"], "CAB agreed");
+    let history = server.get("/api/v1/records/CHG-1/history").await.unwrap();
+    assert_eq!(history.body["entries"][1]["action"], "approval");
+    assert_eq!(history.body["entries"][1]["approval"]["actor"], "anonymous");
+
+    server.transition("CHG-1", "cancelled").await.unwrap();
+    let late = server
+        .post(
+            "/api/v1/records/CHG-1/approvals",
+            &json!({"decision": "reject"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.status, StatusCode::CONFLICT);
+    assert_eq!(late.body["code"], "record_inactive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_filter_by_kind_state_and_domain_with_cursors() {
+    let server = TestServer::start().unwrap();
+    for i in 0..10 {
+        let domain = ["it", "hr", "facilities"][i % 3];
+        let kind = if i % 2 == 0 { "incident" } else { "task" };
+        server
+            .create(json!({"kind": kind, "domain": domain, "title": format!("r{i}")}))
+            .await
+            .unwrap();
+    }
+    server.transition("INC-1", "in_progress").await.unwrap();
+    assert_eq!(server.list_all("").await.unwrap().len(), 10);
+    let hr: Vec<_> = server.list_all("domain=hr").await.unwrap();
+    assert_eq!(
+        hr.iter()
+            .map(|r| r["title"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["r1", "r4", "r7"]
+    );
+    let new_incidents = server.list_all("kind=incident&state=new").await.unwrap();
+    assert_eq!(new_incidents.len(), 4);
+    let in_progress_it = server
+        .list_all("kind=incident&state=in_progress&domain=it")
+        .await
+        .unwrap();
+    assert_eq!(in_progress_it.len(), 1);
+    assert_eq!(in_progress_it[0]["id"], "INC-1");
+
+    let first = server
+        .get("/api/v1/records?kind=task&limit=2")
+        .await
+        .unwrap();
+    assert_eq!(first.body["records"].as_array().unwrap().len(), 2);
+    assert!(first.body["next_cursor"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_between_records_are_typed_and_checked() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "ci", "title": "mail01"}))
+        .await
+        .unwrap();
+    let incident = server
+        .create(json!({"kind": "incident", "title": "Mail down", "links": [{"rel": "affects", "to": "CI-1"}]}))
+        .await
+        .unwrap();
+    assert_eq!(incident["links"], json!([{"rel": "affects", "to": "CI-1"}]));
+    let problem = server
+        .create(json!({"kind": "problem", "title": "Mail keeps failing"}))
+        .await
+        .unwrap();
+    assert_eq!(problem["id"], "PRB-1");
+    let linked = server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"links": [{"rel": "affects", "to": "CI-1"}, {"rel": "parent", "to": "PRB-1"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
+    assert_eq!(linked.body["links"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_key_sent_concurrently_creates_one_record() {
+    let server = TestServer::start().unwrap();
+    let body = json!({"kind": "request", "title": "Access to the HR share"});
+    let replies = futures::future::join_all((0..10).map(|_| {
+        server.call(
+            Method::POST,
+            "/api/v1/records",
+            Some(&body),
+            &[("idempotency-key", "req-7f3a")],
+        )
+    }))
+    .await;
+    let mut ids = Vec::new();
+    for reply in replies {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        ids.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids, ["REQ-1"]);
+    assert_eq!(server.list_all("").await.unwrap().len(), 1);
+
+    let replayed = server
+        .call(
+            Method::POST,
+            "/api/v1/records",
+            Some(&body),
+            &[("idempotency-key", "req-7f3a")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    let reused = server
+        .call(
+            Method::POST,
+            "/api/v1/records",
+            Some(&json!({"kind": "request", "title": "Something else"})),
+            &[("idempotency-key", "req-7f3a")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.body["code"], "idempotency_key_reused");
+    assert_eq!(server.list_all("").await.unwrap().len(), 1);
+}
