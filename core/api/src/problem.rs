@@ -36,6 +36,15 @@ pub struct Problem {
     /// The record's current version, for `version_mismatch`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
+    /// The module of the step that rejected or failed the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// The step that rejected or failed the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The rejecting step's own reason code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The HTTP status of each error code.
@@ -49,14 +58,15 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidFields
         | C::UnknownState
         | C::UnknownLinkTarget
-        | C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        | C::IdempotencyKeyReused
+        | C::StepRejected => StatusCode::UNPROCESSABLE_ENTITY,
         C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
         C::TransitionForbidden | C::Forbidden => StatusCode::FORBIDDEN,
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
         C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        C::Internal | C::StepFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -82,6 +92,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::BadCursor => "Bad cursor",
         C::IdempotencyKeyReused => "Idempotency key reused",
         C::WriteConflict => "Write conflict",
+        C::StepRejected => "Rejected by a pipeline step",
+        C::StepFailed => "A pipeline step failed",
         C::Unavailable => "Service unavailable",
         C::Internal => "Internal error",
     }
@@ -104,6 +116,9 @@ impl ApiError {
             errors: None,
             allowed: None,
             current_version: None,
+            module: None,
+            step: None,
+            reason: None,
         }))
     }
 
@@ -154,6 +169,17 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidFields { errors, .. } => api.0.errors = Some(errors),
             EngineError::IllegalTransition { allowed, .. } => api.0.allowed = Some(allowed),
             EngineError::VersionMismatch { current, .. } => api.0.current_version = Some(current),
+            EngineError::StepRejected {
+                module, step, code, ..
+            } => {
+                api.0.module = Some(module);
+                api.0.step = Some(step);
+                api.0.reason = Some(code);
+            }
+            EngineError::StepFailed { module, step, .. } => {
+                api.0.module = Some(module);
+                api.0.step = Some(step);
+            }
             _ => {}
         }
         api

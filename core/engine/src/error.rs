@@ -109,6 +109,28 @@ pub enum EngineError {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// A before-step refused the write.
+    #[error("{module}/{step} rejected the write: {message}")]
+    StepRejected {
+        /// The step's module.
+        module: String,
+        /// The step.
+        step: String,
+        /// The step's reason code.
+        code: String,
+        /// The step's message.
+        message: String,
+    },
+    /// A step failed and its policy fails the hook.
+    #[error("step {module}/{step} {error}")]
+    StepFailed {
+        /// The step's module.
+        module: String,
+        /// The step.
+        step: String,
+        /// What went wrong.
+        error: crate::StepError,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -150,6 +172,8 @@ impl EngineError {
             Self::BadCursor(_) => ErrorCode::BadCursor,
             Self::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
             Self::WriteConflict { .. } => ErrorCode::WriteConflict,
+            Self::StepRejected { .. } => ErrorCode::StepRejected,
+            Self::StepFailed { .. } => ErrorCode::StepFailed,
             Self::Store(_) => ErrorCode::Internal,
         }
     }

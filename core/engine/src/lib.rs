@@ -9,20 +9,30 @@
 
 mod cursor;
 mod error;
+mod outbox;
+mod pipeline;
+mod step;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use usm_model::{
-    Action, Actor, Approval, Catalog, Decision, Domain, HistoryEntry, KindDef, LifecycleError,
-    Link, Record, RecordId, Role, State, StateCategory, Timestamp, diff_records, merge_patch,
+    Action, Actor, Approval, Catalog, Cause, Decision, Domain, HistoryEntry, KindDef,
+    LifecycleError, Link, Record, RecordId, Role, State, StateCategory, Timestamp, diff_records,
+    merge_patch,
 };
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
 pub use error::EngineError;
+pub use outbox::{AfterStepWorker, CommitSignal};
+pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
+pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
 pub use usm_model::Kind;
 
 /// Bounds on what one request can make the engine do.
@@ -162,6 +172,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     catalog: Arc<Catalog>,
     config: EngineConfig,
+    pipelines: RwLock<Arc<Pipelines>>,
+    commits: Arc<CommitSignal>,
 }
 
 impl Engine {
@@ -171,7 +183,33 @@ impl Engine {
             store,
             catalog,
             config,
+            pipelines: RwLock::new(Arc::new(Pipelines::default())),
+            commits: Arc::new(CommitSignal::default()),
         }
+    }
+
+    /// The pipelines in force now. A write takes this once and uses it throughout, so a swap
+    /// never gives one write a mix of old and new steps.
+    pub fn pipelines(&self) -> Arc<Pipelines> {
+        Arc::clone(
+            &self
+                .pipelines
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Swaps in newly composed pipelines; writes in flight finish on the old ones.
+    pub fn set_pipelines(&self, pipelines: Pipelines) {
+        *self
+            .pipelines
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(pipelines);
+    }
+
+    /// Signalled after every commit; the outbox consumers wait on it.
+    pub fn commits(&self) -> &Arc<CommitSignal> {
+        &self.commits
     }
 
     /// The kinds this engine knows.
@@ -206,6 +244,16 @@ impl Engine {
         new: NewRecord,
         idempotency_key: Option<&str>,
     ) -> Result<Created, EngineError> {
+        self.create_caused(actor, new, idempotency_key, None)
+    }
+
+    pub(crate) fn create_caused(
+        &self,
+        actor: &Actor,
+        new: NewRecord,
+        idempotency_key: Option<&str>,
+        cause: Option<Cause>,
+    ) -> Result<Created, EngineError> {
         let def = self.kind(&new.kind)?;
         let domain = match &new.domain {
             Some(domain) => self.domain(domain)?,
@@ -233,6 +281,9 @@ impl Engine {
             updated_at: now,
             updated_by: actor.name.clone(),
         };
+        let pipelines = self.pipelines();
+        let (record, steps) =
+            self.run_before(&pipelines, Hook::Create, actor, record, None, Value::Null)?;
         let history = HistoryEntry {
             version: 1,
             at: now,
@@ -241,7 +292,8 @@ impl Engine {
             comment: None,
             changes: diff_records(None, &record),
             approval: None,
-            steps: Vec::new(),
+            steps,
+            cause,
         };
         let write = Write {
             record,
@@ -253,6 +305,7 @@ impl Engine {
         };
         match self.store.commit(write) {
             Ok(committed) => {
+                self.commits.notify();
                 tracing::info!(record = %committed.record.id, "record created");
                 Ok(Created {
                     record: committed.record,
@@ -289,8 +342,25 @@ impl Engine {
         patch: RecordPatch,
         if_match: Option<u64>,
     ) -> Result<Record, EngineError> {
+        self.update_caused(actor, id, patch, if_match, None)
+    }
+
+    pub(crate) fn update_caused(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: RecordPatch,
+        if_match: Option<u64>,
+        cause: Option<Cause>,
+    ) -> Result<Record, EngineError> {
         let title = patch.title.as_deref().map(|t| self.title(t)).transpose()?;
-        self.write(actor, id, if_match, Action::Update, |current| {
+        let target = WriteTarget {
+            id,
+            if_match,
+            action: Action::Update,
+            cause,
+        };
+        self.write(actor, target, |current| {
             let mut next = current.clone();
             if let Some(title) = &title {
                 next.title = title.clone();
@@ -313,6 +383,7 @@ impl Engine {
                 record: next,
                 comment: None,
                 approval: None,
+                context: Value::Null,
             })
         })
         .map(|committed| committed.record)
@@ -328,8 +399,26 @@ impl Engine {
         comment: Option<String>,
         if_match: Option<u64>,
     ) -> Result<Record, EngineError> {
+        self.transition_caused(actor, id, to, comment, if_match, None)
+    }
+
+    pub(crate) fn transition_caused(
+        &self,
+        actor: &Actor,
+        id: &str,
+        to: &str,
+        comment: Option<String>,
+        if_match: Option<u64>,
+        cause: Option<Cause>,
+    ) -> Result<Record, EngineError> {
         let comment = self.comment(comment)?;
-        self.write(actor, id, if_match, Action::Transition, |current| {
+        let target = WriteTarget {
+            id,
+            if_match,
+            action: Action::Transition,
+            cause,
+        };
+        self.write(actor, target, |current| {
             let def = self.kind(current.kind.as_str())?;
             let lifecycle = &def.lifecycle;
             let unknown = || EngineError::UnknownState {
@@ -357,10 +446,14 @@ impl Engine {
                 })?;
             let mut next = current.clone();
             next.state = target;
+            let context = serde_json::json!({"transition": {
+                "from": current.state, "to": next.state, "comment": comment,
+            }});
             Ok(Proposal {
                 record: next,
                 comment: comment.clone(),
                 approval: None,
+                context,
             })
         })
         .map(|committed| committed.record)
@@ -385,7 +478,13 @@ impl Engine {
             ));
         }
         let comment = self.comment(comment)?;
-        let committed = self.write(actor, id, None, Action::Approval, |current| {
+        let target = WriteTarget {
+            id,
+            if_match: None,
+            action: Action::Approval,
+            cause: None,
+        };
+        let committed = self.write(actor, target, |current| {
             let def = self.kind(current.kind.as_str())?;
             let inactive = def
                 .lifecycle
@@ -397,19 +496,22 @@ impl Engine {
                     state: current.state.clone(),
                 });
             }
+            let approval = Approval {
+                seq: 0,
+                decision,
+                comment: comment.clone(),
+                actor: actor.name.clone(),
+                roles: actor.roles.clone(),
+                at: Timestamp::now(),
+                state: current.state.clone(),
+                record_version: 0,
+            };
+            let context = serde_json::json!({"approval": approval});
             Ok(Proposal {
                 record: current.clone(),
                 comment: None,
-                approval: Some(Approval {
-                    seq: 0,
-                    decision,
-                    comment: comment.clone(),
-                    actor: actor.name.clone(),
-                    roles: actor.roles.clone(),
-                    at: Timestamp::now(),
-                    state: current.state.clone(),
-                    record_version: 0,
-                }),
+                approval: Some(approval),
+                context,
             })
         })?;
         let approval = committed.history.approval.ok_or_else(|| {
@@ -473,13 +575,23 @@ impl Engine {
     fn write(
         &self,
         actor: &Actor,
-        id: &str,
-        if_match: Option<u64>,
-        action: Action,
+        target: WriteTarget<'_>,
         propose: impl Fn(&Record) -> Result<Proposal, EngineError>,
     ) -> Result<Committed, EngineError> {
+        let WriteTarget {
+            id,
+            if_match,
+            action,
+            cause,
+        } = target;
         let id = parse_id(id)?;
         let attempts = self.config.limits.write_attempts;
+        let hook = match action {
+            Action::Create | Action::Update => Hook::Update,
+            Action::Transition => Hook::Transition,
+            Action::Approval => Hook::Approval,
+        };
+        let pipelines = self.pipelines();
         for _ in 0..attempts {
             let current = self
                 .store
@@ -498,10 +610,13 @@ impl Engine {
                 mut record,
                 comment,
                 approval,
+                context,
             } = propose(&current)?;
             let now = Timestamp::now();
             record.updated_at = now;
             record.updated_by = actor.name.clone();
+            let (record, steps) =
+                self.run_before(&pipelines, hook, actor, record, Some(&current), context)?;
             let history = HistoryEntry {
                 version: current.version + 1,
                 at: now,
@@ -510,7 +625,8 @@ impl Engine {
                 comment,
                 changes: diff_records(Some(&current), &record),
                 approval,
-                steps: Vec::new(),
+                steps,
+                cause: cause.clone(),
             };
             let write = Write {
                 record,
@@ -519,6 +635,7 @@ impl Engine {
             };
             match self.store.commit(write) {
                 Ok(committed) => {
+                    self.commits.notify();
                     tracing::info!(
                         version = committed.record.version,
                         ?action,
@@ -533,6 +650,34 @@ impl Engine {
         Err(EngineError::WriteConflict {
             id: id.to_string(),
             attempts,
+        })
+    }
+
+    /// Runs the before-phase of `hook` on a proposed record.
+    fn run_before(
+        &self,
+        pipelines: &Pipelines,
+        hook: Hook,
+        actor: &Actor,
+        proposed: Record,
+        previous: Option<&Record>,
+        context: Value,
+    ) -> Result<(Record, Vec<usm_model::StepRun>), EngineError> {
+        let steps = pipelines.steps(&proposed.domain, proposed.process, hook, Phase::Before);
+        pipeline::BeforeRun {
+            steps,
+            hook,
+            actor,
+            previous,
+            context,
+            max_patch_depth: self.config.limits.max_patch_depth,
+        }
+        .run(proposed, |mut candidate| {
+            candidate.title = self.title(&candidate.title)?;
+            self.check_links(&candidate.links, previous.map(|p| &p.id))?;
+            let def = self.kind(candidate.kind.as_str())?;
+            candidate.fields = self.valid_fields(def, std::mem::take(&mut candidate.fields))?;
+            Ok(candidate)
         })
     }
 
@@ -722,6 +867,16 @@ struct Proposal {
     record: Record,
     comment: Option<String>,
     approval: Option<Approval>,
+    /// Hook details for the pipeline steps.
+    context: Value,
+}
+
+/// Which record a write changes, and how.
+struct WriteTarget<'a> {
+    id: &'a str,
+    if_match: Option<u64>,
+    action: Action,
+    cause: Option<Cause>,
 }
 
 /// An id that cannot exist is simply not found; callers need not learn our id syntax.

@@ -315,3 +315,428 @@ fn lists_with_cursors_bound_to_their_filters() {
             .is_err()
     );
 }
+
+mod pipelines {
+    use std::{
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use serde_json::{Value, json};
+    use usm_model::{Domain, Process};
+
+    use super::{agent, engine, new};
+    use crate::{
+        AfterStepWorker, BoundStep, Effect, EngineError, Hook, OnError, Phase, Pipelines, Runtime,
+        Step, StepError, StepInput, StepOutput,
+    };
+
+    fn bound(
+        module: &str,
+        name: &str,
+        hook: Hook,
+        phase: Phase,
+        order: i32,
+        step: impl Step + 'static,
+    ) -> Arc<BoundStep> {
+        Arc::new(BoundStep {
+            module: module.into(),
+            name: name.into(),
+            runtime: Runtime::Native,
+            hook,
+            process: Process::Recover,
+            phase,
+            order,
+            on_error: OnError::Fail,
+            kinds: Vec::new(),
+            step: Arc::new(step),
+        })
+    }
+
+    fn compose(steps: &[Arc<BoundStep>]) -> Pipelines {
+        let it = Domain::new("it").unwrap();
+        Pipelines::compose(steps.iter().map(|s| (&it, s)))
+    }
+
+    /// A step that appends its name to `fields.trail`.
+    fn trail(name: &'static str) -> impl Step {
+        move |input: &StepInput<'_>| {
+            let mut trail = input.record["fields"]["trail"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            trail.push(Value::from(name));
+            Ok(StepOutput::Patch(
+                json!({"fields": {"trail": trail}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ))
+        }
+    }
+
+    #[test]
+    fn before_steps_run_by_order_then_module_then_name_and_patch_in_turn() {
+        let engine = engine();
+        engine.set_pipelines(compose(&[
+            bound(
+                "zeta",
+                "a",
+                Hook::Create,
+                Phase::Before,
+                10,
+                trail("zeta/a@10"),
+            ),
+            bound(
+                "alpha",
+                "b",
+                Hook::Create,
+                Phase::Before,
+                10,
+                trail("alpha/b@10"),
+            ),
+            bound(
+                "alpha",
+                "a",
+                Hook::Create,
+                Phase::Before,
+                10,
+                trail("alpha/a@10"),
+            ),
+            bound(
+                "mid",
+                "x",
+                Hook::Create,
+                Phase::Before,
+                -5,
+                trail("mid/x@-5"),
+            ),
+            bound(
+                "late",
+                "x",
+                Hook::Update,
+                Phase::Before,
+                0,
+                trail("update-only"),
+            ),
+        ]));
+        let record = engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap()
+            .record;
+        assert_eq!(
+            record.fields["trail"],
+            json!(["mid/x@-5", "alpha/a@10", "alpha/b@10", "zeta/a@10"])
+        );
+        let history = engine.history("INC-1", 0, None).unwrap();
+        let steps: Vec<_> = history[0]
+            .steps
+            .iter()
+            .map(|s| (s.module.as_str(), s.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("mid", "patched"),
+                ("alpha", "patched"),
+                ("alpha", "patched"),
+                ("zeta", "patched")
+            ]
+        );
+        assert_eq!(history[0].steps[1].changes[0].path, "/fields/trail");
+        // Other kinds of the process are untouched by steps limited to a kind, other domains too.
+        let mut hr = new("incident", "hr one", json!({}));
+        hr.domain = Some("hr".into());
+        assert!(
+            engine
+                .create(&agent(), hr, None)
+                .unwrap()
+                .record
+                .fields
+                .get("trail")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_rejection_leaves_no_trace_and_names_the_step() {
+        let engine = engine();
+        let reject = |input: &StepInput<'_>| {
+            if input.record["fields"].get("category").is_none() {
+                Ok(StepOutput::Reject {
+                    code: "missing_category".into(),
+                    message: "classify first".into(),
+                })
+            } else {
+                Ok(StepOutput::Continue)
+            }
+        };
+        engine.set_pipelines(compose(&[bound(
+            "iso",
+            "classified",
+            Hook::Create,
+            Phase::Before,
+            0,
+            reject,
+        )]));
+        match engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap_err()
+        {
+            EngineError::StepRejected {
+                module,
+                step,
+                code,
+                message,
+            } => {
+                assert_eq!(
+                    (module.as_str(), step.as_str(), code.as_str()),
+                    ("iso", "classified", "missing_category")
+                );
+                assert_eq!(message, "classify first");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            engine.store().events_after(0, 10).unwrap().is_empty(),
+            "no event"
+        );
+        assert!(engine.get("INC-1").is_err(), "no record");
+        let record = engine
+            .create(
+                &agent(),
+                new("incident", "x", json!({"category": "mail"})),
+                None,
+            )
+            .unwrap()
+            .record;
+        assert_eq!(
+            record.id.as_str(),
+            "INC-1",
+            "the rejected write did not use up a number"
+        );
+    }
+
+    #[test]
+    fn failures_follow_on_error_and_bad_patches_are_failures() {
+        let engine = engine();
+        let crash = |_: &StepInput<'_>| Err(StepError::Trap("unreachable executed".into()));
+        let bad_patch = |_: &StepInput<'_>| {
+            Ok(StepOutput::Patch(
+                json!({"state": "closed"}).as_object().unwrap().clone(),
+            ))
+        };
+        let invalid = |_: &StepInput<'_>| {
+            Ok(StepOutput::Patch(
+                json!({"fields": {"impact": "cosmic"}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ))
+        };
+        let mut skipping = bound("m", "crash", Hook::Create, Phase::Before, 0, crash);
+        Arc::get_mut(&mut skipping).unwrap().on_error = OnError::Skip;
+        engine.set_pipelines(compose(&[skipping]));
+        let record = engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap()
+            .record;
+        let history = engine.history(record.id.as_str(), 0, None).unwrap();
+        assert_eq!(history[0].steps[0].outcome, "skipped: trap");
+
+        for (name, step) in [
+            ("crash", Arc::new(crash) as Arc<dyn Step>),
+            ("state", Arc::new(bad_patch)),
+            ("schema", Arc::new(invalid)),
+        ] {
+            let mut failing = bound(
+                "m",
+                name,
+                Hook::Create,
+                Phase::Before,
+                0,
+                |_: &StepInput<'_>| Ok(StepOutput::Continue),
+            );
+            Arc::get_mut(&mut failing).unwrap().step = step;
+            engine.set_pipelines(compose(&[failing]));
+            match engine
+                .create(&agent(), new("incident", "x", json!({})), None)
+                .unwrap_err()
+            {
+                EngineError::StepFailed { module, step, .. } => {
+                    assert_eq!((module.as_str(), step.as_str()), ("m", name))
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(engine.list(Default::default()).unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn transition_and_approval_steps_see_their_context() {
+        let engine = engine();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let watcher = move |input: &StepInput<'_>| {
+            log.lock()
+                .unwrap()
+                .push((input.hook, input.context.clone(), input.previous.is_some()));
+            Ok(StepOutput::Continue)
+        };
+        let watcher = Arc::new(watcher);
+        let (a, b) = (Arc::clone(&watcher), Arc::clone(&watcher));
+        engine.set_pipelines(compose(&[
+            bound(
+                "w",
+                "t",
+                Hook::Transition,
+                Phase::Before,
+                0,
+                move |i: &StepInput<'_>| a(i),
+            ),
+            bound(
+                "w",
+                "a",
+                Hook::Approval,
+                Phase::Before,
+                0,
+                move |i: &StepInput<'_>| b(i),
+            ),
+        ]));
+        engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap();
+        engine
+            .transition(&agent(), "INC-1", "in_progress", Some("on it".into()), None)
+            .unwrap();
+        engine
+            .approve(&agent(), "INC-1", usm_model::Decision::Approve, None)
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, Hook::Transition);
+        assert_eq!(
+            seen[0].1["transition"],
+            json!({"from": "new", "to": "in_progress", "comment": "on it"})
+        );
+        assert!(seen[0].2, "transition steps see the previous version");
+        assert_eq!(seen[1].0, Hook::Approval);
+        assert_eq!(seen[1].1["approval"]["decision"], "approve");
+    }
+
+    #[test]
+    fn after_steps_create_linked_records_once_as_the_module() {
+        let engine = Arc::new(engine());
+        let spawn = |input: &StepInput<'_>| {
+            assert_eq!(input.phase, Phase::After);
+            Ok(StepOutput::Effects(vec![
+                Effect::CreateRecord {
+                    kind: "task".into(),
+                    title: format!("Follow up {}", input.record["id"].as_str().unwrap()),
+                    domain: None,
+                    fields: Default::default(),
+                    link: Some(usm_model::LinkRel::Parent),
+                },
+                Effect::Transition {
+                    record: None,
+                    to: "in_progress".into(),
+                    comment: None,
+                },
+                Effect::Notify {
+                    audience: "team:mail".into(),
+                    message: "new incident".into(),
+                },
+            ]))
+        };
+        engine.set_pipelines(compose(&[bound(
+            "followup",
+            "spawn",
+            Hook::Create,
+            Phase::After,
+            0,
+            spawn,
+        )]));
+        let worker = AfterStepWorker::start(Arc::clone(&engine)).unwrap();
+        engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.get("TSK-1").is_err()
+            || engine.get("INC-1").unwrap().state.as_str() != "in_progress"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the after-step effects did not happen"
+            );
+            engine
+                .commits()
+                .wait_past(engine.commits().count(), Duration::from_millis(50));
+        }
+        worker.stop();
+        let task = engine.get("TSK-1").unwrap();
+        assert_eq!(task.created_by, "module:followup");
+        assert_eq!(task.links[0].to.as_str(), "INC-1");
+        let history = engine.history("TSK-1", 0, None).unwrap();
+        let cause = history[0].cause.as_ref().unwrap();
+        assert_eq!((cause.module.as_str(), cause.depth), ("followup", 1));
+
+        // Replaying from the start (as after a crash before the cursor moved) creates nothing new.
+        engine.store().set_cursor("after-steps", 0).unwrap();
+        let worker = AfterStepWorker::start(Arc::clone(&engine)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let last = engine
+            .store()
+            .events_after(0, 1000)
+            .unwrap()
+            .last()
+            .unwrap()
+            .seq;
+        while engine.store().cursor("after-steps").unwrap() < last {
+            assert!(Instant::now() < deadline, "the replay did not finish");
+            engine
+                .commits()
+                .wait_past(engine.commits().count(), Duration::from_millis(50));
+        }
+        worker.stop();
+        assert!(
+            engine.get("TSK-2").is_err(),
+            "the replayed effect found its first record"
+        );
+        let events = engine.store().events_after(0, 100).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type == usm_model::EventType::Notification)
+        );
+    }
+
+    #[test]
+    fn a_swap_mid_write_is_invisible_to_that_write() {
+        let engine = Arc::new(engine());
+        let swapper = Arc::clone(&engine);
+        let swap_during = move |_: &StepInput<'_>| {
+            swapper.set_pipelines(Pipelines::default());
+            Ok(StepOutput::Continue)
+        };
+        engine.set_pipelines(compose(&[
+            bound("a", "swap", Hook::Create, Phase::Before, 0, swap_during),
+            bound("b", "trail", Hook::Create, Phase::Before, 1, trail("b")),
+        ]));
+        let record = engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap()
+            .record;
+        assert_eq!(
+            record.fields["trail"],
+            json!(["b"]),
+            "the write kept the pipelines it started with"
+        );
+        let record = engine
+            .create(&agent(), new("incident", "y", json!({})), None)
+            .unwrap()
+            .record;
+        assert!(
+            record.fields.get("trail").is_none(),
+            "the next write sees the new set"
+        );
+    }
+}

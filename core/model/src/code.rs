@@ -43,6 +43,10 @@ pub enum ErrorCode {
     BadCursor,
     /// The `Idempotency-Key` was already used for a different request.
     IdempotencyKeyReused,
+    /// A pipeline step refused the write.
+    StepRejected,
+    /// A pipeline step failed (trap, timeout, memory, invalid output) and its policy is `fail`.
+    StepFailed,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
     /// The server is shutting down or overloaded.
@@ -73,6 +77,8 @@ impl ErrorCode {
             Self::VersionMismatch => "version_mismatch",
             Self::BadCursor => "bad_cursor",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::StepRejected => "step_rejected",
+            Self::StepFailed => "step_failed",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

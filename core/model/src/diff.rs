@@ -66,6 +66,33 @@ pub fn diff_records(old: Option<&Record>, new: &Record) -> Vec<Change> {
     changes
 }
 
+/// The changes between two JSON renderings of a record, over title, state, fields and links;
+/// used to show what a pipeline step's patch did.
+pub fn diff_record_values(old: &Value, new: &Value) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for member in ["title", "state", "links"] {
+        let (from, to) = (old.get(member), new.get(member));
+        if from != to {
+            changes.push(Change {
+                path: format!("/{member}"),
+                from: from.cloned(),
+                to: to.cloned(),
+            });
+        }
+    }
+    let empty = Map::new();
+    let old_fields = old
+        .get("fields")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let new_fields = new
+        .get("fields")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    diff_maps("/fields", old_fields, new_fields, &mut changes);
+    changes
+}
+
 fn diff_maps(
     prefix: &str,
     old: &Map<String, Value>,

@@ -13,13 +13,13 @@ mod record;
 
 pub use catalog::{Catalog, CatalogError, FieldError, KindDef, core_kinds};
 pub use code::ErrorCode;
-pub use diff::{Change, diff_records};
+pub use diff::{Change, diff_record_values, diff_records};
 pub use ids::{Actor, Domain, IdError, Kind, RecordId, Role, State};
 pub use lifecycle::{Lifecycle, LifecycleError, StateCategory, StateDef, TransitionDef};
 pub use patch::{MergePatchError, merge_patch};
 pub use record::{
-    Action, Approval, Decision, Event, EventType, HistoryEntry, Link, LinkRel, Process, Record,
-    StepRun,
+    Action, Approval, Cause, Decision, Event, EventType, HistoryEntry, Link, LinkRel, Process,
+    Record, StepRun,
 };
 
 /// Re-exported so that every crate agrees on one timestamp type.

@@ -186,6 +186,25 @@ pub struct HistoryEntry {
     /// The pipeline steps that ran for this write, in order.
     #[serde(default)]
     pub steps: Vec<StepRun>,
+    /// The after-step whose effect made this write, when a step made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+/// The after-step effect that caused a write: answers "why does this record exist?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Cause {
+    /// The outbox event the step ran for.
+    pub event: u64,
+    /// The record that event was about.
+    pub record_id: RecordId,
+    /// The module of the step.
+    pub module: String,
+    /// The step.
+    pub step: String,
+    /// How many effects deep this write is (1 = caused by a client's write).
+    pub depth: u32,
 }
 
 /// An approval decision.
@@ -239,6 +258,9 @@ pub enum EventType {
     /// An approval was recorded.
     #[serde(rename = "record.approval")]
     ApprovalRecorded,
+    /// A step asked for a notification about the record.
+    #[serde(rename = "notification")]
+    Notification,
 }
 
 impl From<Action> for EventType {
@@ -276,4 +298,11 @@ pub struct Event {
     /// When.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
+    /// How many after-step effects deep the write is (0 = a client's write).
+    #[serde(default)]
+    pub depth: u32,
+    /// Extra data, e.g. a notification's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub payload: Option<serde_json::Value>,
 }

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, Services};
-use usm_engine::{Engine, EngineConfig, Limits};
+use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits};
 use usm_model::{Catalog, Domain};
 use usm_store::{SledStore, Store, StoreConfig};
 
@@ -23,6 +23,7 @@ pub struct Server {
     addr: SocketAddr,
     server: actix_web::dev::Server,
     engine: Arc<Engine>,
+    after_steps: AfterStepWorker,
 }
 
 impl Server {
@@ -48,10 +49,13 @@ impl Server {
             .addrs()
             .first()
             .context("the listener has no address")?;
+        let after_steps = AfterStepWorker::start(Arc::clone(&engine))
+            .context("cannot start the after-step worker")?;
         Ok(Self {
             addr,
             server: http.run(),
             engine,
+            after_steps,
         })
     }
 
@@ -69,6 +73,8 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
+        let after_steps = self.after_steps;
+        web::block(move || after_steps.stop()).await?;
         let store = self.engine.store().clone();
         drop(self.engine);
         web::block(move || store.flush()).await??;

@@ -366,6 +366,8 @@ pub(crate) fn apply_write<T: KvTx>(
         state: stored.record.state.clone(),
         actor: history.actor.clone(),
         at: now,
+        depth: history.cause.as_ref().map_or(0, |c| c.depth),
+        payload: None,
     };
     tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
     debug_assert!(old.is_some() || history.action == Action::Create);
@@ -374,6 +376,36 @@ pub(crate) fn apply_write<T: KvTx>(
         history,
         event,
     })
+}
+
+/// Appends a notification event inside a transaction.
+pub(crate) fn apply_notification<T: KvTx>(
+    tx: &T,
+    record: &Record,
+    actor: &str,
+    depth: u32,
+    payload: &serde_json::Value,
+) -> Result<Event, TxFail<T::Error>> {
+    let event = Event {
+        seq: next_counter(tx, OUTBOX_COUNTER)?,
+        event_type: EventType::Notification,
+        record_id: record.id.clone(),
+        kind: record.kind.clone(),
+        domain: record.domain.clone(),
+        version: record.version,
+        state: record.state.clone(),
+        actor: actor.to_owned(),
+        at: Timestamp::now(),
+        depth,
+        payload: Some(payload.clone()),
+    };
+    tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
+    Ok(event)
+}
+
+/// The counter key of a named outbox consumer's cursor.
+pub(crate) fn cursor_key(consumer: &str) -> Vec<u8> {
+    format!("~cursor/{consumer}").into_bytes()
 }
 
 /// Reads a page of records for `query` through the index.

@@ -197,6 +197,22 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox events with a sequence number above `after`, oldest first, at most `limit`.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
+    /// Appends a notification event about a record to the outbox.
+    fn notify(
+        &self,
+        record: &Record,
+        actor: &str,
+        depth: u32,
+        payload: serde_json::Value,
+    ) -> Result<Event, StoreError>;
+
+    /// The position of a named outbox consumer (0 before its first event).
+    fn cursor(&self, consumer: &str) -> Result<u64, StoreError>;
+
+    /// Moves a named outbox consumer's position. Not flushed on its own: after a crash a consumer
+    /// may see events again (at least once), never miss one.
+    fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError>;
+
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -31,6 +31,30 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Trees> {
         self.trees.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Runs `body` as one transaction: its writes apply only if it succeeds.
+    fn transact<T>(
+        &self,
+        body: impl FnOnce(&MemTx<'_>) -> Result<T, TxFail<Infallible>>,
+    ) -> Result<T, StoreError> {
+        let mut trees = self.lock();
+        let tx = MemTx {
+            trees: &trees,
+            writes: RefCell::default(),
+        };
+        let result = match body(&tx) {
+            Ok(result) => result,
+            Err(TxFail::Abort(error)) => return Err(error),
+            Err(TxFail::Kv(never)) => match never {},
+        };
+        for (tree, key, value) in tx.writes.into_inner() {
+            match value {
+                Some(value) => trees[tree as usize].insert(key, value),
+                None => trees[tree as usize].remove(&key),
+            };
+        }
+        Ok(result)
+    }
 }
 
 /// An insert (`Some`) or removal (`None`) waiting for the transaction to succeed.
@@ -93,24 +117,8 @@ impl Store for MemoryStore {
     }
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
-        let mut trees = self.lock();
-        let tx = MemTx {
-            trees: &trees,
-            writes: RefCell::default(),
-        };
-        let committed = match layout::apply_write(&tx, &write, self.config.idempotency_ttl) {
-            Ok(committed) => committed,
-            Err(TxFail::Abort(error)) => return Err(error),
-            Err(TxFail::Kv(never)) => match never {},
-        };
-        let writes = tx.writes.into_inner();
-        for (tree, key, value) in writes {
-            match value {
-                Some(value) => trees[tree as usize].insert(key, value),
-                None => trees[tree as usize].remove(&key),
-            };
-        }
-        Ok(committed)
+        let ttl = self.config.idempotency_ttl;
+        self.transact(|tx| layout::apply_write(tx, &write, ttl))
     }
 
     fn history(
@@ -136,6 +144,31 @@ impl Store for MemoryStore {
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         layout::events_after(self, after, limit)
+    }
+
+    fn notify(
+        &self,
+        record: &Record,
+        actor: &str,
+        depth: u32,
+        payload: serde_json::Value,
+    ) -> Result<Event, StoreError> {
+        self.transact(|tx| layout::apply_notification(tx, record, actor, depth, &payload))
+    }
+
+    fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        match self.lock()[TreeId::Counters as usize].get(&layout::cursor_key(consumer)) {
+            Some(bytes) => layout::decode_u64("cursor", bytes),
+            None => Ok(0),
+        }
+    }
+
+    fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError> {
+        self.lock()[TreeId::Counters as usize].insert(
+            layout::cursor_key(consumer),
+            position.to_be_bytes().to_vec(),
+        );
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -84,6 +84,29 @@ impl SledStore {
     fn tree(&self, id: TreeId) -> &sled::Tree {
         &self.trees[id as usize]
     }
+
+    /// Runs `body` as one sled transaction over every tree (sled may run it more than once) and
+    /// returns once the result is durable.
+    fn transact<T>(
+        &self,
+        body: impl Fn(&SledTx<'_>) -> Result<T, TxFail<UnabortableTransactionError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.trees.as_slice().transaction(|trees| {
+            body(&SledTx(trees)).map_err(|fail| match fail {
+                TxFail::Abort(error) => ConflictableTransactionError::Abort(error),
+                TxFail::Kv(error) => error.into(),
+            })
+        });
+        let value = match result {
+            Ok(value) => value,
+            Err(TransactionError::Abort(error)) => return Err(error),
+            Err(TransactionError::Storage(error)) => return Err(StoreError::Backend(error)),
+        };
+        if self.config.durable_acks {
+            self.group_commit.wait_durable()?;
+        }
+        Ok(value)
+    }
 }
 
 impl Drop for SledStore {
@@ -160,21 +183,7 @@ impl Store for SledStore {
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
         let ttl = self.config.idempotency_ttl;
-        let result = self.trees.as_slice().transaction(|trees| {
-            layout::apply_write(&SledTx(trees), &write, ttl).map_err(|fail| match fail {
-                TxFail::Abort(error) => ConflictableTransactionError::Abort(error),
-                TxFail::Kv(error) => error.into(),
-            })
-        });
-        let committed = match result {
-            Ok(committed) => committed,
-            Err(TransactionError::Abort(error)) => return Err(error),
-            Err(TransactionError::Storage(error)) => return Err(StoreError::Backend(error)),
-        };
-        if self.config.durable_acks {
-            self.group_commit.wait_durable()?;
-        }
-        Ok(committed)
+        self.transact(|tx| layout::apply_write(tx, &write, ttl))
     }
 
     fn history(
@@ -200,6 +209,32 @@ impl Store for SledStore {
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         layout::events_after(self, after, limit)
+    }
+
+    fn notify(
+        &self,
+        record: &Record,
+        actor: &str,
+        depth: u32,
+        payload: serde_json::Value,
+    ) -> Result<Event, StoreError> {
+        self.transact(|tx| layout::apply_notification(tx, record, actor, depth, &payload))
+    }
+
+    fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        match self
+            .tree(TreeId::Counters)
+            .get(layout::cursor_key(consumer))?
+        {
+            Some(bytes) => layout::decode_u64("cursor", &bytes),
+            None => Ok(0),
+        }
+    }
+
+    fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError> {
+        self.tree(TreeId::Counters)
+            .insert(layout::cursor_key(consumer), &position.to_be_bytes())?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

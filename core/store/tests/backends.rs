@@ -42,6 +42,7 @@ fn entry(action: Action) -> HistoryEntry {
         changes: vec![],
         approval: None,
         steps: vec![],
+        cause: None,
     }
 }
 

@@ -1,0 +1,332 @@
+//! Composed pipelines: for each (domain, process, hook, phase) the ordered steps of the enabled
+//! modules, and the before-phase runner that applies them to a proposed write.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use usm_model::{Actor, Domain, Kind, Process, Record, StepRun, diff_record_values, merge_patch};
+
+use crate::{
+    EngineError,
+    step::{Hook, OnError, Phase, Step, StepError, StepInput, StepOutput},
+};
+
+/// What runs a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Runtime {
+    /// A WASM component.
+    Wasm,
+    /// A rhai script.
+    Rhai,
+    /// Rust code linked into the server (tests and built-ins).
+    Native,
+}
+
+/// A step as a module declares it, with the built step bound to its config.
+pub struct BoundStep {
+    /// The module that contributes the step.
+    pub module: String,
+    /// The step's name, unique within its module.
+    pub name: String,
+    /// What runs it.
+    pub runtime: Runtime,
+    /// The hook it serves.
+    pub hook: Hook,
+    /// The process whose records it sees.
+    pub process: Process,
+    /// Before or after the write.
+    pub phase: Phase,
+    /// Position in the pipeline: lower runs first, ties by module id then step name.
+    pub order: i32,
+    /// What a failure does.
+    pub on_error: OnError,
+    /// Only records of these kinds; every kind of the process when empty.
+    pub kinds: Vec<Kind>,
+    /// The step itself.
+    pub step: Arc<dyn Step>,
+}
+
+impl BoundStep {
+    /// Whether the step applies to records of `kind`.
+    pub fn applies_to(&self, kind: &Kind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(kind)
+    }
+}
+
+impl std::fmt::Debug for BoundStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} ({:?} {} {:?} #{})",
+            self.module, self.name, self.phase, self.hook, self.process, self.order
+        )
+    }
+}
+
+type Key = (Domain, Process, Hook, Phase);
+
+/// The composed pipelines of one set of enabled modules. Immutable: a change of the enabled set
+/// builds a new value and swaps it in whole, so a write sees either the old or the new set.
+#[derive(Debug, Default)]
+pub struct Pipelines {
+    steps: HashMap<Key, Vec<Arc<BoundStep>>>,
+}
+
+/// One composed pipeline, as `GET /api/v1/pipelines` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PipelineView {
+    /// The domain.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub domain: Domain,
+    /// The process.
+    pub process: Process,
+    /// The hook.
+    pub hook: Hook,
+    /// The phase.
+    pub phase: Phase,
+    /// The steps in the order they run.
+    pub steps: Vec<StepView>,
+}
+
+/// One step of a composed pipeline.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StepView {
+    /// The module.
+    pub module: String,
+    /// The step.
+    pub step: String,
+    /// `wasm`, `rhai` or `native`.
+    pub kind: Runtime,
+    /// Its order value.
+    pub order: i32,
+    /// What a failure does.
+    pub on_error: OnError,
+    /// The record kinds it is limited to (all of the process when empty).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub kinds: Vec<Kind>,
+}
+
+impl Pipelines {
+    /// Composes pipelines from steps enabled in domains.
+    pub fn compose<'a>(
+        enabled: impl IntoIterator<Item = (&'a Domain, &'a Arc<BoundStep>)>,
+    ) -> Self {
+        let mut steps: HashMap<Key, Vec<Arc<BoundStep>>> = HashMap::new();
+        for (domain, step) in enabled {
+            steps
+                .entry((domain.clone(), step.process, step.hook, step.phase))
+                .or_default()
+                .push(Arc::clone(step));
+        }
+        for list in steps.values_mut() {
+            list.sort_by(|a, b| (a.order, &a.module, &a.name).cmp(&(b.order, &b.module, &b.name)));
+        }
+        Self { steps }
+    }
+
+    /// The steps of one pipeline, in order.
+    pub fn steps(
+        &self,
+        domain: &Domain,
+        process: Process,
+        hook: Hook,
+        phase: Phase,
+    ) -> &[Arc<BoundStep>] {
+        self.steps
+            .get(&(domain.clone(), process, hook, phase))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every non-empty pipeline, sorted by domain, process, hook and phase.
+    pub fn describe(&self) -> Vec<PipelineView> {
+        let mut views: Vec<PipelineView> = self
+            .steps
+            .iter()
+            .map(|((domain, process, hook, phase), steps)| PipelineView {
+                domain: domain.clone(),
+                process: *process,
+                hook: *hook,
+                phase: *phase,
+                steps: steps
+                    .iter()
+                    .map(|s| StepView {
+                        module: s.module.clone(),
+                        step: s.name.clone(),
+                        kind: s.runtime,
+                        order: s.order,
+                        on_error: s.on_error,
+                        kinds: s.kinds.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (&a.domain, a.process, a.hook, a.phase).cmp(&(&b.domain, b.process, b.hook, b.phase))
+        });
+        views
+    }
+}
+
+/// Members a before-step may patch.
+const PATCHABLE: [&str; 3] = ["title", "fields", "links"];
+
+/// The before-phase of one write.
+pub(crate) struct BeforeRun<'a> {
+    pub(crate) steps: &'a [Arc<BoundStep>],
+    pub(crate) hook: Hook,
+    pub(crate) actor: &'a Actor,
+    pub(crate) previous: Option<&'a Record>,
+    pub(crate) context: Value,
+    pub(crate) max_patch_depth: usize,
+}
+
+impl BeforeRun<'_> {
+    /// Runs the steps on `proposed`; `check` validates a patched record (schema, title, links).
+    /// Returns the final record and what each step did.
+    pub(crate) fn run(
+        self,
+        proposed: Record,
+        check: impl Fn(Record) -> Result<Record, EngineError>,
+    ) -> Result<(Record, Vec<StepRun>), EngineError> {
+        let kind = proposed.kind.clone();
+        let steps: Vec<&Arc<BoundStep>> =
+            self.steps.iter().filter(|s| s.applies_to(&kind)).collect();
+        if steps.is_empty() {
+            return Ok((proposed, Vec::new()));
+        }
+        let to_value = |record: &Record| {
+            serde_json::to_value(record)
+                .map_err(|e| EngineError::invalid("/", format!("record does not serialise: {e}")))
+        };
+        let previous = self.previous.map(to_value).transpose()?;
+        let mut record = proposed;
+        let mut current = to_value(&record)?;
+        if self.hook == Hook::Create {
+            // The id is assigned at commit; steps of a create see none.
+            current["id"] = Value::Null;
+        }
+        let mut runs = Vec::with_capacity(steps.len());
+        for step in steps {
+            let started = Instant::now();
+            let input = StepInput {
+                hook: self.hook,
+                phase: Phase::Before,
+                record: &current,
+                previous: previous.as_ref(),
+                actor: self.actor,
+                context: &self.context,
+            };
+            let verdict = match step.step.run(&input) {
+                Ok(StepOutput::Continue) => Verdict::Continue,
+                Ok(StepOutput::Patch(patch)) => {
+                    match patched(&record, &current, &patch, self.max_patch_depth, &check) {
+                        Ok((value, candidate)) => Verdict::Patched(value, Box::new(candidate)),
+                        Err(error) => Verdict::Failed(error),
+                    }
+                }
+                Ok(StepOutput::Reject { code, message }) => Verdict::Reject { code, message },
+                Ok(StepOutput::Effects(_)) => Verdict::Failed(StepError::InvalidOutput(
+                    "before-steps cannot return effects".into(),
+                )),
+                Err(error) => Verdict::Failed(error),
+            };
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let mut run = StepRun {
+                module: step.module.clone(),
+                step: step.name.clone(),
+                outcome: "continued".into(),
+                micros,
+                changes: Vec::new(),
+            };
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Patched(value, candidate) => {
+                    run.outcome = "patched".into();
+                    run.changes = diff_record_values(&current, &value);
+                    current = value;
+                    record = *candidate;
+                }
+                Verdict::Reject { code, message } => {
+                    tracing::info!(module = %step.module, step = %step.name, %code, %message, "write rejected by step");
+                    return Err(EngineError::StepRejected {
+                        module: step.module.clone(),
+                        step: step.name.clone(),
+                        code,
+                        message,
+                    });
+                }
+                Verdict::Failed(error) => match step.on_error {
+                    OnError::Fail => {
+                        tracing::warn!(module = %step.module, step = %step.name, %error, "step failed; write refused");
+                        return Err(EngineError::StepFailed {
+                            module: step.module.clone(),
+                            step: step.name.clone(),
+                            error,
+                        });
+                    }
+                    OnError::Skip => {
+                        tracing::warn!(module = %step.module, step = %step.name, %error, "step failed; skipped");
+                        run.outcome = format!("skipped: {}", error.kind());
+                    }
+                },
+            }
+            runs.push(run);
+        }
+        Ok((record, runs))
+    }
+}
+
+/// What one step did to the proposed record.
+enum Verdict {
+    Continue,
+    Patched(Value, Box<Record>),
+    Reject { code: String, message: String },
+    Failed(StepError),
+}
+
+/// Applies a step's patch and checks the result is still a valid record.
+fn patched(
+    record: &Record,
+    current: &Value,
+    patch: &Map<String, Value>,
+    max_depth: usize,
+    check: &impl Fn(Record) -> Result<Record, EngineError>,
+) -> Result<(Value, Record), StepError> {
+    let value = apply_patch(current, patch, max_depth)?;
+    let broken = |e: serde_json::Error| {
+        StepError::InvalidOutput(format!("the patch breaks the record: {e}"))
+    };
+    let member = |name: &str| value.get(name).cloned().unwrap_or(Value::Null);
+    let mut candidate = record.clone();
+    candidate.title = serde_json::from_value(member("title")).map_err(broken)?;
+    candidate.fields = serde_json::from_value(member("fields")).map_err(broken)?;
+    candidate.links = serde_json::from_value(member("links")).map_err(broken)?;
+    let candidate = check(candidate)
+        .map_err(|e| StepError::InvalidOutput(format!("the patched record is invalid: {e}")))?;
+    Ok((value, candidate))
+}
+
+fn apply_patch(
+    current: &Value,
+    patch: &Map<String, Value>,
+    max_depth: usize,
+) -> Result<Value, StepError> {
+    if let Some(member) = patch.keys().find(|k| !PATCHABLE.contains(&k.as_str())) {
+        return Err(StepError::InvalidOutput(format!(
+            "a patch may change title, fields and links, not {member:?}"
+        )));
+    }
+    let mut next = current.clone();
+    let Value::Object(record) = &mut next else {
+        return Err(StepError::InvalidOutput(
+            "the record is not an object".into(),
+        ));
+    };
+    merge_patch(record, patch, max_depth).map_err(|e| StepError::InvalidOutput(e.to_string()))?;
+    Ok(next)
+}
