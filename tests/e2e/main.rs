@@ -5,5 +5,7 @@
 
 mod bad_input;
 mod concurrency;
+mod pipelines;
+mod plugins;
 mod records;
 mod restart;

@@ -1,13 +1,39 @@
 //! Test support for the end-to-end suite: start a real usm server on a loopback port over a sled
 //! store in a temporary directory, talk to it over HTTP, stop and restart it on the same data.
 
-use std::{path::PathBuf, thread::JoinHandle};
+use std::{
+    path::{Path, PathBuf},
+    thread::JoinHandle,
+};
 
 use actix_web::dev::ServerHandle;
 use anyhow::Context as _;
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
 use usm_server::{Config, Server};
+
+/// The guest components built from `plugins/` by this crate's build script.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(relative), |root| root.join(relative))
+}
+
+/// Writes a module directory: `module.toml` with `manifest`, plus each `(name, source)` file
+/// copied in.
+pub fn module_dir(dir: &Path, manifest: &str, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("module.toml"), manifest)?;
+    for (name, source) in files {
+        std::fs::copy(source, dir.join(name)).with_context(|| format!("copying {source}"))?;
+    }
+    Ok(dir.to_path_buf())
+}
 
 /// A usm server running in a thread of this process, listening on 127.0.0.1.
 pub struct TestServer {

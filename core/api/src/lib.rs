@@ -59,12 +59,14 @@ pub struct Services {
         records::record_history,
         records::create_approval,
         records::list_approvals,
+        pipelines,
         healthz,
     ),
     components(schemas(Problem, Health)),
     tags(
         (name = "records", description = "Agreements, changes, incidents, requests, tasks, … and their lifecycles"),
         (name = "approvals", description = "Approval decisions on records"),
+        (name = "pipelines", description = "The steps that run on each write"),
         (name = "operations", description = "Health and API description"),
     )
 )]
@@ -81,6 +83,22 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// The composed pipelines in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PipelineList {
+    /// One entry per (domain, process, hook, phase) with steps.
+    pub pipelines: Vec<usm_engine::PipelineView>,
+}
+
+/// Lists the composed pipelines: which steps run, in which order, for each domain, process,
+/// hook and phase.
+#[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines", responses((status = 200, body = PipelineList)))]
+async fn pipelines(services: web::Data<Services>) -> HttpResponse {
+    HttpResponse::Ok().json(PipelineList {
+        pipelines: services.engine.pipelines().describe(),
+    })
 }
 
 async fn openapi_json() -> HttpResponse {
@@ -114,6 +132,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .service(resource("/openapi.json").route(web::get().to(openapi_json)))
+                .service(resource("/pipelines").route(web::get().to(pipelines)))
                 .service(
                     resource("/records")
                         .route(web::post().to(records::create_record))

@@ -9,6 +9,7 @@
 
 mod cursor;
 mod error;
+mod module;
 mod outbox;
 mod pipeline;
 mod step;
@@ -30,6 +31,10 @@ use usm_model::{
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
 pub use error::EngineError;
+pub use module::{
+    BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,
+    RECORDS_READ, Runtimes, StepBuilder, StepDecl,
+};
 pub use outbox::{AfterStepWorker, CommitSignal};
 pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};

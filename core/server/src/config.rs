@@ -39,6 +39,22 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Module directories to load at startup, and where to enable them.
+    #[serde(default)]
+    pub modules: Vec<ModuleConfig>,
+}
+
+/// A module directory to load at startup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    /// The directory holding `module.toml`.
+    pub path: PathBuf,
+    /// Domains whose pipelines get the module's steps.
+    pub domains: Vec<String>,
+    /// Capabilities granted to the module; only those its manifest asks for take effect.
+    #[serde(default)]
+    pub grant: Vec<String>,
 }
 
 impl Default for Config {
@@ -53,6 +69,7 @@ impl Default for Config {
             durable_acks: true,
             domains: vec!["it".into(), "hr".into(), "facilities".into()],
             shutdown_timeout_secs: 30,
+            modules: Vec::new(),
         }
     }
 }

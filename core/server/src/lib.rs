@@ -3,6 +3,7 @@
 //! end-to-end tests start servers through [`Server`].
 
 pub mod bench;
+pub mod cli;
 mod config;
 mod telemetry;
 
@@ -11,11 +12,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, Services};
-use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits};
+use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits, Module, Pipelines, Runtimes};
 use usm_model::{Catalog, Domain};
+use usm_plugin_host::{PluginHost, PluginLimits};
+use usm_script_host::{ScriptHost, ScriptLimits};
 use usm_store::{SledStore, Store, StoreConfig};
 
-pub use config::{Config, ConfigOverrides, LogFormat};
+pub use config::{Config, ConfigOverrides, LogFormat, ModuleConfig};
 pub use telemetry::init_tracing;
 
 /// A bound, not yet running server.
@@ -106,14 +109,40 @@ pub fn open_engine(config: &Config) -> anyhow::Result<Engine> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store: Arc<dyn Store> = Arc::new(store);
-    Ok(Engine::new(
-        store,
+    let engine = Engine::new(
+        Arc::clone(&store),
         Arc::new(Catalog::core()),
         EngineConfig {
             domains,
             limits: Limits::default(),
         },
-    ))
+    );
+    let runtimes = Runtimes {
+        wasm: Some(Arc::new(PluginHost::new(
+            PluginLimits::default(),
+            Some(store),
+        )?)),
+        rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
+    };
+    let mut enabled = Vec::new();
+    for module_config in &config.modules {
+        let module = Module::load_dir(&module_config.path, &runtimes, &module_config.grant)
+            .with_context(|| format!("module {}", module_config.path.display()))?;
+        for domain in &module_config.domains {
+            let domain = Domain::new(domain.as_str())
+                .ok()
+                .filter(|d| engine.domains().contains(d))
+                .with_context(|| {
+                    format!("module {}: unknown domain {domain:?}", module.manifest.id)
+                })?;
+            for step in &module.steps {
+                enabled.push((domain.clone(), Arc::clone(step)));
+            }
+        }
+        tracing::info!(module = %module.manifest.id, version = %module.manifest.version, domains = ?module_config.domains, "module loaded");
+    }
+    engine.set_pipelines(Pipelines::compose(enabled.iter().map(|(d, s)| (d, s))));
+    Ok(engine)
 }
 
 /// Stops the server on SIGINT or SIGTERM: stop accepting, finish in-flight requests, flush.

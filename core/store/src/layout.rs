@@ -29,11 +29,13 @@ pub(crate) enum TreeId {
     Counters,
     /// idempotency key → [`IdempotencyEntry`]
     Idempotency,
+    /// content key → compiled artifact bytes (serialised WASM components)
+    Artifacts,
 }
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 8] = [
+    pub(crate) const ALL: [TreeId; 9] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -42,6 +44,7 @@ impl TreeId {
         Self::Outbox,
         Self::Counters,
         Self::Idempotency,
+        Self::Artifacts,
     ];
 
     /// The tree's name on disk.
@@ -55,6 +58,7 @@ impl TreeId {
             Self::Outbox => "outbox",
             Self::Counters => "counters",
             Self::Idempotency => "idempotency",
+            Self::Artifacts => "artifacts",
         }
     }
 }

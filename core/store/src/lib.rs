@@ -213,6 +213,12 @@ pub trait Store: Send + Sync + 'static {
     /// may see events again (at least once), never miss one.
     fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError>;
 
+    /// A cached artifact (e.g. a compiled WASM component) by its content key.
+    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Caches an artifact under its content key.
+    fn put_artifact(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -171,6 +171,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()[TreeId::Artifacts as usize]
+            .get(key.as_bytes())
+            .cloned())
+    }
+
+    fn put_artifact(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.lock()[TreeId::Artifacts as usize].insert(key.as_bytes().to_vec(), bytes.to_vec());
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

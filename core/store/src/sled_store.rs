@@ -237,6 +237,15 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(TreeId::Artifacts).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn put_artifact(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.tree(TreeId::Artifacts).insert(key, bytes)?;
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.group_commit.wait_durable()
     }

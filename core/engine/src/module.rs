@@ -1,0 +1,353 @@
+//! Modules: a `module.toml` manifest plus the files it names (WASM components, rhai scripts).
+//! Loading parses the manifest strictly and builds every step through the runtime that runs it;
+//! any problem refuses the module whole, naming the file, key or line.
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use usm_model::{Kind, Process};
+
+use crate::{
+    pipeline::{BoundStep, Runtime},
+    step::{Hook, OnError, Phase, Step},
+};
+
+/// The version of the WIT contract (`usm:plugin`) this server implements.
+pub const HOST_API_VERSION: Version = Version::new(0, 1, 0);
+
+/// The capability that lets a step read records of its pipeline's domain.
+pub const RECORDS_READ: &str = "records:read";
+
+/// Every capability a manifest may ask for.
+pub const KNOWN_CAPABILITIES: &[&str] = &[RECORDS_READ];
+
+/// Most files in a module.
+const MAX_FILES: usize = 256;
+/// Most bytes in a module, all files together.
+const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A module's manifest (`module.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Unique id, e.g. `itil4`.
+    pub id: String,
+    /// The module's version.
+    pub version: Version,
+    /// `usm`, `itil4`, `cobit2019`, `iso20000` or a custom name.
+    pub framework: String,
+    /// What the module does.
+    #[serde(default)]
+    pub description: String,
+    /// The range of `usm:plugin` versions the module works with.
+    pub api: VersionReq,
+    /// Capabilities the module's steps need, e.g. `records:read`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The pipeline steps.
+    #[serde(default)]
+    pub steps: Vec<StepDecl>,
+}
+
+/// A step as the manifest declares it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDecl {
+    /// Unique within the module.
+    pub name: String,
+    /// The hook it serves.
+    pub hook: Hook,
+    /// The process whose records it sees.
+    pub process: Process,
+    /// Before or after the write.
+    pub phase: Phase,
+    /// Lower runs first; ties by module id, then step name.
+    #[serde(default)]
+    pub order: i32,
+    /// Limit to these kinds of the process.
+    #[serde(default)]
+    pub kinds: Vec<Kind>,
+    /// A WASM component file of the module.
+    #[serde(default)]
+    pub wasm: Option<String>,
+    /// A rhai script file of the module.
+    #[serde(default)]
+    pub script: Option<String>,
+    /// `fail` (default) or `skip`.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+    /// Time budget per call (default 50 ms).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Memory cap of a WASM instance in MiB (default 32).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// The step's configuration, handed to it on every call.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A module's files by relative path (`module.toml` included).
+pub type ModuleFiles = BTreeMap<String, Vec<u8>>;
+
+/// What a runtime needs to build one step.
+pub struct BuildRequest<'a> {
+    /// The module id.
+    pub module: &'a str,
+    /// The step's declaration.
+    pub step: &'a StepDecl,
+    /// The file (component or script) the step runs.
+    pub file: &'a str,
+    /// Every file of the module (scripts may import each other).
+    pub files: &'a ModuleFiles,
+    /// The step's config as JSON.
+    pub config: &'a Value,
+    /// Capabilities granted: asked for by the manifest and granted by the operator.
+    pub capabilities: &'a [String],
+}
+
+/// Builds steps of one runtime; implemented by `usm-plugin-host` and `usm-script-host`.
+pub trait StepBuilder: Send + Sync {
+    /// Compiles and checks a step; the error says what is wrong with which file.
+    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String>;
+}
+
+/// The runtimes available to modules.
+#[derive(Clone, Default)]
+pub struct Runtimes {
+    /// Runs `wasm = "…"` steps.
+    pub wasm: Option<Arc<dyn StepBuilder>>,
+    /// Runs `script = "…"` steps.
+    pub rhai: Option<Arc<dyn StepBuilder>>,
+}
+
+/// Why a module was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ModuleError {
+    /// Where: a file, `file:line`, or a manifest key such as `steps[1].wasm`.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ModuleError {
+    fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded module: its manifest and its built steps.
+pub struct Module {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The steps, built and bound to their config.
+    pub steps: Vec<Arc<BoundStep>>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "module {}@{} ({} steps)",
+            self.manifest.id,
+            self.manifest.version,
+            self.steps.len()
+        )
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+impl Module {
+    /// Reads a module directory (every regular file under it) and builds the module.
+    pub fn load_dir(
+        dir: &Path,
+        runtimes: &Runtimes,
+        grants: &[String],
+    ) -> Result<Self, ModuleError> {
+        let mut files = ModuleFiles::new();
+        let mut total = 0u64;
+        read_tree(dir, dir, &mut files, &mut total)?;
+        Self::build(files, runtimes, grants)
+    }
+
+    /// Builds a module from its files: parses `module.toml` strictly, checks it, and builds every
+    /// step. Fails whole on the first problem.
+    pub fn build(
+        files: ModuleFiles,
+        runtimes: &Runtimes,
+        grants: &[String],
+    ) -> Result<Self, ModuleError> {
+        let text = files
+            .get("module.toml")
+            .ok_or_else(|| ModuleError::new("module.toml", "missing"))?;
+        let text =
+            std::str::from_utf8(text).map_err(|_| ModuleError::new("module.toml", "not UTF-8"))?;
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ModuleError::new("module.toml", e.to_string().trim_end().to_owned()))?;
+        if !valid_id(&manifest.id) {
+            return Err(ModuleError::new(
+                "module.toml: id",
+                "1-64 lowercase letters, digits, '-' or '_', starting with a letter",
+            ));
+        }
+        if manifest.framework.trim().is_empty() {
+            return Err(ModuleError::new(
+                "module.toml: framework",
+                "must not be empty",
+            ));
+        }
+        if !manifest.api.matches(&HOST_API_VERSION) {
+            return Err(ModuleError::new(
+                "module.toml: api",
+                format!(
+                    "the module needs usm:plugin {}; this server implements {HOST_API_VERSION}",
+                    manifest.api
+                ),
+            ));
+        }
+        if let Some(unknown) = manifest
+            .capabilities
+            .iter()
+            .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+        {
+            return Err(ModuleError::new(
+                "module.toml: capabilities",
+                format!(
+                    "unknown capability {unknown:?}; known: {}",
+                    KNOWN_CAPABILITIES.join(", ")
+                ),
+            ));
+        }
+        // Capabilities by intersection: asked for by the manifest and granted by the operator.
+        let granted: Vec<String> = manifest
+            .capabilities
+            .iter()
+            .filter(|c| grants.contains(c))
+            .cloned()
+            .collect();
+        let mut steps = Vec::with_capacity(manifest.steps.len());
+        for (index, decl) in manifest.steps.iter().enumerate() {
+            let key = |member: &str| format!("module.toml: steps[{index}].{member}");
+            if !valid_id(&decl.name) {
+                return Err(ModuleError::new(
+                    key("name"),
+                    "1-64 lowercase letters, digits, '-' or '_'",
+                ));
+            }
+            if manifest.steps[..index]
+                .iter()
+                .any(|other| other.name == decl.name)
+            {
+                return Err(ModuleError::new(
+                    key("name"),
+                    format!("step {:?} is declared twice", decl.name),
+                ));
+            }
+            let (runtime, file, builder) = match (&decl.wasm, &decl.script) {
+                (Some(file), None) => (Runtime::Wasm, file, runtimes.wasm.as_ref()),
+                (None, Some(file)) => (Runtime::Rhai, file, runtimes.rhai.as_ref()),
+                _ => {
+                    return Err(ModuleError::new(
+                        key("wasm"),
+                        "give exactly one of `wasm` or `script`",
+                    ));
+                }
+            };
+            let member = if runtime == Runtime::Wasm {
+                "wasm"
+            } else {
+                "script"
+            };
+            if !files.contains_key(file) {
+                return Err(ModuleError::new(
+                    key(member),
+                    format!("file {file:?} is not in the module"),
+                ));
+            }
+            let builder = builder.ok_or_else(|| {
+                ModuleError::new(
+                    key(member),
+                    format!("this server has no {runtime:?} runtime"),
+                )
+            })?;
+            let config = serde_json::to_value(&decl.config)
+                .map_err(|e| ModuleError::new(key("config"), e.to_string()))?;
+            let step = builder
+                .build(&BuildRequest {
+                    module: &manifest.id,
+                    step: decl,
+                    file,
+                    files: &files,
+                    config: &config,
+                    capabilities: &granted,
+                })
+                .map_err(|message| ModuleError::new(file.clone(), message))?;
+            steps.push(Arc::new(BoundStep {
+                module: manifest.id.clone(),
+                name: decl.name.clone(),
+                runtime,
+                hook: decl.hook,
+                process: decl.process,
+                phase: decl.phase,
+                order: decl.order,
+                on_error: decl.on_error.unwrap_or(OnError::Fail),
+                kinds: decl.kinds.clone(),
+                step,
+            }));
+        }
+        Ok(Self { manifest, steps })
+    }
+}
+
+fn read_tree(
+    root: &Path,
+    dir: &Path,
+    files: &mut ModuleFiles,
+    total: &mut u64,
+) -> Result<(), ModuleError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ModuleError::new(dir.display().to_string(), e.to_string()))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ModuleError::new(dir.display().to_string(), e.to_string()))?;
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .map_err(|e| ModuleError::new(path.display().to_string(), e.to_string()))?;
+        if file_type.is_dir() {
+            read_tree(root, &path, files, total)?;
+        } else if file_type.is_file() {
+            let relative = path
+                .strip_prefix(root)
+                .map_err(|e| ModuleError::new(path.display().to_string(), e.to_string()))?
+                .to_string_lossy()
+                .replace('\\', "/");
+            let bytes = std::fs::read(&path)
+                .map_err(|e| ModuleError::new(relative.clone(), e.to_string()))?;
+            *total += bytes.len() as u64;
+            if files.len() >= MAX_FILES || *total > MAX_MODULE_BYTES {
+                return Err(ModuleError::new(
+                    root.display().to_string(),
+                    format!(
+                        "a module holds at most {MAX_FILES} files and {MAX_MODULE_BYTES} bytes"
+                    ),
+                ));
+            }
+            files.insert(relative, bytes);
+        }
+    }
+    Ok(())
+}

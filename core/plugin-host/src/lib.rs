@@ -1,0 +1,507 @@
+//! `usm-plugin-host` runs WASM components as pipeline steps. One wasmtime engine, built once, with
+//! limits always on: an epoch deadline per call, a memory cap per instance, an output size cap,
+//! the pooling allocator (falling back to on-demand allocation when its address-space reservation
+//! fails), and no WASI filesystem, network, environment, arguments or clocks — a plugin's only
+//! clock is `host.now`, and reading records needs the `records:read` capability.
+//!
+//! Components are compiled once, when their module is loaded, and the compiled artifact is cached
+//! in the store under the component's content hash and the engine's compatibility hash. Every
+//! call instantiates a fresh instance from a pre-linked `StepPre`, so calls share no state.
+
+mod bindings;
+mod limits;
+mod state;
+
+use std::{
+    hash::{Hash as _, Hasher},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use usm_engine::{
+    BuildRequest, Effect, HOST_API_VERSION, Hook, Phase, RECORDS_READ, Step, StepBuilder,
+    StepError, StepInput, StepOutput,
+};
+use usm_store::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub use limits::PluginLimits;
+
+use crate::{
+    bindings::{StepPre, usm::plugin::types as wit},
+    state::HostState,
+};
+
+/// The custom section in which `usm-sdk` records the `usm:plugin` version a plugin was built for.
+pub const API_SECTION: &str = "usm-plugin-api";
+
+/// Why a component could not become a step.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The bytes are not a component this engine can compile.
+    #[error("does not compile: {0}")]
+    Compile(String),
+    /// The plugin was built for a `usm:plugin` version this server does not implement.
+    #[error("{0}")]
+    ApiVersion(String),
+    /// Linking or describing the plugin failed.
+    #[error("cannot be instantiated: {0}")]
+    Instantiate(String),
+    /// The plugin's description or config does not fit the manifest.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Runs WASM component steps.
+pub struct PluginHost {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    limits: PluginLimits,
+    store: Option<Arc<dyn Store>>,
+    ticker: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PluginHost {
+    /// Builds the engine and its epoch ticker. `store` caches compiled artifacts and serves
+    /// `host.get-record`; without one, components are compiled on every load and record reads
+    /// fail.
+    pub fn new(limits: PluginLimits, store: Option<Arc<dyn Store>>) -> Result<Self, PluginError> {
+        let engine = limits::engine(&limits).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        bindings::Step::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            let tick = limits.epoch_tick;
+            std::thread::Builder::new()
+                .name("usm-wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| {
+                    PluginError::Instantiate(format!("cannot start the epoch ticker: {e}"))
+                })?
+        };
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            store,
+            ticker: Some(ticker),
+            stop,
+        })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Compiles a component, or loads its compiled artifact from the store's cache.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        check_api_version(bytes)?;
+        let key = self.artifact_key(bytes);
+        if let Some(store) = &self.store
+            && let Ok(Some(artifact)) = store.artifact(&key)
+        {
+            // SAFETY: the artifact was produced by `Component::serialize` of an engine with the same
+            // compatibility hash (it is part of the key) and lives in our own store, which only
+            // this process writes; wasmtime additionally checks its version header.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(%error, "cached artifact unusable; recompiling"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        if let Some(store) = &self.store {
+            match component.serialize() {
+                Ok(artifact) => {
+                    if let Err(error) = store.put_artifact(&key, &artifact) {
+                        tracing::warn!(%error, "cannot cache a compiled component");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot serialise a compiled component"),
+            }
+        }
+        Ok(component)
+    }
+
+    /// `sha256(component) / sha256(engine compatibility)`: a new wasmtime or engine setting
+    /// never picks up an old artifact.
+    pub fn artifact_key(&self, bytes: &[u8]) -> String {
+        struct ShaHasher(Sha256);
+        impl Hasher for ShaHasher {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut compat = ShaHasher(Sha256::new());
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        format!(
+            "wasm/{}/{}",
+            hex(&Sha256::digest(bytes)),
+            hex(&compat.0.finalize())
+        )
+    }
+
+    /// Builds a step from a component: compile (or load from cache), link, describe, check.
+    pub fn step(&self, spec: &StepSpec<'_>) -> Result<WasmStep, PluginError> {
+        let StepSpec {
+            module,
+            step,
+            bytes,
+            hook,
+            config,
+            capabilities,
+            limits,
+        } = *spec;
+        let component = self.compile(bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        let pre = StepPre::new(pre).map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        let step = WasmStep {
+            engine: self.engine.clone(),
+            pre,
+            module: module.to_owned(),
+            name: step.to_owned(),
+            config: config.to_string(),
+            can_read_records: capabilities.iter().any(|c| c == RECORDS_READ),
+            store: self.store.clone(),
+            limits,
+            epoch_tick: self.limits.epoch_tick,
+        };
+        let info = step
+            .describe()
+            .map_err(|e| PluginError::Instantiate(e.to_string()))?;
+        let wit_hook = bindings::wit_hook(hook);
+        if !info.hooks.contains(&wit_hook) {
+            return Err(PluginError::Mismatch(format!(
+                "the plugin {} serves {:?}, not the {hook} hook the manifest gives it",
+                info.name, info.hooks
+            )));
+        }
+        if let Some(schema) = info.config_schema.as_deref() {
+            let schema: Value = serde_json::from_str(schema).map_err(|e| {
+                PluginError::Mismatch(format!("the plugin's config schema is not JSON: {e}"))
+            })?;
+            let validator = jsonschema::validator_for(&schema).map_err(|e| {
+                PluginError::Mismatch(format!("the plugin's config schema is invalid: {e}"))
+            })?;
+            if let Some(error) = validator.iter_errors(config).next() {
+                return Err(PluginError::Mismatch(format!(
+                    "config{}: {error}",
+                    error.instance_path()
+                )));
+            }
+        }
+        Ok(step)
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            ticker.thread().unpark();
+            let _ = ticker.join();
+        }
+    }
+}
+
+impl StepBuilder for PluginHost {
+    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String> {
+        let bytes = request
+            .files
+            .get(request.file)
+            .ok_or_else(|| format!("{} is not in the module", request.file))?;
+        let limits = CallLimits {
+            timeout: Duration::from_millis(
+                request
+                    .step
+                    .timeout_ms
+                    .unwrap_or(self.limits.default_timeout_ms),
+            ),
+            memory_bytes: request
+                .step
+                .memory_mib
+                .map_or(self.limits.default_memory_bytes, |mib| {
+                    mib.saturating_mul(1024 * 1024)
+                }),
+            max_output_bytes: self.limits.max_output_bytes,
+        };
+        if limits.memory_bytes > self.limits.max_memory_bytes {
+            return Err(format!(
+                "memory_mib asks for {} bytes; this server allows at most {}",
+                limits.memory_bytes, self.limits.max_memory_bytes
+            ));
+        }
+        if limits.timeout > self.limits.max_timeout {
+            return Err(format!(
+                "timeout_ms is over the server's maximum of {:?}",
+                self.limits.max_timeout
+            ));
+        }
+        let step = self
+            .step(&StepSpec {
+                module: request.module,
+                step: &request.step.name,
+                bytes,
+                hook: request.step.hook,
+                config: request.config,
+                capabilities: request.capabilities,
+                limits,
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(step))
+    }
+}
+
+/// Everything a WASM step is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSpec<'a> {
+    /// The module id.
+    pub module: &'a str,
+    /// The step name.
+    pub step: &'a str,
+    /// The component.
+    pub bytes: &'a [u8],
+    /// The hook the manifest gives the step.
+    pub hook: Hook,
+    /// The step's config.
+    pub config: &'a Value,
+    /// Granted capabilities.
+    pub capabilities: &'a [String],
+    /// Call limits.
+    pub limits: CallLimits,
+}
+
+/// Limits of one step's calls.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Wall-clock budget (enforced with epochs).
+    pub timeout: Duration,
+    /// Largest linear memory.
+    pub memory_bytes: u64,
+    /// Largest output (patch or effects, in bytes of JSON).
+    pub max_output_bytes: usize,
+}
+
+/// A component bound to its config: one fresh instance per call.
+pub struct WasmStep {
+    engine: wasmtime::Engine,
+    pre: StepPre<HostState>,
+    module: String,
+    name: String,
+    config: String,
+    can_read_records: bool,
+    store: Option<Arc<dyn Store>>,
+    limits: CallLimits,
+    epoch_tick: Duration,
+}
+
+impl WasmStep {
+    fn new_store(&self, domain: Option<String>) -> wasmtime::Store<HostState> {
+        let state = HostState::new(
+            &self.module,
+            &self.name,
+            self.limits.memory_bytes,
+            domain,
+            if self.can_read_records {
+                self.store.clone()
+            } else {
+                None
+            },
+            self.can_read_records,
+        );
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = self
+            .limits
+            .timeout
+            .as_micros()
+            .div_ceil(self.epoch_tick.as_micros().max(1));
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn classify(&self, error: &wasmtime::Error, store: &wasmtime::Store<HostState>) -> StepError {
+        if store.data().limiter.memory_denied() {
+            return StepError::Memory(format!(
+                "a memory grow past {} bytes was refused",
+                self.limits.memory_bytes
+            ));
+        }
+        if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
+            return StepError::Timeout(
+                u64::try_from(self.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            );
+        }
+        let stderr = store.data().stderr_tail();
+        let mut message = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}"),
+        };
+        if !stderr.is_empty() {
+            message.push_str(": ");
+            message.push_str(&stderr);
+        }
+        StepError::Trap(message)
+    }
+
+    /// Calls the plugin's `describe`.
+    pub fn describe(&self) -> Result<wit::Info, StepError> {
+        let mut store = self.new_store(None);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&e, &store))?;
+        instance
+            .call_describe(&mut store)
+            .map_err(|e| self.classify(&e, &store))
+    }
+
+    fn output(&self, output: wit::Output) -> Result<StepOutput, StepError> {
+        let size = match &output {
+            wit::Output::Proceed => 0,
+            wit::Output::Patch(patch) => patch.len(),
+            wit::Output::Reject(rejection) => rejection.code.len() + rejection.message.len(),
+            wit::Output::Effects(effects) => effects.iter().map(String::len).sum(),
+        };
+        if size > self.limits.max_output_bytes {
+            return Err(StepError::OutputTooLarge {
+                size,
+                limit: self.limits.max_output_bytes,
+            });
+        }
+        match output {
+            wit::Output::Proceed => Ok(StepOutput::Continue),
+            wit::Output::Patch(patch) => match serde_json::from_str(&patch) {
+                Ok(Value::Object(patch)) => Ok(StepOutput::Patch(patch)),
+                Ok(_) => Err(StepError::InvalidOutput(
+                    "the patch is not a JSON object".into(),
+                )),
+                Err(e) => Err(StepError::InvalidOutput(format!(
+                    "the patch is not JSON: {e}"
+                ))),
+            },
+            wit::Output::Reject(rejection) => {
+                if rejection.code.is_empty() || rejection.code.len() > 100 {
+                    return Err(StepError::InvalidOutput(
+                        "a rejection code must be 1-100 bytes".into(),
+                    ));
+                }
+                Ok(StepOutput::Reject {
+                    code: rejection.code,
+                    message: rejection.message,
+                })
+            }
+            wit::Output::Effects(effects) => effects
+                .iter()
+                .map(|effect| {
+                    serde_json::from_str::<Effect>(effect).map_err(|e| {
+                        StepError::InvalidOutput(format!("bad effect {effect:.100}: {e}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(StepOutput::Effects),
+        }
+    }
+}
+
+impl Step for WasmStep {
+    fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, StepError> {
+        let domain = input
+            .record
+            .get("domain")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut store = self.new_store(domain);
+        let wit_input = wit::Input {
+            hook: bindings::wit_hook(input.hook),
+            phase: match input.phase {
+                Phase::Before => wit::Phase::Before,
+                Phase::After => wit::Phase::After,
+            },
+            record: input.record.to_string(),
+            previous: input.previous.map(Value::to_string),
+            actor: serde_json::to_string(input.actor).unwrap_or_default(),
+            context: input.context.to_string(),
+            config: self.config.clone(),
+        };
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&e, &store))?;
+        match instance.call_run(&mut store, &wit_input) {
+            Ok(Ok(output)) => self.output(output),
+            Ok(Err(message)) => Err(StepError::Trap(format!(
+                "returned an error: {message:.1000}"
+            ))),
+            Err(error) => Err(self.classify(&error, &store)),
+        }
+    }
+}
+
+/// Reads the `usm:plugin` version a component was built for and checks this server implements it.
+pub fn check_api_version(bytes: &[u8]) -> Result<(), PluginError> {
+    let mut found = None;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload =
+            payload.map_err(|e| PluginError::Compile(format!("not a valid component: {e}")))?;
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == API_SECTION
+        {
+            found = Some(String::from_utf8_lossy(section.data()).into_owned());
+            break;
+        }
+    }
+    let text = found.ok_or_else(|| {
+        PluginError::ApiVersion(format!(
+            "no {API_SECTION} section: the plugin was not built with usm-sdk"
+        ))
+    })?;
+    let version = semver::Version::parse(text.trim()).map_err(|e| {
+        PluginError::ApiVersion(format!("{API_SECTION} holds {text:?}, not a version: {e}"))
+    })?;
+    // Within 0.x a minor version is a breaking change, as in Cargo.
+    let compatible = semver::VersionReq::parse(&format!(
+        "^{}.{}",
+        HOST_API_VERSION.major, HOST_API_VERSION.minor
+    ))
+    .map_err(|e| PluginError::ApiVersion(e.to_string()))?;
+    if compatible.matches(&version) && version <= HOST_API_VERSION {
+        Ok(())
+    } else {
+        Err(PluginError::ApiVersion(format!(
+            "the plugin was built for usm:plugin {version}; this server implements {HOST_API_VERSION}"
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,76 @@
+//! The `usm` command line, shared by the `usm` binary and the test harness's copy of it.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{Config, ConfigOverrides, Server, bench};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// usm — Unified Service Management server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API over the embedded store.
+    Serve {
+        /// TOML configuration file [env: USM_CONFIG] [default: ./usm.toml when present]
+        #[arg(long, env = "USM_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ConfigOverrides,
+    },
+    /// Measure durable creates per second and their latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, overrides } => serve(config, &overrides),
+        Command::Bench(args) => {
+            let reports = bench::run(&args)?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &reports)?;
+            } else {
+                use std::io::Write as _;
+                writeln!(
+                    out,
+                    "path    records  clients  durable  records/s   p50 µs   p99 µs   max µs"
+                )?;
+                for r in &reports {
+                    writeln!(
+                        out,
+                        "{:<7} {:>7}  {:>7}  {:>7}  {:>9.0}  {:>7}  {:>7}  {:>7}",
+                        r.path,
+                        r.records,
+                        r.concurrency,
+                        r.durable_acks,
+                        r.records_per_second,
+                        r.p50_micros,
+                        r.p99_micros,
+                        r.max_micros
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(file: Option<PathBuf>, overrides: &ConfigOverrides) -> anyhow::Result<()> {
+    let config = Config::load(file.as_deref(), overrides)?;
+    crate::init_tracing(config.log_format, &config.log_level)?;
+    actix_web::rt::System::new().block_on(async move {
+        let server = Server::bind(&config).context("cannot start usm")?;
+        let grace = Duration::from_secs(config.shutdown_timeout_secs);
+        actix_web::rt::spawn(crate::stop_on_signal(server.handle(), grace));
+        server.run().await
+    })
+}

@@ -1,0 +1,18 @@
+//! Builds the guest plugins from `plugins/` (installing the wasm32-wasip2 target if needed) and
+//! generates a constant with the path of each component.
+
+use std::path::Path;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository root");
+    let components = usm_guest_build::build_plugins(&root.join("plugins"), &root.join("sdk"))
+        .unwrap_or_else(|error| panic!("cannot build the guest plugins: {error}"));
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    std::fs::write(
+        Path::new(&out).join("guests.rs"),
+        usm_guest_build::constants(&components),
+    )
+    .expect("OUT_DIR is writable");
+}

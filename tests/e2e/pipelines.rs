@@ -1,0 +1,165 @@
+//! Pipelines of real modules: a WASM plugin built from plugins/ and rhai scripts from scripts/.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use usm_server::ModuleConfig;
+use usm_tests::{TestServer, guests, module_dir, repo_path};
+
+fn priority_module(dir: &std::path::Path) -> std::path::PathBuf {
+    let manifest =
+        std::fs::read_to_string(repo_path("plugins/examples/priority/module.toml")).unwrap();
+    module_dir(
+        &dir.join("priority"),
+        &manifest,
+        &[("priority.wasm", guests::PRIORITY)],
+    )
+    .unwrap()
+}
+
+fn server_with_example_modules() -> (TestServer, tempfile::TempDir) {
+    let modules = tempfile::tempdir().unwrap();
+    let priority = priority_module(modules.path());
+    let server = TestServer::start_with(move |config| {
+        config.modules = vec![
+            ModuleConfig {
+                path: priority,
+                domains: vec!["it".into()],
+                grant: vec![],
+            },
+            ModuleConfig {
+                path: repo_path("scripts/examples/triage"),
+                domains: vec!["it".into()],
+                grant: vec![],
+            },
+        ];
+    })
+    .unwrap();
+    (server, modules)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_and_rhai_steps_shape_a_create_in_order() {
+    let (server, _modules) = server_with_example_modules();
+    let incident = server
+        .create(json!({"kind": "incident", "title": "Core switch down",
+                       "fields": {"impact": "high", "urgency": "high", "category": "network"}}))
+        .await
+        .unwrap();
+    assert_eq!(incident["fields"]["priority"], "P1");
+    assert_eq!(incident["fields"]["major_incident"], true);
+    assert_eq!(incident["fields"]["assignment_group"], "team-network");
+
+    let history = server.get("/api/v1/records/INC-1/history").await.unwrap();
+    let steps = history.body["entries"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ran: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["module"].as_str().unwrap(),
+                s["step"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("priority", "priority", "patched"),
+            ("triage", "route", "patched")
+        ]
+    );
+    assert_eq!(steps[0]["changes"][0]["path"], "/fields/major_incident");
+    assert!(steps.iter().all(|s| s["micros"].is_u64()));
+
+    // Another domain has no pipeline: the record is stored as sent.
+    let hr = server
+        .create(json!({"kind": "incident", "domain": "hr", "title": "Payroll file missing", "fields": {"impact": "high", "urgency": "high"}}))
+        .await
+        .unwrap();
+    assert!(hr["fields"].get("priority").is_none());
+    // A step limited to incidents leaves other kinds of the process alone... and a config matrix
+    // decides the value: medium × low is P4.
+    let medium = server
+        .create(json!({"kind": "incident", "title": "Slow VPN", "fields": {"impact": "medium", "urgency": "low"}}))
+        .await
+        .unwrap();
+    assert_eq!(medium["fields"]["priority"], "P4");
+    assert_eq!(medium["fields"]["assignment_group"], "service-desk");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rhai_rejection_names_module_and_step_and_leaves_no_trace() {
+    let (server, _modules) = server_with_example_modules();
+    server
+        .create(
+            json!({"kind": "incident", "title": "Mail bounces", "fields": {"category": "mail"}}),
+        )
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    let refused = server
+        .post(
+            "/api/v1/records/INC-1/transitions",
+            &json!({"to": "resolved"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.body["code"], "step_rejected");
+    assert_eq!(refused.body["module"], "triage");
+    assert_eq!(refused.body["step"], "resolution-required");
+    assert_eq!(refused.body["reason"], "resolution_required");
+    let record = server.get("/api/v1/records/INC-1").await.unwrap();
+    assert_eq!(record.body["state"], "in_progress");
+    assert_eq!(
+        record.etag_version(),
+        Some(2),
+        "the refused write left no version"
+    );
+
+    server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"fields": {"resolution": "Unblocked the relay"}}),
+        )
+        .await
+        .unwrap();
+    let resolved = server.transition("INC-1", "resolved").await.unwrap();
+    assert_eq!(resolved["state"], "resolved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_endpoint_shows_the_composition() {
+    let (server, _modules) = server_with_example_modules();
+    let reply = server.get("/api/v1/pipelines").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let pipelines = reply.body["pipelines"].as_array().unwrap();
+    let create = pipelines
+        .iter()
+        .find(|p| {
+            p["domain"] == "it"
+                && p["process"] == "recover"
+                && p["hook"] == "create"
+                && p["phase"] == "before"
+        })
+        .unwrap();
+    assert_eq!(
+        create["steps"],
+        json!([
+            {"module": "priority", "step": "priority", "kind": "wasm", "order": 10, "on_error": "fail", "kinds": ["incident"]},
+            {"module": "triage", "step": "route", "kind": "rhai", "order": 20, "on_error": "fail", "kinds": ["incident"]},
+        ])
+    );
+    assert!(
+        pipelines.iter().all(|p| p["domain"] == "it"),
+        "no other domain has steps"
+    );
+}
