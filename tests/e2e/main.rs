@@ -5,6 +5,9 @@
 
 mod bad_input;
 mod concurrency;
+mod crash;
+mod isolation;
+mod modules;
 mod pipelines;
 mod plugins;
 mod records;

@@ -262,3 +262,75 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A usm server running as its own process (the real binary), for crash tests.
+pub struct ServerProcess {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub base: String,
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `<binary> serve --config <config>` on 127.0.0.1 with an OS-chosen port and waits
+    /// until it listens. Tests pass `env!("CARGO_BIN_EXE_usm-under-test")`.
+    pub fn spawn(binary: &str, config: &Path) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(binary)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--config",
+            ])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if !sent
+                    && let Ok(entry) = serde_json::from_str::<Value>(&line)
+                    && entry["fields"]["message"] == "usm serving"
+                {
+                    sent = tx
+                        .send(entry["fields"]["addr"].as_str().map(str::to_owned))
+                        .is_ok();
+                }
+            }
+            let _ = tx.send(None);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Some(addr)) => Ok(Self {
+                base: format!("http://{addr}"),
+                child,
+            }),
+            _ => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                anyhow::bail!("usm did not start listening ({status})")
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -64,8 +64,44 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     limits: PluginLimits,
     store: Option<Arc<dyn Store>>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// Advances the engine's epoch every tick, for as long as a host or a step built by it lives.
+struct EpochTicker {
     stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("usm-wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        engine.increment_epoch();
+                    }
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
 }
 
 impl PluginHost {
@@ -79,30 +115,14 @@ impl PluginHost {
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         bindings::Step::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let engine = engine.clone();
-            let stop = Arc::clone(&stop);
-            let tick = limits.epoch_tick;
-            std::thread::Builder::new()
-                .name("usm-wasm-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::park_timeout(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| {
-                    PluginError::Instantiate(format!("cannot start the epoch ticker: {e}"))
-                })?
-        };
+        let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick)
+            .map_err(|e| PluginError::Instantiate(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Self {
             engine,
             linker,
             limits,
             store,
-            ticker: Some(ticker),
-            stop,
+            ticker: Arc::new(ticker),
         })
     }
 
@@ -192,6 +212,7 @@ impl PluginHost {
             store: self.store.clone(),
             limits,
             epoch_tick: self.limits.epoch_tick,
+            _ticker: Arc::clone(&self.ticker),
         };
         let info = step
             .describe()
@@ -218,16 +239,6 @@ impl PluginHost {
             }
         }
         Ok(step)
-    }
-}
-
-impl Drop for PluginHost {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
-            ticker.thread().unpark();
-            let _ = ticker.join();
-        }
     }
 }
 
@@ -320,6 +331,8 @@ pub struct WasmStep {
     store: Option<Arc<dyn Store>>,
     limits: CallLimits,
     epoch_tick: Duration,
+    /// Deadlines need the ticker: it lives as long as any step.
+    _ticker: Arc<EpochTicker>,
 }
 
 impl WasmStep {
