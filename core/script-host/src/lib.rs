@@ -244,10 +244,7 @@ impl ModuleScripts {
         {
             return Err(ScriptError::NoRun(file.to_owned()));
         }
-        let config = rhai::serde::to_dynamic(config).map_err(|e| ScriptError::Module {
-            file: file.to_owned(),
-            message: format!("config cannot be given to a script: {e}"),
-        })?;
+        let config = to_dynamic(config);
         Ok(ScriptStep {
             engine: Arc::clone(&self.engine),
             ast: Arc::clone(ast),
@@ -265,9 +262,70 @@ pub struct ScriptStep {
     timeout_ms: u64,
 }
 
-fn to_dynamic(value: &Value) -> Result<Dynamic, StepError> {
-    rhai::serde::to_dynamic(value)
-        .map_err(|e| StepError::InvalidOutput(format!("input conversion: {e}")))
+/// JSON to rhai, directly (the serde bridge allocates twice as much).
+fn to_dynamic(value: &Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Dynamic::from(rhai::ImmutableString::from(s.as_str())),
+        Value::Array(items) => Dynamic::from_array(items.iter().map(to_dynamic).collect()),
+        Value::Object(map) => Dynamic::from_map(
+            map.iter()
+                .map(|(k, v)| (k.as_str().into(), to_dynamic(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// rhai to JSON; anything without a JSON form (functions, custom types) is refused.
+fn to_json(value: &Dynamic) -> Result<Value, StepError> {
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = value.as_float() {
+        return serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| StepError::InvalidOutput(format!("{f} has no JSON form")));
+    }
+    if value.is_string() {
+        return Ok(Value::String(
+            value.clone().into_string().unwrap_or_default(),
+        ));
+    }
+    if value.is_array() {
+        let array = value
+            .read_lock::<rhai::Array>()
+            .ok_or_else(|| StepError::InvalidOutput("unreadable array".into()))?;
+        return array
+            .iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array);
+    }
+    if value.is_map() {
+        let map = value
+            .read_lock::<Map>()
+            .ok_or_else(|| StepError::InvalidOutput("unreadable map".into()))?;
+        return map
+            .iter()
+            .map(|(k, v)| to_json(v).map(|v| (k.to_string(), v)))
+            .collect::<Result<serde_json::Map<_, _>, _>>()
+            .map(Value::Object);
+    }
+    Err(StepError::InvalidOutput(format!(
+        "a {} has no JSON form",
+        value.type_name()
+    )))
 }
 
 impl Step for ScriptStep {
@@ -283,33 +341,22 @@ impl Step for ScriptStep {
             }
             .into(),
         );
-        map.insert("record".into(), to_dynamic(input.record)?);
+        map.insert("record".into(), to_dynamic(input.record));
         map.insert(
             "previous".into(),
-            input
-                .previous
-                .map(to_dynamic)
-                .transpose()?
-                .unwrap_or(Dynamic::UNIT),
+            input.previous.map_or(Dynamic::UNIT, to_dynamic),
         );
         let mut actor = Map::new();
-        actor.insert("name".into(), input.actor.name.clone().into());
+        actor.insert("name".into(), input.actor.name.as_str().into());
         let roles: rhai::Array = input
             .actor
             .roles
             .iter()
-            .map(|r| {
-                Dynamic::from(
-                    serde_json::to_value(r)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|role| Dynamic::from(role_name(*role)))
             .collect();
         actor.insert("roles".into(), roles.into());
         map.insert("actor".into(), actor.into());
-        map.insert("context".into(), to_dynamic(input.context)?);
+        map.insert("context".into(), to_dynamic(input.context));
         map.insert("config".into(), self.config.clone());
 
         let started = Instant::now();
@@ -328,6 +375,15 @@ impl Step for ScriptStep {
         DEADLINE.with(|d| d.set(None));
         let output = result.map_err(|error| self.classify(*error))?;
         interpret(&output)
+    }
+}
+
+fn role_name(role: usm_model::Role) -> &'static str {
+    match role {
+        usm_model::Role::Admin => "admin",
+        usm_model::Role::Agent => "agent",
+        usm_model::Role::Requester => "requester",
+        usm_model::Role::Automation => "automation",
     }
 }
 
@@ -353,8 +409,7 @@ fn interpret(output: &Dynamic) -> Result<StepOutput, StepError> {
     if output.is_unit() {
         return Ok(StepOutput::Continue);
     }
-    let value: Value = rhai::serde::from_dynamic(output)
-        .map_err(|e| StepError::InvalidOutput(format!("not a JSON-like value: {e}")))?;
+    let value = to_json(output)?;
     let Value::Object(mut map) = value else {
         return Err(StepError::InvalidOutput(
             "return (), patch(…), reject(…) or effects(…)".into(),

@@ -1,0 +1,330 @@
+//! Pipeline benchmarks (not tests): the per-call cost of the same step as native Rust, rhai and
+//! WASM on a ~1 KB, 20-field record, and creates through a six-step pipeline (3 WASM + 3 rhai)
+//! in-process and over HTTP. Run with `cargo bench -p usm-tests --bench pipeline`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Map, Value, json};
+use usm_engine::{
+    Engine, EngineConfig, Hook, Module, NewRecord, Phase, Pipelines, Runtimes, Step, StepError,
+    StepInput, StepOutput,
+};
+use usm_model::{Actor, Catalog, Domain, Role};
+use usm_plugin_host::{PluginHost, PluginLimits};
+use usm_script_host::{ScriptHost, ScriptLimits};
+use usm_store::{SledStore, Store, StoreConfig};
+use usm_tests::{guests, module_dir, repo_path};
+
+const CALLS: usize = 20_000;
+
+fn fields() -> Map<String, Value> {
+    let mut fields = json!({
+        "impact": "high", "urgency": "medium", "category": "network", "service": "email",
+        "assignee": "ann.lee", "assignment_group": "team-network", "requester": "bob.ray",
+        "description": "Users on the third floor cannot reach the mail server since 09:12; the switch in rack B4 shows link flaps on port 17. Several users report timeouts.",
+        "tags": ["network", "mail", "floor-3"],
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    for i in 0..11 {
+        fields.insert(
+            format!("extra_{i:02}"),
+            Value::from(format!("value number {i} of the benchmark record")),
+        );
+    }
+    fields
+}
+
+fn record() -> Value {
+    json!({"id": "INC-1", "kind": "incident", "process": "recover", "domain": "it", "state": "new",
+           "title": "Mail unreachable from floor 3", "fields": fields(), "links": [], "version": 1})
+}
+
+fn matrix() -> Value {
+    json!({"matrix": {"high": {"high": "P1", "medium": "P2", "low": "P3"},
+                      "medium": {"high": "P2", "medium": "P3", "low": "P4"},
+                      "low": {"high": "P3", "medium": "P4", "low": "P5"}}})
+}
+
+/// The priority step written in Rust, as a baseline.
+fn native(config: Value) -> impl Step {
+    move |input: &StepInput<'_>| -> Result<StepOutput, StepError> {
+        let fields = &input.record["fields"];
+        let (Some(impact), Some(urgency)) = (fields["impact"].as_str(), fields["urgency"].as_str())
+        else {
+            return Ok(StepOutput::Continue);
+        };
+        let Some(priority) = config["matrix"][impact][urgency].as_str() else {
+            return Ok(StepOutput::Reject {
+                code: "unknown_priority".into(),
+                message: String::new(),
+            });
+        };
+        let mut patch = Map::new();
+        patch.insert(
+            "fields".into(),
+            json!({"priority": priority, "major_incident": priority == "P1"}),
+        );
+        Ok(StepOutput::Patch(patch))
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+fn per_call(name: &str, step: &dyn Step) {
+    let record = record();
+    let actor = Actor::new("bench", [Role::Agent]);
+    let input = StepInput {
+        hook: Hook::Create,
+        phase: Phase::Before,
+        record: &record,
+        previous: None,
+        actor: &actor,
+        context: &Value::Null,
+    };
+    for _ in 0..1000 {
+        step.run(&input).unwrap();
+    }
+    let mut samples = Vec::with_capacity(CALLS);
+    let started = Instant::now();
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        let output = step.run(&input).unwrap();
+        samples.push(t.elapsed());
+        assert!(matches!(output, StepOutput::Patch(_)));
+    }
+    let mean = started.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+    samples.sort_unstable();
+    println!(
+        "{name:<22} mean {mean:>7.1} µs   p50 {:>7.1} µs   p99 {:>7.1} µs",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    );
+}
+
+fn six_step_modules(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut wasm = String::from(
+        "id = \"bench-wasm\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n",
+    );
+    let mut rhai = wasm.replace("bench-wasm", "bench-rhai");
+    let matrix = "[steps.config.matrix]\nhigh = { high = \"P1\", medium = \"P2\", low = \"P3\" }\nmedium = { high = \"P2\", medium = \"P3\", low = \"P4\" }\nlow = { high = \"P3\", medium = \"P4\", low = \"P5\" }\n";
+    for i in 0..3 {
+        wasm.push_str(&format!("\n[[steps]]\nname = \"wasm-{i}\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\norder = {}\nwasm = \"priority.wasm\"\n{matrix}", i * 2));
+        rhai.push_str(&format!("\n[[steps]]\nname = \"rhai-{i}\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\norder = {}\nscript = \"priority.rhai\"\n{matrix}", i * 2 + 1));
+    }
+    let script = repo_path("scripts/examples/priority/priority.rhai");
+    vec![
+        module_dir(
+            &dir.join("wasm"),
+            &wasm,
+            &[("priority.wasm", guests::PRIORITY)],
+        )
+        .unwrap(),
+        module_dir(
+            &dir.join("rhai"),
+            &rhai,
+            &[("priority.rhai", script.to_str().unwrap())],
+        )
+        .unwrap(),
+    ]
+}
+
+fn report(name: &str, elapsed: Duration, mut latencies: Vec<Duration>) {
+    latencies.sort_unstable();
+    println!(
+        "{name:<34} {:>7.0} records/s   p50 {:>8.0} µs   p99 {:>8.0} µs",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+}
+
+fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: usize) {
+    let data = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(data.path(), StoreConfig::default()).unwrap());
+    let engine = Engine::new(
+        Arc::clone(&store),
+        Arc::new(Catalog::core()),
+        EngineConfig::default(),
+    );
+    let runtimes = Runtimes {
+        wasm: Some(Arc::new(
+            PluginHost::new(PluginLimits::default(), Some(store)).unwrap(),
+        )),
+        rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
+    };
+    let it = Domain::new("it").unwrap();
+    let loaded: Vec<Module> = modules
+        .iter()
+        .map(|m| Module::load_dir(m, &runtimes, &[]).unwrap())
+        .collect();
+    engine.set_pipelines(Pipelines::compose(
+        loaded.iter().flat_map(|m| m.steps.iter().map(|s| (&it, s))),
+    ));
+    let actor = Actor::new("bench", [Role::Agent]);
+    let new = || -> NewRecord {
+        serde_json::from_value(json!({"kind": "incident", "title": "Mail unreachable from floor 3", "fields": fields()})).unwrap()
+    };
+    let first = engine.create(&actor, new(), None).unwrap();
+    assert_eq!(
+        engine.history(first.record.id.as_str(), 0, None).unwrap()[0]
+            .steps
+            .len(),
+        6
+    );
+    let started = Instant::now();
+    let latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..records / clients)
+                        .map(|_| {
+                            let t = Instant::now();
+                            engine.create(&actor, new(), None).unwrap();
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    report(
+        &format!("6-step creates, engine, {clients} clients"),
+        started.elapsed(),
+        latencies,
+    );
+    let page = engine
+        .list(usm_engine::ListRequest {
+            limit: Some(200),
+            ..Default::default()
+        })
+        .unwrap();
+    let step_micros: Vec<u64> = page
+        .records
+        .iter()
+        .map(|r| {
+            engine.history(r.id.as_str(), 0, None).unwrap()[0]
+                .steps
+                .iter()
+                .map(|s| s.micros)
+                .sum()
+        })
+        .collect();
+    let mean = step_micros.iter().sum::<u64>() as f64 / step_micros.len() as f64;
+    println!(
+        "{:<34} {mean:>7.0} µs in the six steps per create (mean of {})",
+        "",
+        step_micros.len()
+    );
+}
+
+fn creates_over_http(modules: &[std::path::PathBuf], records: usize, clients: usize) {
+    let modules = modules.to_vec();
+    let server = usm_tests::TestServer::start_with(move |config| {
+        config.modules = modules
+            .into_iter()
+            .map(|path| usm_server::ModuleConfig {
+                path,
+                domains: vec!["it".into()],
+                grant: vec![],
+            })
+            .collect();
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let body = json!({"kind": "incident", "title": "Mail unreachable from floor 3", "fields": fields()});
+        let started = Instant::now();
+        let tasks = (0..clients).map(|_| {
+            let server = &server;
+            let body = &body;
+            async move {
+                let mut latencies = Vec::new();
+                for _ in 0..records / clients {
+                    let t = Instant::now();
+                    let reply = server.post("/api/v1/records", body).await.unwrap();
+                    assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }
+        });
+        let latencies: Vec<Duration> = futures::future::join_all(tasks).await.into_iter().flatten().collect();
+        report(&format!("6-step creates, HTTP, {clients} clients"), started.elapsed(), latencies);
+    });
+}
+
+fn main() {
+    // `cargo bench -p usm-tests --bench pipeline -- steps|creates` runs one half.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wanted("steps") {
+        steps();
+    }
+    if wanted("creates") {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = six_step_modules(dir.path());
+        creates_in_process(&modules, 4000, 1);
+        creates_in_process(&modules, 8000, 32);
+        creates_over_http(&modules, 4000, 1);
+        creates_over_http(&modules, 8000, 32);
+    }
+}
+
+fn steps() {
+    let config = matrix();
+    println!(
+        "per call, same step on a {}-byte, 20-field record ({CALLS} calls):",
+        record().to_string().len()
+    );
+    per_call("native Rust", &native(config.clone()));
+
+    let files: BTreeMap<String, Vec<u8>> = [(
+        "priority.rhai".to_owned(),
+        std::fs::read(repo_path("scripts/examples/priority/priority.rhai")).unwrap(),
+    )]
+    .into();
+    let scripts =
+        usm_script_host::ModuleScripts::compile(&files, &ScriptLimits::default()).unwrap();
+    per_call("rhai", &scripts.step("priority.rhai", &config, 50).unwrap());
+
+    let host = PluginHost::new(PluginLimits::default(), None).unwrap();
+    let bytes = std::fs::read(guests::PRIORITY).unwrap();
+    let wasm = host
+        .step(&usm_plugin_host::StepSpec {
+            module: "bench",
+            step: "priority",
+            bytes: &bytes,
+            hook: Hook::Create,
+            config: &config,
+            capabilities: &[],
+            limits: usm_plugin_host::CallLimits {
+                timeout: Duration::from_millis(50),
+                memory_bytes: 32 << 20,
+                max_output_bytes: 1 << 20,
+            },
+        })
+        .unwrap();
+    per_call("wasm (fresh instance)", &wasm);
+}
