@@ -6,7 +6,9 @@
 mod bad_input;
 mod concurrency;
 mod crash;
+mod frameworks;
 mod isolation;
+mod module_admin;
 mod modules;
 mod pipelines;
 mod plugins;

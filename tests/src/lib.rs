@@ -97,6 +97,8 @@ impl TestServer {
             data_dir: data_dir.clone(),
             workers: Some(2),
             shutdown_timeout_secs: 5,
+            // Tests of the core start bare; tests of the frameworks turn the bundle on.
+            bundled_modules: false,
             ..Config::default()
         };
         tweak(&mut config);
@@ -129,11 +131,20 @@ impl TestServer {
     }
 
     /// Stops the server gracefully and starts a new one on the same data directory.
-    pub async fn restart(mut self) -> anyhow::Result<Self> {
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory with a
+    /// tweaked configuration.
+    pub async fn restart_with(
+        mut self,
+        tweak: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> anyhow::Result<Self> {
         let temp = self._temp.take();
         let dir = self.data_dir.clone();
         self.stop().await?;
-        let mut server = tokio::task::spawn_blocking(move || Self::start_on(dir, |_| {})).await??;
+        let mut server = tokio::task::spawn_blocking(move || Self::start_on(dir, tweak)).await??;
         server._temp = temp;
         Ok(server)
     }

@@ -4,6 +4,7 @@
 //! the binary and the end-to-end tests both use it.
 
 mod headers;
+mod modules;
 mod principal;
 mod problem;
 mod records;
@@ -17,7 +18,7 @@ use actix_web::{
     web,
 };
 use serde::Serialize;
-use usm_engine::Engine;
+use usm_engine::{Engine, Registry};
 use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
@@ -42,6 +43,8 @@ impl Default for ApiConfig {
 pub struct Services {
     /// The record engine.
     pub engine: Arc<Engine>,
+    /// Installed modules and workflows.
+    pub registry: Arc<Registry>,
     /// HTTP settings.
     pub config: ApiConfig,
 }
@@ -60,6 +63,15 @@ pub struct Services {
         records::create_approval,
         records::list_approvals,
         pipelines,
+        modules::list_modules,
+        modules::get_module,
+        modules::install_module,
+        modules::enable_module,
+        modules::disable_module,
+        modules::remove_module,
+        modules::list_workflows,
+        modules::get_workflow,
+        modules::import_workflow,
         healthz,
     ),
     components(schemas(Problem, Health)),
@@ -67,6 +79,8 @@ pub struct Services {
         (name = "records", description = "Agreements, changes, incidents, requests, tasks, … and their lifecycles"),
         (name = "approvals", description = "Approval decisions on records"),
         (name = "pipelines", description = "The steps that run on each write"),
+        (name = "modules", description = "Framework modules: install, enable per domain, upgrade, remove"),
+        (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
         (name = "operations", description = "Health and API description"),
     )
 )]
@@ -133,6 +147,29 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::scope("/api/v1")
                 .service(resource("/openapi.json").route(web::get().to(openapi_json)))
                 .service(resource("/pipelines").route(web::get().to(pipelines)))
+                .service(
+                    resource("/modules")
+                        .route(web::get().to(modules::list_modules))
+                        .route(web::post().to(modules::install_module)),
+                )
+                .service(
+                    resource("/modules/{id}")
+                        .route(web::get().to(modules::get_module))
+                        .route(web::delete().to(modules::remove_module)),
+                )
+                .service(
+                    resource("/modules/{id}/enable").route(web::post().to(modules::enable_module)),
+                )
+                .service(
+                    resource("/modules/{id}/disable")
+                        .route(web::post().to(modules::disable_module)),
+                )
+                .service(
+                    resource("/workflows")
+                        .route(web::get().to(modules::list_workflows))
+                        .route(web::post().to(modules::import_workflow)),
+                )
+                .service(resource("/workflows/{slug}").route(web::get().to(modules::get_workflow)))
                 .service(
                     resource("/records")
                         .route(web::post().to(records::create_record))

@@ -59,7 +59,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::UnknownState
         | C::UnknownLinkTarget
         | C::IdempotencyKeyReused
-        | C::StepRejected => StatusCode::UNPROCESSABLE_ENTITY,
+        | C::StepRejected
+        | C::ModuleInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+        C::ModuleVersionConflict => StatusCode::CONFLICT,
+        C::ModuleNotFound | C::WorkflowNotFound => StatusCode::NOT_FOUND,
         C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
         C::TransitionForbidden | C::Forbidden => StatusCode::FORBIDDEN,
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
@@ -94,6 +97,10 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::WriteConflict => "Write conflict",
         C::StepRejected => "Rejected by a pipeline step",
         C::StepFailed => "A pipeline step failed",
+        C::ModuleInvalid => "Invalid module",
+        C::ModuleNotFound => "Module not found",
+        C::ModuleVersionConflict => "Not a newer version of the installed module",
+        C::WorkflowNotFound => "Workflow not found",
         C::Unavailable => "Service unavailable",
         C::Internal => "Internal error",
     }

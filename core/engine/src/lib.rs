@@ -7,12 +7,15 @@
 //! commits with a compare-and-swap on the version it read. With `If-Match` a lost race is the
 //! client's to resolve (412); without, the engine recomputes on the fresh record.
 
+pub mod bundle;
 mod cursor;
 mod error;
 mod module;
 mod outbox;
 mod pipeline;
+mod registry;
 mod step;
+pub mod workflow;
 
 use std::{
     collections::BTreeSet,
@@ -37,6 +40,7 @@ pub use module::{
 };
 pub use outbox::{AfterStepWorker, CommitSignal};
 pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
+pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
 pub use usm_model::Kind;
 
@@ -615,8 +619,14 @@ impl Engine {
                 mut record,
                 comment,
                 approval,
-                context,
+                mut context,
             } = propose(&current)?;
+            let has_steps = !pipelines
+                .steps(&current.domain, current.process, hook, Phase::Before)
+                .is_empty();
+            if has_steps && matches!(hook, Hook::Transition | Hook::Approval) {
+                self.add_relations(&current, &mut context)?;
+            }
             let now = Timestamp::now();
             record.updated_at = now;
             record.updated_by = actor.name.clone();
@@ -656,6 +666,45 @@ impl Engine {
             id: id.to_string(),
             attempts,
         })
+    }
+
+    /// Adds what rules about transitions and approvals need to see: the record's approvals so
+    /// far, and the records linking to it (`children`, with whether each is still active).
+    fn add_relations(&self, current: &Record, context: &mut Value) -> Result<(), EngineError> {
+        /// Most linking records handed to steps.
+        const MAX_CHILDREN: usize = 200;
+        let approvals = self.store.approvals(&current.id)?;
+        let mut children = Vec::new();
+        for (rel, source) in self
+            .store
+            .backlinks(&current.id)?
+            .into_iter()
+            .take(MAX_CHILDREN)
+        {
+            let Some(child) = self.store.get(&source)? else {
+                continue;
+            };
+            let active = self
+                .catalog
+                .get(&child.kind)
+                .and_then(|def| def.lifecycle.state(&child.state))
+                .is_none_or(|state| state.category != StateCategory::Inactive);
+            children.push(serde_json::json!({
+                "id": child.id, "rel": rel, "kind": child.kind, "state": child.state,
+                "domain": child.domain, "active": active,
+            }));
+        }
+        if !context.is_object() {
+            *context = Value::Object(Map::new());
+        }
+        if let Value::Object(map) = context {
+            map.insert(
+                "approvals".into(),
+                serde_json::to_value(approvals).unwrap_or_default(),
+            );
+            map.insert("children".into(), Value::Array(children));
+        }
+        Ok(())
     }
 
     /// Runs the before-phase of `hook` on a proposed record.

@@ -46,6 +46,9 @@ pub struct Manifest {
     /// Capabilities the module's steps need, e.g. `records:read`.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// USM-WIF workflow templates shipped by the module (files of the module).
+    #[serde(default)]
+    pub workflows: Vec<String>,
     /// The pipeline steps.
     #[serde(default)]
     pub steps: Vec<StepDecl>,
@@ -142,12 +145,14 @@ impl ModuleError {
     }
 }
 
-/// A loaded module: its manifest and its built steps.
+/// A loaded module: its manifest, its built steps and its workflow templates.
 pub struct Module {
     /// The manifest.
     pub manifest: Manifest,
     /// The steps, built and bound to their config.
     pub steps: Vec<Arc<BoundStep>>,
+    /// The workflow templates, parsed and checked.
+    pub workflows: Vec<crate::workflow::WifDocument>,
 }
 
 impl std::fmt::Debug for Module {
@@ -177,10 +182,15 @@ impl Module {
         runtimes: &Runtimes,
         grants: &[String],
     ) -> Result<Self, ModuleError> {
+        Self::build(Self::read_dir(dir)?, runtimes, grants)
+    }
+
+    /// Reads every regular file of a module directory, bounded in count and size.
+    pub fn read_dir(dir: &Path) -> Result<ModuleFiles, ModuleError> {
         let mut files = ModuleFiles::new();
         let mut total = 0u64;
         read_tree(dir, dir, &mut files, &mut total)?;
-        Self::build(files, runtimes, grants)
+        Ok(files)
     }
 
     /// Builds a module from its files: parses `module.toml` strictly, checks it, and builds every
@@ -308,8 +318,36 @@ impl Module {
                 step,
             }));
         }
-        Ok(Self { manifest, steps })
+        let mut workflows = Vec::with_capacity(manifest.workflows.len());
+        for (index, file) in manifest.workflows.iter().enumerate() {
+            let bytes = files.get(file).ok_or_else(|| {
+                ModuleError::new(
+                    format!("module.toml: workflows[{index}]"),
+                    format!("file {file:?} is not in the module"),
+                )
+            })?;
+            workflows.push(
+                crate::workflow::parse(bytes)
+                    .map_err(|message| ModuleError::new(file.clone(), message))?,
+            );
+        }
+        Ok(Self {
+            manifest,
+            steps,
+            workflows,
+        })
     }
+}
+
+/// Parses `module.toml` strictly, without building anything.
+pub(crate) fn peek_manifest(files: &ModuleFiles) -> Result<Manifest, ModuleError> {
+    let text = files
+        .get("module.toml")
+        .ok_or_else(|| ModuleError::new("module.toml", "missing"))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| ModuleError::new("module.toml", "not UTF-8"))?;
+    toml::from_str(text)
+        .map_err(|e| ModuleError::new("module.toml", e.to_string().trim_end().to_owned()))
 }
 
 fn read_tree(

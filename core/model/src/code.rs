@@ -47,6 +47,14 @@ pub enum ErrorCode {
     StepRejected,
     /// A pipeline step failed (trap, timeout, memory, invalid output) and its policy is `fail`.
     StepFailed,
+    /// A module bundle or manifest is invalid; `location` names the file, key or line.
+    ModuleInvalid,
+    /// No module with that id is installed.
+    ModuleNotFound,
+    /// The upload does not upgrade the installed module (same or older version).
+    ModuleVersionConflict,
+    /// No workflow template with that slug.
+    WorkflowNotFound,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
     /// The server is shutting down or overloaded.
@@ -79,6 +87,10 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::StepRejected => "step_rejected",
             Self::StepFailed => "step_failed",
+            Self::ModuleInvalid => "module_invalid",
+            Self::ModuleNotFound => "module_not_found",
+            Self::ModuleVersionConflict => "module_version_conflict",
+            Self::WorkflowNotFound => "workflow_not_found",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

@@ -1,10 +1,7 @@
 //! `usm bench`: durable creates per second and their latency, through the engine in-process and
 //! through the HTTP API, on a fresh store in a temporary directory.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -144,7 +141,11 @@ fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
 
 fn bench_engine(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
-    let engine = Arc::new(crate::open_engine(&temp_config(args, dir.path()))?);
+    let engine = crate::open(&Config {
+        bundled_modules: false,
+        ..temp_config(args, dir.path())
+    })?
+    .engine;
     let actor = Actor::new("bench", [Role::Agent]);
     let started = Instant::now();
     let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {

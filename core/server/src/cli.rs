@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{Config, ConfigOverrides, Server, bench};
+use crate::{Config, ConfigOverrides, Server, admin, bench};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -26,6 +26,13 @@ enum Command {
     },
     /// Measure durable creates per second and their latency.
     Bench(bench::BenchArgs),
+    /// Install, list, enable, disable and remove modules on a running server.
+    Module {
+        #[command(flatten)]
+        remote: admin::Remote,
+        #[command(subcommand)]
+        command: admin::ModuleCommand,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -33,6 +40,14 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
+        Command::Module { remote, command } => {
+            let result = admin::run(&remote, command)?;
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &result)?;
+            use std::io::Write as _;
+            writeln!(out)?;
+            Ok(())
+        }
         Command::Bench(args) => {
             let reports = bench::run(&args)?;
             let mut out = std::io::stdout().lock();

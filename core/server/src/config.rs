@@ -39,7 +39,10 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
-    /// Module directories to load at startup, and where to enable them.
+    /// Install the modules built into the binary (usm-core, itil4, cobit2019, iso20000, hr,
+    /// facilities) and, on a fresh data directory, enable the default mix.
+    pub bundled_modules: bool,
+    /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
 }
@@ -69,6 +72,7 @@ impl Default for Config {
             durable_acks: true,
             domains: vec!["it".into(), "hr".into(), "facilities".into()],
             shutdown_timeout_secs: 30,
+            bundled_modules: true,
             modules: Vec::new(),
         }
     }

@@ -2,7 +2,9 @@
 //! logging, and the process that serves the API over the embedded store. The binary and the
 //! end-to-end tests start servers through [`Server`].
 
+pub mod admin;
 pub mod bench;
+pub mod bundled;
 pub mod cli;
 mod config;
 mod telemetry;
@@ -12,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, Services};
-use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits, Module, Pipelines, Runtimes};
+use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes};
 use usm_model::{Catalog, Domain};
 use usm_plugin_host::{PluginHost, PluginLimits};
 use usm_script_host::{ScriptHost, ScriptLimits};
@@ -29,12 +31,21 @@ pub struct Server {
     after_steps: AfterStepWorker,
 }
 
+/// The engine and the module registry over one store.
+pub struct Opened {
+    /// The record engine.
+    pub engine: Arc<Engine>,
+    /// The module registry.
+    pub registry: Arc<Registry>,
+}
+
 impl Server {
     /// Opens the store, builds the engine and binds the listener. Call inside an async runtime.
     pub fn bind(config: &Config) -> anyhow::Result<Self> {
-        let engine = Arc::new(open_engine(config)?);
+        let Opened { engine, registry } = open(config)?;
         let services = web::Data::new(Services {
             engine: engine.clone(),
+            registry,
             config: ApiConfig {
                 max_body_bytes: config.max_body_bytes,
             },
@@ -86,8 +97,10 @@ impl Server {
     }
 }
 
-/// Opens the store in the configured data directory and builds the engine over it.
-pub fn open_engine(config: &Config) -> anyhow::Result<Engine> {
+/// Opens the store in the configured data directory, builds the engine over it, restores the
+/// installed modules, installs the bundled ones (enabling the default mix on a fresh data
+/// directory) and the module directories named in the configuration.
+pub fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -109,40 +122,47 @@ pub fn open_engine(config: &Config) -> anyhow::Result<Engine> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::new(
+    let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         Arc::new(Catalog::core()),
         EngineConfig {
             domains,
             limits: Limits::default(),
         },
-    );
+    ));
     let runtimes = Runtimes {
         wasm: Some(Arc::new(PluginHost::new(
             PluginLimits::default(),
-            Some(store),
+            Some(Arc::clone(&store)),
         )?)),
         rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
     };
-    let mut enabled = Vec::new();
-    for module_config in &config.modules {
-        let module = Module::load_dir(&module_config.path, &runtimes, &module_config.grant)
-            .with_context(|| format!("module {}", module_config.path.display()))?;
-        for domain in &module_config.domains {
-            let domain = Domain::new(domain.as_str())
-                .ok()
-                .filter(|d| engine.domains().contains(d))
-                .with_context(|| {
-                    format!("module {}: unknown domain {domain:?}", module.manifest.id)
-                })?;
-            for step in &module.steps {
-                enabled.push((domain.clone(), Arc::clone(step)));
-            }
-        }
-        tracing::info!(module = %module.manifest.id, version = %module.manifest.version, domains = ?module_config.domains, "module loaded");
+    let registry = Registry::open(Arc::clone(&engine), runtimes)
+        .context("cannot restore the installed modules")?;
+    if config.bundled_modules {
+        bundled::install(&registry, store.as_ref(), &config.domains)
+            .context("cannot install the bundled modules")?;
     }
-    engine.set_pipelines(Pipelines::compose(enabled.iter().map(|(d, s)| (d, s))));
-    Ok(engine)
+    let operator = usm_model::Actor::new("config", [usm_model::Role::Admin]);
+    for module_config in &config.modules {
+        let module = Module::read_dir(&module_config.path)
+            .with_context(|| format!("module {}", module_config.path.display()))?;
+        let (info, _) = registry
+            .install_declared(&operator, module)
+            .with_context(|| format!("module {}", module_config.path.display()))?;
+        registry
+            .enable(
+                &operator,
+                &info.id,
+                &module_config.domains,
+                Some(module_config.grant.clone()),
+            )
+            .with_context(|| format!("module {}", info.id))?;
+    }
+    Ok(Opened {
+        engine,
+        registry: Arc::new(registry),
+    })
 }
 
 /// Stops the server on SIGINT or SIGTERM: stop accepting, finish in-flight requests, flush.

@@ -29,13 +29,15 @@ pub(crate) enum TreeId {
     Counters,
     /// idempotency key → [`IdempotencyEntry`]
     Idempotency,
-    /// content key → compiled artifact bytes (serialised WASM components)
+    /// content key → compiled artifact bytes (serialised WASM components, module bundles)
     Artifacts,
+    /// setting key → bytes (installed modules, enablement, workflows, …)
+    Settings,
 }
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 9] = [
+    pub(crate) const ALL: [TreeId; 10] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -45,6 +47,7 @@ impl TreeId {
         Self::Counters,
         Self::Idempotency,
         Self::Artifacts,
+        Self::Settings,
     ];
 
     /// The tree's name on disk.
@@ -59,6 +62,7 @@ impl TreeId {
             Self::Counters => "counters",
             Self::Idempotency => "idempotency",
             Self::Artifacts => "artifacts",
+            Self::Settings => "settings",
         }
     }
 }
@@ -508,5 +512,43 @@ pub(crate) fn events_after<R: KvRead>(
         .scan(TreeId::Outbox, &[], &start, limit)?
         .iter()
         .map(|(_, bytes)| decode("event", bytes))
+        .collect()
+}
+
+/// Applies a batch of setting writes inside a transaction.
+pub(crate) fn apply_settings<T: KvTx>(
+    tx: &T,
+    put: &[(String, Vec<u8>)],
+    delete: &[String],
+) -> Result<(), TxFail<T::Error>> {
+    for key in delete {
+        tx.remove(TreeId::Settings, key.as_bytes())?;
+    }
+    for (key, value) in put {
+        tx.insert(TreeId::Settings, key.as_bytes(), value.clone())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn settings<R: KvRead>(
+    reader: &R,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    reader
+        .scan(
+            TreeId::Settings,
+            prefix.as_bytes(),
+            prefix.as_bytes(),
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|(key, value)| {
+            String::from_utf8(key)
+                .map(|key| (key, value))
+                .map_err(|_| StoreError::Corrupt {
+                    what: "setting key",
+                    detail: "not UTF-8".into(),
+                })
+        })
         .collect()
 }

@@ -219,6 +219,22 @@ pub trait Store: Send + Sync + 'static {
     /// Caches an artifact under its content key.
     fn put_artifact(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
 
+    /// Removes a cached artifact.
+    fn delete_artifact(&self, key: &str) -> Result<(), StoreError>;
+
+    /// A setting (installed modules, enablement, workflow templates, …).
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every setting whose key starts with `prefix`, by key.
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Writes settings and removes others atomically, and returns once that is durable.
+    fn write_settings(
+        &self,
+        put: &[(String, Vec<u8>)],
+        delete: &[String],
+    ) -> Result<(), StoreError>;
+
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
 }

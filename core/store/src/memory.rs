@@ -182,6 +182,29 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn delete_artifact(&self, key: &str) -> Result<(), StoreError> {
+        self.lock()[TreeId::Artifacts as usize].remove(key.as_bytes());
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()[TreeId::Settings as usize]
+            .get(key.as_bytes())
+            .cloned())
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        layout::settings(self, prefix)
+    }
+
+    fn write_settings(
+        &self,
+        put: &[(String, Vec<u8>)],
+        delete: &[String],
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| layout::apply_settings(tx, put, delete))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -246,6 +246,27 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn delete_artifact(&self, key: &str) -> Result<(), StoreError> {
+        self.tree(TreeId::Artifacts).remove(key)?;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(TreeId::Settings).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        layout::settings(self, prefix)
+    }
+
+    fn write_settings(
+        &self,
+        put: &[(String, Vec<u8>)],
+        delete: &[String],
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| layout::apply_settings(tx, put, delete))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.group_commit.wait_durable()
     }

@@ -1,0 +1,221 @@
+//! `/api/v1/modules` and `/api/v1/workflows`: the admin surface of the module registry.
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use usm_engine::{Installed, ModuleInfo, RegistryError, WorkflowSummary, workflow::WifDocument};
+
+use crate::{
+    Services,
+    principal::Principal,
+    problem::{ApiError, Problem},
+};
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        let code = error.code();
+        if code == usm_model::ErrorCode::Internal {
+            tracing::error!(%error, "internal error");
+            return Self::new(
+                code,
+                "the server failed to complete the request; it has been logged",
+            );
+        }
+        let location = error.location().map(str::to_owned);
+        let api = Self::new(code, error.to_string());
+        match location {
+            Some(location) => api.with_field(location),
+            None => api,
+        }
+    }
+}
+
+/// Largest module bundle upload (compressed).
+pub(crate) const MAX_BUNDLE_UPLOAD: usize = 64 * 1024 * 1024;
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(web::block(work).await??)
+}
+
+/// The installed modules.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModuleList {
+    /// By id.
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// The result of an upload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstallResult {
+    /// The module as installed now.
+    pub module: ModuleInfo,
+    /// What the upload did.
+    pub result: Installed,
+}
+
+/// Domains to enable or disable a module in.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsRequest {
+    /// Domains, e.g. `["it", "hr"]`.
+    pub domains: Vec<String>,
+    /// Enable only: the capabilities granted to the module (replacing earlier grants); only
+    /// those its manifest asks for take effect.
+    #[serde(default)]
+    pub grant: Option<Vec<String>>,
+}
+
+/// Lists installed modules with their version, framework, status and domains.
+#[utoipa::path(get, path = "/api/v1/modules", tag = "modules", responses((status = 200, body = ModuleList)))]
+pub async fn list_modules(services: web::Data<Services>, _principal: Principal) -> HttpResponse {
+    HttpResponse::Ok().json(ModuleList {
+        modules: services.registry.list(),
+    })
+}
+
+/// Shows one installed module.
+#[utoipa::path(get, path = "/api/v1/modules/{id}", tag = "modules",
+    params(("id" = String, Path)),
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_module(
+    services: web::Data<Services>,
+    _principal: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(services.registry.get(&id)?))
+}
+
+/// Installs a module from a `.tar.gz` bundle (the body), or upgrades the installed module of
+/// the same id to a newer version. The bundle is checked and compiled first: a broken one is
+/// refused whole and nothing changes.
+#[utoipa::path(post, path = "/api/v1/modules", tag = "modules",
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A .tar.gz of the module directory"),
+    responses(
+        (status = 201, description = "Installed or upgraded", body = InstallResult),
+        (status = 200, description = "The same bundle was already installed", body = InstallResult),
+        (status = 409, description = "Not newer than the installed version", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid bundle; `field` names the file, key or line", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn install_module(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = payload
+        .to_bytes_limited(MAX_BUNDLE_UPLOAD)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                usm_model::ErrorCode::PayloadTooLarge,
+                format!("a module bundle may be at most {MAX_BUNDLE_UPLOAD} bytes"),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                usm_model::ErrorCode::InvalidInput,
+                format!("cannot read the upload: {e}"),
+            )
+        })?;
+    let registry = services.registry.clone();
+    let (module, result) = blocking(move || registry.install_bundle(&actor, &body)).await?;
+    let mut response = if result == Installed::Unchanged {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    };
+    Ok(response.json(InstallResult { module, result }))
+}
+
+/// Enables a module in domains: its steps join those domains' pipelines at once.
+#[utoipa::path(post, path = "/api/v1/modules/{id}/enable", tag = "modules",
+    params(("id" = String, Path)), request_body = DomainsRequest,
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn enable_module(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    body: web::Json<DomainsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let DomainsRequest { domains, grant } = body.into_inner();
+    let info = blocking(move || registry.enable(&actor, &id, &domains, grant)).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Disables a module in domains: its steps leave those domains' pipelines at once.
+#[utoipa::path(post, path = "/api/v1/modules/{id}/disable", tag = "modules",
+    params(("id" = String, Path)), request_body = DomainsRequest,
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn disable_module(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    body: web::Json<DomainsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let domains = body.into_inner().domains;
+    let info = blocking(move || registry.disable(&actor, &id, &domains)).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Removes a module everywhere.
+#[utoipa::path(delete, path = "/api/v1/modules/{id}", tag = "modules",
+    params(("id" = String, Path)),
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn remove_module(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let info = blocking(move || registry.remove(&actor, &id)).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// The workflows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowList {
+    /// By slug.
+    pub workflows: Vec<WorkflowSummary>,
+}
+
+/// Lists workflows: the modules' templates (the eight USM workflows from usm-core) and imports.
+#[utoipa::path(get, path = "/api/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
+pub async fn list_workflows(
+    services: web::Data<Services>,
+    _principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let workflows = blocking(move || registry.workflows()).await?;
+    Ok(HttpResponse::Ok().json(WorkflowList { workflows }))
+}
+
+/// Exports one workflow as a USM-WIF document.
+#[utoipa::path(get, path = "/api/v1/workflows/{slug}", tag = "workflows",
+    params(("slug" = String, Path)),
+    responses((status = 200, body = WifDocument), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_workflow(
+    services: web::Data<Services>,
+    _principal: Principal,
+    slug: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let document = blocking(move || registry.workflow(&slug)).await?;
+    Ok(HttpResponse::Ok().json(document))
+}
+
+/// Imports a USM-WIF document; members the format does not define are ignored.
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
+    request_body = WifDocument,
+    responses((status = 201, body = WorkflowSummary), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn import_workflow(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let registry = services.registry.clone();
+    let summary = blocking(move || registry.import_workflow(&actor, &body)).await?;
+    Ok(HttpResponse::Created().json(summary))
+}

@@ -1,0 +1,598 @@
+//! The module registry: installed modules, their bundles and where they are enabled, persisted
+//! in the store; every change composes new pipelines and swaps them in whole.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use usm_model::{Actor, Domain, ErrorCode, Timestamp};
+use usm_store::StoreError;
+
+use crate::{
+    Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes, bundle, workflow::WifDocument,
+};
+
+const MODULE_PREFIX: &str = "module/";
+const WORKFLOW_PREFIX: &str = "workflow/";
+
+/// A workflow as the list shows it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkflowSummary {
+    /// Identifier in URLs.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Position among the eight USM workflows, for the templates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
+    /// `reactive` or `proactive`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// `module:<id>` for a template a module ships, `imported` for an upload.
+    pub source: String,
+    /// Number of steps.
+    pub steps: usize,
+}
+
+fn summary(document: &WifDocument, source: String) -> WorkflowSummary {
+    WorkflowSummary {
+        slug: document.workflow.slug.clone(),
+        name: document.workflow.name.clone(),
+        number: document.workflow.number,
+        trigger: document.workflow.trigger.clone(),
+        source,
+        steps: document.workflow.steps.len(),
+    }
+}
+
+/// Why a module operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The bundle or manifest is invalid.
+    #[error("{0}")]
+    Invalid(ModuleError),
+    /// No such module.
+    #[error("module {0} is not installed")]
+    NotFound(String),
+    /// An upload that does not upgrade the installed module.
+    #[error(
+        "module {id} {installed} is installed; upload a newer version to upgrade (got {uploaded})"
+    )]
+    NotNewer {
+        /// The module.
+        id: String,
+        /// The installed version.
+        installed: String,
+        /// The uploaded version.
+        uploaded: String,
+    },
+    /// A domain the server does not serve.
+    #[error("unknown domain {0:?}")]
+    UnknownDomain(String),
+    /// No workflow with that slug.
+    #[error("no workflow {0}")]
+    WorkflowNotFound(String),
+    /// A USM-WIF document that does not parse or check.
+    #[error("{0}")]
+    InvalidWorkflow(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    /// The stable code clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid(_) => ErrorCode::ModuleInvalid,
+            Self::NotFound(_) => ErrorCode::ModuleNotFound,
+            Self::NotNewer { .. } => ErrorCode::ModuleVersionConflict,
+            Self::UnknownDomain(_) | Self::InvalidWorkflow(_) => ErrorCode::InvalidInput,
+            Self::WorkflowNotFound(_) => ErrorCode::WorkflowNotFound,
+            Self::Store(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Where the problem is (a file, key or line of the bundle), when there is one.
+    pub fn location(&self) -> Option<&str> {
+        match self {
+            Self::Invalid(error) => Some(&error.location),
+            Self::UnknownDomain(_) => Some("/domains"),
+            _ => None,
+        }
+    }
+}
+
+/// What is persisted for an installed module.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModuleRecord {
+    id: String,
+    version: String,
+    digest: String,
+    domains: BTreeSet<Domain>,
+    grants: Vec<String>,
+    installed_at: Timestamp,
+    installed_by: String,
+}
+
+/// An installed module as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModuleInfo {
+    /// The module id.
+    pub id: String,
+    /// Its version.
+    pub version: String,
+    /// `usm`, `itil4`, `cobit2019`, `iso20000` or custom.
+    pub framework: String,
+    /// What it does.
+    pub description: String,
+    /// `enabled` when enabled in at least one domain, `installed` otherwise.
+    pub status: &'static str,
+    /// Where it is enabled.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub domains: Vec<Domain>,
+    /// Capabilities the manifest asks for.
+    pub capabilities: Vec<String>,
+    /// Capabilities the admin granted.
+    pub grants: Vec<String>,
+    /// Number of pipeline steps.
+    pub steps: usize,
+    /// sha256 of the bundle.
+    pub digest: String,
+    /// When it was installed (or last upgraded).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub installed_at: Timestamp,
+    /// Who installed it.
+    pub installed_by: String,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Installed {
+    /// A new module.
+    Installed,
+    /// A newer version replaced the installed one; its domains and grants were kept.
+    Upgraded {
+        /// The version it replaced.
+        from: String,
+    },
+    /// The same bundle was already installed; nothing changed.
+    Unchanged,
+}
+
+struct Entry {
+    record: ModuleRecord,
+    module: Arc<Module>,
+}
+
+/// Installed modules and their enablement.
+pub struct Registry {
+    engine: Arc<Engine>,
+    runtimes: Runtimes,
+    modules: Mutex<BTreeMap<String, Entry>>,
+}
+
+fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn bundle_key(digest: &str) -> String {
+    format!("bundle/{digest}")
+}
+
+impl Registry {
+    /// Loads every installed module from the store (compiled artifacts come from the cache) and
+    /// swaps in their pipelines.
+    pub fn open(engine: Arc<Engine>, runtimes: Runtimes) -> Result<Self, RegistryError> {
+        let store = Arc::clone(engine.store());
+        let mut modules = BTreeMap::new();
+        for (key, bytes) in store.settings(MODULE_PREFIX)? {
+            let record: ModuleRecord =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "module record",
+                    detail: format!("{key}: {e}"),
+                })?;
+            let bundle = store
+                .artifact(&bundle_key(&record.digest))?
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "module bundle",
+                    detail: format!("{key}: bundle {} is missing", record.digest),
+                })?;
+            let files = bundle::unpack(&bundle).map_err(|message| {
+                RegistryError::Invalid(ModuleError {
+                    location: key.clone(),
+                    message,
+                })
+            })?;
+            let module =
+                Module::build(files, &runtimes, &record.grants).map_err(RegistryError::Invalid)?;
+            tracing::info!(module = %record.id, version = %record.version, domains = ?record.domains, "module restored");
+            modules.insert(
+                record.id.clone(),
+                Entry {
+                    record,
+                    module: Arc::new(module),
+                },
+            );
+        }
+        let registry = Self {
+            engine,
+            runtimes,
+            modules: Mutex::new(modules),
+        };
+        registry.swap(&registry.lock());
+        Ok(registry)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.modules.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Composes the pipelines of the enabled modules and swaps them in.
+    fn swap(&self, modules: &BTreeMap<String, Entry>) {
+        let enabled =
+            modules.values().flat_map(|entry| {
+                entry.record.domains.iter().flat_map(move |domain| {
+                    entry.module.steps.iter().map(move |step| (domain, step))
+                })
+            });
+        self.engine.set_pipelines(Pipelines::compose(enabled));
+    }
+
+    fn info(entry: &Entry) -> ModuleInfo {
+        let manifest = &entry.module.manifest;
+        ModuleInfo {
+            id: manifest.id.clone(),
+            version: manifest.version.to_string(),
+            framework: manifest.framework.clone(),
+            description: manifest.description.clone(),
+            status: if entry.record.domains.is_empty() {
+                "installed"
+            } else {
+                "enabled"
+            },
+            domains: entry.record.domains.iter().cloned().collect(),
+            capabilities: manifest.capabilities.clone(),
+            grants: entry.record.grants.clone(),
+            steps: entry.module.steps.len(),
+            digest: entry.record.digest.clone(),
+            installed_at: entry.record.installed_at,
+            installed_by: entry.record.installed_by.clone(),
+        }
+    }
+
+    /// The installed modules, by id.
+    pub fn list(&self) -> Vec<ModuleInfo> {
+        self.lock().values().map(Self::info).collect()
+    }
+
+    /// One installed module.
+    pub fn get(&self, id: &str) -> Result<ModuleInfo, RegistryError> {
+        self.lock()
+            .get(id)
+            .map(Self::info)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// The files of an installed module (for workflow templates and inspection).
+    pub fn module(&self, id: &str) -> Option<Arc<Module>> {
+        self.lock().get(id).map(|e| Arc::clone(&e.module))
+    }
+
+    /// Installs an uploaded `.tar.gz` bundle.
+    pub fn install_bundle(
+        &self,
+        actor: &Actor,
+        bytes: &[u8],
+    ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        let files = bundle::unpack(bytes).map_err(|message| {
+            RegistryError::Invalid(ModuleError {
+                location: "bundle".into(),
+                message,
+            })
+        })?;
+        self.install(actor, files)
+    }
+
+    /// Installs a module, or upgrades it when a newer version of the same id is installed
+    /// (keeping where it is enabled and what it was granted). The module is built — manifest
+    /// checked, every step compiled — before anything is stored; a broken module changes nothing.
+    pub fn install(
+        &self,
+        actor: &Actor,
+        files: ModuleFiles,
+    ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        self.install_with(actor, files, false)
+    }
+
+    /// Installs a module the operator declares (a directory in the configuration): different
+    /// content replaces the installed module even at the same version — the directory is the
+    /// source of truth.
+    pub fn install_declared(
+        &self,
+        actor: &Actor,
+        files: ModuleFiles,
+    ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        self.install_with(actor, files, true)
+    }
+
+    fn install_with(
+        &self,
+        actor: &Actor,
+        files: ModuleFiles,
+        replace_same_version: bool,
+    ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        let packed = bundle::pack(&files).map_err(|message| {
+            RegistryError::Invalid(ModuleError {
+                location: "bundle".into(),
+                message,
+            })
+        })?;
+        let digest = digest(&packed);
+        let mut modules = self.lock();
+        // Peek at the id and version to keep grants on upgrade; `build` validates for real.
+        let manifest = crate::module::peek_manifest(&files).map_err(RegistryError::Invalid)?;
+        let (grants, domains, action) = match modules.get(&manifest.id) {
+            Some(existing) if existing.record.digest == digest => {
+                return Ok((Self::info(existing), Installed::Unchanged));
+            }
+            Some(existing) => {
+                let installed = &existing.module.manifest.version;
+                let allowed = manifest.version > *installed
+                    || (replace_same_version && manifest.version == *installed);
+                if !allowed {
+                    return Err(RegistryError::NotNewer {
+                        id: manifest.id.clone(),
+                        installed: installed.to_string(),
+                        uploaded: manifest.version.to_string(),
+                    });
+                }
+                (
+                    existing.record.grants.clone(),
+                    existing.record.domains.clone(),
+                    Installed::Upgraded {
+                        from: installed.to_string(),
+                    },
+                )
+            }
+            None => (Vec::new(), BTreeSet::new(), Installed::Installed),
+        };
+        let module =
+            Module::build(files, &self.runtimes, &grants).map_err(RegistryError::Invalid)?;
+        let record = ModuleRecord {
+            id: module.manifest.id.clone(),
+            version: module.manifest.version.to_string(),
+            digest: digest.clone(),
+            domains,
+            grants,
+            installed_at: Timestamp::now(),
+            installed_by: actor.name.clone(),
+        };
+        let store = self.engine.store();
+        store.put_artifact(&bundle_key(&digest), &packed)?;
+        store.write_settings(
+            &[(format!("{MODULE_PREFIX}{}", record.id), encode(&record)?)],
+            &[],
+        )?;
+        let previous = modules.insert(
+            record.id.clone(),
+            Entry {
+                record,
+                module: Arc::new(module),
+            },
+        );
+        if let Some(previous) = previous {
+            self.forget_bundle(&modules, &previous.record.digest);
+        }
+        self.swap(&modules);
+        let entry = &modules[&manifest.id];
+        tracing::info!(module = %manifest.id, version = %manifest.version, ?action, actor = %actor.name, "module installed");
+        Ok((Self::info(entry), action))
+    }
+
+    /// Enables a module in more domains, optionally replacing its capability grants.
+    pub fn enable(
+        &self,
+        actor: &Actor,
+        id: &str,
+        domains: &[String],
+        grants: Option<Vec<String>>,
+    ) -> Result<ModuleInfo, RegistryError> {
+        let domains = self.domains(domains)?;
+        self.change(actor, id, |record| {
+            record.domains.extend(domains);
+            match grants {
+                Some(grants) => {
+                    let changed = record.grants != grants;
+                    record.grants = grants;
+                    changed
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// Disables a module in some domains.
+    pub fn disable(
+        &self,
+        actor: &Actor,
+        id: &str,
+        domains: &[String],
+    ) -> Result<ModuleInfo, RegistryError> {
+        let domains = self.domains(domains)?;
+        self.change(actor, id, |record| {
+            record.domains.retain(|d| !domains.contains(d));
+            false
+        })
+    }
+
+    /// Removes a module and its pipelines.
+    pub fn remove(&self, actor: &Actor, id: &str) -> Result<ModuleInfo, RegistryError> {
+        let mut modules = self.lock();
+        let entry = modules
+            .remove(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        if let Err(error) = self
+            .engine
+            .store()
+            .write_settings(&[], &[format!("{MODULE_PREFIX}{id}")])
+        {
+            modules.insert(id.to_owned(), entry);
+            return Err(error.into());
+        }
+        self.forget_bundle(&modules, &entry.record.digest);
+        self.swap(&modules);
+        tracing::info!(module = %id, actor = %actor.name, "module removed");
+        Ok(Self::info(&entry))
+    }
+
+    /// Applies `edit` to a module's record; rebuilds the module when `edit` says its grants
+    /// changed (capabilities are bound into the built steps).
+    fn change(
+        &self,
+        actor: &Actor,
+        id: &str,
+        edit: impl FnOnce(&mut ModuleRecord) -> bool,
+    ) -> Result<ModuleInfo, RegistryError> {
+        let mut modules = self.lock();
+        let entry = modules
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let mut record = entry.record.clone();
+        let regrant = edit(&mut record);
+        let module = if regrant {
+            let bundle = self
+                .engine
+                .store()
+                .artifact(&bundle_key(&record.digest))?
+                .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+            let files = bundle::unpack(&bundle).map_err(|message| {
+                RegistryError::Invalid(ModuleError {
+                    location: "bundle".into(),
+                    message,
+                })
+            })?;
+            Arc::new(
+                Module::build(files, &self.runtimes, &record.grants)
+                    .map_err(RegistryError::Invalid)?,
+            )
+        } else {
+            Arc::clone(&entry.module)
+        };
+        self.engine
+            .store()
+            .write_settings(&[(format!("{MODULE_PREFIX}{id}"), encode(&record)?)], &[])?;
+        tracing::info!(module = %id, domains = ?record.domains, grants = ?record.grants, actor = %actor.name, "module enablement changed");
+        modules.insert(id.to_owned(), Entry { record, module });
+        self.swap(&modules);
+        Ok(Self::info(&modules[id]))
+    }
+
+    fn domains(&self, names: &[String]) -> Result<BTreeSet<Domain>, RegistryError> {
+        names
+            .iter()
+            .map(|name| {
+                Domain::new(name.as_str())
+                    .ok()
+                    .filter(|d| self.engine.domains().contains(d))
+                    .ok_or_else(|| RegistryError::UnknownDomain(name.chars().take(64).collect()))
+            })
+            .collect()
+    }
+
+    /// Every workflow: the installed modules' templates and the imported ones (an import with a
+    /// template's slug takes its place), by slug.
+    pub fn workflows(&self) -> Result<Vec<WorkflowSummary>, RegistryError> {
+        let mut all: BTreeMap<String, WorkflowSummary> = BTreeMap::new();
+        for entry in self.lock().values() {
+            for document in &entry.module.workflows {
+                all.insert(
+                    document.workflow.slug.clone(),
+                    summary(document, format!("module:{}", entry.record.id)),
+                );
+            }
+        }
+        for (_, bytes) in self.engine.store().settings(WORKFLOW_PREFIX)? {
+            let document: WifDocument =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "workflow",
+                    detail: e.to_string(),
+                })?;
+            all.insert(
+                document.workflow.slug.clone(),
+                summary(&document, "imported".into()),
+            );
+        }
+        Ok(all.into_values().collect())
+    }
+
+    /// One workflow as a USM-WIF document.
+    pub fn workflow(&self, slug: &str) -> Result<WifDocument, RegistryError> {
+        if let Some(bytes) = self
+            .engine
+            .store()
+            .setting(&format!("{WORKFLOW_PREFIX}{slug}"))?
+        {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt {
+                    what: "workflow",
+                    detail: e.to_string(),
+                })
+            });
+        }
+        self.lock()
+            .values()
+            .flat_map(|entry| entry.module.workflows.iter())
+            .find(|document| document.workflow.slug == slug)
+            .cloned()
+            .ok_or_else(|| RegistryError::WorkflowNotFound(slug.chars().take(64).collect()))
+    }
+
+    /// Imports a USM-WIF document (members the format does not define are dropped).
+    pub fn import_workflow(
+        &self,
+        actor: &Actor,
+        bytes: &[u8],
+    ) -> Result<WorkflowSummary, RegistryError> {
+        let document = crate::workflow::parse(bytes).map_err(RegistryError::InvalidWorkflow)?;
+        let encoded = serde_json::to_vec(&document)
+            .map_err(|e| RegistryError::InvalidWorkflow(e.to_string()))?;
+        self.engine.store().write_settings(
+            &[(
+                format!("{WORKFLOW_PREFIX}{}", document.workflow.slug),
+                encoded,
+            )],
+            &[],
+        )?;
+        tracing::info!(workflow = %document.workflow.slug, actor = %actor.name, "workflow imported");
+        Ok(summary(&document, "imported".into()))
+    }
+
+    /// Deletes a bundle no installed module uses any more.
+    fn forget_bundle(&self, modules: &BTreeMap<String, Entry>, digest: &str) {
+        if modules.values().all(|e| e.record.digest != digest)
+            && let Err(error) = self.engine.store().delete_artifact(&bundle_key(digest))
+        {
+            tracing::warn!(%error, "cannot delete an unused module bundle");
+        }
+    }
+}
+
+fn encode(record: &ModuleRecord) -> Result<Vec<u8>, RegistryError> {
+    serde_json::to_vec(record).map_err(|e| {
+        RegistryError::Store(StoreError::Corrupt {
+            what: "module record",
+            detail: e.to_string(),
+        })
+    })
+}

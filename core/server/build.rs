@@ -1,0 +1,81 @@
+//! Builds the bundled modules into the binary: the rhai modules under `scripts/` as they are, and
+//! the framework plugins under `plugins/` compiled from source to wasm32-wasip2 components.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+/// Bundled modules: the directory, and for plugin modules the component the manifest names.
+const BUNDLED: &[(&str, Option<(&str, &str)>)] = &[
+    ("scripts/usm-core", None),
+    ("plugins/itil4", Some(("itil4.wasm", "itil4"))),
+    ("plugins/cobit2019", Some(("cobit2019.wasm", "cobit2019"))),
+    ("plugins/iso20000", Some(("iso20000.wasm", "iso20000"))),
+    ("scripts/hr", None),
+    ("scripts/facilities", None),
+];
+
+fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files_under(root, &path, out);
+        } else {
+            let name = path
+                .strip_prefix(root)
+                .expect("under the root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((name, path));
+        }
+    }
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("core/server lives two levels below the repository root");
+    let components = usm_guest_build::build_plugins(&root.join("plugins"), &root.join("sdk"))
+        .unwrap_or_else(|error| panic!("cannot build the bundled plugins: {error}"));
+    let mut code = String::from(
+        "/// Modules built into the binary.\npub const BUNDLED: &[BundledModule] = &[\n",
+    );
+    for (dir, component) in BUNDLED {
+        let dir_path = root.join(dir);
+        println!("cargo:rerun-if-changed={}", dir_path.display());
+        let mut files = Vec::new();
+        match component {
+            None => files_under(&dir_path, &dir_path, &mut files),
+            Some((file, name)) => {
+                files.push(("module.toml".to_owned(), dir_path.join("module.toml")));
+                let built = components
+                    .iter()
+                    .find(|c| c.name == *name)
+                    .unwrap_or_else(|| panic!("plugins/ built no {name}.wasm"));
+                files.push(((*file).to_owned(), built.path.clone()));
+            }
+        }
+        let id = Path::new(dir)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a directory name");
+        let _ = writeln!(code, "    BundledModule {{ dir: {id:?}, files: &[");
+        for (name, path) in files {
+            let _ = writeln!(
+                code,
+                "        ({name:?}, include_bytes!({:?})),",
+                path.display().to_string()
+            );
+        }
+        let _ = writeln!(code, "    ] }},");
+    }
+    code.push_str("];\n");
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    std::fs::write(Path::new(&out).join("bundled.rs"), code).expect("OUT_DIR is writable");
+}

@@ -1,0 +1,111 @@
+//! `usm module …`: the admin CLI, a thin client of the HTTP admin API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+/// Module administration commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ModuleCommand {
+    /// Install a module from a directory (packed here) or a .tar.gz bundle; upgrades the installed
+    /// module of the same id when the version is newer.
+    Install {
+        /// A module directory or a .tar.gz bundle.
+        path: PathBuf,
+    },
+    /// List installed modules.
+    List,
+    /// Enable a module in domains.
+    Enable {
+        /// The module id.
+        id: String,
+        /// A domain (repeat for several).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// A capability to grant (repeat for several); replaces earlier grants.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// Disable a module in domains.
+    Disable {
+        /// The module id.
+        id: String,
+        /// A domain (repeat for several).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+    },
+    /// Remove a module.
+    Remove {
+        /// The module id.
+        id: String,
+    },
+}
+
+/// Where the server is.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// Base URL of the usm server.
+    #[arg(long, env = "USM_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+fn bundle(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.is_dir() {
+        let files = usm_engine::Module::read_dir(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        usm_engine::bundle::pack(&files).map_err(|e| anyhow::anyhow!(e))
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// Runs one module command against the server at `remote`.
+pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
+    let base = format!("{}/api/v1/modules", remote.url.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        let request = match command {
+            ModuleCommand::Install { path } => client
+                .post(&base)
+                .header("content-type", "application/gzip")
+                .body(bundle(&path)?),
+            ModuleCommand::List => client.get(&base),
+            ModuleCommand::Enable {
+                id,
+                domains,
+                grants,
+            } => {
+                let mut body = json!({"domains": domains});
+                if !grants.is_empty() {
+                    body["grant"] = json!(grants);
+                }
+                client.post(format!("{base}/{id}/enable")).json(&body)
+            }
+            ModuleCommand::Disable { id, domains } => client
+                .post(format!("{base}/{id}/disable"))
+                .json(&json!({"domains": domains})),
+            ModuleCommand::Remove { id } => client.delete(format!("{base}/{id}")),
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", remote.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            anyhow::bail!(
+                "{status}: {} {}",
+                body["detail"].as_str().unwrap_or("request failed"),
+                body["field"]
+                    .as_str()
+                    .map(|f| format!("({f})"))
+                    .unwrap_or_default()
+            )
+        }
+    })
+}

@@ -1,0 +1,80 @@
+//! The modules built into the binary, and the mix a fresh data directory starts with.
+
+use std::collections::BTreeMap;
+
+use usm_engine::{Installed, ModuleFiles, Registry, RegistryError};
+use usm_model::Actor;
+
+/// A module built into the binary: its directory name and files.
+pub struct BundledModule {
+    /// The directory it was built from, e.g. `itil4`.
+    pub dir: &'static str,
+    /// Its files, by path inside the module.
+    pub files: &'static [(&'static str, &'static [u8])],
+}
+
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// Where each bundled module is enabled on a fresh data directory, and what it is granted:
+/// `it` runs USM with ITIL 4, COBIT 2019 and ISO/IEC 20000; `hr` runs USM with the HR module and
+/// COBIT 2019; `facilities` runs USM with the facilities module.
+pub const DEFAULT_MIX: &[(&str, &[&str], &[&str])] = &[
+    ("usm-core", &["it", "hr", "facilities"], &[]),
+    ("itil4", &["it"], &[]),
+    ("cobit2019", &["it", "hr"], &[]),
+    ("iso20000", &["it"], &["records:read"]),
+    ("hr", &["hr"], &[]),
+    ("facilities", &["facilities"], &[]),
+];
+
+/// The settings key recording that the default mix was applied once.
+const MIX_APPLIED: &str = "bundled/mix-applied";
+
+/// Installs the bundled modules (or upgrades older installed versions); on a fresh data
+/// directory, also enables the default mix in the configured domains.
+pub fn install(
+    registry: &Registry,
+    store: &dyn usm_store::Store,
+    domains: &[String],
+) -> Result<(), RegistryError> {
+    let system = Actor::new("system", [usm_model::Role::Admin]);
+    for module in BUNDLED {
+        let files: ModuleFiles = module
+            .files
+            .iter()
+            .map(|(name, bytes)| ((*name).to_owned(), bytes.to_vec()))
+            .collect::<BTreeMap<_, _>>();
+        match registry.install(&system, files) {
+            Ok((info, Installed::Installed)) => {
+                tracing::info!(module = %info.id, version = %info.version, "bundled module installed")
+            }
+            Ok((info, Installed::Upgraded { from })) => {
+                tracing::info!(module = %info.id, version = %info.version, %from, "bundled module upgraded");
+            }
+            Ok((_, Installed::Unchanged)) => {}
+            // An admin installed a newer version: keep it.
+            Err(RegistryError::NotNewer { id, installed, .. }) => {
+                tracing::info!(module = %id, %installed, "keeping the newer installed version of a bundled module");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    if store.setting(MIX_APPLIED)?.is_some() {
+        return Ok(());
+    }
+    for (id, wanted, grants) in DEFAULT_MIX {
+        let enabled: Vec<String> = wanted
+            .iter()
+            .filter(|d| domains.iter().any(|c| c == *d))
+            .map(|d| (*d).to_owned())
+            .collect();
+        if enabled.is_empty() {
+            continue;
+        }
+        let grants = (!grants.is_empty()).then(|| grants.iter().map(|g| (*g).to_owned()).collect());
+        registry.enable(&system, id, &enabled, grants)?;
+    }
+    store.write_settings(&[(MIX_APPLIED.to_owned(), b"1".to_vec())], &[])?;
+    tracing::info!("default module mix enabled");
+    Ok(())
+}

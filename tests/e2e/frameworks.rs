@@ -1,0 +1,587 @@
+//! The bundled framework modules over HTTP: the default domain mix, and each rule's allowed and
+//! refused path.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use usm_tests::{Reply, TestServer};
+
+fn bundled() -> TestServer {
+    TestServer::start_with(|config| config.bundled_modules = true).unwrap()
+}
+
+fn assert_rejected(reply: &Reply, module: &str, reason: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body["code"], "step_rejected", "{}", reply.body);
+    assert_eq!(reply.body["module"], module, "{}", reply.body);
+    assert_eq!(reply.body["reason"], reason, "{}", reply.body);
+}
+
+async fn move_to(server: &TestServer, id: &str, to: &str) -> Reply {
+    server
+        .post(
+            &format!("/api/v1/records/{id}/transitions"),
+            &json!({"to": to}),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_server_runs_the_default_mix_per_domain() {
+    let server = bundled();
+    let modules = server.get("/api/v1/modules").await.unwrap().body;
+    let domains = |id: &str| -> Vec<String> {
+        let module = modules["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap();
+        module["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(domains("usm-core"), ["facilities", "hr", "it"]);
+    assert_eq!(domains("itil4"), ["it"]);
+    assert_eq!(domains("cobit2019"), ["hr", "it"]);
+    assert_eq!(domains("iso20000"), ["it"]);
+    assert_eq!(domains("hr"), ["hr"]);
+    assert_eq!(domains("facilities"), ["facilities"]);
+
+    // Each domain runs only its own pipelines.
+    let pipelines = server.get("/api/v1/pipelines").await.unwrap().body;
+    let modules_in = |domain: &str| -> std::collections::BTreeSet<String> {
+        pipelines["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["domain"] == domain)
+            .flat_map(|p| {
+                p["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["module"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    assert_eq!(
+        modules_in("it"),
+        ["cobit2019", "iso20000", "itil4", "usm-core"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        modules_in("hr"),
+        ["cobit2019", "hr", "usm-core"].map(String::from).into()
+    );
+    assert_eq!(
+        modules_in("facilities"),
+        ["facilities", "usm-core"].map(String::from).into()
+    );
+
+    let fields = json!({"impact": "high", "urgency": "high", "building": "Lab"});
+    let it = server
+        .create(json!({"kind": "incident", "domain": "it", "title": "x", "fields": fields}))
+        .await
+        .unwrap();
+    let hr = server
+        .create(json!({"kind": "incident", "domain": "hr", "title": "x", "fields": fields}))
+        .await
+        .unwrap();
+    let fac = server
+        .create(json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": fields}))
+        .await
+        .unwrap();
+    assert_eq!(it["fields"]["priority"], "P1");
+    assert_eq!(it["fields"]["cobit_objective"], "DSS02");
+    assert!(it["fields"].get("assignment_group").is_none());
+    assert!(hr["fields"].get("priority").is_none());
+    assert_eq!(hr["fields"]["cobit_objective"], "DSS02");
+    assert!(
+        fac["fields"].get("priority").is_none() && fac["fields"].get("cobit_objective").is_none()
+    );
+    assert_eq!(fac["fields"]["assignment_group"], "site-lab");
+    for record in [&it, &hr, &fac] {
+        assert_eq!(
+            record["fields"]["requester"], "anonymous",
+            "usm-core runs everywhere"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn itil4_priority_matrix_and_major_incidents() {
+    let server = bundled();
+    for (impact, urgency, priority, major) in [
+        ("high", "high", "P1", true),
+        ("medium", "high", "P2", false),
+        ("low", "low", "P5", false),
+    ] {
+        let record = server
+            .create(json!({"kind": "incident", "title": "x", "fields": {"impact": impact, "urgency": urgency}}))
+            .await
+            .unwrap();
+        assert_eq!(record["fields"]["priority"], priority, "{impact}/{urgency}");
+        assert_eq!(record["fields"]["major_incident"], major);
+    }
+    // An update re-derives the priority.
+    let updated = server
+        .patch(
+            "/api/v1/records/INC-3",
+            &json!({"fields": {"impact": "high", "urgency": "high"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.body["fields"]["priority"], "P1");
+    assert_eq!(updated.body["fields"]["major_incident"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn itil4_change_types_and_cobit_segregation_of_duties() {
+    let server = bundled();
+    // A normal change needs an approving approval before implement.
+    server
+        .create(json!({"kind": "change", "title": "Upgrade mail", "fields": {"change_type": "normal", "requester": "alice", "implementer": "bob"}}))
+        .await
+        .unwrap();
+    let change = server.get("/api/v1/records/CHG-1").await.unwrap().body;
+    assert_eq!(change["fields"]["cobit_objective"], "BAI06");
+    move_to(&server, "CHG-1", "assess").await;
+    assert_rejected(
+        &move_to(&server, "CHG-1", "implement").await,
+        "itil4",
+        "approval_required",
+    );
+    let approval = server
+        .post(
+            "/api/v1/records/CHG-1/approvals",
+            &json!({"decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approval.status, StatusCode::CREATED, "{}", approval.body);
+    // The approval left control evidence in history.
+    let history = server
+        .get("/api/v1/records/CHG-1/history")
+        .await
+        .unwrap()
+        .body;
+    let entry = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "approval")
+        .unwrap();
+    assert!(
+        entry["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "/fields/control_evidence"),
+        "{entry}"
+    );
+    let evidence =
+        server.get("/api/v1/records/CHG-1").await.unwrap().body["fields"]["control_evidence"]
+            .clone();
+    assert_eq!(evidence[0]["approver"], "anonymous");
+    assert_eq!(evidence[0]["requester"], "alice");
+    assert_eq!(
+        move_to(&server, "CHG-1", "implement").await.status,
+        StatusCode::OK
+    );
+
+    // A standard change needs none.
+    server.create(json!({"kind": "change", "title": "Add a user", "fields": {"change_type": "standard", "requester": "alice"}})).await.unwrap();
+    assert_eq!(
+        move_to(&server, "CHG-2", "implement").await.status,
+        StatusCode::OK
+    );
+
+    // An emergency change needs an approval from an admin (the caller is one) or an emergency approver.
+    server.create(json!({"kind": "change", "title": "Patch now", "fields": {"change_type": "emergency", "requester": "alice", "implementer": "bob"}})).await.unwrap();
+    assert_rejected(
+        &move_to(&server, "CHG-3", "implement").await,
+        "itil4",
+        "emergency_approval_required",
+    );
+    server
+        .post(
+            "/api/v1/records/CHG-3/approvals",
+            &json!({"decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        move_to(&server, "CHG-3", "implement").await.status,
+        StatusCode::OK
+    );
+
+    // Segregation of duties: the requester may not approve, the approver may not implement.
+    server.create(json!({"kind": "change", "title": "Self-approved", "fields": {"change_type": "normal"}})).await.unwrap();
+    let own = server
+        .post(
+            "/api/v1/records/CHG-4/approvals",
+            &json!({"decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    assert_rejected(&own, "cobit2019", "sod_approver_is_requester");
+    assert!(
+        server
+            .get("/api/v1/records/CHG-4/approvals")
+            .await
+            .unwrap()
+            .body["approvals"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    server
+        .create(json!({"kind": "change", "title": "Approver implements", "fields": {"change_type": "normal", "requester": "alice", "implementer": "anonymous"}}))
+        .await
+        .unwrap();
+    server
+        .post(
+            "/api/v1/records/CHG-5/approvals",
+            &json!({"decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    assert_rejected(
+        &move_to(&server, "CHG-5", "implement").await,
+        "cobit2019",
+        "sod_implementer_is_approver",
+    );
+
+    // A rejected change cannot be implemented.
+    server.create(json!({"kind": "change", "title": "Risky", "fields": {"change_type": "normal", "requester": "alice"}})).await.unwrap();
+    server
+        .post(
+            "/api/v1/records/CHG-6/approvals",
+            &json!({"decision": "reject", "comment": "too risky"}),
+        )
+        .await
+        .unwrap();
+    assert_rejected(
+        &move_to(&server, "CHG-6", "implement").await,
+        "itil4",
+        "change_rejected",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iso20000_resolution_data_confirmation_and_sla_targets() {
+    let server = bundled();
+    let agreement = server
+        .create(json!({"kind": "agreement", "title": "Mail SLA", "fields": {"agreement_type": "sla", "service": "mail",
+            "targets": {"P1": {"response_minutes": 15, "resolution_minutes": 240}}}}))
+        .await
+        .unwrap();
+    assert_eq!(agreement["fields"]["cobit_objective"], "APO09");
+    server.transition("AGR-1", "active").await.unwrap();
+
+    let incident = server
+        .create(json!({"kind": "incident", "title": "Mail down", "fields": {"service": "mail", "impact": "high", "urgency": "high"}}))
+        .await
+        .unwrap();
+    assert_eq!(incident["fields"]["sla"]["agreement"], "AGR-1");
+    assert_eq!(
+        incident["fields"]["sla"]["targets"]["P1"]["resolution_minutes"],
+        240
+    );
+
+    server.transition("INC-1", "in_progress").await.unwrap();
+    assert_rejected(
+        &move_to(&server, "INC-1", "resolved").await,
+        "iso20000",
+        "classification_required",
+    );
+    server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"fields": {"category": "email"}}),
+        )
+        .await
+        .unwrap();
+    assert_rejected(
+        &move_to(&server, "INC-1", "resolved").await,
+        "iso20000",
+        "resolution_required",
+    );
+    server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"fields": {"resolution_code": "fixed", "resolution": "Restarted the MTA"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        move_to(&server, "INC-1", "resolved").await.status,
+        StatusCode::OK
+    );
+    assert_rejected(
+        &move_to(&server, "INC-1", "closed").await,
+        "iso20000",
+        "customer_confirmation_required",
+    );
+    server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"fields": {"customer_confirmed": true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        move_to(&server, "INC-1", "closed").await.status,
+        StatusCode::OK
+    );
+
+    // Requests too: no fulfilment without resolution data.
+    server
+        .create(json!({"kind": "request", "title": "New phone"}))
+        .await
+        .unwrap();
+    server.transition("REQ-1", "in_progress").await.unwrap();
+    assert_rejected(
+        &move_to(&server, "REQ-1", "fulfilled").await,
+        "iso20000",
+        "classification_required",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn itil4_an_incident_closes_only_after_its_children() {
+    let server = bundled();
+    let ready = json!({"category": "email", "resolution_code": "fixed", "resolution": "done", "customer_confirmed": true});
+    server
+        .create(json!({"kind": "incident", "title": "Printer", "fields": ready}))
+        .await
+        .unwrap();
+    server
+        .create(json!({"kind": "task", "title": "Replace toner", "links": [{"rel": "parent", "to": "INC-1"}]}))
+        .await
+        .unwrap();
+    // A problem record links to the incident too (it does not block closing).
+    server
+        .create(json!({"kind": "problem", "title": "Toner runs out", "links": [{"rel": "relates_to", "to": "INC-1"}]}))
+        .await
+        .unwrap();
+    for to in ["in_progress", "resolved"] {
+        server.transition("INC-1", to).await.unwrap();
+    }
+    let refused = move_to(&server, "INC-1", "closed").await;
+    assert_rejected(&refused, "itil4", "open_children");
+    assert!(refused.body["detail"].as_str().unwrap().contains("TSK-1"));
+    server.transition("TSK-1", "done").await.unwrap();
+    assert_eq!(
+        move_to(&server, "INC-1", "closed").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hr_onboarding_fans_out_and_closes_when_tasks_are_done() {
+    let server = bundled();
+    let request = server
+        .create(json!({"kind": "request", "domain": "hr", "title": "Onboard Dana", "fields": {"request_type": "onboarding", "employee": "Dana Kim"}}))
+        .await
+        .unwrap();
+    assert_eq!(request["id"], "REQ-1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tasks = loop {
+        let tasks = server.list_all("kind=task").await.unwrap();
+        if tasks.len() == 4 {
+            break tasks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the onboarding tasks were not created: {tasks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut where_: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["domain"].as_str().unwrap().to_owned(),
+                t["fields"]["team"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    where_.sort();
+    assert_eq!(
+        where_,
+        [
+            ("facilities", "facilities-security"),
+            ("facilities", "facilities-workplace"),
+            ("it", "it-identity"),
+            ("it", "it-workplace")
+        ]
+        .map(|(d, t)| (d.to_owned(), t.to_owned()))
+    );
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["links"] == json!([{"rel": "parent", "to": "REQ-1"}]))
+    );
+    assert!(
+        tasks[0]["title"]
+            .as_str()
+            .unwrap()
+            .ends_with("for Dana Kim")
+    );
+
+    for to in ["in_progress", "fulfilled"] {
+        server.transition("REQ-1", to).await.unwrap();
+    }
+    assert_rejected(
+        &move_to(&server, "REQ-1", "closed").await,
+        "hr",
+        "open_tasks",
+    );
+    for task in &tasks {
+        server
+            .transition(task["id"].as_str().unwrap(), "done")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        move_to(&server, "REQ-1", "closed").await.status,
+        StatusCode::OK
+    );
+    // Other requests fan out nothing.
+    server
+        .create(json!({"kind": "request", "domain": "hr", "title": "Payslip copy"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.list_all("kind=task").await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn facilities_routes_faults_by_building() {
+    let server = bundled();
+    for (building, team) in [
+        ("HQ", "site-hq"),
+        ("Warehouse", "site-logistics"),
+        ("Moon base", "facilities-helpdesk"),
+    ] {
+        let record = server
+            .create(json!({"kind": "incident", "domain": "facilities", "title": "Broken door", "fields": {"building": building}}))
+            .await
+            .unwrap();
+        assert_eq!(record["fields"]["assignment_group"], team, "{building}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usm_wif_templates_export_and_import() {
+    let server = bundled();
+    let list = server.get("/api/v1/workflows").await.unwrap().body;
+    let workflows = list["workflows"].as_array().unwrap();
+    assert_eq!(workflows.len(), 8);
+    let mut numbers: Vec<u64> = workflows
+        .iter()
+        .map(|w| w["number"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+    assert!(workflows.iter().all(|w| w["source"] == "module:usm-core"));
+
+    let incident = server.get("/api/v1/workflows/incident").await.unwrap().body;
+    assert_eq!(incident["usm_wif"], "1.0-draft");
+    assert_eq!(incident["workflow"]["steps"][0]["process"], "recover");
+    let change_flow = server
+        .get("/api/v1/workflows/incident-change")
+        .await
+        .unwrap()
+        .body;
+    let processes: Vec<&str> = change_flow["workflow"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["process"].as_str().unwrap())
+        .collect();
+    assert_eq!(processes, ["recover", "recover", "change", "recover"]);
+
+    let import = json!({"usm_wif": "1.0-draft", "x-vendor": {"tool": "spreadsheet"}, "workflow": {
+        "slug": "hr-offboarding", "name": "Offboarding", "colour": "purple",
+        "steps": [{"name": "Revoke access", "process": "operate", "owner": "hr",
+                   "activities": [{"name": "Disable accounts", "raci": {"it": "R", "hr-manager": "A", "employee": "I"}, "effort": 3}]}]}});
+    let created = server.post("/api/v1/workflows", &import).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let exported = server
+        .get("/api/v1/workflows/hr-offboarding")
+        .await
+        .unwrap()
+        .body;
+    assert!(exported.get("x-vendor").is_none());
+    assert!(exported["workflow"].get("colour").is_none());
+    assert!(exported["workflow"]["steps"][0].get("owner").is_none());
+    assert_eq!(
+        exported["workflow"]["steps"][0]["activities"][0]["raci"]["hr-manager"],
+        "A"
+    );
+    let bad = server
+        .post("/api/v1/workflows", &json!({"usm_wif": "1", "workflow": {"slug": "x", "name": "x", "steps": [{"name": "s", "process": "deploy", "activities": []}]}}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        server.get("/api/v1/workflows/nope").await.unwrap().body["code"],
+        "workflow_not_found"
+    );
+    assert_eq!(
+        server.get("/api/v1/workflows").await.unwrap().body["workflows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_and_enablement_survive_a_restart() {
+    let server = bundled();
+    server
+        .post(
+            "/api/v1/modules/facilities/disable",
+            &json!({"domains": ["facilities"]}),
+        )
+        .await
+        .unwrap();
+    let before: Value = server.get("/api/v1/modules").await.unwrap().body;
+    let pipelines_before = server.get("/api/v1/pipelines").await.unwrap().body;
+    let server = server
+        .restart_with(|config| config.bundled_modules = true)
+        .await
+        .unwrap();
+    assert_eq!(
+        server.get("/api/v1/modules").await.unwrap().body,
+        before,
+        "same modules, versions, domains, install times"
+    );
+    assert_eq!(
+        server.get("/api/v1/pipelines").await.unwrap().body,
+        pipelines_before
+    );
+    let fault = server
+        .create(json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": {"building": "HQ"}}))
+        .await
+        .unwrap();
+    assert!(
+        fault["fields"].get("assignment_group").is_none(),
+        "the disabled module stays disabled"
+    );
+}
