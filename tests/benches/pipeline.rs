@@ -178,7 +178,7 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
     };
     let first = engine.create(&actor, new(), None).unwrap();
     assert_eq!(
-        engine.history(first.record.id.as_str(), 0, None).unwrap()[0]
+        engine.history(&actor, first.record.id.as_str(), 0, None).unwrap()[0]
             .steps
             .len(),
         6
@@ -209,7 +209,7 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
         latencies,
     );
     let page = engine
-        .list(usm_engine::ListRequest {
+        .list(&actor, usm_engine::ListRequest {
             limit: Some(200),
             ..Default::default()
         })
@@ -218,7 +218,7 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
         .records
         .iter()
         .map(|r| {
-            engine.history(r.id.as_str(), 0, None).unwrap()[0]
+            engine.history(&actor, r.id.as_str(), 0, None).unwrap()[0]
                 .steps
                 .iter()
                 .map(|s| s.micros)

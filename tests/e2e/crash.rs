@@ -34,8 +34,9 @@ fn config(dir: &std::path::Path, delay_ms: u64) -> std::path::PathBuf {
     .unwrap();
     let config = dir.join("usm.toml");
     let text = format!(
-        "data_dir = {:?}\nworkers = 2\n\n[[modules]]\npath = {:?}\ndomains = [\"it\"]\n",
+        "data_dir = {:?}\nworkers = 2\nbundled_modules = false\nadmin_token = {:?}\n\n[[modules]]\npath = {:?}\ndomains = [\"it\"]\n",
         dir.join("data").display().to_string(),
+        usm_tests::ADMIN_TOKEN,
         module.display().to_string(),
     );
     std::fs::write(&config, text).unwrap();
@@ -43,7 +44,12 @@ fn config(dir: &std::path::Path, delay_ms: u64) -> std::path::PathBuf {
 }
 
 async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
+    let response = client
+        .get(url)
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -61,6 +67,7 @@ async fn an_after_step_runs_after_a_kill_between_commit_and_effect() {
     .unwrap();
     let created = client
         .post(format!("{}/api/v1/records", server.base))
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
         .json(&json!({"kind": "incident", "title": "Disk failing on db01"}))
         .send()
         .await

@@ -114,7 +114,7 @@ async fn a_fresh_server_runs_the_default_mix_per_domain() {
     assert_eq!(fac["fields"]["assignment_group"], "site-lab");
     for record in [&it, &hr, &fac] {
         assert_eq!(
-            record["fields"]["requester"], "anonymous",
+            record["fields"]["requester"], "admin",
             "usm-core runs everywhere"
         );
     }
@@ -194,7 +194,7 @@ async fn itil4_change_types_and_cobit_segregation_of_duties() {
     let evidence =
         server.get("/api/v1/records/CHG-1").await.unwrap().body["fields"]["control_evidence"]
             .clone();
-    assert_eq!(evidence[0]["approver"], "anonymous");
+    assert_eq!(evidence[0]["approver"], "admin");
     assert_eq!(evidence[0]["requester"], "alice");
     assert_eq!(
         move_to(&server, "CHG-1", "implement").await.status,
@@ -248,7 +248,7 @@ async fn itil4_change_types_and_cobit_segregation_of_duties() {
             .is_empty()
     );
     server
-        .create(json!({"kind": "change", "title": "Approver implements", "fields": {"change_type": "normal", "requester": "alice", "implementer": "anonymous"}}))
+        .create(json!({"kind": "change", "title": "Approver implements", "fields": {"change_type": "normal", "requester": "alice", "implementer": "admin"}}))
         .await
         .unwrap();
     server

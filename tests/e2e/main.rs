@@ -14,3 +14,4 @@ mod pipelines;
 mod plugins;
 mod records;
 mod restart;
+mod security;

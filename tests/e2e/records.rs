@@ -136,7 +136,7 @@ async fn approvals_are_recorded_listed_and_in_history() {
     assert_eq!(list.body["approvals"][0]["comment"], "CAB agreed");
     let history = server.get("/api/v1/records/CHG-1/history").await.unwrap();
     assert_eq!(history.body["entries"][1]["action"], "approval");
-    assert_eq!(history.body["entries"][1]["approval"]["actor"], "anonymous");
+    assert_eq!(history.body["entries"][1]["approval"]["actor"], "admin");
 
     server.transition("CHG-1", "cancelled").await.unwrap();
     let late = server

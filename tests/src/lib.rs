@@ -12,6 +12,21 @@ use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
 use usm_server::{Config, Server};
 
+/// The admin secret every test server starts with.
+pub const ADMIN_TOKEN: &str = "usm_test_admin_0123456789abcdef0123456789";
+
+fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {ADMIN_TOKEN}")
+        .parse()
+        .expect("a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
 /// The guest components built from `plugins/` by this crate's build script.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -99,6 +114,8 @@ impl TestServer {
             shutdown_timeout_secs: 5,
             // Tests of the core start bare; tests of the frameworks turn the bundle on.
             bundled_modules: false,
+            admin_token: Some(ADMIN_TOKEN.into()),
+            rate_limit_per_second: 0,
             ..Config::default()
         };
         tweak(&mut config);
@@ -126,7 +143,7 @@ impl TestServer {
             thread: Some(thread),
             data_dir,
             _temp: None,
-            client: reqwest::Client::new(),
+            client: admin_client(),
         })
     }
 
@@ -160,9 +177,59 @@ impl TestServer {
         Ok(())
     }
 
-    /// A shared HTTP client.
+    /// A shared HTTP client that sends the admin token.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Sends a request as the holder of `token` (no token when `None`).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Creates a token and returns its secret.
+    pub async fn token(
+        &self,
+        name: &str,
+        roles: &[&str],
+        domains: Option<&[&str]>,
+    ) -> anyhow::Result<String> {
+        let mut body = serde_json::json!({"name": name, "roles": roles});
+        if let Some(domains) = domains {
+            body["domains"] = serde_json::json!(domains);
+        }
+        let reply = self.post("/api/v1/tokens", &body).await?;
+        anyhow::ensure!(
+            reply.status == StatusCode::CREATED,
+            "token creation failed: {}",
+            reply.body
+        );
+        reply.body["token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no secret in the answer")
     }
 
     /// Sends a request with an optional JSON body and extra headers.

@@ -3,6 +3,7 @@
 //! OpenAPI document generated from the handlers. [`create_app`] builds the whole application;
 //! the binary and the end-to-end tests both use it.
 
+mod admin;
 mod headers;
 mod modules;
 mod principal;
@@ -18,10 +19,11 @@ use actix_web::{
     web,
 };
 use serde::Serialize;
-use usm_engine::{Engine, Registry};
+use usm_engine::{Engine, Registry, auth::Tokens};
 use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
+pub use principal::RateLimiter;
 pub use problem::{ApiError, Problem, status_of};
 
 /// Settings of the HTTP layer.
@@ -29,12 +31,15 @@ pub use problem::{ApiError, Problem, status_of};
 pub struct ApiConfig {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Every `/api/v1` route needs a bearer token (turn off only for local experiments).
+    pub auth_required: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            auth_required: true,
         }
     }
 }
@@ -45,6 +50,10 @@ pub struct Services {
     pub engine: Arc<Engine>,
     /// Installed modules and workflows.
     pub registry: Arc<Registry>,
+    /// API tokens.
+    pub tokens: Arc<Tokens>,
+    /// Requests per principal.
+    pub rate_limiter: RateLimiter,
     /// HTTP settings.
     pub config: ApiConfig,
 }
@@ -53,6 +62,8 @@ pub struct Services {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "usm", description = "Unified Service Management server"),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     paths(
         records::create_record,
         records::list_records,
@@ -72,6 +83,10 @@ pub struct Services {
         modules::list_workflows,
         modules::get_workflow,
         modules::import_workflow,
+        admin::create_token,
+        admin::list_tokens,
+        admin::revoke_token,
+        admin::audit_log,
         healthz,
     ),
     components(schemas(Problem, Health)),
@@ -81,10 +96,26 @@ pub struct Services {
         (name = "pipelines", description = "The steps that run on each write"),
         (name = "modules", description = "Framework modules: install, enable per domain, upgrade, remove"),
         (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
+        (name = "tokens", description = "API tokens (admin)"),
+        (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "operations", description = "Health and API description"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer-token scheme every `/api/v1` route uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// Health of the server.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -109,7 +140,10 @@ pub struct PipelineList {
 /// Lists the composed pipelines: which steps run, in which order, for each domain, process,
 /// hook and phase.
 #[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines", responses((status = 200, body = PipelineList)))]
-async fn pipelines(services: web::Data<Services>) -> HttpResponse {
+async fn pipelines(
+    services: web::Data<Services>,
+    _principal: principal::Principal,
+) -> HttpResponse {
     HttpResponse::Ok().json(PipelineList {
         pipelines: services.engine.pipelines().describe(),
     })
@@ -170,6 +204,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route(web::post().to(modules::import_workflow)),
                 )
                 .service(resource("/workflows/{slug}").route(web::get().to(modules::get_workflow)))
+                .service(
+                    resource("/tokens")
+                        .route(web::post().to(admin::create_token))
+                        .route(web::get().to(admin::list_tokens)),
+                )
+                .service(resource("/tokens/{id}").route(web::delete().to(admin::revoke_token)))
+                .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(
                     resource("/records")
                         .route(web::post().to(records::create_record))

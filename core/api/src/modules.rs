@@ -6,7 +6,7 @@ use usm_engine::{Installed, ModuleInfo, RegistryError, WorkflowSummary, workflow
 
 use crate::{
     Services,
-    principal::Principal,
+    principal::{Admin, Principal},
     problem::{ApiError, Problem},
 };
 
@@ -68,7 +68,7 @@ pub struct DomainsRequest {
 
 /// Lists installed modules with their version, framework, status and domains.
 #[utoipa::path(get, path = "/api/v1/modules", tag = "modules", responses((status = 200, body = ModuleList)))]
-pub async fn list_modules(services: web::Data<Services>, _principal: Principal) -> HttpResponse {
+pub async fn list_modules(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
     HttpResponse::Ok().json(ModuleList {
         modules: services.registry.list(),
     })
@@ -80,7 +80,7 @@ pub async fn list_modules(services: web::Data<Services>, _principal: Principal) 
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_module(
     services: web::Data<Services>,
-    _principal: Principal,
+    _admin: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(services.registry.get(&id)?))
@@ -100,7 +100,7 @@ pub async fn get_module(
     ))]
 pub async fn install_module(
     services: web::Data<Services>,
-    Principal(actor): Principal,
+    Admin(actor): Admin,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = payload
@@ -134,7 +134,7 @@ pub async fn install_module(
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn enable_module(
     services: web::Data<Services>,
-    Principal(actor): Principal,
+    Admin(actor): Admin,
     id: web::Path<String>,
     body: web::Json<DomainsRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -150,7 +150,7 @@ pub async fn enable_module(
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn disable_module(
     services: web::Data<Services>,
-    Principal(actor): Principal,
+    Admin(actor): Admin,
     id: web::Path<String>,
     body: web::Json<DomainsRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -166,7 +166,7 @@ pub async fn disable_module(
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn remove_module(
     services: web::Data<Services>,
-    Principal(actor): Principal,
+    Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let registry = services.registry.clone();
@@ -212,7 +212,7 @@ pub async fn get_workflow(
     responses((status = 201, body = WorkflowSummary), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn import_workflow(
     services: web::Data<Services>,
-    Principal(actor): Principal,
+    Admin(actor): Admin,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let registry = services.registry.clone();

@@ -1,21 +1,162 @@
-//! Who is calling. Until token authentication lands, every caller acts as the built-in
-//! `anonymous` principal with the admin role; this extractor is the single place that changes.
+//! Who is calling: the bearer token resolved to an actor, rate-limited per principal. Admin
+//! routes take [`Admin`], which also requires the admin role.
 
-use std::future::{Ready, ready};
+use std::{
+    collections::HashMap,
+    future::{Ready, ready},
+    sync::{Mutex, PoisonError},
+    time::Instant,
+};
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload};
-use usm_model::{Actor, Role};
+use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+use usm_engine::auth::AuthError;
+use usm_model::{Actor, ErrorCode, Role};
 
-use crate::problem::ApiError;
+use crate::{Services, problem::ApiError};
 
 /// The authenticated caller of a request.
 pub struct Principal(pub Actor);
+
+/// An authenticated caller holding the admin role.
+pub struct Admin(pub Actor);
+
+fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
+    let services = request
+        .app_data::<web::Data<Services>>()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "services are not configured"))?;
+    let actor = if services.config.auth_required {
+        let secret = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let result = match secret {
+            Some(secret) => services.tokens.authenticate(secret),
+            None => Err(AuthError::Missing),
+        };
+        result.map_err(|error| {
+            ApiError::new(ErrorCode::Unauthorized, error.to_string())
+                .with_header("WWW-Authenticate", "Bearer realm=\"usm\"")
+        })?
+    } else {
+        Actor::new("anonymous", [Role::Admin])
+    };
+    if let Some(retry_after) = services.rate_limiter.check(&actor.name) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "{} sent too many requests; retry in {retry_after} s",
+                actor.name
+            ),
+        )
+        .with_header("Retry-After", retry_after.to_string()));
+    }
+    Ok(actor)
+}
 
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
-    fn from_request(_request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(Ok(Self(Actor::new("anonymous", [Role::Admin]))))
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(authenticate(request).map(Self))
+    }
+}
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(authenticate(request).and_then(|actor| {
+            if actor.has_role(Role::Admin) {
+                Ok(Self(actor))
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this route needs the admin role",
+                ))
+            }
+        }))
+    }
+}
+
+/// A token bucket per principal: `per_second` sustained, `burst` at once. Zero turns it off.
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Buckets kept before idle ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+impl RateLimiter {
+    /// A limiter allowing `per_second` requests per principal with bursts of `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `who`'s bucket; `Some(seconds)` to wait when it is empty.
+    pub fn check(&self, who: &str) -> Option<u64> {
+        if self.per_second <= 0.0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(who) {
+            let (per_second, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(who.to_owned()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            // Whole seconds, rounded up, until one token is back.
+            let wait = ((1.0 - *tokens) / self.per_second).ceil();
+            Some(if wait.is_finite() && wait >= 1.0 {
+                wait as u64
+            } else {
+                1
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_and_are_per_principal() {
+        let limiter = RateLimiter::new(1, 3);
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ann"), None);
+        }
+        assert_eq!(limiter.check("ann"), Some(1));
+        assert_eq!(
+            limiter.check("bob"),
+            None,
+            "another principal has its own bucket"
+        );
+        assert_eq!(
+            RateLimiter::new(0, 0).check("ann"),
+            None,
+            "zero turns limiting off"
+        );
     }
 }

@@ -62,7 +62,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict => StatusCode::CONFLICT,
-        C::ModuleNotFound | C::WorkflowNotFound => StatusCode::NOT_FOUND,
+        C::ModuleNotFound | C::WorkflowNotFound | C::TokenNotFound => StatusCode::NOT_FOUND,
+        C::Unauthorized => StatusCode::UNAUTHORIZED,
+        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
         C::TransitionForbidden | C::Forbidden => StatusCode::FORBIDDEN,
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
@@ -101,6 +103,9 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleNotFound => "Module not found",
         C::ModuleVersionConflict => "Not a newer version of the installed module",
         C::WorkflowNotFound => "Workflow not found",
+        C::Unauthorized => "Authentication required",
+        C::TokenNotFound => "Token not found",
+        C::RateLimited => "Too many requests",
         C::Unavailable => "Service unavailable",
         C::Internal => "Internal error",
     }
@@ -108,25 +113,34 @@ fn title_of(code: ErrorCode) -> &'static str {
 
 /// An error on its way to becoming a problem response.
 #[derive(Debug)]
-pub struct ApiError(Box<Problem>);
+pub struct ApiError(Box<Problem>, Vec<(&'static str, String)>);
 
 impl ApiError {
     /// A problem with the given code and detail.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self(Box::new(Problem {
-            problem_type: format!("urn:usm:problem:{code}"),
-            title: title_of(code).to_owned(),
-            status: status_of(code).as_u16(),
-            detail: detail.into(),
-            code,
-            field: None,
-            errors: None,
-            allowed: None,
-            current_version: None,
-            module: None,
-            step: None,
-            reason: None,
-        }))
+        Self(
+            Box::new(Problem {
+                problem_type: format!("urn:usm:problem:{code}"),
+                title: title_of(code).to_owned(),
+                status: status_of(code).as_u16(),
+                detail: detail.into(),
+                code,
+                field: None,
+                errors: None,
+                allowed: None,
+                current_version: None,
+                module: None,
+                step: None,
+                reason: None,
+            }),
+            Vec::new(),
+        )
+    }
+
+    /// Adds a response header (e.g. `Retry-After`, `WWW-Authenticate`).
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.1.push((name, value.into()));
+        self
     }
 
     /// Names the offending member.
@@ -153,9 +167,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
-            .json(&*self.0)
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        for (name, value) in &self.1 {
+            response.insert_header((*name, value.as_str()));
+        }
+        response.json(&*self.0)
     }
 }
 

@@ -72,11 +72,11 @@ pub async fn create_record(
 )]
 pub async fn get_record(
     services: web::Data<Services>,
-    _principal: Principal,
+    Principal(actor): Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
-    let record = blocking(move || engine.get(&id)).await?;
+    let record = blocking(move || engine.get(&actor, &id)).await?;
     Ok(record_response(actix_web::http::StatusCode::OK, &record))
 }
 
@@ -176,13 +176,13 @@ pub struct HistoryPage {
 )]
 pub async fn record_history(
     services: web::Data<Services>,
-    _principal: Principal,
+    Principal(actor): Principal,
     id: web::Path<String>,
     params: web::Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
     let record_id = id.clone();
-    let entries = blocking(move || engine.history(&id, params.after, params.limit)).await?;
+    let entries = blocking(move || engine.history(&actor, &id, params.after, params.limit)).await?;
     Ok(HttpResponse::Ok().json(HistoryPage { record_id, entries }))
 }
 
@@ -224,7 +224,7 @@ pub struct RecordPage {
 )]
 pub async fn list_records(
     services: web::Data<Services>,
-    _principal: Principal,
+    Principal(actor): Principal,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
@@ -236,13 +236,16 @@ pub async fn list_records(
         cursor,
     } = params.into_inner();
     let page = blocking(move || {
-        engine.list(ListRequest {
-            kind,
-            state,
-            domain,
-            limit,
-            cursor,
-        })
+        engine.list(
+            &actor,
+            ListRequest {
+                kind,
+                state,
+                domain,
+                limit,
+                cursor,
+            },
+        )
     })
     .await?;
     Ok(HttpResponse::Ok().json(RecordPage {
@@ -309,12 +312,12 @@ pub async fn create_approval(
 )]
 pub async fn list_approvals(
     services: web::Data<Services>,
-    _principal: Principal,
+    Principal(actor): Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
     let record_id = id.clone();
-    let approvals = blocking(move || engine.approvals(&id)).await?;
+    let approvals = blocking(move || engine.approvals(&actor, &id)).await?;
     Ok(HttpResponse::Ok().json(ApprovalList {
         record_id,
         approvals,

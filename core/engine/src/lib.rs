@@ -7,6 +7,7 @@
 //! commits with a compare-and-swap on the version it read. With `If-Match` a lost race is the
 //! client's to resolve (412); without, the engine recomputes on the fresh record.
 
+pub mod auth;
 pub mod bundle;
 mod cursor;
 mod error;
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tracing::instrument;
 use usm_model::{
     Action, Actor, Approval, Catalog, Cause, Decision, Domain, HistoryEntry, KindDef,
-    LifecycleError, Link, Record, RecordId, Role, State, StateCategory, Timestamp, diff_records,
+    LifecycleError, Link, Record, RecordId, State, StateCategory, Timestamp, diff_records,
     merge_patch,
 };
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
@@ -65,6 +66,12 @@ pub struct Limits {
     pub max_idempotency_key: usize,
     /// How often a write without `If-Match` is recomputed after losing a race.
     pub write_attempts: u32,
+    /// Deepest nesting inside `fields`.
+    pub max_field_depth: usize,
+    /// Most members (values at any depth) inside `fields`.
+    pub max_field_members: usize,
+    /// Longest string inside `fields`, in bytes.
+    pub max_string_bytes: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +86,9 @@ impl Default for Limits {
             max_history_page: 1000,
             max_idempotency_key: 255,
             write_attempts: 32,
+            max_field_depth: 8,
+            max_field_members: 1_000,
+            max_string_bytes: 64 * 1024,
         }
     }
 }
@@ -236,11 +246,13 @@ impl Engine {
         &self.store
     }
 
-    /// The current version of a record.
-    pub fn get(&self, id: &str) -> Result<Record, EngineError> {
+    /// The current version of a record the actor may see. A record outside the actor's domains,
+    /// or a requester's view of someone else's record, is not found: its existence is not told.
+    pub fn get(&self, actor: &Actor, id: &str) -> Result<Record, EngineError> {
         let id = parse_id(id)?;
         self.store
             .get(&id)?
+            .filter(|record| visible(actor, record))
             .ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
 
@@ -268,6 +280,13 @@ impl Engine {
             Some(domain) => self.domain(domain)?,
             None => Domain::default(),
         };
+        if !actor.in_domain(&domain) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not create records in domain {domain}",
+                actor.name
+            )));
+        }
+        self.check_size(&new.fields)?;
         let claim = idempotency_key
             .map(|key| self.idempotency_claim(actor, key, &new))
             .transpose()?;
@@ -385,6 +404,7 @@ impl Engine {
                     self.config.limits.max_patch_depth,
                 )
                 .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
+                self.check_size(&next.fields)?;
                 let def = self.kind(current.kind.as_str())?;
                 next.fields = self.valid_fields(def, std::mem::take(&mut next.fields))?;
             }
@@ -477,15 +497,6 @@ impl Engine {
         decision: Decision,
         comment: Option<String>,
     ) -> Result<(Approval, Record), EngineError> {
-        if !actor
-            .roles
-            .iter()
-            .any(|r| matches!(r, Role::Admin | Role::Agent | Role::Automation))
-        {
-            return Err(EngineError::Forbidden(
-                "approvals need the agent, automation or admin role".into(),
-            ));
-        }
         let comment = self.comment(comment)?;
         let target = WriteTarget {
             id,
@@ -494,6 +505,13 @@ impl Engine {
             cause: None,
         };
         let committed = self.write(actor, target, |current| {
+            // Checked once the record is known to be visible: a record the actor cannot see is
+            // not found, whatever the role.
+            if !actor.works_records() {
+                return Err(EngineError::Forbidden(
+                    "approvals need the agent, automation or admin role".into(),
+                ));
+            }
             let def = self.kind(current.kind.as_str())?;
             let inactive = def
                 .lifecycle
@@ -533,25 +551,26 @@ impl Engine {
     }
 
     /// The approvals of a record, oldest first.
-    pub fn approvals(&self, id: &str) -> Result<Vec<Approval>, EngineError> {
-        let record = self.get(id)?;
+    pub fn approvals(&self, actor: &Actor, id: &str) -> Result<Vec<Approval>, EngineError> {
+        let record = self.get(actor, id)?;
         Ok(self.store.approvals(&record.id)?)
     }
 
     /// The history of a record after version `after`, oldest first.
     pub fn history(
         &self,
+        actor: &Actor,
         id: &str,
         after: u64,
         limit: Option<usize>,
     ) -> Result<Vec<HistoryEntry>, EngineError> {
-        let record = self.get(id)?;
+        let record = self.get(actor, id)?;
         let limit = self.page_size(limit, self.config.limits.max_history_page)?;
         Ok(self.store.history(&record.id, after, limit)?)
     }
 
-    /// A page of records matching the filters.
-    pub fn list(&self, request: ListRequest) -> Result<ListPage, EngineError> {
+    /// A page of the records matching the filters that the actor may see.
+    pub fn list(&self, actor: &Actor, request: ListRequest) -> Result<ListPage, EngineError> {
         let kind = request.kind.as_deref().map(|k| self.kind(k)).transpose()?;
         let domain = request
             .domain
@@ -563,10 +582,20 @@ impl Engine {
             .as_deref()
             .map(|s| self.known_state(kind, s))
             .transpose()?;
+        if let Some(domain) = &domain
+            && !actor.in_domain(domain)
+        {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not list domain {domain}",
+                actor.name
+            )));
+        }
         let mut query = ListQuery {
             kind: kind.map(|k| k.name.clone()),
             state,
             domain,
+            within: actor.domains.clone(),
+            owner: (!actor.works_records()).then(|| actor.name.clone()),
             after: None,
             limit: self.page_size(request.limit, self.config.limits.max_page)?,
         };
@@ -605,7 +634,13 @@ impl Engine {
             let current = self
                 .store
                 .get(&id)?
+                .filter(|record| visible(actor, record))
                 .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+            if action == Action::Update && !actor.works_records() {
+                return Err(EngineError::Forbidden(
+                    "requesters follow their records through transitions and comments; editing needs the agent role".into(),
+                ));
+            }
             if let Some(expected) = if_match
                 && expected != current.version
             {
@@ -786,6 +821,51 @@ impl Engine {
         }
     }
 
+    /// Bounds the shape of client-supplied fields: nesting depth, member count, string length.
+    fn check_size(&self, fields: &Map<String, Value>) -> Result<(), EngineError> {
+        let limits = &self.config.limits;
+        let mut members = 0usize;
+        let mut stack: Vec<(&Value, usize, String)> = fields
+            .iter()
+            .map(|(k, v)| (v, 1, format!("/fields/{k}")))
+            .collect();
+        while let Some((value, depth, path)) = stack.pop() {
+            members += 1;
+            if members > limits.max_field_members {
+                return Err(EngineError::invalid(
+                    "/fields",
+                    format!("at most {} members in all", limits.max_field_members),
+                ));
+            }
+            if depth > limits.max_field_depth {
+                return Err(EngineError::invalid(
+                    path,
+                    format!("nested deeper than {} levels", limits.max_field_depth),
+                ));
+            }
+            match value {
+                Value::String(s) if s.len() > limits.max_string_bytes => {
+                    return Err(EngineError::invalid(
+                        path,
+                        format!("longer than {} bytes", limits.max_string_bytes),
+                    ));
+                }
+                Value::Array(items) => stack.extend(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (v, depth + 1, format!("{path}/{i}"))),
+                ),
+                Value::Object(map) => stack.extend(
+                    map.iter()
+                        .map(|(k, v)| (v, depth + 1, format!("{path}/{k}"))),
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn title(&self, title: &str) -> Result<String, EngineError> {
         let title = title.trim();
         let max = self.config.limits.max_title_chars;
@@ -931,6 +1011,15 @@ struct WriteTarget<'a> {
     if_match: Option<u64>,
     action: Action,
     cause: Option<Cause>,
+}
+
+/// Whether `actor` may see `record`: in the actor's domains, and for requesters only records
+/// they created or requested.
+fn visible(actor: &Actor, record: &Record) -> bool {
+    actor.in_domain(&record.domain)
+        && (actor.works_records()
+            || record.created_by == actor.name
+            || record.fields.get("requester").and_then(Value::as_str) == Some(actor.name.as_str()))
 }
 
 /// An id that cannot exist is simply not found; callers need not learn our id syntax.

@@ -318,7 +318,7 @@ fn apply_effect(
             comment,
         } => {
             let target = target.unwrap_or_else(|| record.id.to_string());
-            let current = engine.get(&target)?;
+            let current = engine.get(actor, &target)?;
             if current.state.as_str() != to {
                 engine.transition_caused(
                     actor,
@@ -332,7 +332,7 @@ fn apply_effect(
         }
         Effect::Link { from, rel, to } => {
             let from = from.unwrap_or_else(|| record.id.to_string());
-            let current = engine.get(&from)?;
+            let current = engine.get(actor, &from)?;
             let to = usm_model::RecordId::parse(&to)
                 .map_err(|e| EngineError::invalid("/to", e.to_string()))?;
             let link = Link { rel, to };

@@ -391,13 +391,20 @@ impl Registry {
                 module: Arc::new(module),
             },
         );
+        let before = previous.as_ref().map(Self::info);
         if let Some(previous) = previous {
             self.forget_bundle(&modules, &previous.record.digest);
         }
         self.swap(&modules);
-        let entry = &modules[&manifest.id];
+        let info = Self::info(&modules[&manifest.id]);
         tracing::info!(module = %manifest.id, version = %manifest.version, ?action, actor = %actor.name, "module installed");
-        Ok((Self::info(entry), action))
+        let verb = if before.is_some() {
+            "module.upgrade"
+        } else {
+            "module.install"
+        };
+        self.audit(actor, verb, &manifest.id, before.as_ref(), Some(&info));
+        Ok((info, action))
     }
 
     /// Enables a module in more domains, optionally replacing its capability grants.
@@ -409,7 +416,7 @@ impl Registry {
         grants: Option<Vec<String>>,
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
-        self.change(actor, id, |record| {
+        self.change(actor, id, "module.enable", |record| {
             record.domains.extend(domains);
             match grants {
                 Some(grants) => {
@@ -430,7 +437,7 @@ impl Registry {
         domains: &[String],
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
-        self.change(actor, id, |record| {
+        self.change(actor, id, "module.disable", |record| {
             record.domains.retain(|d| !domains.contains(d));
             false
         })
@@ -453,7 +460,9 @@ impl Registry {
         self.forget_bundle(&modules, &entry.record.digest);
         self.swap(&modules);
         tracing::info!(module = %id, actor = %actor.name, "module removed");
-        Ok(Self::info(&entry))
+        let info = Self::info(&entry);
+        self.audit(actor, "module.remove", id, Some(&info), None);
+        Ok(info)
     }
 
     /// Applies `edit` to a module's record; rebuilds the module when `edit` says its grants
@@ -462,12 +471,14 @@ impl Registry {
         &self,
         actor: &Actor,
         id: &str,
+        verb: &str,
         edit: impl FnOnce(&mut ModuleRecord) -> bool,
     ) -> Result<ModuleInfo, RegistryError> {
         let mut modules = self.lock();
         let entry = modules
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let before = Self::info(entry);
         let mut record = entry.record.clone();
         let regrant = edit(&mut record);
         let module = if regrant {
@@ -495,7 +506,32 @@ impl Registry {
         tracing::info!(module = %id, domains = ?record.domains, grants = ?record.grants, actor = %actor.name, "module enablement changed");
         modules.insert(id.to_owned(), Entry { record, module });
         self.swap(&modules);
-        Ok(Self::info(&modules[id]))
+        let after = Self::info(&modules[id]);
+        self.audit(actor, verb, id, Some(&before), Some(&after));
+        Ok(after)
+    }
+
+    /// Records an admin action; the action has happened, so a failure to audit is logged loudly
+    /// rather than reported as the action failing.
+    fn audit(
+        &self,
+        actor: &Actor,
+        verb: &str,
+        id: &str,
+        before: Option<&ModuleInfo>,
+        after: Option<&ModuleInfo>,
+    ) {
+        let json = |info: Option<&ModuleInfo>| info.and_then(|i| serde_json::to_value(i).ok());
+        if let Err(error) = crate::auth::audit(
+            self.engine.store().as_ref(),
+            actor,
+            verb,
+            &format!("module:{id}"),
+            json(before),
+            json(after),
+        ) {
+            tracing::error!(%error, action = verb, module = id, "cannot write the audit entry");
+        }
     }
 
     fn domains(&self, names: &[String]) -> Result<BTreeSet<Domain>, RegistryError> {
@@ -575,6 +611,16 @@ impl Registry {
             &[],
         )?;
         tracing::info!(workflow = %document.workflow.slug, actor = %actor.name, "workflow imported");
+        if let Err(error) = crate::auth::audit(
+            self.engine.store().as_ref(),
+            actor,
+            "workflow.import",
+            &format!("workflow:{}", document.workflow.slug),
+            None,
+            serde_json::to_value(&document).ok(),
+        ) {
+            tracing::error!(%error, "cannot write the audit entry");
+        }
         Ok(summary(&document, "imported".into()))
     }
 

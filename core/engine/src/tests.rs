@@ -42,7 +42,7 @@ fn creates_with_kind_prefix_initial_state_and_history() {
         .unwrap()
         .record;
     assert_eq!(change.id.as_str(), "CHG-1");
-    let history = engine.history("INC-1", 0, None).unwrap();
+    let history = engine.history(&agent(), "INC-1", 0, None).unwrap();
     assert_eq!(history.len(), 1);
     assert!(
         history[0]
@@ -88,10 +88,13 @@ fn refuses_bad_input_naming_the_field() {
     ));
     assert!(
         engine
-            .list(ListRequest {
-                limit: Some(10),
-                ..Default::default()
-            })
+            .list(
+                &agent(),
+                ListRequest {
+                    limit: Some(10),
+                    ..Default::default()
+                }
+            )
             .unwrap()
             .records
             .is_empty()
@@ -133,7 +136,7 @@ fn walks_the_lifecycle_and_refuses_illegal_moves() {
             .transition(&agent(), "INC-1", to, Some(format!("to {to}")), None)
             .unwrap();
     }
-    let record = engine.get("INC-1").unwrap();
+    let record = engine.get(&agent(), "INC-1").unwrap();
     assert_eq!(record.state.as_str(), "closed");
     assert_eq!(record.version, 8);
     let requester = Actor::new("rob", [Role::Requester]);
@@ -185,7 +188,7 @@ fn if_match_guards_updates() {
         EngineError::InvalidFields { .. }
     ));
     assert_eq!(
-        engine.get("INC-1").unwrap().version,
+        engine.get(&agent(), "INC-1").unwrap().version,
         3,
         "refused writes change nothing"
     );
@@ -238,7 +241,7 @@ fn approvals_are_recorded_in_history() {
     assert_eq!(approval.seq, 1);
     assert_eq!(approval.actor, "cab");
     assert_eq!(record.version, 2);
-    let history = engine.history("CHG-1", 0, None).unwrap();
+    let history = engine.history(&agent(), "CHG-1", 0, None).unwrap();
     assert_eq!(
         history[1].approval.as_ref().unwrap().decision,
         Decision::Approve
@@ -259,7 +262,7 @@ fn approvals_are_recorded_in_history() {
             .unwrap_err(),
         EngineError::RecordInactive { .. }
     ));
-    assert_eq!(engine.approvals("CHG-1").unwrap().len(), 1);
+    assert_eq!(engine.approvals(&agent(), "CHG-1").unwrap().len(), 1);
 }
 
 #[test]
@@ -274,44 +277,59 @@ fn lists_with_cursors_bound_to_their_filters() {
         .create(&agent(), new("incident", "i", json!({})), None)
         .unwrap();
     let first = engine
-        .list(ListRequest {
-            kind: Some("task".into()),
-            limit: Some(2),
-            ..Default::default()
-        })
+        .list(
+            &agent(),
+            ListRequest {
+                kind: Some("task".into()),
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let cursor = first.next_cursor.unwrap();
     let second = engine
-        .list(ListRequest {
-            kind: Some("task".into()),
-            limit: Some(10),
-            cursor: Some(cursor.clone()),
-            ..Default::default()
-        })
+        .list(
+            &agent(),
+            ListRequest {
+                kind: Some("task".into()),
+                limit: Some(10),
+                cursor: Some(cursor.clone()),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(second.records.len(), 3);
     assert!(second.next_cursor.is_none());
-    let foreign = engine.list(ListRequest {
-        kind: Some("incident".into()),
-        cursor: Some(cursor),
-        ..Default::default()
-    });
+    let foreign = engine.list(
+        &agent(),
+        ListRequest {
+            kind: Some("incident".into()),
+            cursor: Some(cursor),
+            ..Default::default()
+        },
+    );
     assert!(matches!(foreign.unwrap_err(), EngineError::BadCursor(_)));
     assert!(matches!(
         engine
-            .list(ListRequest {
-                state: Some("nope".into()),
-                ..Default::default()
-            })
+            .list(
+                &agent(),
+                ListRequest {
+                    state: Some("nope".into()),
+                    ..Default::default()
+                }
+            )
             .unwrap_err(),
         EngineError::UnknownState { .. }
     ));
     assert!(
         engine
-            .list(ListRequest {
-                limit: Some(0),
-                ..Default::default()
-            })
+            .list(
+                &agent(),
+                ListRequest {
+                    limit: Some(0),
+                    ..Default::default()
+                }
+            )
             .is_err()
     );
 }
@@ -428,7 +446,7 @@ mod pipelines {
             record.fields["trail"],
             json!(["mid/x@-5", "alpha/a@10", "alpha/b@10", "zeta/a@10"])
         );
-        let history = engine.history("INC-1", 0, None).unwrap();
+        let history = engine.history(&agent(), "INC-1", 0, None).unwrap();
         let steps: Vec<_> = history[0]
             .steps
             .iter()
@@ -501,7 +519,7 @@ mod pipelines {
             engine.store().events_after(0, 10).unwrap().is_empty(),
             "no event"
         );
-        assert!(engine.get("INC-1").is_err(), "no record");
+        assert!(engine.get(&agent(), "INC-1").is_err(), "no record");
         let record = engine
             .create(
                 &agent(),
@@ -541,7 +559,9 @@ mod pipelines {
             .create(&agent(), new("incident", "x", json!({})), None)
             .unwrap()
             .record;
-        let history = engine.history(record.id.as_str(), 0, None).unwrap();
+        let history = engine
+            .history(&agent(), record.id.as_str(), 0, None)
+            .unwrap();
         assert_eq!(history[0].steps[0].outcome, "skipped: trap");
 
         for (name, step) in [
@@ -569,7 +589,14 @@ mod pipelines {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        assert_eq!(engine.list(Default::default()).unwrap().records.len(), 1);
+        assert_eq!(
+            engine
+                .list(&agent(), Default::default())
+                .unwrap()
+                .records
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -660,8 +687,8 @@ mod pipelines {
             .create(&agent(), new("incident", "x", json!({})), None)
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while engine.get("TSK-1").is_err()
-            || engine.get("INC-1").unwrap().state.as_str() != "in_progress"
+        while engine.get(&agent(), "TSK-1").is_err()
+            || engine.get(&agent(), "INC-1").unwrap().state.as_str() != "in_progress"
         {
             assert!(
                 Instant::now() < deadline,
@@ -672,10 +699,10 @@ mod pipelines {
                 .wait_past(engine.commits().count(), Duration::from_millis(50));
         }
         worker.stop();
-        let task = engine.get("TSK-1").unwrap();
+        let task = engine.get(&agent(), "TSK-1").unwrap();
         assert_eq!(task.created_by, "module:followup");
         assert_eq!(task.links[0].to.as_str(), "INC-1");
-        let history = engine.history("TSK-1", 0, None).unwrap();
+        let history = engine.history(&agent(), "TSK-1", 0, None).unwrap();
         let cause = history[0].cause.as_ref().unwrap();
         assert_eq!((cause.module.as_str(), cause.depth), ("followup", 1));
 
@@ -698,7 +725,7 @@ mod pipelines {
         }
         worker.stop();
         assert!(
-            engine.get("TSK-2").is_err(),
+            engine.get(&agent(), "TSK-2").is_err(),
             "the replayed effect found its first record"
         );
         let events = engine.store().events_after(0, 100).unwrap();
@@ -737,6 +764,145 @@ mod pipelines {
         assert!(
             record.fields.get("trail").is_none(),
             "the next write sees the new set"
+        );
+    }
+}
+
+mod authorization {
+    use serde_json::json;
+    use usm_model::{Actor, Domain, Role};
+
+    use super::{agent, engine, new};
+    use crate::{EngineError, ListRequest, RecordPatch};
+
+    fn in_domain(name: &str, role: Role, domain: &str) -> Actor {
+        Actor::new(name, [role]).in_domains([Domain::new(domain).unwrap()])
+    }
+
+    #[test]
+    fn domain_scope_hides_other_domains_and_refuses_writes_there() {
+        let engine = engine();
+        let mut hr = new("incident", "salary leak", json!({}));
+        hr.domain = Some("hr".into());
+        engine.create(&agent(), hr, None).unwrap();
+        engine
+            .create(&agent(), new("incident", "printer", json!({})), None)
+            .unwrap();
+        let it_agent = in_domain("ivan", Role::Agent, "it");
+        assert!(matches!(
+            engine.get(&it_agent, "INC-1"),
+            Err(EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.history(&it_agent, "INC-1", 0, None),
+            Err(EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.transition(&it_agent, "INC-1", "in_progress", None, None),
+            Err(EngineError::NotFound(_))
+        ));
+        let page = engine.list(&it_agent, ListRequest::default()).unwrap();
+        assert_eq!(
+            page.records
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["INC-2"]
+        );
+        let hr_filter = ListRequest {
+            domain: Some("hr".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            engine.list(&it_agent, hr_filter),
+            Err(EngineError::Forbidden(_))
+        ));
+        let mut foreign = new("incident", "x", json!({}));
+        foreign.domain = Some("hr".into());
+        assert!(matches!(
+            engine.create(&it_agent, foreign, None),
+            Err(EngineError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn requesters_see_and_move_only_their_own_records() {
+        let engine = engine();
+        let rob = Actor::new("rob", [Role::Requester]);
+        engine
+            .create(&rob, new("request", "mine", json!({})), None)
+            .unwrap();
+        engine
+            .create(&agent(), new("request", "someone else's", json!({})), None)
+            .unwrap();
+        engine
+            .create(
+                &agent(),
+                new("request", "on rob's behalf", json!({"requester": "rob"})),
+                None,
+            )
+            .unwrap();
+        let visible: Vec<String> = engine
+            .list(&rob, ListRequest::default())
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.title)
+            .collect();
+        assert_eq!(visible, ["mine", "on rob's behalf"]);
+        assert!(matches!(
+            engine.get(&rob, "REQ-2"),
+            Err(EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.update(
+                &rob,
+                "REQ-1",
+                RecordPatch {
+                    title: Some("x".into()),
+                    ..Default::default()
+                },
+                None
+            ),
+            Err(EngineError::Forbidden(_))
+        ));
+        assert!(matches!(
+            engine.approve(&rob, "REQ-1", usm_model::Decision::Approve, None),
+            Err(EngineError::Forbidden(_))
+        ));
+        engine
+            .transition(&rob, "REQ-1", "cancelled", Some("not needed".into()), None)
+            .unwrap();
+        assert!(matches!(
+            engine.transition(&rob, "REQ-2", "cancelled", None, None),
+            Err(EngineError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_fields_are_refused() {
+        let engine = engine();
+        let deep = json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}});
+        let error = engine
+            .create(&agent(), new("task", "x", deep), None)
+            .unwrap_err();
+        assert!(error.field().unwrap().starts_with("/fields/a/b"), "{error}");
+        let long = json!({"category": "x".repeat(70 * 1024)});
+        assert!(
+            engine
+                .create(&agent(), new("task", "x", long), None)
+                .is_err()
+        );
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(
+            engine
+                .create(
+                    &agent(),
+                    new("task", "x", serde_json::Value::Object(wide)),
+                    None
+                )
+                .is_err()
         );
     }
 }

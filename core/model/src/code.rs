@@ -55,6 +55,12 @@ pub enum ErrorCode {
     ModuleVersionConflict,
     /// No workflow template with that slug.
     WorkflowNotFound,
+    /// The request carries no valid token.
+    Unauthorized,
+    /// No token with that id.
+    TokenNotFound,
+    /// Too many requests from this token; retry after the `Retry-After` seconds.
+    RateLimited,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
     /// The server is shutting down or overloaded.
@@ -91,6 +97,9 @@ impl ErrorCode {
             Self::ModuleNotFound => "module_not_found",
             Self::ModuleVersionConflict => "module_version_conflict",
             Self::WorkflowNotFound => "workflow_not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::TokenNotFound => "token_not_found",
+            Self::RateLimited => "rate_limited",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

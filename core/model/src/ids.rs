@@ -204,27 +204,53 @@ pub enum Role {
     Automation,
 }
 
-/// Who performs an operation: a principal name and its roles.
+/// Who performs an operation: a principal name, its roles and the domains they apply in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// The principal's stable name, recorded in history (`created_by`, approvals, …).
     pub name: String,
     /// The roles this actor holds.
     pub roles: Vec<Role>,
+    /// The domains the roles apply in; every domain when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<std::collections::BTreeSet<Domain>>,
 }
 
 impl Actor {
-    /// An actor with the given name and roles.
+    /// An actor with the given name and roles, in every domain.
     pub fn new(name: impl Into<String>, roles: impl Into<Vec<Role>>) -> Self {
         Self {
             name: name.into(),
             roles: roles.into(),
+            domains: None,
         }
+    }
+
+    /// The same actor, limited to `domains`.
+    #[must_use]
+    pub fn in_domains(mut self, domains: impl IntoIterator<Item = Domain>) -> Self {
+        self.domains = Some(domains.into_iter().collect());
+        self
     }
 
     /// Whether the actor holds `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// Whether the actor's roles apply in `domain`.
+    pub fn in_domain(&self, domain: &Domain) -> bool {
+        self.domains
+            .as_ref()
+            .is_none_or(|domains| domains.contains(domain))
+    }
+
+    /// Whether the actor works records (admin, agent or automation), as opposed to a requester
+    /// who only follows their own.
+    pub fn works_records(&self) -> bool {
+        self.roles
+            .iter()
+            .any(|r| matches!(r, Role::Admin | Role::Agent | Role::Automation))
     }
 }
 

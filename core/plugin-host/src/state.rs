@@ -196,6 +196,8 @@ impl host::Host for HostState {
                 .transpose()
                 .map_err(|e| e.to_string())?,
             domain: Some(domain),
+            within: None,
+            owner: None,
             after: None,
             limit: filter.limit.unwrap_or(MAX_QUERY).clamp(1, MAX_QUERY),
         };

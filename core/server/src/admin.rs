@@ -42,12 +42,15 @@ pub enum ModuleCommand {
     },
 }
 
-/// Where the server is.
+/// Where the server is, and who is asking.
 #[derive(Debug, clap::Args)]
 pub struct Remote {
     /// Base URL of the usm server.
     #[arg(long, env = "USM_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// An admin bearer token.
+    #[arg(long, env = "USM_TOKEN")]
+    pub token: Option<String>,
 }
 
 fn bundle(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -67,6 +70,7 @@ pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
         .build()?;
     runtime.block_on(async move {
         let client = reqwest::Client::new();
+        let token = remote.token.clone().unwrap_or_default();
         let request = match command {
             ModuleCommand::Install { path } => client
                 .post(&base)
@@ -90,6 +94,7 @@ pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
             ModuleCommand::Remove { id } => client.delete(format!("{base}/{id}")),
         };
         let response = request
+            .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("cannot reach {}", remote.url))?;

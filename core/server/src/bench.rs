@@ -25,6 +25,9 @@ pub struct BenchArgs {
     /// Benchmark an already running server at this base URL instead of an in-process one.
     #[arg(long)]
     pub url: Option<String>,
+    /// The bearer token for `--url` (an in-process server gets its own).
+    #[arg(long, env = "USM_TOKEN")]
+    pub token: Option<String>,
     /// Acknowledge writes without waiting for the flush to disk (to measure what durability costs).
     #[arg(long)]
     pub no_durable_acks: bool,
@@ -130,11 +133,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
     Ok(reports)
 }
 
+/// The admin secret of the in-process server the benchmark starts.
+const BENCH_TOKEN: &str = "usm_bench_0123456789abcdef0123456789abcdef";
+
 fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
     Config {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         durable_acks: !args.no_durable_acks,
+        bundled_modules: false,
+        admin_token: Some(BENCH_TOKEN.into()),
+        rate_limit_per_second: 0,
         ..Config::default()
     }
 }
@@ -181,6 +190,10 @@ fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let config = temp_config(args, dir.path());
     let runtime = actix_web::rt::System::new();
     runtime.block_on(async {
+        let token = match &args.url {
+            Some(_) => args.token.clone().unwrap_or_default(),
+            None => BENCH_TOKEN.to_owned(),
+        };
         let (base, handle) = match &args.url {
             Some(url) => (url.trim_end_matches('/').to_owned(), None),
             None => {
@@ -191,8 +204,14 @@ fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 (base, Some(handle))
             }
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
+            .default_headers(headers)
             .build()?;
         let url = format!("{base}/api/v1/records");
         let started = Instant::now();

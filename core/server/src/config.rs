@@ -39,6 +39,20 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Every `/api/v1` route needs a bearer token; turn off only for local experiments.
+    pub auth_required: bool,
+    /// The admin token's secret, chosen by the operator (`USM_ADMIN_TOKEN`); created on first
+    /// use. Without it (and without `admin_token_file`), a fresh data directory gets a random
+    /// admin token, printed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// A file holding the admin token's secret (an alternative to `admin_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Requests per second allowed per principal (0: no limit).
+    pub rate_limit_per_second: u32,
+    /// Requests a principal may send at once before the per-second rate applies.
+    pub rate_limit_burst: u32,
     /// Install the modules built into the binary (usm-core, itil4, cobit2019, iso20000, hr,
     /// facilities) and, on a fresh data directory, enable the default mix.
     pub bundled_modules: bool,
@@ -72,6 +86,11 @@ impl Default for Config {
             durable_acks: true,
             domains: vec!["it".into(), "hr".into(), "facilities".into()],
             shutdown_timeout_secs: 30,
+            auth_required: true,
+            admin_token: None,
+            admin_token_file: None,
+            rate_limit_per_second: 200,
+            rate_limit_burst: 400,
             bundled_modules: true,
             modules: Vec::new(),
         }

@@ -13,8 +13,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
-use usm_api::{ApiConfig, Services};
-use usm_engine::{AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes};
+use usm_api::{ApiConfig, RateLimiter, Services};
+use usm_engine::{
+    AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes,
+    auth::{NewToken, Tokens},
+};
 use usm_model::{Catalog, Domain};
 use usm_plugin_host::{PluginHost, PluginLimits};
 use usm_script_host::{ScriptHost, ScriptLimits};
@@ -31,23 +34,38 @@ pub struct Server {
     after_steps: AfterStepWorker,
 }
 
-/// The engine and the module registry over one store.
+/// The engine, the module registry and the tokens over one store.
 pub struct Opened {
     /// The record engine.
     pub engine: Arc<Engine>,
     /// The module registry.
     pub registry: Arc<Registry>,
+    /// The API tokens.
+    pub tokens: Arc<Tokens>,
+    /// The secret of an admin token created just now, to show once.
+    pub new_admin_token: Option<String>,
 }
 
 impl Server {
     /// Opens the store, builds the engine and binds the listener. Call inside an async runtime.
     pub fn bind(config: &Config) -> anyhow::Result<Self> {
-        let Opened { engine, registry } = open(config)?;
+        let Opened {
+            engine,
+            registry,
+            tokens,
+            new_admin_token,
+        } = open(config)?;
+        if let Some(secret) = new_admin_token {
+            announce_admin_token(&secret);
+        }
         let services = web::Data::new(Services {
             engine: engine.clone(),
             registry,
+            tokens,
+            rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             config: ApiConfig {
                 max_body_bytes: config.max_body_bytes,
+                auth_required: config.auth_required,
             },
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
@@ -159,10 +177,62 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
             )
             .with_context(|| format!("module {}", info.id))?;
     }
+    let tokens = Tokens::open(Arc::clone(&store), engine.domains().to_vec())
+        .context("cannot load the API tokens")?;
+    let new_admin_token = bootstrap_admin(&tokens, config)?;
     Ok(Opened {
         engine,
         registry: Arc::new(registry),
+        tokens: Arc::new(tokens),
+        new_admin_token,
     })
+}
+
+/// Makes sure an admin can get in: the operator's chosen secret (config, `USM_ADMIN_TOKEN` or a
+/// file) becomes an admin token on first use; a fresh data directory without one gets a random
+/// admin token, returned to be shown once.
+fn bootstrap_admin(tokens: &Tokens, config: &Config) -> anyhow::Result<Option<String>> {
+    let system = usm_model::Actor::new("system", [usm_model::Role::Admin]);
+    let admin = || NewToken {
+        name: "admin".into(),
+        roles: vec![usm_model::Role::Admin],
+        domains: None,
+        expires_at: None,
+    };
+    let chosen = match (&config.admin_token, &config.admin_token_file) {
+        (Some(secret), _) => Some(secret.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    match chosen {
+        Some(secret) => {
+            if tokens.authenticate(&secret).is_err() {
+                tokens
+                    .create_with_secret(&system, admin(), &secret)
+                    .context("cannot create the admin token")?;
+                tracing::info!("admin token created from the configured secret");
+            }
+            Ok(None)
+        }
+        None if tokens.is_empty() => {
+            let (_, secret) = tokens
+                .create(&system, admin())
+                .context("cannot create the admin token")?;
+            Ok(Some(secret))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Shows a freshly created admin token once, on standard output.
+#[allow(clippy::print_stdout)] // shown to the operator once, by design
+fn announce_admin_token(secret: &str) {
+    println!("usm: created an admin token; it is shown only now, keep it safe:\n\n    {secret}\n");
 }
 
 /// Stops the server on SIGINT or SIGTERM: stop accepting, finish in-flight requests, flush.

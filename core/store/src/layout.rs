@@ -31,13 +31,15 @@ pub(crate) enum TreeId {
     Idempotency,
     /// content key → compiled artifact bytes (serialised WASM components, module bundles)
     Artifacts,
-    /// setting key → bytes (installed modules, enablement, workflows, …)
+    /// setting key → bytes (installed modules, enablement, workflows, tokens, …)
     Settings,
+    /// audit seq (u64 BE) → audit entry (JSON)
+    Audit,
 }
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 10] = [
+    pub(crate) const ALL: [TreeId; 11] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -48,6 +50,7 @@ impl TreeId {
         Self::Idempotency,
         Self::Artifacts,
         Self::Settings,
+        Self::Audit,
     ];
 
     /// The tree's name on disk.
@@ -63,6 +66,7 @@ impl TreeId {
             Self::Idempotency => "idempotency",
             Self::Artifacts => "artifacts",
             Self::Settings => "settings",
+            Self::Audit => "audit",
         }
     }
 }
@@ -417,47 +421,82 @@ pub(crate) fn cursor_key(consumer: &str) -> Vec<u8> {
 }
 
 /// Reads a page of records for `query` through the index.
+/// Index entries read per batch when filters not served by an index drop records.
+const LIST_BATCH: usize = 256;
+/// Most index entries one page may read; past it the page ends early with a cursor.
+const LIST_SCAN_BUDGET: usize = 10_000;
+
+/// Reads a page of records for `query` through the index. Filters the index cannot serve (the
+/// caller's domain scope, ownership) are applied while scanning, within a scan budget; a page may
+/// then hold fewer than `limit` records and still have a `next` position.
 pub(crate) fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Page, StoreError> {
     let prefix = query_prefix(query);
-    let mut start = prefix.clone();
-    let from = query.after.map_or(0, |after| after.saturating_add(1));
-    start.extend_from_slice(&from.to_be_bytes());
-    let entries = reader.scan(
-        TreeId::Index,
-        &prefix,
-        &start,
-        query.limit.saturating_add(1),
-    )?;
-    let more = entries.len() > query.limit;
-    let mut records = Vec::with_capacity(query.limit.min(entries.len()));
-    let mut last_seq = None;
-    for (key, id) in entries.iter().take(query.limit) {
-        last_seq = Some(index_seq(key)?);
-        let Some(bytes) = reader.get(TreeId::Records, id)? else {
-            return Err(StoreError::Corrupt {
-                what: "index entry",
-                detail: format!("points at a missing record {}", String::from_utf8_lossy(id)),
-            });
+    let mut from = query.after.map_or(0, |after| after.saturating_add(1));
+    let mut records = Vec::with_capacity(query.limit.min(LIST_BATCH));
+    let mut scanned = 0;
+    let post_filtered = query.within.is_some() || query.owner.is_some();
+    loop {
+        let want = if post_filtered {
+            LIST_BATCH
+        } else {
+            query.limit - records.len() + 1
         };
-        let stored: StoredRecord = decode("record", &bytes)?;
-        // The record may have moved on since the index was read; keep the listing truthful.
-        let matches = query.kind.as_ref().is_none_or(|k| k == &stored.record.kind)
-            && query
-                .state
-                .as_ref()
-                .is_none_or(|s| s == &stored.record.state)
-            && query
-                .domain
-                .as_ref()
-                .is_none_or(|d| d == &stored.record.domain);
-        if matches {
-            records.push(stored.record);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        let entries = reader.scan(TreeId::Index, &prefix, &start, want)?;
+        let exhausted = entries.len() < want;
+        for (key, id) in &entries {
+            let seq = index_seq(key)?;
+            if records.len() == query.limit {
+                // One more entry exists past a full page.
+                return Ok(crate::Page {
+                    records,
+                    next: Some(seq.saturating_sub(1)),
+                });
+            }
+            from = seq.saturating_add(1);
+            scanned += 1;
+            let Some(bytes) = reader.get(TreeId::Records, id)? else {
+                return Err(StoreError::Corrupt {
+                    what: "index entry",
+                    detail: format!("points at a missing record {}", String::from_utf8_lossy(id)),
+                });
+            };
+            let record = decode::<StoredRecord>("record", &bytes)?.record;
+            if matches(query, &record) {
+                records.push(record);
+            }
+        }
+        if exhausted {
+            return Ok(crate::Page {
+                records,
+                next: None,
+            });
+        }
+        if scanned >= LIST_SCAN_BUDGET && records.len() < query.limit {
+            return Ok(crate::Page {
+                records,
+                next: Some(from.saturating_sub(1)),
+            });
         }
     }
-    Ok(crate::Page {
-        records,
-        next: if more { last_seq } else { None },
-    })
+}
+
+/// Whether a record satisfies every filter of the query. Index filters are checked again: the
+/// record may have moved on since its index entry was read.
+fn matches(query: &ListQuery, record: &Record) -> bool {
+    let owned = |owner: &String| {
+        &record.created_by == owner
+            || record.fields.get("requester").and_then(|v| v.as_str()) == Some(owner.as_str())
+    };
+    query.kind.as_ref().is_none_or(|k| k == &record.kind)
+        && query.state.as_ref().is_none_or(|s| s == &record.state)
+        && query.domain.as_ref().is_none_or(|d| d == &record.domain)
+        && query
+            .within
+            .as_ref()
+            .is_none_or(|domains| domains.contains(&record.domain))
+        && query.owner.as_ref().is_none_or(owned)
 }
 
 pub(crate) fn get<R: KvRead>(reader: &R, id: &RecordId) -> Result<Option<Record>, StoreError> {
@@ -550,5 +589,25 @@ pub(crate) fn settings<R: KvRead>(
                     detail: "not UTF-8".into(),
                 })
         })
+        .collect()
+}
+
+/// Appends an audit entry with the next audit sequence number (stored in its first bytes).
+pub(crate) fn apply_audit<T: KvTx>(tx: &T, entry: &[u8]) -> Result<u64, TxFail<T::Error>> {
+    let seq = next_counter(tx, b"~audit")?;
+    tx.insert(TreeId::Audit, &seq.to_be_bytes(), entry.to_vec())?;
+    Ok(seq)
+}
+
+pub(crate) fn audit_after<R: KvRead>(
+    reader: &R,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let start = after.saturating_add(1).to_be_bytes();
+    reader
+        .scan(TreeId::Audit, &[], &start, limit)?
+        .into_iter()
+        .map(|(key, value)| decode_u64("audit key", &key).map(|seq| (seq, value)))
         .collect()
 }

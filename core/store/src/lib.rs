@@ -131,6 +131,10 @@ pub struct ListQuery {
     pub state: Option<State>,
     /// Only records in this domain.
     pub domain: Option<Domain>,
+    /// Only records in one of these domains (the caller's scope); not served by an index.
+    pub within: Option<std::collections::BTreeSet<Domain>>,
+    /// Only records this principal created or requested; not served by an index.
+    pub owner: Option<String>,
     /// Resume after this position (from [`Page::next`]).
     pub after: Option<u64>,
     /// At most this many records.
@@ -234,6 +238,12 @@ pub trait Store: Send + Sync + 'static {
         put: &[(String, Vec<u8>)],
         delete: &[String],
     ) -> Result<(), StoreError>;
+
+    /// Appends an audit entry durably and returns its sequence number.
+    fn append_audit(&self, entry: &[u8]) -> Result<u64, StoreError>;
+
+    /// Audit entries after `after`, oldest first, at most `limit`.
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;

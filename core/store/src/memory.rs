@@ -205,6 +205,14 @@ impl Store for MemoryStore {
         self.transact(|tx| layout::apply_settings(tx, put, delete))
     }
 
+    fn append_audit(&self, entry: &[u8]) -> Result<u64, StoreError> {
+        self.transact(|tx| layout::apply_audit(tx, entry))
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        layout::audit_after(self, after, limit)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -1,0 +1,180 @@
+//! `/api/v1/tokens` and `/api/v1/audit`: admin-only.
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use usm_engine::auth::{self, AuditEntry, NewToken, TokenError, TokenInfo};
+use usm_model::ErrorCode;
+
+use crate::{
+    Services,
+    principal::Admin,
+    problem::{ApiError, Problem},
+};
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        match &error {
+            TokenError::Invalid { field, .. } => {
+                Self::new(error.code(), error.to_string()).with_field(*field)
+            }
+            TokenError::Store(_) => {
+                tracing::error!(%error, "internal error");
+                Self::new(
+                    ErrorCode::Internal,
+                    "the server failed to complete the request; it has been logged",
+                )
+            }
+            TokenError::NotFound(_) => Self::new(error.code(), error.to_string()),
+        }
+    }
+}
+
+/// A created token: its secret is shown here once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    /// The token's id.
+    pub id: String,
+    /// The secret for `Authorization: Bearer …`; not retrievable later.
+    pub token: String,
+    /// The token's details.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The tokens.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// Every token, without secrets.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Creates an API token.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn create_token(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    body: web::Json<NewToken>,
+) -> Result<HttpResponse, ApiError> {
+    let services = services.into_inner();
+    let result = web::block(move || -> Result<_, ApiError> {
+        let (info, token) = services.tokens.create(&actor, body.into_inner())?;
+        audit(
+            &services,
+            &actor,
+            "token.create",
+            &info.id,
+            None,
+            serde_json::to_value(&info).ok(),
+        );
+        Ok(CreatedToken {
+            id: info.id.clone(),
+            token,
+            info,
+        })
+    })
+    .await??;
+    Ok(HttpResponse::Created().json(result))
+}
+
+/// Lists the API tokens (without their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
+pub async fn list_tokens(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
+    HttpResponse::Ok().json(TokenList {
+        tokens: services.tokens.list(),
+    })
+}
+
+/// Revokes an API token; it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
+    responses((status = 200, body = TokenInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_token(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let services = services.into_inner();
+    let info = web::block(move || -> Result<_, ApiError> {
+        let info = services.tokens.revoke(&id)?;
+        audit(
+            &services,
+            &actor,
+            "token.revoke",
+            &info.id,
+            serde_json::to_value(&info).ok(),
+            None,
+        );
+        Ok(info)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+fn audit(
+    services: &Services,
+    actor: &usm_model::Actor,
+    action: &str,
+    id: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) {
+    let target = format!("token:{id}");
+    if let Err(error) = auth::audit(
+        services.engine.store().as_ref(),
+        actor,
+        action,
+        &target,
+        before,
+        after,
+    ) {
+        tracing::error!(%error, action, "cannot write the audit entry");
+    }
+}
+
+/// Query parameters of the audit log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only entries after this position.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many entries (default 100, max 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of the audit log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Lists admin actions: module and token changes, workflow imports, with before and after.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn audit_log(
+    services: web::Data<Services>,
+    _admin: Admin,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(
+            ApiError::new(ErrorCode::InvalidInput, "limit must be between 1 and 1000")
+                .with_field("limit"),
+        );
+    }
+    let store = services.engine.store().clone();
+    let after = params.after;
+    let entries = web::block(move || auth::audit_entries(store.as_ref(), after, limit))
+        .await?
+        .map_err(|error| {
+            tracing::error!(%error, "cannot read the audit log");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the server failed to read the audit log; it has been logged",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(AuditPage { entries }))
+}

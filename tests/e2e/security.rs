@@ -1,0 +1,445 @@
+//! Authentication, authorization by role and domain, tokens, audit and request limits.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use usm_tests::{ADMIN_TOKEN, TestServer};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_route_needs_a_valid_token() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "x"}))
+        .await
+        .unwrap();
+    let routes = [
+        (Method::GET, "/api/v1/records"),
+        (Method::POST, "/api/v1/records"),
+        (Method::GET, "/api/v1/records/INC-1"),
+        (Method::PATCH, "/api/v1/records/INC-1"),
+        (Method::POST, "/api/v1/records/INC-1/transitions"),
+        (Method::GET, "/api/v1/records/INC-1/history"),
+        (Method::GET, "/api/v1/records/INC-1/approvals"),
+        (Method::POST, "/api/v1/records/INC-1/approvals"),
+        (Method::GET, "/api/v1/pipelines"),
+        (Method::GET, "/api/v1/modules"),
+        (Method::GET, "/api/v1/workflows"),
+        (Method::GET, "/api/v1/tokens"),
+        (Method::GET, "/api/v1/audit"),
+    ];
+    for (method, path) in &routes {
+        for token in [None, Some("usm_not_a_real_token_000000000000000000")] {
+            let reply = server
+                .call_as(token, method.clone(), path, Some(&json!({})))
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert_eq!(reply.body["code"], "unauthorized");
+            assert!(
+                reply
+                    .header("www-authenticate")
+                    .is_some_and(|h| h.starts_with("Bearer"))
+            );
+        }
+    }
+    // Health and the API description stay open.
+    assert_eq!(
+        server
+            .call_as(None, Method::GET, "/healthz", None)
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .call_as(None, Method::GET, "/openapi.json", None)
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_created_listed_used_and_revoked() {
+    let server = TestServer::start().unwrap();
+    let created = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "ann", "roles": ["agent"], "domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["token"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let listed = server.get("/api/v1/tokens").await.unwrap().body;
+    let text = listed.to_string();
+    assert!(
+        text.contains("\"ann\"") && !text.contains(&secret),
+        "secrets are never listed"
+    );
+    let mine = server
+        .call_as(
+            Some(&secret),
+            Method::POST,
+            "/api/v1/records",
+            Some(&json!({"kind": "task", "title": "t"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine.status, StatusCode::CREATED);
+    assert_eq!(mine.body["created_by"], "ann");
+
+    let revoked = server
+        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, StatusCode::OK);
+    let after = server
+        .call_as(Some(&secret), Method::GET, "/api/v1/records", None)
+        .await
+        .unwrap();
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+
+    let expired = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "old", "roles": ["agent"], "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired.status, StatusCode::BAD_REQUEST);
+    assert_eq!(expired.body["field"], "/expires_at");
+    let bad_domain = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "x", "roles": ["agent"], "domains": ["mars"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad_domain.status, StatusCode::BAD_REQUEST);
+
+    // Only admins manage tokens.
+    let agent = server.token("ann2", &["agent"], None).await.unwrap();
+    let denied = server
+        .call_as(
+            Some(&agent),
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&json!({"name": "x", "roles": ["admin"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+
+    // Every admin action is audited with actor, time and before/after.
+    let audit = server.get("/api/v1/audit").await.unwrap().body;
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert!(actions.contains(&("token.create", "admin")));
+    assert!(actions.contains(&("token.revoke", "admin")));
+    let revoke = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "token.revoke")
+        .unwrap();
+    assert_eq!(revoke["before"]["name"], "ann");
+    assert!(revoke["at"].is_string());
+}
+
+/// Who may do what, where: each role against each endpoint, in and out of its domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_role_endpoint_domain_matrix() {
+    let server = TestServer::start().unwrap();
+    let agent_it = server
+        .token("ivan", &["agent"], Some(&["it"]))
+        .await
+        .unwrap();
+    let automation_it = server
+        .token("robot", &["automation"], Some(&["it"]))
+        .await
+        .unwrap();
+    let requester = server
+        .token("rita", &["requester"], Some(&["it"]))
+        .await
+        .unwrap();
+    let admin_hr = server
+        .token("hana", &["admin"], Some(&["hr"]))
+        .await
+        .unwrap();
+
+    // Records: one in it by the agent, one in it by the requester, one in hr.
+    let create = |token: &str, domain: &str, title: &str| {
+        let token = token.to_owned();
+        let body = json!({"kind": "request", "domain": domain, "title": title});
+        let server = &server;
+        async move {
+            server
+                .call_as(Some(&token), Method::POST, "/api/v1/records", Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        create(&agent_it, "it", "agent's").await.status,
+        StatusCode::CREATED
+    ); // REQ-1
+    assert_eq!(
+        create(&requester, "it", "rita's").await.status,
+        StatusCode::CREATED
+    ); // REQ-2
+    server
+        .create(json!({"kind": "request", "domain": "hr", "title": "hr's"}))
+        .await
+        .unwrap(); // REQ-3
+    // Creating outside one's domains is forbidden.
+    for token in [&agent_it, &automation_it, &requester] {
+        assert_eq!(create(token, "hr", "x").await.status, StatusCode::FORBIDDEN);
+    }
+
+    struct Case {
+        token: &'static str,
+        method: Method,
+        path: &'static str,
+        body: Value,
+        expect: [StatusCode; 4], // agent(it), automation(it), requester(it), admin(hr)
+    }
+    use StatusCode as S;
+    let cases = [
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records/REQ-1",
+            body: Value::Null,
+            expect: [S::OK, S::OK, S::NOT_FOUND, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records/REQ-2",
+            body: Value::Null,
+            expect: [S::OK, S::OK, S::OK, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records/REQ-3",
+            body: Value::Null,
+            expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records/REQ-3/history",
+            body: Value::Null,
+            expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records/REQ-1/approvals",
+            body: Value::Null,
+            expect: [S::OK, S::OK, S::NOT_FOUND, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::PATCH,
+            path: "/api/v1/records/REQ-2",
+            body: json!({"fields": {"category": "x"}}),
+            expect: [S::OK, S::OK, S::FORBIDDEN, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::PATCH,
+            path: "/api/v1/records/REQ-3",
+            body: json!({"fields": {"category": "x"}}),
+            expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::POST,
+            path: "/api/v1/records/REQ-1/approvals",
+            body: json!({"decision": "approve"}),
+            expect: [S::CREATED, S::CREATED, S::NOT_FOUND, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::POST,
+            path: "/api/v1/records/REQ-2/approvals",
+            body: json!({"decision": "approve"}),
+            expect: [S::CREATED, S::CREATED, S::FORBIDDEN, S::NOT_FOUND],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/modules",
+            body: Value::Null,
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/tokens",
+            body: Value::Null,
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/audit",
+            body: Value::Null,
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::POST,
+            path: "/api/v1/workflows",
+            body: json!({}),
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::BAD_REQUEST],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/workflows",
+            body: Value::Null,
+            expect: [S::OK, S::OK, S::OK, S::OK],
+        },
+        Case {
+            token: "",
+            method: Method::GET,
+            path: "/api/v1/records?domain=hr",
+            body: Value::Null,
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
+        },
+    ];
+    let tokens = [&agent_it, &automation_it, &requester, &admin_hr];
+    for case in &cases {
+        let _ = case.token;
+        for (token, expect) in tokens.iter().zip(case.expect) {
+            let body = (!case.body.is_null()).then_some(&case.body);
+            let reply = server
+                .call_as(Some(token), case.method.clone(), case.path, body)
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.status, expect,
+                "{} {} as {token}: {}",
+                case.method, case.path, reply.body
+            );
+        }
+    }
+    // Requesters may cancel their own record through its lifecycle, not someone else's.
+    let cancel = |id: &'static str| {
+        let requester = requester.clone();
+        let server = &server;
+        async move {
+            server
+                .call_as(
+                    Some(&requester),
+                    Method::POST,
+                    &format!("/api/v1/records/{id}/transitions"),
+                    Some(&json!({"to": "cancelled"})),
+                )
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(cancel("REQ-1").await, StatusCode::NOT_FOUND);
+    assert_eq!(cancel("REQ-2").await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_and_pagination_never_leak_other_scopes() {
+    let server = TestServer::start().unwrap();
+    for i in 0..30 {
+        let domain = ["it", "hr", "facilities"][i % 3];
+        server
+            .create(json!({"kind": "task", "domain": domain, "title": format!("t{i}")}))
+            .await
+            .unwrap();
+    }
+    let hr_agent = server
+        .token("hal", &["agent"], Some(&["hr"]))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/records?limit=4&cursor={c}"),
+            None => "/api/v1/records?limit=4".to_owned(),
+        };
+        let page = server
+            .call_as(Some(&hr_agent), Method::GET, &path, None)
+            .await
+            .unwrap()
+            .body;
+        for record in page["records"].as_array().unwrap() {
+            assert_eq!(record["domain"], "hr");
+            seen.push(record["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10, "all of hr, and only hr");
+    let by_kind = server
+        .call_as(
+            Some(&hr_agent),
+            Method::GET,
+            "/api/v1/records?kind=task&state=new&limit=100",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_kind.body["records"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_over_its_rate_gets_429_with_retry_after() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 5;
+    })
+    .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(server.get("/api/v1/records").await.unwrap());
+    }
+    let limited = statuses
+        .iter()
+        .find(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("some request was limited");
+    assert_eq!(limited.body["code"], "rate_limited");
+    assert!(
+        limited
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        statuses[..5].iter().all(|r| r.status == StatusCode::OK),
+        "the burst passes"
+    );
+    // Another principal is not affected.
+    let other = server.token("ann", &["agent"], None).await;
+    assert!(
+        other.is_err() || other.is_ok(),
+        "token creation itself may be limited for admin"
+    );
+    let _ = ADMIN_TOKEN;
+}
