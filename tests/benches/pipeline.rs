@@ -178,7 +178,9 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
     };
     let first = engine.create(&actor, new(), None).unwrap();
     assert_eq!(
-        engine.history(&actor, first.record.id.as_str(), 0, None).unwrap()[0]
+        engine
+            .history(&actor, first.record.id.as_str(), 0, None)
+            .unwrap()[0]
             .steps
             .len(),
         6
@@ -209,10 +211,13 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
         latencies,
     );
     let page = engine
-        .list(&actor, usm_engine::ListRequest {
-            limit: Some(200),
-            ..Default::default()
-        })
+        .list(
+            &actor,
+            usm_engine::ListRequest {
+                limit: Some(200),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let step_micros: Vec<u64> = page
         .records

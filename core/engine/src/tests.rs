@@ -246,10 +246,20 @@ fn approvals_are_recorded_in_history() {
         history[1].approval.as_ref().unwrap().decision,
         Decision::Approve
     );
+    // A requester cannot approve: someone else's change is not even visible, their own is refused.
     let requester = Actor::new("rob", [Role::Requester]);
     assert!(matches!(
         engine
             .approve(&requester, "CHG-1", Decision::Approve, None)
+            .unwrap_err(),
+        EngineError::NotFound(_)
+    ));
+    engine
+        .create(&requester, new("change", "mine", json!({})), None)
+        .unwrap();
+    assert!(matches!(
+        engine
+            .approve(&requester, "CHG-2", Decision::Approve, None)
             .unwrap_err(),
         EngineError::Forbidden(_)
     ));
