@@ -6,6 +6,7 @@
 mod bad_input;
 mod concurrency;
 mod crash;
+mod crash_cycles;
 mod frameworks;
 mod isolation;
 mod module_admin;

@@ -129,3 +129,68 @@ fn every_bundled_script_compiles() {
         }
     }
 }
+
+/// Capabilities by intersection: a grant the manifest did not ask for gives nothing.
+#[test]
+fn a_grant_the_manifest_did_not_ask_for_is_not_given() {
+    use serde_json::{Value, json};
+    use usm_engine::{Hook, Phase, StepInput, StepOutput};
+    use usm_model::{Actor, Role};
+
+    let manifest = |capabilities: &str| {
+        format!(
+            "id = \"reader\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n{capabilities}\n\
+             [[steps]]\nname = \"read\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nwasm = \"reader.wasm\"\n"
+        )
+    };
+    let store: std::sync::Arc<dyn usm_store::Store> =
+        std::sync::Arc::new(usm_store::MemoryStore::new());
+    let runtimes = Runtimes {
+        wasm: Some(Arc::new(
+            PluginHost::new(PluginLimits::default(), Some(store)).unwrap(),
+        )),
+        rhai: None,
+    };
+    let seen = |asked: &str, grants: &[&str]| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = module_dir(
+            dir.path(),
+            &manifest(asked),
+            &[("reader.wasm", guests::GUEST_READER)],
+        )
+        .unwrap();
+        let grants: Vec<String> = grants.iter().map(|g| (*g).to_owned()).collect();
+        let module = Module::load_dir(&path, &runtimes, &grants).unwrap();
+        let record =
+            json!({"id": null, "kind": "incident", "domain": "it", "fields": {"lookup": "INC-1"}});
+        let actor = Actor::new("ann", [Role::Agent]);
+        let output = module.steps[0]
+            .step
+            .run(&StepInput {
+                hook: Hook::Create,
+                phase: Phase::Before,
+                record: &record,
+                previous: None,
+                actor: &actor,
+                context: &Value::Null,
+            })
+            .unwrap();
+        let StepOutput::Patch(patch) = output else {
+            panic!("the reader patches")
+        };
+        patch["fields"]["seen"].as_str().unwrap().to_owned()
+    };
+    assert!(
+        seen("", &["records:read"]).starts_with("refused"),
+        "granted but not asked for"
+    );
+    assert!(
+        seen("capabilities = [\"records:read\"]", &[]).starts_with("refused"),
+        "asked for but not granted"
+    );
+    assert_eq!(
+        seen("capabilities = [\"records:read\"]", &["records:read"]),
+        "not found",
+        "asked and granted: the host answers"
+    );
+}

@@ -335,3 +335,38 @@ fn compiled_components_are_cached_in_the_store() {
         "the damaged artifact was replaced"
     );
 }
+
+#[test]
+fn wasi_grants_nothing_ambient() {
+    let host = PluginHost::new(PluginLimits::default(), None).unwrap();
+    let step = build(
+        &host,
+        guests::GUEST_WASI_PROBE,
+        Hook::Create,
+        json!({}),
+        &[],
+        limits(2000, 32),
+    )
+    .unwrap();
+    let StepOutput::Patch(out) = run(&step, incident(json!({}))).unwrap() else {
+        panic!("the probe patches")
+    };
+    let probe = &out["fields"]["probe"];
+    assert_eq!(probe["env_vars"], 0, "{probe}");
+    assert_eq!(probe["args"], 0, "{probe}");
+    for attempt in [
+        "read_file",
+        "list_root",
+        "list_cwd",
+        "write_file",
+        "connect",
+        "resolve",
+    ] {
+        let result = probe[attempt].as_str().unwrap();
+        assert!(result.starts_with("denied"), "{attempt}: {result}");
+    }
+    assert_eq!(
+        probe["wall_clock_secs"], 0,
+        "WASI clocks are stopped; host.now is the only clock"
+    );
+}

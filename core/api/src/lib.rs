@@ -62,7 +62,7 @@ pub struct Services {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "usm", description = "Unified Service Management server"),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonProblems),
     security(("bearer" = [])),
     paths(
         records::create_record,
@@ -114,6 +114,70 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Documents the problems any route can answer with: bad parameters or bodies, missing or
+/// invalid tokens, rate limiting and internal failures (only what a route lists itself is
+/// specific to it).
+struct CommonProblems;
+
+impl utoipa::Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, RefOr,
+            path::Operation,
+            response::{Response, ResponseBuilder},
+        };
+        let problem = |description: &str| -> RefOr<Response> {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let add = |operation: &mut Operation, api: bool| {
+            let has_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            let mut common = vec![
+                ("400", "Invalid parameters or body"),
+                ("500", "Internal error"),
+            ];
+            if api {
+                common.push(("401", "No valid bearer token"));
+                common.push(("429", "Rate limited; see Retry-After"));
+            }
+            if has_body {
+                common.push(("413", "Body too large"));
+                common.push(("415", "Unsupported content type"));
+            }
+            for (status, description) in common {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description));
+            }
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/api/");
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add(operation, api);
+            }
+        }
     }
 }
 

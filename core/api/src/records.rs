@@ -284,6 +284,7 @@ pub struct ApprovalList {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The record is inactive", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A pipeline step rejected the approval", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_approval(
