@@ -287,6 +287,9 @@ fn main() {
     if wanted("steps") {
         steps();
     }
+    if wanted("hostile") {
+        hostile_neighbour();
+    }
     if wanted("creates") {
         let dir = tempfile::tempdir().unwrap();
         let modules = six_step_modules(dir.path());
@@ -332,4 +335,75 @@ fn steps() {
         })
         .unwrap();
     per_call("wasm (fresh instance)", &wasm);
+}
+
+/// `it` creates while `hr` clients hit a step that loops until its 50 ms deadline, compared with
+/// the same `it` load while `hr` has no such step.
+fn hostile_neighbour() {
+    const LOOPER: &str = "id = \"runaway\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+        [[steps]]\nname = \"spin\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nwasm = \"looper.wasm\"\ntimeout_ms = 50\n";
+    let dir = tempfile::tempdir().unwrap();
+    let looper = module_dir(
+        &dir.path().join("runaway"),
+        LOOPER,
+        &[("looper.wasm", guests::GUEST_LOOPER)],
+    )
+    .unwrap();
+    for hostile in [false, true] {
+        let looper = looper.clone();
+        let server = usm_tests::TestServer::start_with(move |config| {
+            config.modules = vec![usm_server::ModuleConfig {
+                path: looper,
+                domains: vec!["hr".into()],
+                grant: vec![],
+            }];
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let hr_load = async {
+                let mut failures = 0usize;
+                let hr = futures::future::join_all((0..4).map(|_| async {
+                    let mut n = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Without the hostile step the hr load is ordinary creates, for a fair comparison.
+                        let domain = "hr";
+                        let reply = server.post("/api/v1/records", &json!({"kind": if hostile { "incident" } else { "task" }, "domain": domain, "title": "hr"})).await.unwrap();
+                        n += usize::from(reply.status.as_u16() >= 500);
+                    }
+                    n
+                }))
+                .await;
+                failures += hr.iter().sum::<usize>();
+                failures
+            };
+            let it_load = async {
+                let started = Instant::now();
+                let latencies: Vec<Duration> = futures::future::join_all((0..8).map(|_| async {
+                    let mut latencies = Vec::new();
+                    for _ in 0..150 {
+                        let t = Instant::now();
+                        let reply = server.post("/api/v1/records", &json!({"kind": "incident", "title": "it", "fields": fields()})).await.unwrap();
+                        assert_eq!(reply.status.as_u16(), 201);
+                        latencies.push(t.elapsed());
+                    }
+                    latencies
+                }))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                (started.elapsed(), latencies)
+            };
+            let (hr_failures, (elapsed, latencies)) = tokio::join!(hr_load, it_load);
+            let label = if hostile { "it creates, hr step loops to its deadline" } else { "it creates, hr creates plain" };
+            report(label, elapsed, latencies);
+            println!("{:<34} hr writes failed by the deadline: {hr_failures}", "");
+        });
+    }
 }

@@ -316,6 +316,7 @@ impl Module {
                 on_error: decl.on_error.unwrap_or(OnError::Fail),
                 kinds: decl.kinds.clone(),
                 step,
+                breaker: Default::default(),
             }));
         }
         let mut workflows = Vec::with_capacity(manifest.workflows.len());

@@ -227,7 +227,7 @@ fn run_with_retries(step: &BoundStep, input: &StepInput<'_>) -> Result<StepOutpu
     let mut backoff = Duration::from_millis(50);
     let mut last = None;
     for attempt in 1..=attempts {
-        match step.step.run(input) {
+        match step.breaker.call(step.step.as_ref(), input) {
             Ok(output) => return Ok(output),
             Err(error) => {
                 tracing::warn!(%error, attempt, "after-step attempt failed");

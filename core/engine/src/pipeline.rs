@@ -47,6 +47,71 @@ pub struct BoundStep {
     pub kinds: Vec<Kind>,
     /// The step itself.
     pub step: Arc<dyn Step>,
+    /// Suspends the step after repeated timeouts or memory exhaustion.
+    pub breaker: Breaker,
+}
+
+/// Consecutive budget failures (timeouts, memory) after which a step is suspended.
+const TRIP_AFTER: u32 = 5;
+/// How long a suspended step fails fast before one call may try again.
+const SUSPENSION: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A circuit breaker per step: a step that keeps running out of its time or memory budget burns
+/// the CPU other domains need, so after a few such failures in a row it fails fast for a while
+/// instead of being run; then a single call tries again.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    state: std::sync::Mutex<(u32, Option<Instant>)>,
+}
+
+impl Breaker {
+    /// `Err` while the step is suspended.
+    fn admit(&self) -> Result<(), StepError> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.1 {
+            Some(until) if Instant::now() < until => Err(StepError::Suspended(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    .max(1),
+            )),
+            Some(_) => {
+                // Half open: this call may try; another failure suspends again at once.
+                state.0 = TRIP_AFTER - 1;
+                state.1 = None;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, result: &Result<StepOutput, StepError>) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Err(StepError::Timeout(_) | StepError::Memory(_)) => {
+                state.0 += 1;
+                if state.0 >= TRIP_AFTER {
+                    state.1 = Some(Instant::now() + SUSPENSION);
+                }
+            }
+            Err(StepError::Suspended(_)) => {}
+            _ => *state = (0, None),
+        }
+    }
+
+    /// Runs the step unless it is suspended, and learns from the result.
+    pub fn call(&self, step: &dyn Step, input: &StepInput<'_>) -> Result<StepOutput, StepError> {
+        self.admit()?;
+        let result = step.run(input);
+        self.record(&result);
+        result
+    }
 }
 
 impl BoundStep {
@@ -221,7 +286,7 @@ impl BeforeRun<'_> {
                 actor: self.actor,
                 context: &self.context,
             };
-            let verdict = match step.step.run(&input) {
+            let verdict = match step.breaker.call(step.step.as_ref(), &input) {
                 Ok(StepOutput::Continue) => Verdict::Continue,
                 Ok(StepOutput::Patch(patch)) => {
                     match patched(&record, &current, &patch, self.max_patch_depth, &check) {

@@ -174,6 +174,9 @@ pub enum StepError {
     /// The step exceeded an operation or size limit of its sandbox.
     #[error("exceeded a sandbox limit: {0}")]
     Limit(String),
+    /// The step kept exceeding its budget and is suspended for this many more seconds.
+    #[error("is suspended for {0} s after repeatedly exceeding its time or memory budget")]
+    Suspended(u64),
 }
 
 impl StepError {
@@ -186,6 +189,7 @@ impl StepError {
             Self::InvalidOutput(_) => "invalid_output",
             Self::OutputTooLarge { .. } => "output_too_large",
             Self::Limit(_) => "limit",
+            Self::Suspended(_) => "suspended",
         }
     }
 }

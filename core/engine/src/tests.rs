@@ -378,6 +378,7 @@ mod pipelines {
             on_error: OnError::Fail,
             kinds: Vec::new(),
             step: Arc::new(step),
+            breaker: Default::default(),
         })
     }
 
@@ -743,6 +744,58 @@ mod pipelines {
             events
                 .iter()
                 .any(|e| e.event_type == usm_model::EventType::Notification)
+        );
+    }
+
+    #[test]
+    fn a_step_that_keeps_timing_out_is_suspended() {
+        let engine = engine();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let slow = move |_: &StepInput<'_>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(StepError::Timeout(50))
+        };
+        engine.set_pipelines(compose(&[bound(
+            "runaway",
+            "spin",
+            Hook::Create,
+            Phase::Before,
+            0,
+            slow,
+        )]));
+        for _ in 0..5 {
+            let error = engine
+                .create(&agent(), new("incident", "x", json!({})), None)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    EngineError::StepFailed {
+                        error: StepError::Timeout(50),
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+        let error = engine
+            .create(&agent(), new("incident", "x", json!({})), None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                EngineError::StepFailed {
+                    error: StepError::Suspended(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            5,
+            "a suspended step is not run"
         );
     }
 
