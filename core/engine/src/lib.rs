@@ -15,6 +15,7 @@ mod module;
 mod outbox;
 mod pipeline;
 mod registry;
+pub mod sla;
 mod step;
 pub mod workflow;
 
