@@ -34,7 +34,7 @@ fn config(dir: &std::path::Path, delay_ms: u64) -> std::path::PathBuf {
     .unwrap();
     let config = dir.join("usm.toml");
     let text = format!(
-        "data_dir = {:?}\nworkers = 2\nbundled_modules = false\nadmin_token = {:?}\n\n[[modules]]\npath = {:?}\ndomains = [\"it\"]\n",
+        "data_dir = {:?}\nworkers = 2\nbundled_modules = false\ndefault_agreements = false\nadmin_token = {:?}\n\n[[modules]]\npath = {:?}\ndomains = [\"it\"]\n",
         dir.join("data").display().to_string(),
         usm_tests::ADMIN_TOKEN,
         module.display().to_string(),

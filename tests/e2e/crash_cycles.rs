@@ -83,7 +83,7 @@ async fn acknowledged_writes_survive_repeated_sigkills() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nworkers = 2\nbundled_modules = false\nadmin_token = {ADMIN_TOKEN:?}\nrate_limit_per_second = 0\n",
+            "data_dir = {:?}\nworkers = 2\nbundled_modules = false\ndefault_agreements = false\nadmin_token = {ADMIN_TOKEN:?}\nrate_limit_per_second = 0\n",
             dir.path().join("data").display().to_string()
         ),
     )

@@ -16,3 +16,4 @@ mod plugins;
 mod records;
 mod restart;
 mod security;
+mod sla;

@@ -114,6 +114,7 @@ impl TestServer {
             shutdown_timeout_secs: 5,
             // Tests of the core start bare; tests of the frameworks turn the bundle on.
             bundled_modules: false,
+            default_agreements: false,
             admin_token: Some(ADMIN_TOKEN.into()),
             rate_limit_per_second: 0,
             ..Config::default()

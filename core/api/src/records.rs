@@ -61,12 +61,23 @@ pub async fn create_record(
     Ok(builder.json(&created.record))
 }
 
-/// Reads the current version of a record.
+/// A record with its SLA clocks, when an agreement's policy covers it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: Record,
+    /// Response and resolution clocks: target, elapsed, remaining, paused, breached, due time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sla: Option<usm_engine::sla::SlaStatus>,
+}
+
+/// Reads the current version of a record, with its SLA.
 #[utoipa::path(
     get, path = "/api/v1/records/{id}", tag = "records",
     params(("id" = String, Path, description = "Record id, e.g. INC-42")),
     responses(
-        (status = 200, body = Record, headers(("ETag" = String))),
+        (status = 200, body = RecordView, headers(("ETag" = String))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -76,8 +87,15 @@ pub async fn get_record(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
-    let record = blocking(move || engine.get(&actor, &id)).await?;
-    Ok(record_response(actix_web::http::StatusCode::OK, &record))
+    let view = blocking(move || {
+        let record = engine.get(&actor, &id)?;
+        let sla = engine.sla(&record)?;
+        Ok(RecordView { record, sla })
+    })
+    .await?;
+    let mut builder = HttpResponse::Ok();
+    with_etag(&mut builder, &view.record);
+    Ok(builder.json(view))
 }
 
 /// Changes title, fields (JSON merge patch) or links.

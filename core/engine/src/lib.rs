@@ -16,6 +16,7 @@ mod outbox;
 mod pipeline;
 mod registry;
 pub mod sla;
+mod sla_worker;
 mod step;
 pub mod workflow;
 
@@ -43,6 +44,7 @@ pub use module::{
 pub use outbox::{AfterStepWorker, CommitSignal};
 pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
+pub use sla_worker::{SlaPolicies, SlaWorker, timeline};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
 pub use usm_model::Kind;
 
@@ -194,6 +196,7 @@ pub struct Engine {
     config: EngineConfig,
     pipelines: RwLock<Arc<Pipelines>>,
     commits: Arc<CommitSignal>,
+    sla_policies: SlaPolicies,
 }
 
 impl Engine {
@@ -205,7 +208,13 @@ impl Engine {
             config,
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
             commits: Arc::new(CommitSignal::default()),
+            sla_policies: SlaPolicies::default(),
         }
+    }
+
+    /// The SLA policies of the active agreements.
+    pub fn sla_policies(&self) -> &SlaPolicies {
+        &self.sla_policies
     }
 
     /// The pipelines in force now. A write takes this once and uses it throughout, so a swap

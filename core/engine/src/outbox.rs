@@ -143,6 +143,7 @@ fn hook_of(event: EventType) -> Option<Hook> {
         EventType::RecordUpdated => Some(Hook::Update),
         EventType::RecordTransitioned => Some(Hook::Transition),
         EventType::ApprovalRecorded => Some(Hook::Approval),
+        EventType::SlaWarning | EventType::SlaBreach => Some(Hook::Sla),
         EventType::Notification => None,
     }
 }

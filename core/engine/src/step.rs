@@ -19,6 +19,8 @@ pub enum Hook {
     Transition,
     /// An approval decision is recorded.
     Approval,
+    /// An SLA clock reached its warning threshold or its target (after-steps only).
+    Sla,
 }
 
 impl Hook {
@@ -29,6 +31,7 @@ impl Hook {
             Self::Update => "update",
             Self::Transition => "transition",
             Self::Approval => "approval",
+            Self::Sla => "sla",
         }
     }
 }

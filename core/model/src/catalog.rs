@@ -265,7 +265,15 @@ pub fn core_kinds() -> Vec<KindDef> {
                 "customer": text(200),
                 "valid_from": date,
                 "valid_to": date,
-                "targets": {"type": "object"},
+                "targets": {"type": "object", "additionalProperties": {"type": "object",
+                    "properties": {"response_minutes": {"type": "number", "exclusiveMinimum": 0},
+                                   "resolution_minutes": {"type": "number", "exclusiveMinimum": 0}},
+                    "additionalProperties": false}},
+                "calendar": {"type": "object"},
+                "pause_states": {"type": "array", "items": {"type": "string"}},
+                "stop_states": {"type": "array", "items": {"type": "string"}},
+                "warning_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "applies_to": {"type": "array", "items": {"type": "string"}},
             }),
             lifecycle(
                 &[

@@ -261,6 +261,12 @@ pub enum EventType {
     /// A step asked for a notification about the record.
     #[serde(rename = "notification")]
     Notification,
+    /// An SLA clock reached its warning threshold.
+    #[serde(rename = "sla.warning")]
+    SlaWarning,
+    /// An SLA clock reached its target.
+    #[serde(rename = "sla.breach")]
+    SlaBreach,
 }
 
 impl From<Action> for EventType {

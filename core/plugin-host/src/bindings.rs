@@ -14,5 +14,6 @@ pub(crate) fn wit_hook(hook: usm_engine::Hook) -> wit::Hook {
         usm_engine::Hook::Update => wit::Hook::Update,
         usm_engine::Hook::Transition => wit::Hook::Transition,
         usm_engine::Hook::Approval => wit::Hook::Approval,
+        usm_engine::Hook::Sla => wit::Hook::Sla,
     }
 }

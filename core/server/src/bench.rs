@@ -142,6 +142,7 @@ fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
         data_dir: dir.to_path_buf(),
         durable_acks: !args.no_durable_acks,
         bundled_modules: false,
+        default_agreements: false,
         admin_token: Some(BENCH_TOKEN.into()),
         rate_limit_per_second: 0,
         ..Config::default()

@@ -78,3 +78,51 @@ pub fn install(
     tracing::info!("default module mix enabled");
     Ok(())
 }
+
+/// The settings key recording that the default agreements were created.
+const AGREEMENTS_CREATED: &str = "bundled/agreements-created";
+
+/// Creates and activates a standard service agreement in each domain, once per data directory,
+/// so SLA clocks run out of the box.
+pub fn default_agreements(engine: &usm_engine::Engine, domains: &[String]) -> anyhow::Result<()> {
+    let store = engine.store();
+    if store.setting(AGREEMENTS_CREATED)?.is_some() {
+        return Ok(());
+    }
+    let system = Actor::new("system", [usm_model::Role::Admin]);
+    let weekday = serde_json::json!(["08:00-18:00"]);
+    for domain in domains {
+        let new: usm_engine::NewRecord = serde_json::from_value(serde_json::json!({
+            "kind": "agreement",
+            "domain": domain,
+            "title": format!("Standard service agreement ({domain})"),
+            "fields": {
+                "agreement_type": "sla",
+                "description": "Default targets per priority in business hours; adjust or replace.",
+                "targets": {
+                    "P1": {"response_minutes": 15, "resolution_minutes": 240},
+                    "P2": {"response_minutes": 30, "resolution_minutes": 480},
+                    "P3": {"response_minutes": 120, "resolution_minutes": 1440},
+                    "P4": {"response_minutes": 240, "resolution_minutes": 2880},
+                    "P5": {"response_minutes": 480, "resolution_minutes": 4800},
+                    "default": {"response_minutes": 240, "resolution_minutes": 2880}
+                },
+                "calendar": {"timezone": "UTC", "weekly": {"mon": weekday, "tue": weekday, "wed": weekday, "thu": weekday, "fri": weekday}},
+                "pause_states": ["on_hold"],
+                "applies_to": ["incident", "request"],
+                "warning_percent": 75
+            }
+        }))?;
+        let created = engine.create(&system, new, None)?;
+        engine.transition(
+            &system,
+            created.record.id.as_str(),
+            "active",
+            Some("default agreement".into()),
+            None,
+        )?;
+        tracing::info!(domain = %domain, agreement = %created.record.id, "default service agreement created");
+    }
+    store.write_settings(&[(AGREEMENTS_CREATED.to_owned(), b"1".to_vec())], &[])?;
+    Ok(())
+}

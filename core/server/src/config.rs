@@ -56,6 +56,9 @@ pub struct Config {
     /// Install the modules built into the binary (usm-core, itil4, cobit2019, iso20000, hr,
     /// facilities) and, on a fresh data directory, enable the default mix.
     pub bundled_modules: bool,
+    /// On a fresh data directory, create and activate a standard service agreement (SLA targets
+    /// per priority, Monday–Friday 08:00–18:00 UTC) in every domain.
+    pub default_agreements: bool,
     /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
@@ -92,6 +95,7 @@ impl Default for Config {
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             bundled_modules: true,
+            default_agreements: true,
             modules: Vec::new(),
         }
     }

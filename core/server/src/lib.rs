@@ -15,7 +15,7 @@ use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, RateLimiter, Services};
 use usm_engine::{
-    AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes,
+    AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes, SlaWorker,
     auth::{NewToken, Tokens},
 };
 use usm_model::{Catalog, Domain};
@@ -32,6 +32,7 @@ pub struct Server {
     server: actix_web::dev::Server,
     engine: Arc<Engine>,
     after_steps: AfterStepWorker,
+    sla: SlaWorker,
 }
 
 /// The engine, the module registry and the tokens over one store.
@@ -83,11 +84,13 @@ impl Server {
             .context("the listener has no address")?;
         let after_steps = AfterStepWorker::start(Arc::clone(&engine))
             .context("cannot start the after-step worker")?;
+        let sla = SlaWorker::start(Arc::clone(&engine)).context("cannot start the SLA worker")?;
         Ok(Self {
             addr,
             server: http.run(),
             engine,
             after_steps,
+            sla,
         })
     }
 
@@ -105,8 +108,12 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let after_steps = self.after_steps;
-        web::block(move || after_steps.stop()).await?;
+        let (after_steps, sla) = (self.after_steps, self.sla);
+        web::block(move || {
+            sla.stop();
+            after_steps.stop();
+        })
+        .await?;
         let store = self.engine.store().clone();
         drop(self.engine);
         web::block(move || store.flush()).await??;
@@ -160,6 +167,10 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     if config.bundled_modules {
         bundled::install(&registry, store.as_ref(), &config.domains)
             .context("cannot install the bundled modules")?;
+    }
+    if config.default_agreements {
+        bundled::default_agreements(&engine, &config.domains)
+            .context("cannot create the default agreements")?;
     }
     let operator = usm_model::Actor::new("config", [usm_model::Role::Admin]);
     for module_config in &config.modules {

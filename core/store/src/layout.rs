@@ -35,11 +35,15 @@ pub(crate) enum TreeId {
     Settings,
     /// audit seq (u64 BE) → audit entry (JSON)
     Audit,
+    /// due time (ms, u64 BE), record id, 0, clock, 0, level → [`Timer`]
+    Timers,
+    /// record id → the keys of its timers (JSON list)
+    TimerOwners,
 }
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 11] = [
+    pub(crate) const ALL: [TreeId; 13] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -51,6 +55,8 @@ impl TreeId {
         Self::Artifacts,
         Self::Settings,
         Self::Audit,
+        Self::Timers,
+        Self::TimerOwners,
     ];
 
     /// The tree's name on disk.
@@ -67,6 +73,8 @@ impl TreeId {
             Self::Artifacts => "artifacts",
             Self::Settings => "settings",
             Self::Audit => "audit",
+            Self::Timers => "timers",
+            Self::TimerOwners => "timer_owners",
         }
     }
 }
@@ -610,4 +618,105 @@ pub(crate) fn audit_after<R: KvRead>(
         .into_iter()
         .map(|(key, value)| decode_u64("audit key", &key).map(|seq| (seq, value)))
         .collect()
+}
+
+fn timer_key(timer: &crate::Timer) -> Vec<u8> {
+    // Millisecond timestamps before 1970 do not occur for timers; clamp to keep the order.
+    let millis = u64::try_from(timer.due_at.as_millisecond()).unwrap_or(0);
+    let mut key = millis.to_be_bytes().to_vec();
+    key.extend_from_slice(timer.record_id.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(timer.clock.as_bytes());
+    key.push(0);
+    key.extend_from_slice(timer.level.as_bytes());
+    key
+}
+
+/// Replaces a record's timers inside a transaction.
+pub(crate) fn apply_schedule<T: KvTx>(
+    tx: &T,
+    record: &RecordId,
+    timers: &[crate::Timer],
+) -> Result<(), TxFail<T::Error>> {
+    let owner = record.as_str().as_bytes();
+    if let Some(bytes) = tx.get(TreeId::TimerOwners, owner)? {
+        let keys: Vec<Vec<u8>> = decode("timer owner", &bytes)?;
+        for key in keys {
+            tx.remove(TreeId::Timers, &key)?;
+        }
+    }
+    let mut keys = Vec::with_capacity(timers.len());
+    for timer in timers {
+        let key = timer_key(timer);
+        tx.insert(TreeId::Timers, &key, encode(timer)?)?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        tx.remove(TreeId::TimerOwners, owner)?;
+    } else {
+        tx.insert(TreeId::TimerOwners, owner, encode(&keys)?)?;
+    }
+    Ok(())
+}
+
+/// Fires a timer inside a transaction: removes it, appends its event.
+pub(crate) fn apply_fire<T: KvTx>(
+    tx: &T,
+    timer: &crate::Timer,
+    record: &Record,
+    payload: &serde_json::Value,
+) -> Result<Option<Event>, TxFail<T::Error>> {
+    let key = timer_key(timer);
+    if tx.get(TreeId::Timers, &key)?.is_none() {
+        return Ok(None);
+    }
+    tx.remove(TreeId::Timers, &key)?;
+    let owner = record.id.as_str().as_bytes();
+    if let Some(bytes) = tx.get(TreeId::TimerOwners, owner)? {
+        let mut keys: Vec<Vec<u8>> = decode("timer owner", &bytes)?;
+        keys.retain(|k| k != &key);
+        if keys.is_empty() {
+            tx.remove(TreeId::TimerOwners, owner)?;
+        } else {
+            tx.insert(TreeId::TimerOwners, owner, encode(&keys)?)?;
+        }
+    }
+    let event = Event {
+        seq: next_counter(tx, OUTBOX_COUNTER)?,
+        event_type: if timer.level == "breach" {
+            EventType::SlaBreach
+        } else {
+            EventType::SlaWarning
+        },
+        record_id: record.id.clone(),
+        kind: record.kind.clone(),
+        domain: record.domain.clone(),
+        version: record.version,
+        state: record.state.clone(),
+        actor: "system:sla".into(),
+        at: Timestamp::now(),
+        depth: 0,
+        payload: Some(payload.clone()),
+    };
+    tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
+    // Remembered with the event, so a reschedule never arms a level that already fired.
+    let fired = format!("sla-fired/{}/{}/{}", record.id, timer.clock, timer.level);
+    tx.insert(TreeId::Settings, fired.as_bytes(), b"1".to_vec())?;
+    Ok(Some(event))
+}
+
+pub(crate) fn due_timers<R: KvRead>(
+    reader: &R,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<crate::Timer>, StoreError> {
+    let until = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let mut out = Vec::new();
+    for (key, value) in reader.scan(TreeId::Timers, &[], &[], limit)? {
+        if decode_u64("timer key", &key[..8.min(key.len())])? > until {
+            break;
+        }
+        out.push(decode("timer", &value)?);
+    }
+    Ok(out)
 }

@@ -150,6 +150,19 @@ pub struct Page {
     pub next: Option<u64>,
 }
 
+/// A durable SLA timer: a clock of a record reaches a level at an instant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timer {
+    /// The record.
+    pub record_id: RecordId,
+    /// `response` or `resolution`.
+    pub clock: String,
+    /// `warning` or `breach`.
+    pub level: String,
+    /// When it fires.
+    pub due_at: usm_model::Timestamp,
+}
+
 /// Tunables of a store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -244,6 +257,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit entries after `after`, oldest first, at most `limit`.
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Replaces a record's SLA timers atomically.
+    fn schedule_timers(&self, record: &RecordId, timers: &[Timer]) -> Result<(), StoreError>;
+
+    /// Timers due at or before `now`, earliest first, at most `limit`.
+    fn due_timers(&self, now: usm_model::Timestamp, limit: usize)
+    -> Result<Vec<Timer>, StoreError>;
+
+    /// Fires a timer once: removes it and appends its `sla.warning`/`sla.breach` event in one
+    /// transaction. `None` when it was already fired or rescheduled.
+    fn fire_timer(
+        &self,
+        timer: &Timer,
+        record: &Record,
+        payload: serde_json::Value,
+    ) -> Result<Option<Event>, StoreError>;
+
+    /// Number of pending timers.
+    fn timer_count(&self) -> Result<usize, StoreError>;
 
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;

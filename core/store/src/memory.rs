@@ -213,6 +213,35 @@ impl Store for MemoryStore {
         layout::audit_after(self, after, limit)
     }
 
+    fn schedule_timers(
+        &self,
+        record: &RecordId,
+        timers: &[crate::Timer],
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| layout::apply_schedule(tx, record, timers))
+    }
+
+    fn due_timers(
+        &self,
+        now: usm_model::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Timer>, StoreError> {
+        layout::due_timers(self, now, limit)
+    }
+
+    fn fire_timer(
+        &self,
+        timer: &crate::Timer,
+        record: &Record,
+        payload: serde_json::Value,
+    ) -> Result<Option<Event>, StoreError> {
+        self.transact(|tx| layout::apply_fire(tx, timer, record, &payload))
+    }
+
+    fn timer_count(&self) -> Result<usize, StoreError> {
+        Ok(self.lock()[TreeId::Timers as usize].len())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -275,6 +275,35 @@ impl Store for SledStore {
         layout::audit_after(self, after, limit)
     }
 
+    fn schedule_timers(
+        &self,
+        record: &RecordId,
+        timers: &[crate::Timer],
+    ) -> Result<(), StoreError> {
+        self.transact(|tx| layout::apply_schedule(tx, record, timers))
+    }
+
+    fn due_timers(
+        &self,
+        now: usm_model::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Timer>, StoreError> {
+        layout::due_timers(self, now, limit)
+    }
+
+    fn fire_timer(
+        &self,
+        timer: &crate::Timer,
+        record: &Record,
+        payload: serde_json::Value,
+    ) -> Result<Option<Event>, StoreError> {
+        self.transact(|tx| layout::apply_fire(tx, timer, record, &payload))
+    }
+
+    fn timer_count(&self) -> Result<usize, StoreError> {
+        Ok(self.tree(TreeId::Timers).len())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.group_commit.wait_durable()
     }

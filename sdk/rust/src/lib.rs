@@ -51,6 +51,8 @@ pub enum Hook {
     Transition,
     /// An approval decision is recorded.
     Approval,
+    /// An SLA clock reached its warning threshold or its target (after-steps).
+    Sla,
 }
 
 /// Before the write (may patch or reject) or after it (may return effects).
@@ -406,6 +408,7 @@ pub mod __private {
             Hook::Update => wit::Hook::Update,
             Hook::Transition => wit::Hook::Transition,
             Hook::Approval => wit::Hook::Approval,
+            Hook::Sla => wit::Hook::Sla,
         }
     }
 
@@ -431,6 +434,7 @@ pub mod __private {
                 wit::Hook::Update => Hook::Update,
                 wit::Hook::Transition => Hook::Transition,
                 wit::Hook::Approval => Hook::Approval,
+                wit::Hook::Sla => Hook::Sla,
             },
             phase: match input.phase {
                 wit::Phase::Before => Phase::Before,

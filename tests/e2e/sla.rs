@@ -1,0 +1,201 @@
+//! SLA clocks on records, and durable timers that fire the `sla` hook once, across a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use usm_server::ModuleConfig;
+use usm_tests::{TestServer, repo_path};
+
+/// Around the clock, so the test does not depend on the hour it runs at; seconds-long targets.
+fn agreement(resolution_minutes: f64) -> Value {
+    json!({"kind": "agreement", "title": "Test SLA", "fields": {
+        "agreement_type": "sla",
+        "targets": {"P1": {"response_minutes": resolution_minutes / 2.0, "resolution_minutes": resolution_minutes}},
+        "calendar": {"always": true},
+        "pause_states": ["on_hold"],
+        "warning_percent": 50,
+    }})
+}
+
+fn with_escalation() -> TestServer {
+    TestServer::start_with(|config| {
+        config.modules = vec![ModuleConfig {
+            path: repo_path("scripts/examples/sla-escalation"),
+            domains: vec!["it".into()],
+            grant: vec![],
+        }];
+    })
+    .unwrap()
+}
+
+async fn escalations(server: &TestServer) -> Vec<String> {
+    server
+        .list_all("kind=task")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_for(server: &TestServer, count: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = escalations(server).await;
+        if found.len() >= count || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_show_their_clocks_and_breaches_fire_the_sla_hook_once() {
+    let server = with_escalation();
+    server.create(agreement(0.05)).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Core down", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+
+    let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(record["sla"]["policy"], "AGR-1");
+    assert_eq!(record["sla"]["priority"], "P1");
+    let resolution = &record["sla"]["resolution"];
+    assert_eq!(resolution["target_minutes"], 0.05);
+    assert_eq!(resolution["breached"], false);
+    assert!(resolution["due_at"].is_string());
+
+    // Response (1.5 s) and resolution (3 s) both breach; each opens one escalation task.
+    let found = wait_for(&server, 2, Duration::from_secs(20)).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|t| t == "Escalation: response target of INC-1 breached")
+    );
+    assert!(
+        found
+            .iter()
+            .any(|t| t == "Escalation: resolution target of INC-1 breached")
+    );
+    let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(record["sla"]["resolution"]["breached"], true);
+    assert!(
+        record["sla"]["resolution"]["remaining_minutes"]
+            .as_f64()
+            .unwrap()
+            < 0.0
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(escalations(&server).await.len(), 2, "each level fires once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
+    let server = with_escalation();
+    server.create(agreement(0.05)).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(
+            json!({"kind": "incident", "title": "Waiting on vendor", "fields": {"priority": "P1"}}),
+        )
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    server.transition("INC-1", "on_hold").await.unwrap();
+    let paused = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(paused["sla"]["resolution"]["paused"], true);
+    assert!(paused["sla"]["resolution"].get("due_at").is_none());
+    let elapsed = paused["sla"]["resolution"]["elapsed_minutes"]
+        .as_f64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(
+        still["sla"]["resolution"]["elapsed_minutes"]
+            .as_f64()
+            .unwrap(),
+        elapsed,
+        "a paused clock stands still"
+    );
+    assert!(
+        !escalations(&server)
+            .await
+            .iter()
+            .any(|t| t.contains("resolution")),
+        "no breach while paused"
+    );
+    server.transition("INC-1", "in_progress").await.unwrap();
+    let found = wait_for(&server, 1, Duration::from_secs(20)).await;
+    assert!(
+        found
+            .iter()
+            .any(|t| t.contains("resolution target of INC-1")),
+        "{found:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_survive_a_restart_and_fire_once() {
+    let server = with_escalation();
+    server.create(agreement(0.1)).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server.create(json!({"kind": "incident", "title": "Before the restart", "fields": {"priority": "P1"}})).await.unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap(); // the response clock stops
+    let server = server
+        .restart_with(|config| {
+            config.modules = vec![ModuleConfig {
+                path: repo_path("scripts/examples/sla-escalation"),
+                domains: vec!["it".into()],
+                grant: vec![],
+            }];
+        })
+        .await
+        .unwrap();
+    let found = wait_for(&server, 1, Duration::from_secs(20)).await;
+    assert_eq!(found, ["Escalation: resolution target of INC-1 breached"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(escalations(&server).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_data_directory_gets_a_default_agreement_per_domain() {
+    let server = TestServer::start_with(|config| config.default_agreements = true).unwrap();
+    let agreements = server
+        .list_all("kind=agreement&state=active")
+        .await
+        .unwrap();
+    let mut domains: Vec<&str> = agreements
+        .iter()
+        .map(|a| a["domain"].as_str().unwrap())
+        .collect();
+    domains.sort_unstable();
+    assert_eq!(domains, ["facilities", "hr", "it"]);
+    let incident = server
+        .create(
+            json!({"kind": "incident", "domain": "hr", "title": "x", "fields": {"priority": "P2"}}),
+        )
+        .await
+        .unwrap();
+    let record = server
+        .get(&format!(
+            "/api/v1/records/{}",
+            incident["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(record["sla"]["resolution"]["target_minutes"], 480.0);
+    assert_eq!(record["sla"]["response"]["target_minutes"], 30.0);
+    let server = server
+        .restart_with(|config| config.default_agreements = true)
+        .await
+        .unwrap();
+    assert_eq!(
+        server.list_all("kind=agreement").await.unwrap().len(),
+        3,
+        "created once"
+    );
+}
