@@ -17,3 +17,4 @@ mod records;
 mod restart;
 mod security;
 mod sla;
+mod webhooks;

@@ -178,3 +178,144 @@ pub async fn audit_log(
         })?;
     Ok(HttpResponse::Ok().json(AuditPage { entries }))
 }
+
+impl From<usm_engine::webhooks::WebhookError> for ApiError {
+    fn from(error: usm_engine::webhooks::WebhookError) -> Self {
+        use usm_engine::webhooks::WebhookError as E;
+        match &error {
+            E::Invalid { field, .. } => {
+                Self::new(error.code(), error.to_string()).with_field(*field)
+            }
+            E::NotFound(_) => Self::new(error.code(), error.to_string()),
+            E::Store(_) => {
+                tracing::error!(%error, "internal error");
+                Self::new(
+                    ErrorCode::Internal,
+                    "the server failed to complete the request; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+/// A subscription as listed: the secret is shown only when it is created.
+fn redacted(mut subscription: Subscription) -> Subscription {
+    subscription.secret = "(hidden)".into();
+    subscription
+}
+
+use usm_engine::webhooks::{self, Delivery, NewSubscription, Subscription};
+
+/// The webhook subscriptions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookList {
+    /// By id, secrets hidden.
+    pub webhooks: Vec<Subscription>,
+}
+
+/// A subscription's delivery log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryLog {
+    /// Newest first.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Subscribes a URL to events (CloudEvents 1.0 JSON, signed with HMAC-SHA256 in
+/// `X-Usm-Signature: sha256=<hex>`); the answer shows the signing secret once.
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = NewSubscription,
+    responses((status = 201, body = Subscription), (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn create_webhook(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    body: web::Json<NewSubscription>,
+) -> Result<HttpResponse, ApiError> {
+    let services = services.into_inner();
+    let subscription = web::block(move || -> Result<_, ApiError> {
+        let store = services.engine.store();
+        let subscription = webhooks::create(store.as_ref(), &actor, body.into_inner())?;
+        let shown = serde_json::to_value(redacted(subscription.clone())).ok();
+        if let Err(error) = auth::audit(
+            store.as_ref(),
+            &actor,
+            "webhook.create",
+            &format!("webhook:{}", subscription.id),
+            None,
+            shown,
+        ) {
+            tracing::error!(%error, "cannot write the audit entry");
+        }
+        Ok(subscription)
+    })
+    .await??;
+    Ok(HttpResponse::Created().json(subscription))
+}
+
+/// Lists the webhook subscriptions.
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
+pub async fn list_webhooks(
+    services: web::Data<Services>,
+    _admin: Admin,
+) -> Result<HttpResponse, ApiError> {
+    let store = services.engine.store().clone();
+    let list = web::block(move || webhooks::list(store.as_ref())).await??;
+    Ok(HttpResponse::Ok().json(WebhookList {
+        webhooks: list.into_iter().map(redacted).collect(),
+    }))
+}
+
+/// Deletes a webhook subscription and its delivery log.
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = Subscription), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_webhook(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let store = services.engine.store().clone();
+    let deleted = web::block(move || -> Result<_, ApiError> {
+        let deleted = redacted(webhooks::delete(store.as_ref(), &id)?);
+        if let Err(error) = auth::audit(
+            store.as_ref(),
+            &actor,
+            "webhook.delete",
+            &format!("webhook:{id}"),
+            serde_json::to_value(&deleted).ok(),
+            None,
+        ) {
+            tracing::error!(%error, "cannot write the audit entry");
+        }
+        Ok(deleted)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(deleted))
+}
+
+/// A subscription's delivery log: each event's attempts, status (`delivered`, `retrying`,
+/// `dead`) and the receiver's last answer.
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = DeliveryLog), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn webhook_deliveries(
+    services: web::Data<Services>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let store = services.engine.store().clone();
+    let deliveries = web::block(move || webhooks::deliveries(store.as_ref(), &id)).await??;
+    Ok(HttpResponse::Ok().json(DeliveryLog { deliveries }))
+}
+
+/// Delivers an event to a subscription again (e.g. after a dead letter), within a second.
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{event}/redeliver", tag = "webhooks",
+    params(("id" = String, Path), ("event" = u64, Path)),
+    responses((status = 202, description = "Queued"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn redeliver(
+    services: web::Data<Services>,
+    _admin: Admin,
+    path: web::Path<(String, u64)>,
+) -> Result<HttpResponse, ApiError> {
+    let store = services.engine.store().clone();
+    let (id, event) = path.into_inner();
+    web::block(move || webhooks::request_redelivery(store.as_ref(), &id, event)).await??;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"status": "queued"})))
+}

@@ -87,6 +87,11 @@ pub struct Services {
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
+        admin::create_webhook,
+        admin::list_webhooks,
+        admin::delete_webhook,
+        admin::webhook_deliveries,
+        admin::redeliver,
         healthz,
     ),
     components(schemas(Problem, Health)),
@@ -98,6 +103,7 @@ pub struct Services {
         (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
+        (name = "webhooks", description = "Event subscriptions delivered as signed CloudEvents (admin)"),
         (name = "operations", description = "Health and API description"),
     )
 )]
@@ -275,6 +281,20 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 )
                 .service(resource("/tokens/{id}").route(web::delete().to(admin::revoke_token)))
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
+                .service(
+                    resource("/webhooks")
+                        .route(web::post().to(admin::create_webhook))
+                        .route(web::get().to(admin::list_webhooks)),
+                )
+                .service(resource("/webhooks/{id}").route(web::delete().to(admin::delete_webhook)))
+                .service(
+                    resource("/webhooks/{id}/deliveries")
+                        .route(web::get().to(admin::webhook_deliveries)),
+                )
+                .service(
+                    resource("/webhooks/{id}/deliveries/{event}/redeliver")
+                        .route(web::post().to(admin::redeliver)),
+                )
                 .service(
                     resource("/records")
                         .route(web::post().to(records::create_record))

@@ -18,6 +18,7 @@ mod registry;
 pub mod sla;
 mod sla_worker;
 mod step;
+pub mod webhooks;
 pub mod workflow;
 
 use std::{

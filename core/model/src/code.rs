@@ -61,6 +61,8 @@ pub enum ErrorCode {
     TokenNotFound,
     /// Too many requests from this token; retry after the `Retry-After` seconds.
     RateLimited,
+    /// No webhook subscription (or delivery) with that id.
+    WebhookNotFound,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
     /// The server is shutting down or overloaded.
@@ -100,6 +102,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::TokenNotFound => "token_not_found",
             Self::RateLimited => "rate_limited",
+            Self::WebhookNotFound => "webhook_not_found",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

@@ -59,6 +59,9 @@ pub struct Config {
     /// On a fresh data directory, create and activate a standard service agreement (SLA targets
     /// per priority, Monday–Friday 08:00–18:00 UTC) in every domain.
     pub default_agreements: bool,
+    /// First wait before a failed webhook delivery is retried, in milliseconds (doubled per
+    /// attempt, at most a minute).
+    pub webhook_retry_base_ms: u64,
     /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
@@ -96,6 +99,7 @@ impl Default for Config {
             rate_limit_burst: 400,
             bundled_modules: true,
             default_agreements: true,
+            webhook_retry_base_ms: 1000,
             modules: Vec::new(),
         }
     }

@@ -8,6 +8,7 @@ pub mod bundled;
 pub mod cli;
 mod config;
 mod telemetry;
+pub mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -33,6 +34,7 @@ pub struct Server {
     engine: Arc<Engine>,
     after_steps: AfterStepWorker,
     sla: SlaWorker,
+    webhooks: webhooks::WebhookWorker,
 }
 
 /// The engine, the module registry and the tokens over one store.
@@ -85,12 +87,18 @@ impl Server {
         let after_steps = AfterStepWorker::start(Arc::clone(&engine))
             .context("cannot start the after-step worker")?;
         let sla = SlaWorker::start(Arc::clone(&engine)).context("cannot start the SLA worker")?;
+        let webhooks = webhooks::WebhookWorker::start(
+            Arc::clone(&engine),
+            Duration::from_millis(config.webhook_retry_base_ms),
+        )
+        .context("cannot start the webhook worker")?;
         Ok(Self {
             addr,
             server: http.run(),
             engine,
             after_steps,
             sla,
+            webhooks,
         })
     }
 
@@ -108,8 +116,9 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla) = (self.after_steps, self.sla);
+        let (after_steps, sla, webhooks) = (self.after_steps, self.sla, self.webhooks);
         web::block(move || {
+            webhooks.stop();
             sla.stop();
             after_steps.stop();
         })

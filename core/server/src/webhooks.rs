@@ -1,0 +1,276 @@
+//! Webhook delivery: one task per subscription follows the outbox from its own durable cursor
+//! and POSTs matching events as CloudEvents 1.0 JSON, signed with HMAC-SHA256, retrying with
+//! exponential backoff and dead-lettering after the subscription's attempts. In order per
+//! subscription (so per record), at least once: the cursor moves only after the outcome is logged.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use usm_engine::{
+    Engine,
+    webhooks::{self, Delivery, Subscription},
+};
+use usm_model::{Event, Timestamp};
+
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The delivery worker. Stops when dropped.
+pub struct WebhookWorker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WebhookWorker {
+    /// Starts delivering; `retry_base` is the first backoff, doubled per attempt.
+    pub fn start(engine: Arc<Engine>, retry_base: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("usm-webhooks".into())
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start the webhook runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(supervise(engine, retry_base, stop));
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops delivering (an attempt in flight is abandoned and retried after the next start).
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the webhook worker panicked");
+        }
+    }
+}
+
+impl Drop for WebhookWorker {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Keeps one task per subscription running.
+async fn supervise(engine: Arc<Engine>, retry_base: Duration, stop: Arc<AtomicBool>) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the webhook client");
+            return;
+        }
+    };
+    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        match webhooks::list(engine.store().as_ref()) {
+            Ok(subscriptions) => {
+                tasks.retain(|id, task| {
+                    let keep = subscriptions.iter().any(|s| &s.id == id);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for subscription in subscriptions {
+                    tasks.entry(subscription.id.clone()).or_insert_with(|| {
+                        tokio::spawn(follow(
+                            Arc::clone(&engine),
+                            client.clone(),
+                            subscription,
+                            retry_base,
+                            Arc::clone(&stop),
+                        ))
+                    });
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot read the webhook subscriptions"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for task in tasks.into_values() {
+        task.abort();
+    }
+}
+
+/// Delivers one subscription's events, in outbox order.
+async fn follow(
+    engine: Arc<Engine>,
+    client: reqwest::Client,
+    subscription: Subscription,
+    retry_base: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let store = Arc::clone(engine.store());
+    let consumer = subscription.consumer();
+    while !stop.load(Ordering::SeqCst) {
+        let queued =
+            webhooks::queued_redeliveries(store.as_ref(), &subscription.id).unwrap_or_default();
+        for (key, seq) in queued {
+            if let Ok(Some(event)) = store
+                .events_after(seq.saturating_sub(1), 1)
+                .map(|e| e.into_iter().next())
+            {
+                deliver(&engine, &client, &subscription, &event, retry_base).await;
+            }
+            if let Err(error) = store.write_settings(&[], &[key]) {
+                tracing::error!(%error, "cannot dequeue a redelivery");
+            }
+        }
+        let cursor = match store.cursor(&consumer) {
+            Ok(cursor) => cursor,
+            Err(error) => {
+                tracing::error!(%error, "cannot read a webhook cursor");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let events = store.events_after(cursor, 100).unwrap_or_default();
+        if events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        for event in events {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if subscription.wants(&event) {
+                deliver(&engine, &client, &subscription, &event, retry_base).await;
+            }
+            if let Err(error) = store.set_cursor(&consumer, event.seq) {
+                tracing::error!(%error, "cannot move a webhook cursor");
+            }
+        }
+    }
+}
+
+/// The CloudEvents 1.0 JSON of an event, with the record as it is now.
+fn cloud_event(engine: &Engine, event: &Event) -> Value {
+    let record = engine.store().get(&event.record_id).ok().flatten();
+    let type_name = serde_json::to_value(event.event_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    json!({
+        "specversion": "1.0",
+        "id": format!("usm-{}", event.seq),
+        "source": format!("/usm/{}", event.domain),
+        "type": format!("usm.{type_name}"),
+        "subject": event.record_id,
+        "time": event.at,
+        "datacontenttype": "application/json",
+        "data": {"event": event, "record": record},
+    })
+}
+
+/// HMAC-SHA256 of the body with the subscription's secret, hex.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Delivers one event with retries; logs the outcome.
+async fn deliver(
+    engine: &Engine,
+    client: &reqwest::Client,
+    subscription: &Subscription,
+    event: &Event,
+    retry_base: Duration,
+) {
+    let body = cloud_event(engine, event).to_string();
+    let signature = format!(
+        "sha256={}",
+        signature(&subscription.secret, body.as_bytes())
+    );
+    let mut backoff = retry_base;
+    let mut delivery = Delivery {
+        event: event.seq,
+        status: "retrying".into(),
+        attempts: 0,
+        response_status: None,
+        error: None,
+        at: Timestamp::now(),
+    };
+    while delivery.attempts < subscription.max_attempts {
+        delivery.attempts += 1;
+        let result = client
+            .post(&subscription.url)
+            .header("content-type", "application/cloudevents+json")
+            .header("x-usm-signature", &signature)
+            .header(
+                "x-usm-delivery",
+                format!("{}/{}", subscription.id, event.seq),
+            )
+            .body(body.clone())
+            .send()
+            .await;
+        delivery.at = Timestamp::now();
+        match result {
+            Ok(response) if response.status().is_success() => {
+                delivery.status = "delivered".into();
+                delivery.response_status = Some(response.status().as_u16());
+                delivery.error = None;
+                break;
+            }
+            Ok(response) => {
+                delivery.response_status = Some(response.status().as_u16());
+                delivery.error = Some(format!("the receiver answered {}", response.status()));
+            }
+            Err(error) => delivery.error = Some(error.to_string()),
+        }
+        if delivery.attempts >= subscription.max_attempts {
+            delivery.status = "dead".into();
+            tracing::warn!(webhook = %subscription.id, event = event.seq, "delivery dead-lettered");
+            break;
+        }
+        log(engine, subscription, &delivery);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    log(engine, subscription, &delivery);
+}
+
+fn log(engine: &Engine, subscription: &Subscription, delivery: &Delivery) {
+    if let Err(error) = webhooks::log_delivery(engine.store().as_ref(), &subscription.id, delivery)
+    {
+        tracing::error!(%error, "cannot log a webhook delivery");
+    }
+}
