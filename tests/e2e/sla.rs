@@ -199,3 +199,100 @@ async fn a_fresh_data_directory_gets_a_default_agreement_per_domain() {
         "created once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kpis_come_from_history_as_json_and_csv() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "agreement", "title": "SLA", "fields": {"targets": {"P1": {"resolution_minutes": 600}}, "calendar": {"always": true}}}))
+        .await
+        .unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    for i in 0..4 {
+        server
+            .create(
+                json!({"kind": "incident", "title": format!("i{i}"), "fields": {"priority": "P1"}}),
+            )
+            .await
+            .unwrap();
+    }
+    // Two resolved, one of them reopened; one on hold; one new.
+    for (id, path) in [
+        ("INC-1", &["in_progress", "resolved", "closed"][..]),
+        (
+            "INC-2",
+            &["in_progress", "resolved", "in_progress", "resolved"][..],
+        ),
+        ("INC-3", &["in_progress", "on_hold"][..]),
+    ] {
+        for to in path {
+            server.transition(id, to).await.unwrap();
+        }
+    }
+    server
+        .create(json!({"kind": "change", "title": "ok", "fields": {"outcome": "successful"}}))
+        .await
+        .unwrap();
+    server
+        .create(json!({"kind": "change", "title": "bad", "fields": {"outcome": "failed"}}))
+        .await
+        .unwrap();
+    for id in ["CHG-1", "CHG-2"] {
+        for to in ["implement", "review", "closed"] {
+            server.transition(id, to).await.unwrap();
+        }
+    }
+    let recover = server
+        .get("/api/v1/kpis?process=recover")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(recover["records"], 4);
+    assert_eq!(recover["resolved"], 2);
+    assert_eq!(recover["reopened"], 1);
+    assert_eq!(recover["reopen_rate_percent"], 50.0);
+    assert_eq!(recover["sla_measured"], 2);
+    assert_eq!(recover["sla_compliance_percent"], 100.0);
+    assert_eq!(
+        recover["backlog_by_state"],
+        json!({"new": 1, "on_hold": 1, "resolved": 1})
+    );
+    assert!(recover["mean_time_to_resolve_minutes"].as_f64().unwrap() >= 0.0);
+    let change = server
+        .get("/api/v1/kpis?process=change")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(change["changes_closed"], 2);
+    assert_eq!(change["change_success_rate_percent"], 50.0);
+    let csv = server
+        .client()
+        .get(format!(
+            "{}/api/v1/kpis?process=change&format=csv",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    let text = csv.text().await.unwrap();
+    assert!(
+        text.starts_with("metric,value\n") && text.contains("change_success_rate_percent,50.00"),
+        "{text}"
+    );
+    let future = server
+        .get("/api/v1/kpis?from=2999-01-01T00:00:00Z")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(future["records"], 0);
+    assert_eq!(
+        server
+            .get("/api/v1/kpis?from=yesterday")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        400
+    );
+}

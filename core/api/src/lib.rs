@@ -92,6 +92,7 @@ pub struct Services {
         admin::delete_webhook,
         admin::webhook_deliveries,
         admin::redeliver,
+        records::kpis,
         healthz,
     ),
     components(schemas(Problem, Health)),
@@ -103,6 +104,7 @@ pub struct Services {
         (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
+        (name = "kpis", description = "Improve: KPIs from history"),
         (name = "webhooks", description = "Event subscriptions delivered as signed CloudEvents (admin)"),
         (name = "operations", description = "Health and API description"),
     )
@@ -281,6 +283,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 )
                 .service(resource("/tokens/{id}").route(web::delete().to(admin::revoke_token)))
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
+                .service(resource("/kpis").route(web::get().to(records::kpis)))
                 .service(
                     resource("/webhooks")
                         .route(web::post().to(admin::create_webhook))

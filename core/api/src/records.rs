@@ -342,3 +342,78 @@ pub async fn list_approvals(
         approvals,
     }))
 }
+
+/// Query parameters of the KPIs.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KpiParams {
+    /// Only this domain.
+    pub domain: Option<String>,
+    /// Only kinds of this process (`agree`, `change`, `recover`, `operate`, `improve`).
+    pub process: Option<usm_model::Process>,
+    /// Only records created at or after this instant (RFC 3339).
+    pub from: Option<String>,
+    /// Only records created before this instant (RFC 3339).
+    pub to: Option<String>,
+    /// `json` (default) or `csv`; `Accept: text/csv` works too.
+    pub format: Option<String>,
+}
+
+fn instant(name: &str, value: Option<&str>) -> Result<Option<usm_model::Timestamp>, ApiError> {
+    value
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::new(
+                    usm_model::ErrorCode::InvalidInput,
+                    format!("{name} must be an RFC 3339 instant"),
+                )
+                .with_field(name.to_owned())
+            })
+        })
+        .transpose()
+}
+
+/// Improve-process KPIs from history: mean time to resolve, SLA compliance, change success rate,
+/// backlog by state, reopen rate; as JSON or CSV.
+#[utoipa::path(get, path = "/api/v1/kpis", tag = "kpis", params(KpiParams),
+    responses((status = 200, description = "The KPIs, as JSON or (format=csv) CSV",
+        content((usm_engine::kpis::Kpis = "application/json"), (String = "text/csv")))))]
+pub async fn kpis(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    request: HttpRequest,
+    params: web::Query<KpiParams>,
+) -> Result<HttpResponse, ApiError> {
+    let params = params.into_inner();
+    let csv = match params.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(ApiError::new(
+                usm_model::ErrorCode::InvalidInput,
+                format!("format {other:?}: use json or csv"),
+            )
+            .with_field("format"));
+        }
+        None => request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/csv")),
+    };
+    let kpi_request = usm_engine::kpis::KpiRequest {
+        domain: params.domain,
+        process: params.process,
+        from: instant("from", params.from.as_deref())?,
+        to: instant("to", params.to.as_deref())?,
+    };
+    let engine = services.engine.clone();
+    let kpis = blocking(move || engine.kpis(&actor, &kpi_request)).await?;
+    if csv {
+        Ok(HttpResponse::Ok()
+            .content_type("text/csv")
+            .body(kpis.to_csv()))
+    } else {
+        Ok(HttpResponse::Ok().json(kpis))
+    }
+}

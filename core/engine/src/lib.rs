@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bundle;
 mod cursor;
 mod error;
+pub mod kpis;
 mod module;
 mod outbox;
 mod pipeline;
