@@ -76,6 +76,37 @@ fn main() {
         let _ = writeln!(code, "    ] }},");
     }
     code.push_str("];\n");
+    // Automations: `<id>.toml` (description, trigger, domains, config) with `<id>.rhai`.
+    let automations = root.join("scripts/automations");
+    println!("cargo:rerun-if-changed={}", automations.display());
+    code.push_str("/// Automations built into the binary: (id, definition TOML, script).\npub const BUNDLED_AUTOMATIONS: &[(&str, &str, &str)] = &[\n");
+    let mut definitions: Vec<PathBuf> = std::fs::read_dir(&automations)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    definitions.sort();
+    for definition in definitions
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    {
+        let id = definition
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("a file name");
+        let script = definition.with_extension("rhai");
+        assert!(
+            script.is_file(),
+            "{} has no {}",
+            definition.display(),
+            script.display()
+        );
+        let _ = writeln!(
+            code,
+            "    ({id:?}, include_str!({:?}), include_str!({:?})),",
+            definition.display().to_string(),
+            script.display().to_string()
+        );
+    }
+    code.push_str("];\n");
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     std::fs::write(Path::new(&out).join("bundled.rs"), code).expect("OUT_DIR is writable");
 }

@@ -319,3 +319,99 @@ pub async fn redeliver(
     web::block(move || webhooks::request_redelivery(store.as_ref(), &id, event)).await??;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"status": "queued"})))
 }
+
+use usm_script_host::automation::{AutomationError, AutomationSpec, RunLog};
+
+impl From<AutomationError> for ApiError {
+    fn from(error: AutomationError) -> Self {
+        match &error {
+            AutomationError::Invalid(_) => Self::new(ErrorCode::InvalidInput, error.to_string()),
+            AutomationError::NotFound(_) => {
+                Self::new(ErrorCode::AutomationNotFound, error.to_string())
+            }
+            AutomationError::Store(_) => {
+                tracing::error!(%error, "internal error");
+                Self::new(
+                    ErrorCode::Internal,
+                    "the server failed to complete the request; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+/// The automations.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AutomationList {
+    /// By id.
+    pub automations: Vec<AutomationSpec>,
+}
+
+/// A run log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunLog>,
+}
+
+/// Lists the automations.
+#[utoipa::path(get, path = "/api/v1/automations", tag = "automations", responses((status = 200, body = AutomationList)))]
+pub async fn list_automations(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
+    HttpResponse::Ok().json(AutomationList {
+        automations: services.automations.list(),
+    })
+}
+
+/// Defines or replaces an automation (the script must compile and define `fn run(ctx)`).
+#[utoipa::path(post, path = "/api/v1/automations", tag = "automations", request_body = AutomationSpec,
+    responses((status = 201, body = AutomationSpec), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn define_automation(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    body: web::Json<AutomationSpec>,
+) -> Result<HttpResponse, ApiError> {
+    let services = services.into_inner();
+    let spec = web::block(move || -> Result<_, ApiError> {
+        let spec = services.automations.define(body.into_inner())?;
+        let target = format!("automation:{}", spec.id);
+        if let Err(error) = auth::audit(
+            services.engine.store().as_ref(),
+            &actor,
+            "automation.define",
+            &target,
+            None,
+            serde_json::to_value(&spec).ok(),
+        ) {
+            tracing::error!(%error, "cannot write the audit entry");
+        }
+        Ok(spec)
+    })
+    .await??;
+    Ok(HttpResponse::Created().json(spec))
+}
+
+/// Runs an automation now and answers with its run log.
+#[utoipa::path(post, path = "/api/v1/automations/{id}/run", tag = "automations", params(("id" = String, Path)),
+    responses((status = 200, body = RunLog), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn run_automation(
+    services: web::Data<Services>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let automations = services.automations.clone();
+    let run = web::block(move || automations.run(&id, "manual", None)).await??;
+    Ok(HttpResponse::Ok().json(run))
+}
+
+/// An automation's runs: output, errors and duration.
+#[utoipa::path(get, path = "/api/v1/automations/{id}/runs", tag = "automations", params(("id" = String, Path)),
+    responses((status = 200, body = RunList), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn automation_runs(
+    services: web::Data<Services>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let automations = services.automations.clone();
+    let runs = web::block(move || automations.runs(&id)).await??;
+    Ok(HttpResponse::Ok().json(RunList { runs }))
+}

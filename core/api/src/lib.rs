@@ -52,6 +52,8 @@ pub struct Services {
     pub registry: Arc<Registry>,
     /// API tokens.
     pub tokens: Arc<Tokens>,
+    /// Scheduled, event-driven and on-demand scripts.
+    pub automations: Arc<usm_script_host::automation::Automations>,
     /// Requests per principal.
     pub rate_limiter: RateLimiter,
     /// HTTP settings.
@@ -93,6 +95,10 @@ pub struct Services {
         admin::webhook_deliveries,
         admin::redeliver,
         records::kpis,
+        admin::list_automations,
+        admin::define_automation,
+        admin::run_automation,
+        admin::automation_runs,
         healthz,
     ),
     components(schemas(Problem, Health)),
@@ -105,6 +111,7 @@ pub struct Services {
         (name = "tokens", description = "API tokens (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
+        (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
         (name = "webhooks", description = "Event subscriptions delivered as signed CloudEvents (admin)"),
         (name = "operations", description = "Health and API description"),
     )
@@ -284,6 +291,17 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(resource("/tokens/{id}").route(web::delete().to(admin::revoke_token)))
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(resource("/kpis").route(web::get().to(records::kpis)))
+                .service(
+                    resource("/automations")
+                        .route(web::get().to(admin::list_automations))
+                        .route(web::post().to(admin::define_automation)),
+                )
+                .service(
+                    resource("/automations/{id}/run").route(web::post().to(admin::run_automation)),
+                )
+                .service(
+                    resource("/automations/{id}/runs").route(web::get().to(admin::automation_runs)),
+                )
                 .service(
                     resource("/webhooks")
                         .route(web::post().to(admin::create_webhook))

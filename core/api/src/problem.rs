@@ -62,9 +62,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict => StatusCode::CONFLICT,
-        C::ModuleNotFound | C::WorkflowNotFound | C::TokenNotFound | C::WebhookNotFound => {
-            StatusCode::NOT_FOUND
-        }
+        C::ModuleNotFound
+        | C::WorkflowNotFound
+        | C::TokenNotFound
+        | C::WebhookNotFound
+        | C::AutomationNotFound => StatusCode::NOT_FOUND,
         C::Unauthorized => StatusCode::UNAUTHORIZED,
         C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
@@ -109,6 +111,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::TokenNotFound => "Token not found",
         C::RateLimited => "Too many requests",
         C::WebhookNotFound => "Webhook not found",
+        C::AutomationNotFound => "Automation not found",
         C::Unavailable => "Service unavailable",
         C::Internal => "Internal error",
     }

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     RateLimited,
     /// No webhook subscription (or delivery) with that id.
     WebhookNotFound,
+    /// No automation with that id.
+    AutomationNotFound,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
     /// The server is shutting down or overloaded.
@@ -103,6 +105,7 @@ impl ErrorCode {
             Self::TokenNotFound => "token_not_found",
             Self::RateLimited => "rate_limited",
             Self::WebhookNotFound => "webhook_not_found",
+            Self::AutomationNotFound => "automation_not_found",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

@@ -7,6 +7,8 @@
 //! A script's `run` returns `()` to continue, `patch(#{...})` to patch the proposed record,
 //! `reject(code, message)` to refuse the write, or `effects([...])` from an after-step.
 
+pub mod automation;
+
 use std::{cell::Cell, collections::BTreeMap, sync::Arc, time::Instant};
 
 use rhai::{
@@ -263,7 +265,7 @@ pub struct ScriptStep {
 }
 
 /// JSON to rhai, directly (the serde bridge allocates twice as much).
-fn to_dynamic(value: &Value) -> Dynamic {
+pub(crate) fn to_dynamic(value: &Value) -> Dynamic {
     match value {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => Dynamic::from_bool(*b),
@@ -282,7 +284,7 @@ fn to_dynamic(value: &Value) -> Dynamic {
 }
 
 /// rhai to JSON; anything without a JSON form (functions, custom types) is refused.
-fn to_json(value: &Dynamic) -> Result<Value, StepError> {
+pub(crate) fn to_json(value: &Dynamic) -> Result<Value, StepError> {
     if value.is_unit() {
         return Ok(Value::Null);
     }

@@ -126,3 +126,37 @@ pub fn default_agreements(engine: &usm_engine::Engine, domains: &[String]) -> an
     store.write_settings(&[(AGREEMENTS_CREATED.to_owned(), b"1".to_vec())], &[])?;
     Ok(())
 }
+
+/// The definition file of a bundled automation (the script is its own file).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutomationFile {
+    #[serde(default)]
+    description: String,
+    trigger: usm_script_host::automation::Trigger,
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+/// Defines the bundled automations (replacing earlier definitions of the same ids).
+pub fn define_automations(
+    automations: &usm_script_host::automation::Automations,
+) -> anyhow::Result<()> {
+    for (id, definition, script) in BUNDLED_AUTOMATIONS {
+        let file: AutomationFile =
+            toml::from_str(definition).map_err(|e| anyhow::anyhow!("automation {id}: {e}"))?;
+        automations
+            .define(usm_script_host::automation::AutomationSpec {
+                id: (*id).to_owned(),
+                description: file.description,
+                trigger: file.trigger,
+                script: (*script).to_owned(),
+                domains: file.domains,
+                config: serde_json::to_value(file.config)?,
+            })
+            .map_err(|e| anyhow::anyhow!("automation {id}: {e}"))?;
+    }
+    Ok(())
+}

@@ -21,7 +21,10 @@ use usm_engine::{
 };
 use usm_model::{Catalog, Domain};
 use usm_plugin_host::{PluginHost, PluginLimits};
-use usm_script_host::{ScriptHost, ScriptLimits};
+use usm_script_host::{
+    ScriptHost, ScriptLimits,
+    automation::{AutomationWorker, Automations},
+};
 use usm_store::{SledStore, Store, StoreConfig};
 
 pub use config::{Config, ConfigOverrides, LogFormat, ModuleConfig};
@@ -35,6 +38,7 @@ pub struct Server {
     after_steps: AfterStepWorker,
     sla: SlaWorker,
     webhooks: webhooks::WebhookWorker,
+    automations: AutomationWorker,
 }
 
 /// The engine, the module registry and the tokens over one store.
@@ -47,6 +51,8 @@ pub struct Opened {
     pub tokens: Arc<Tokens>,
     /// The secret of an admin token created just now, to show once.
     pub new_admin_token: Option<String>,
+    /// The automations.
+    pub automations: Arc<Automations>,
 }
 
 impl Server {
@@ -57,6 +63,7 @@ impl Server {
             registry,
             tokens,
             new_admin_token,
+            automations,
         } = open(config)?;
         if let Some(secret) = new_admin_token {
             announce_admin_token(&secret);
@@ -65,6 +72,7 @@ impl Server {
             engine: engine.clone(),
             registry,
             tokens,
+            automations: Arc::clone(&automations),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             config: ApiConfig {
                 max_body_bytes: config.max_body_bytes,
@@ -92,6 +100,8 @@ impl Server {
             Duration::from_millis(config.webhook_retry_base_ms),
         )
         .context("cannot start the webhook worker")?;
+        let automations =
+            AutomationWorker::start(automations).context("cannot start the automation worker")?;
         Ok(Self {
             addr,
             server: http.run(),
@@ -99,6 +109,7 @@ impl Server {
             after_steps,
             sla,
             webhooks,
+            automations,
         })
     }
 
@@ -116,8 +127,10 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks) = (self.after_steps, self.sla, self.webhooks);
+        let (after_steps, sla, webhooks, automations) =
+            (self.after_steps, self.sla, self.webhooks, self.automations);
         web::block(move || {
+            automations.stop();
             webhooks.stop();
             sla.stop();
             after_steps.stop();
@@ -200,11 +213,21 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let tokens = Tokens::open(Arc::clone(&store), engine.domains().to_vec())
         .context("cannot load the API tokens")?;
     let new_admin_token = bootstrap_admin(&tokens, config)?;
+    let automations = Automations::new(
+        Arc::clone(&engine),
+        &ScriptLimits::default(),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load the automations: {e}"))?;
+    if config.bundled_modules {
+        bundled::define_automations(&automations)?;
+    }
     Ok(Opened {
         engine,
         registry: Arc::new(registry),
         tokens: Arc::new(tokens),
         new_admin_token,
+        automations: Arc::new(automations),
     })
 }
 

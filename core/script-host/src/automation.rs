@@ -1,0 +1,705 @@
+//! Automations: rhai scripts that run on a cron schedule, on matching outbox events, or on
+//! demand, as an automation account with the same sandbox limits as steps (a longer deadline).
+//! A script defines `fn run(ctx)`; `ctx` holds `trigger`, `event` (for event triggers), `config`
+//! and `now`. Host functions let it query, create, update and transition records, notify, and
+//! read KPIs; every run is logged with output, error and duration.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use rhai::{AST, Dynamic, EvalAltResult, Map, Scope, module_resolvers::StaticModuleResolver};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use usm_engine::{Engine, ListRequest, NewRecord, RecordPatch, kpis::KpiRequest};
+use usm_model::{Actor, Domain, EventType, Role};
+use usm_store::StoreError;
+
+use crate::{ScriptLimits, hardened_engine, to_dynamic, to_json};
+
+const SPEC_PREFIX: &str = "automation/";
+const RUN_PREFIX: &str = "automation-run/";
+const CONSUMER: &str = "automations";
+/// Runs kept per automation.
+const MAX_RUNS: usize = 100;
+/// Printed lines kept per run.
+const MAX_OUTPUT_LINES: usize = 200;
+
+/// What starts an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Trigger {
+    /// A five-field cron expression, in UTC (`minute hour day month weekday`).
+    Cron {
+        /// E.g. `0 7 * * 1-5`.
+        schedule: String,
+    },
+    /// Outbox events matching all given filters.
+    Event {
+        /// Event types; all when empty.
+        #[serde(default)]
+        events: Vec<EventType>,
+        /// Record kinds; all when empty.
+        #[serde(default)]
+        kinds: Vec<String>,
+        /// Domains; all when empty.
+        #[serde(default)]
+        domains: Vec<String>,
+    },
+    /// Only when an admin runs it.
+    Manual,
+}
+
+/// An automation as defined (bundled in `scripts/automations/` or uploaded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutomationSpec {
+    /// Unique id.
+    pub id: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// When it runs.
+    pub trigger: Trigger,
+    /// The rhai source, defining `fn run(ctx)`.
+    pub script: String,
+    /// Domains the automation account may work in; all when empty.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Handed to the script as `ctx.config`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub config: Value,
+}
+
+/// One run of an automation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunLog {
+    /// The automation.
+    pub automation: String,
+    /// `cron`, `event:<seq>` or `manual`.
+    pub trigger: String,
+    /// When it started.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub started_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// What the script printed.
+    pub output: Vec<String>,
+    /// The script's result.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub result: Value,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why an automation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AutomationError {
+    /// The definition is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such automation.
+    #[error("no automation {0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Compiled {
+    spec: AutomationSpec,
+    ast: AST,
+    cron: Option<Cron>,
+    actor: Actor,
+}
+
+/// The automations of a server, and the rhai engine their host functions are bound to.
+pub struct Automations {
+    usm: Arc<Engine>,
+    rhai: rhai::Engine,
+    compiled: RwLock<BTreeMap<String, Arc<Compiled>>>,
+    /// The last minute each cron automation ran in (it runs once per matching minute).
+    last_minute: Mutex<BTreeMap<String, i64>>,
+    timeout: Duration,
+}
+
+thread_local! {
+    static ACTOR: std::cell::RefCell<Option<Actor>> = const { std::cell::RefCell::new(None) };
+    static OUTPUT: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn current_actor() -> Result<Actor, Box<EvalAltResult>> {
+    ACTOR
+        .with(|a| a.borrow().clone())
+        .ok_or_else(|| "no automation is running".into())
+}
+
+fn host_error(error: impl std::fmt::Display) -> Box<EvalAltResult> {
+    error.to_string().into()
+}
+
+fn record_map(record: &usm_model::Record) -> Dynamic {
+    serde_json::to_value(record).map_or(Dynamic::UNIT, |v| to_dynamic(&v))
+}
+
+fn json_of(value: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
+    to_json(value).map_err(host_error)
+}
+
+/// Registers the host functions on an automation engine.
+fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>) {
+    let engine = Arc::clone(&usm);
+    rhai.register_fn(
+        "query",
+        move |filter: Map| -> Result<rhai::Array, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            let text = |key: &str| {
+                filter
+                    .get(key)
+                    .filter(|v| !v.is_unit())
+                    .map(|v| v.to_string())
+            };
+            let request = ListRequest {
+                kind: text("kind"),
+                state: text("state"),
+                domain: text("domain"),
+                limit: filter
+                    .get("limit")
+                    .and_then(|v| v.as_int().ok())
+                    .and_then(|n| usize::try_from(n).ok()),
+                cursor: None,
+            };
+            let page = engine.list(&actor, request).map_err(host_error)?;
+            Ok(page.records.iter().map(record_map).collect())
+        },
+    );
+    let engine = Arc::clone(&usm);
+    rhai.register_fn(
+        "get",
+        move |id: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            match engine.get(&actor, id) {
+                Ok(record) => Ok(record_map(&record)),
+                Err(usm_engine::EngineError::NotFound(_)) => Ok(Dynamic::UNIT),
+                Err(error) => Err(host_error(error)),
+            }
+        },
+    );
+    let engine = Arc::clone(&usm);
+    rhai.register_fn(
+        "create",
+        move |new: Map| -> Result<Dynamic, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            let new: NewRecord =
+                serde_json::from_value(json_of(&Dynamic::from_map(new))?).map_err(host_error)?;
+            let created = engine.create(&actor, new, None).map_err(host_error)?;
+            Ok(record_map(&created.record))
+        },
+    );
+    let engine = Arc::clone(&usm);
+    rhai.register_fn(
+        "update",
+        move |id: &str, patch: Map| -> Result<Dynamic, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            let patch: RecordPatch =
+                serde_json::from_value(json_of(&Dynamic::from_map(patch))?).map_err(host_error)?;
+            Ok(record_map(
+                &engine.update(&actor, id, patch, None).map_err(host_error)?,
+            ))
+        },
+    );
+    let engine = Arc::clone(&usm);
+    rhai.register_fn(
+        "transition",
+        move |id: &str, to: &str, comment: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            let comment = (!comment.is_empty()).then(|| comment.to_owned());
+            Ok(record_map(
+                &engine
+                    .transition(&actor, id, to, comment, None)
+                    .map_err(host_error)?,
+            ))
+        },
+    );
+    let engine = Arc::clone(&usm);
+    rhai.register_fn("notify", move |id: &str, audience: &str, message: &str| -> Result<(), Box<EvalAltResult>> {
+        let actor = current_actor()?;
+        let record = engine.get(&actor, id).map_err(host_error)?;
+        let payload = serde_json::json!({"audience": audience, "message": message, "automation": actor.name});
+        engine.store().notify(&record, &actor.name, 0, payload).map_err(host_error)?;
+        Ok(())
+    });
+    let engine = usm;
+    rhai.register_fn(
+        "kpis",
+        move |filter: Map| -> Result<Dynamic, Box<EvalAltResult>> {
+            let actor = current_actor()?;
+            let text = |key: &str| {
+                filter
+                    .get(key)
+                    .filter(|v| !v.is_unit())
+                    .map(|v| v.to_string())
+            };
+            let process = text("process")
+                .map(|p| serde_json::from_value(Value::String(p)).map_err(host_error))
+                .transpose()?;
+            let request = KpiRequest {
+                domain: text("domain"),
+                process,
+                from: None,
+                to: None,
+            };
+            let kpis = engine.kpis(&actor, &request).map_err(host_error)?;
+            Ok(serde_json::to_value(kpis).map_or(Dynamic::UNIT, |v| to_dynamic(&v)))
+        },
+    );
+    rhai.register_fn("now", || Timestamp::now().to_string());
+    rhai.register_fn(
+        "timestamp_ms",
+        |text: &str| -> Result<i64, Box<EvalAltResult>> {
+            text.parse::<Timestamp>()
+                .map(|t| t.as_millisecond())
+                .map_err(host_error)
+        },
+    );
+    rhai.on_print(|text| {
+        OUTPUT.with(|o| {
+            let mut output = o.borrow_mut();
+            if output.len() < MAX_OUTPUT_LINES {
+                output.push(text.chars().take(2000).collect());
+            }
+        });
+    });
+}
+
+impl Automations {
+    /// Automation support over `usm`, loading the automations stored before.
+    pub fn new(
+        usm: Arc<Engine>,
+        limits: &ScriptLimits,
+        timeout: Duration,
+    ) -> Result<Self, AutomationError> {
+        let mut rhai = hardened_engine(limits, StaticModuleResolver::new());
+        register_host(&mut rhai, Arc::clone(&usm));
+        let automations = Self {
+            usm,
+            rhai,
+            compiled: RwLock::new(BTreeMap::new()),
+            last_minute: Mutex::new(BTreeMap::new()),
+            timeout,
+        };
+        for (_, bytes) in automations.usm.store().settings(SPEC_PREFIX)? {
+            let spec: AutomationSpec = serde_json::from_slice(&bytes)
+                .map_err(|e| AutomationError::Invalid(format!("stored automation: {e}")))?;
+            let compiled = automations.compile(spec)?;
+            automations.insert(compiled);
+        }
+        Ok(automations)
+    }
+
+    fn compile(&self, spec: AutomationSpec) -> Result<Compiled, AutomationError> {
+        let id_ok = (1..=64).contains(&spec.id.len())
+            && spec
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !id_ok {
+            return Err(AutomationError::Invalid(
+                "id: 1-64 lowercase letters, digits or '-'".into(),
+            ));
+        }
+        let ast = self.rhai.compile(&spec.script).map_err(|e| {
+            AutomationError::Invalid(format!(
+                "script:{}: {}",
+                e.position().line().unwrap_or(0),
+                e.err_type()
+            ))
+        })?;
+        if !ast
+            .iter_functions()
+            .any(|f| f.name == "run" && f.params.len() == 1)
+        {
+            return Err(AutomationError::Invalid(
+                "script: defines no `fn run(ctx)`".into(),
+            ));
+        }
+        let cron = match &spec.trigger {
+            Trigger::Cron { schedule } => {
+                Some(Cron::parse(schedule).map_err(AutomationError::Invalid)?)
+            }
+            _ => None,
+        };
+        let domains: Vec<Domain> = spec
+            .domains
+            .iter()
+            .map(|d| {
+                Domain::new(d.as_str())
+                    .map_err(|e| AutomationError::Invalid(format!("domains: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut actor = Actor::new(format!("automation:{}", spec.id), [Role::Automation]);
+        if !domains.is_empty() {
+            actor = actor.in_domains(domains);
+        }
+        Ok(Compiled {
+            spec,
+            ast,
+            cron,
+            actor,
+        })
+    }
+
+    fn insert(&self, compiled: Compiled) {
+        self.compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(compiled.spec.id.clone(), Arc::new(compiled));
+    }
+
+    /// Defines (or replaces) an automation, compiled first; persisted.
+    pub fn define(&self, spec: AutomationSpec) -> Result<AutomationSpec, AutomationError> {
+        let compiled = self.compile(spec)?;
+        let encoded = serde_json::to_vec(&compiled.spec)
+            .map_err(|e| AutomationError::Invalid(e.to_string()))?;
+        self.usm.store().write_settings(
+            &[(format!("{SPEC_PREFIX}{}", compiled.spec.id), encoded)],
+            &[],
+        )?;
+        let spec = compiled.spec.clone();
+        self.insert(compiled);
+        Ok(spec)
+    }
+
+    /// The automations, by id.
+    pub fn list(&self) -> Vec<AutomationSpec> {
+        self.compiled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| c.spec.clone())
+            .collect()
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Compiled>, AutomationError> {
+        self.compiled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AutomationError::NotFound(id.chars().take(64).collect()))
+    }
+
+    /// Runs an automation now, logs and returns the run.
+    pub fn run(
+        &self,
+        id: &str,
+        trigger: &str,
+        event: Option<&usm_model::Event>,
+    ) -> Result<RunLog, AutomationError> {
+        let compiled = self.get(id)?;
+        let started_at = Timestamp::now();
+        let clock = Instant::now();
+        let mut ctx = Map::new();
+        ctx.insert("trigger".into(), trigger.into());
+        ctx.insert("now".into(), started_at.to_string().into());
+        ctx.insert("config".into(), to_dynamic(&compiled.spec.config));
+        ctx.insert(
+            "event".into(),
+            event
+                .and_then(|e| serde_json::to_value(e).ok())
+                .map_or(Dynamic::UNIT, |v| to_dynamic(&v)),
+        );
+        ACTOR.with(|a| *a.borrow_mut() = Some(compiled.actor.clone()));
+        OUTPUT.with(|o| o.borrow_mut().clear());
+        crate::DEADLINE.with(|d| d.set(Some(clock + self.timeout)));
+        let result = self.rhai.call_fn_with_options::<Dynamic>(
+            rhai::CallFnOptions::new().eval_ast(false),
+            &mut Scope::new(),
+            &compiled.ast,
+            "run",
+            (Dynamic::from_map(ctx),),
+        );
+        crate::DEADLINE.with(|d| d.set(None));
+        ACTOR.with(|a| *a.borrow_mut() = None);
+        let output = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
+        let (result, error) = match result {
+            Ok(value) => (to_json(&value).unwrap_or(Value::Null), None),
+            Err(error) => (Value::Null, Some(error.to_string())),
+        };
+        let log = RunLog {
+            automation: id.to_owned(),
+            trigger: trigger.to_owned(),
+            started_at,
+            duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            output,
+            result,
+            error,
+        };
+        self.log(&log)?;
+        match &log.error {
+            Some(error) => tracing::warn!(automation = id, trigger, %error, "automation failed"),
+            None => tracing::info!(
+                automation = id,
+                trigger,
+                ms = log.duration_ms,
+                "automation ran"
+            ),
+        }
+        Ok(log)
+    }
+
+    fn log(&self, log: &RunLog) -> Result<(), AutomationError> {
+        let store = self.usm.store();
+        let prefix = format!("{RUN_PREFIX}{}/", log.automation);
+        let existing = store.settings(&prefix)?;
+        let drop: Vec<String> = existing
+            .iter()
+            .take(existing.len().saturating_sub(MAX_RUNS - 1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let key = format!("{prefix}{:020}", log.started_at.as_microsecond());
+        let encoded =
+            serde_json::to_vec(log).map_err(|e| AutomationError::Invalid(e.to_string()))?;
+        store.write_settings(&[(key, encoded)], &drop)?;
+        Ok(())
+    }
+
+    /// The runs of an automation, newest first.
+    pub fn runs(&self, id: &str) -> Result<Vec<RunLog>, AutomationError> {
+        self.get(id)?;
+        let mut runs: Vec<RunLog> = self
+            .usm
+            .store()
+            .settings(&format!("{RUN_PREFIX}{id}/"))?
+            .iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok())
+            .collect();
+        runs.reverse();
+        Ok(runs)
+    }
+
+    /// Runs the cron automations whose schedule matches the current minute (once per minute).
+    pub fn run_due(&self, now: Timestamp) {
+        let minute = now.as_second().div_euclid(60);
+        let civil = now.to_zoned_datetime(TimeZone::UTC).datetime();
+        let due: Vec<String> = self
+            .compiled
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|c| c.cron.as_ref().is_some_and(|cron| cron.matches(civil)))
+            .map(|c| c.spec.id.clone())
+            .collect();
+        for id in due {
+            let first = {
+                let mut last = self
+                    .last_minute
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                last.insert(id.clone(), minute) != Some(minute)
+            };
+            if first && let Err(error) = self.run(&id, "cron", None) {
+                tracing::error!(automation = %id, %error, "cannot run the automation");
+            }
+        }
+    }
+
+    /// Runs event automations for new outbox events; returns how many events it read.
+    pub fn consume_events(&self) -> Result<usize, AutomationError> {
+        let store = self.usm.store();
+        let cursor = store.cursor(CONSUMER)?;
+        let events = store.events_after(cursor, 100)?;
+        for event in &events {
+            let matching: Vec<String> = self
+                .compiled
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .filter(|c| match &c.spec.trigger {
+                    Trigger::Event { events, kinds, domains } => {
+                        (events.is_empty() || events.contains(&event.event_type))
+                            && (kinds.is_empty() || kinds.iter().any(|k| k == event.kind.as_str()))
+                            && (domains.is_empty() || domains.iter().any(|d| d == event.domain.as_str()))
+                            // An automation never triggers on its own writes.
+                            && event.actor != c.actor.name
+                    }
+                    _ => false,
+                })
+                .map(|c| c.spec.id.clone())
+                .collect();
+            for id in matching {
+                self.run(&id, &format!("event:{}", event.seq), Some(event))?;
+            }
+            store.set_cursor(CONSUMER, event.seq)?;
+        }
+        Ok(events.len())
+    }
+}
+
+/// The automation thread: cron once a second, events as they commit. Stops when dropped.
+pub struct AutomationWorker {
+    stop: Arc<AtomicBool>,
+    usm: Arc<Engine>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AutomationWorker {
+    /// Starts running automations.
+    pub fn start(automations: Arc<Automations>) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let usm = Arc::clone(&automations.usm);
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("usm-automations".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let seen = automations.usm.commits().count();
+                        automations.run_due(Timestamp::now());
+                        let read = automations.consume_events().unwrap_or_else(|error| {
+                            tracing::error!(%error, "automation events failed");
+                            0
+                        });
+                        if read == 0 {
+                            automations
+                                .usm
+                                .commits()
+                                .wait_past(seen, Duration::from_millis(500));
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            stop,
+            usm,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and waits.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.usm.commits().notify();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the automation worker panicked");
+        }
+    }
+}
+
+impl Drop for AutomationWorker {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// A five-field cron expression.
+#[derive(Debug, Clone)]
+struct Cron {
+    fields: [Vec<u8>; 5],
+}
+
+impl Cron {
+    fn parse(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let [minute, hour, day, month, weekday] = parts[..] else {
+            return Err(format!(
+                "schedule {text:?}: five fields (minute hour day month weekday)"
+            ));
+        };
+        let field = |spec: &str, low: u8, high: u8| -> Result<Vec<u8>, String> {
+            let mut values = Vec::new();
+            for part in spec.split(',') {
+                let (range, step) = match part.split_once('/') {
+                    Some((range, step)) => (
+                        range,
+                        step.parse::<u8>()
+                            .map_err(|_| format!("bad step in {part:?}"))?,
+                    ),
+                    None => (part, 1),
+                };
+                let (from, to) = match range {
+                    "*" => (low, high),
+                    _ => match range.split_once('-') {
+                        Some((a, b)) => (
+                            a.parse().map_err(|_| format!("bad range {part:?}"))?,
+                            b.parse().map_err(|_| format!("bad range {part:?}"))?,
+                        ),
+                        None => {
+                            let v = range.parse().map_err(|_| format!("bad value {part:?}"))?;
+                            (v, v)
+                        }
+                    },
+                };
+                if from < low || to > high || from > to || step == 0 {
+                    return Err(format!("{part:?} is outside {low}-{high}"));
+                }
+                values.extend((from..=to).step_by(usize::from(step)));
+            }
+            Ok(values)
+        };
+        Ok(Self {
+            fields: [
+                field(minute, 0, 59)?,
+                field(hour, 0, 23)?,
+                field(day, 1, 31)?,
+                field(month, 1, 12)?,
+                field(weekday, 0, 7)?,
+            ],
+        })
+    }
+
+    fn matches(&self, at: DateTime) -> bool {
+        let weekday = u8::try_from(at.weekday().to_sunday_zero_offset()).unwrap_or(0);
+        let [minute, hour, day, month, weekdays] = &self.fields;
+        let has = |set: &Vec<u8>, v: i8| u8::try_from(v).is_ok_and(|v| set.contains(&v));
+        has(minute, at.minute())
+            && has(hour, at.hour())
+            && has(day, at.day())
+            && has(month, at.month())
+            && (weekdays.contains(&weekday) || (weekday == 0 && weekdays.contains(&7)))
+    }
+}
+
+#[cfg(test)]
+mod cron_tests {
+    use jiff::civil::date;
+
+    use super::Cron;
+
+    #[test]
+    fn cron_fields_match() {
+        let weekday_mornings = Cron::parse("0 7 * * 1-5").unwrap();
+        assert!(
+            weekday_mornings.matches(date(2026, 11, 30).at(7, 0, 0, 0)),
+            "a Monday"
+        );
+        assert!(
+            !weekday_mornings.matches(date(2026, 11, 29).at(7, 0, 0, 0)),
+            "a Sunday"
+        );
+        assert!(!weekday_mornings.matches(date(2026, 11, 30).at(7, 1, 0, 0)));
+        let every_quarter = Cron::parse("*/15 * * * *").unwrap();
+        assert!(every_quarter.matches(date(2026, 1, 1).at(3, 45, 0, 0)));
+        assert!(!every_quarter.matches(date(2026, 1, 1).at(3, 46, 0, 0)));
+        assert!(Cron::parse("* * *").is_err());
+        assert!(Cron::parse("61 * * * *").is_err());
+    }
+}
