@@ -138,8 +138,19 @@ impl Server {
         .await?;
         let store = self.engine.store().clone();
         drop(self.engine);
-        web::block(move || store.flush()).await??;
-        tracing::info!("usm stopped; store flushed");
+        let flushed = Arc::clone(&store);
+        web::block(move || flushed.flush()).await??;
+        // HTTP workers drop their copies of the services on their own threads; wait for them so
+        // the store is closed (and the data directory unlocked) when `run` returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("the store is still in use after shutdown");
+        }
+        drop(store);
+        tracing::info!("usm stopped; store flushed and closed");
         Ok(())
     }
 }
