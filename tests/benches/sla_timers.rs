@@ -1,0 +1,105 @@
+//! SLA timer benchmark (not a test): N open incidents under one agreement; how fast the SLA
+//! worker schedules their timers, how fast it fires them when they come due, and the memory it
+//! takes. `USM_BENCH_RECORDS` sets N (default 100,000).
+//! Run with `cargo bench -p usm-tests --bench sla_timers`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use usm_engine::{Engine, EngineConfig, NewRecord, SlaWorker};
+use usm_model::{Actor, Catalog, Role};
+use usm_store::{SledStore, Store, StoreConfig};
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() {
+    let records: usize = std::env::var("USM_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    // Loading is not what is measured: acknowledge without waiting for the disk.
+    let config = StoreConfig { durable_acks: false, ..StoreConfig::default() };
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), config).unwrap());
+    let engine = Arc::new(Engine::new(Arc::clone(&store), Arc::new(Catalog::core()), EngineConfig::default()));
+    let admin = Actor::new("bench", [Role::Admin]);
+    // Late enough that nothing comes due while loading and scheduling 100,000 records.
+    let due_in_minutes = 2.5;
+    let agreement: NewRecord = serde_json::from_value(json!({"kind": "agreement", "title": "Bench SLA", "fields": {
+        "targets": {"P1": {"resolution_minutes": due_in_minutes}}, "calendar": {"always": true}, "warning_percent": 95}}))
+    .unwrap();
+    let agreement = engine.create(&admin, agreement, None).unwrap().record;
+    engine.transition(&admin, agreement.id.as_str(), "active", None, None).unwrap();
+
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let engine = &engine;
+            let admin = &admin;
+            scope.spawn(move || {
+                for i in (worker..records).step_by(2) {
+                    let new: NewRecord = serde_json::from_value(json!({"kind": "incident", "title": format!("i{i}"), "fields": {"priority": "P1"}})).unwrap();
+                    engine.create(admin, new, None).unwrap();
+                }
+            });
+        }
+    });
+    let loaded = started.elapsed();
+    let rss_before = rss_mib();
+    println!("{records} open incidents created in {:.1} s; RSS {rss_before:.0} MiB", loaded.as_secs_f64());
+
+    // Scheduling: the worker reads the outbox and arms a warning and a breach timer per record.
+    let scheduling = Instant::now();
+    let worker = SlaWorker::start(Arc::clone(&engine)).unwrap();
+    let expected = records * 2;
+    while store.timer_count().unwrap() < expected {
+        assert!(scheduling.elapsed() < Duration::from_secs(1800), "scheduling stalled at {}", store.timer_count().unwrap());
+        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(100));
+    }
+    let scheduled = scheduling.elapsed();
+    let rss_scheduled = rss_mib();
+    println!(
+        "scheduled {expected} timers in {:.1} s: {:.0} timers/s ({:.0} records/s); RSS {rss_scheduled:.0} MiB (+{:.0})",
+        scheduled.as_secs_f64(),
+        expected as f64 / scheduled.as_secs_f64(),
+        records as f64 / scheduled.as_secs_f64(),
+        rss_scheduled - rss_before
+    );
+
+    worker.stop();
+    assert_eq!(store.timer_count().unwrap(), expected, "nothing came due while scheduling");
+
+    // Firing: let every timer come due, then time a worker draining them (each fires once).
+    let last_due = started + loaded + Duration::from_secs_f64(due_in_minutes * 60.0) + Duration::from_secs(1);
+    while Instant::now() < last_due {
+        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(500));
+    }
+    let firing = Instant::now();
+    let worker = SlaWorker::start(Arc::clone(&engine)).unwrap();
+    while store.timer_count().unwrap() > 0 {
+        assert!(firing.elapsed() < Duration::from_secs(3600), "firing stalled");
+        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(50));
+    }
+    let fired_in = firing.elapsed();
+    worker.stop();
+    let events = store.events_after(0, usize::MAX).unwrap();
+    let sla_events = events.iter().filter(|e| matches!(e.event_type, usm_model::EventType::SlaWarning | usm_model::EventType::SlaBreach)).count();
+    assert_eq!(sla_events, expected, "every timer fired exactly once");
+    println!(
+        "fired {expected} due timers ({sla_events} events) in {:.1} s: {:.0} timers/s; RSS {:.0} MiB",
+        fired_in.as_secs_f64(),
+        expected as f64 / fired_in.as_secs_f64(),
+        rss_mib()
+    );
+}
