@@ -27,12 +27,22 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let records: usize = std::env::var("USM_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let records: usize = std::env::var("USM_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     // Loading is not what is measured: acknowledge without waiting for the disk.
-    let config = StoreConfig { durable_acks: false, ..StoreConfig::default() };
+    let config = StoreConfig {
+        durable_acks: false,
+        ..StoreConfig::default()
+    };
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), config).unwrap());
-    let engine = Arc::new(Engine::new(Arc::clone(&store), Arc::new(Catalog::core()), EngineConfig::default()));
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&store),
+        Arc::new(Catalog::core()),
+        EngineConfig::default(),
+    ));
     let admin = Actor::new("bench", [Role::Admin]);
     // Late enough that nothing comes due while loading and scheduling 100,000 records.
     let due_in_minutes = 2.5;
@@ -40,7 +50,9 @@ fn main() {
         "targets": {"P1": {"resolution_minutes": due_in_minutes}}, "calendar": {"always": true}, "warning_percent": 95}}))
     .unwrap();
     let agreement = engine.create(&admin, agreement, None).unwrap().record;
-    engine.transition(&admin, agreement.id.as_str(), "active", None, None).unwrap();
+    engine
+        .transition(&admin, agreement.id.as_str(), "active", None, None)
+        .unwrap();
 
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -57,15 +69,24 @@ fn main() {
     });
     let loaded = started.elapsed();
     let rss_before = rss_mib();
-    println!("{records} open incidents created in {:.1} s; RSS {rss_before:.0} MiB", loaded.as_secs_f64());
+    println!(
+        "{records} open incidents created in {:.1} s; RSS {rss_before:.0} MiB",
+        loaded.as_secs_f64()
+    );
 
     // Scheduling: the worker reads the outbox and arms a warning and a breach timer per record.
     let scheduling = Instant::now();
     let worker = SlaWorker::start(Arc::clone(&engine)).unwrap();
     let expected = records * 2;
     while store.timer_count().unwrap() < expected {
-        assert!(scheduling.elapsed() < Duration::from_secs(1800), "scheduling stalled at {}", store.timer_count().unwrap());
-        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(100));
+        assert!(
+            scheduling.elapsed() < Duration::from_secs(1800),
+            "scheduling stalled at {}",
+            store.timer_count().unwrap()
+        );
+        engine
+            .commits()
+            .wait_past(engine.commits().count(), Duration::from_millis(100));
     }
     let scheduled = scheduling.elapsed();
     let rss_scheduled = rss_mib();
@@ -78,23 +99,43 @@ fn main() {
     );
 
     worker.stop();
-    assert_eq!(store.timer_count().unwrap(), expected, "nothing came due while scheduling");
+    assert_eq!(
+        store.timer_count().unwrap(),
+        expected,
+        "nothing came due while scheduling"
+    );
 
     // Firing: let every timer come due, then time a worker draining them (each fires once).
-    let last_due = started + loaded + Duration::from_secs_f64(due_in_minutes * 60.0) + Duration::from_secs(1);
+    let last_due =
+        started + loaded + Duration::from_secs_f64(due_in_minutes * 60.0) + Duration::from_secs(1);
     while Instant::now() < last_due {
-        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(500));
+        engine
+            .commits()
+            .wait_past(engine.commits().count(), Duration::from_millis(500));
     }
     let firing = Instant::now();
     let worker = SlaWorker::start(Arc::clone(&engine)).unwrap();
     while store.timer_count().unwrap() > 0 {
-        assert!(firing.elapsed() < Duration::from_secs(3600), "firing stalled");
-        engine.commits().wait_past(engine.commits().count(), Duration::from_millis(50));
+        assert!(
+            firing.elapsed() < Duration::from_secs(3600),
+            "firing stalled"
+        );
+        engine
+            .commits()
+            .wait_past(engine.commits().count(), Duration::from_millis(50));
     }
     let fired_in = firing.elapsed();
     worker.stop();
     let events = store.events_after(0, usize::MAX).unwrap();
-    let sla_events = events.iter().filter(|e| matches!(e.event_type, usm_model::EventType::SlaWarning | usm_model::EventType::SlaBreach)).count();
+    let sla_events = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event_type,
+                usm_model::EventType::SlaWarning | usm_model::EventType::SlaBreach
+            )
+        })
+        .count();
     assert_eq!(sla_events, expected, "every timer fired exactly once");
     println!(
         "fired {expected} due timers ({sla_events} events) in {:.1} s: {:.0} timers/s; RSS {:.0} MiB",

@@ -41,6 +41,9 @@ pub struct CalendarSpec {
     /// Dates with no business hours.
     #[serde(default)]
     pub holidays: Vec<Date>,
+    /// An iCalendar document whose all-day events are holidays too (e.g. a public-holiday feed).
+    #[serde(default)]
+    pub ical: Option<String>,
 }
 
 fn parse_minute(text: &str) -> Result<u32, String> {
@@ -111,11 +114,15 @@ impl Calendar {
             }
             week[index].sort_unstable();
         }
+        let mut holidays: BTreeSet<Date> = spec.holidays.iter().copied().collect();
+        if let Some(ical) = &spec.ical {
+            holidays.extend(holidays_from_ical(ical)?);
+        }
         Ok(Self {
             tz,
             always: spec.always,
             week,
-            holidays: spec.holidays.iter().copied().collect(),
+            holidays,
         })
     }
 

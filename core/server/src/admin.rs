@@ -42,6 +42,33 @@ pub enum ModuleCommand {
     },
 }
 
+/// Token administration commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints its secret once.
+    Create {
+        /// The principal the token acts as.
+        #[arg(long)]
+        name: String,
+        /// A role: admin, agent, requester or automation (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// A domain the roles apply in (repeat; all domains when absent).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Expiry, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List tokens (without secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token id.
+        id: String,
+    },
+}
+
 /// Where the server is, and who is asking.
 #[derive(Debug, clap::Args)]
 pub struct Remote {
@@ -60,6 +87,63 @@ fn bundle(path: &Path) -> anyhow::Result<Vec<u8>> {
     } else {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     }
+}
+
+/// Runs one token command against the server at `remote`.
+pub fn run_token(remote: &Remote, command: TokenCommand) -> anyhow::Result<Value> {
+    let base = format!("{}/api/v1/tokens", remote.url.trim_end_matches('/'));
+    send(remote, move |client| match command {
+        TokenCommand::Create {
+            name,
+            roles,
+            domains,
+            expires_at,
+        } => {
+            let mut body = json!({"name": name, "roles": roles});
+            if !domains.is_empty() {
+                body["domains"] = json!(domains);
+            }
+            if let Some(at) = expires_at {
+                body["expires_at"] = json!(at);
+            }
+            Ok(client.post(&base).json(&body))
+        }
+        TokenCommand::List => Ok(client.get(&base)),
+        TokenCommand::Revoke { id } => Ok(client.delete(format!("{base}/{id}"))),
+    })
+}
+
+/// Sends one request built by `build` with the admin token and returns the JSON answer.
+fn send(
+    remote: &Remote,
+    build: impl FnOnce(&reqwest::Client) -> anyhow::Result<reqwest::RequestBuilder>,
+) -> anyhow::Result<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let token = remote.token.clone().unwrap_or_default();
+        let response = build(&client)?
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", remote.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            anyhow::bail!(
+                "{status}: {} {}",
+                body["detail"].as_str().unwrap_or("request failed"),
+                body["field"]
+                    .as_str()
+                    .map(|f| format!("({f})"))
+                    .unwrap_or_default()
+            )
+        }
+    })
 }
 
 /// Runs one module command against the server at `remote`.

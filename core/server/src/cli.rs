@@ -26,6 +26,13 @@ enum Command {
     },
     /// Measure durable creates per second and their latency.
     Bench(bench::BenchArgs),
+    /// Create, list and revoke API tokens on a running server.
+    Token {
+        #[command(flatten)]
+        remote: admin::Remote,
+        #[command(subcommand)]
+        command: admin::TokenCommand,
+    },
     /// Install, list, enable, disable and remove modules on a running server.
     Module {
         #[command(flatten)]
@@ -40,6 +47,14 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
+        Command::Token { remote, command } => {
+            let result = admin::run_token(&remote, command)?;
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &result)?;
+            use std::io::Write as _;
+            writeln!(out)?;
+            Ok(())
+        }
         Command::Module { remote, command } => {
             let result = admin::run(&remote, command)?;
             let mut out = std::io::stdout().lock();

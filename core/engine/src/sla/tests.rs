@@ -198,4 +198,19 @@ fn holidays_come_from_icalendar() {
         vec![date(2026, 12, 25), date(2027, 1, 1)]
     );
     assert!(holidays_from_ical("DTSTART:garbage").is_err());
+    // A calendar can carry an iCalendar feed directly.
+    let spec: CalendarSpec = serde_json::from_value(json!({"always": true, "ical": ics})).unwrap();
+    let calendar = Calendar::from_spec(&spec).unwrap();
+    assert_eq!(
+        calendar
+            .business_time(at("2026-12-25T00:00:00Z"), at("2026-12-26T00:00:00Z"))
+            .as_secs(),
+        0
+    );
+    assert_eq!(
+        calendar
+            .business_time(at("2026-12-24T00:00:00Z"), at("2026-12-25T00:00:00Z"))
+            .as_secs(),
+        86400
+    );
 }
