@@ -5,6 +5,7 @@
 
 mod admin;
 mod headers;
+mod metrics;
 mod modules;
 mod principal;
 mod problem;
@@ -23,6 +24,7 @@ use usm_engine::{Engine, Registry, auth::Tokens};
 use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
+pub use metrics::HttpMetrics;
 pub use principal::RateLimiter;
 pub use problem::{ApiError, Problem, status_of};
 
@@ -33,6 +35,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Every `/api/v1` route needs a bearer token (turn off only for local experiments).
     pub auth_required: bool,
+    /// `/healthz` answers without a token.
+    pub public_health: bool,
+    /// `/metrics` answers without a token.
+    pub public_metrics: bool,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +46,8 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             auth_required: true,
+            public_health: true,
+            public_metrics: false,
         }
     }
 }
@@ -56,6 +64,8 @@ pub struct Services {
     pub automations: Arc<usm_script_host::automation::Automations>,
     /// Requests per principal.
     pub rate_limiter: RateLimiter,
+    /// Request counters for `/metrics`.
+    pub http_metrics: metrics::HttpMetrics,
     /// HTTP settings.
     pub config: ApiConfig,
 }
@@ -205,7 +215,13 @@ pub struct Health {
 
 /// Reports that the server is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
-async fn healthz() -> HttpResponse {
+async fn healthz(services: web::Data<Services>, request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::{FromRequest as _, ResponseError as _};
+    if !services.config.public_health
+        && let Err(error) = principal::Principal::extract(&request).await
+    {
+        return error.error_response();
+    }
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
@@ -256,6 +272,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/openapi.json").route(web::get().to(openapi_json)))
+        .service(resource("/metrics").route(web::get().to(metrics::metrics)))
         .service(
             web::scope("/api/v1")
                 .service(resource("/openapi.json").route(web::get().to(openapi_json)))
@@ -354,6 +371,7 @@ pub fn create_app(
     >,
 > {
     let limit = services.config.max_body_bytes;
+    let observed = services.clone();
     App::new()
         .app_data(services)
         .app_data(
@@ -371,16 +389,18 @@ pub fn create_app(
         )
         .configure(configure)
         .default_service(web::to(route_not_found))
-        .wrap_fn(|request, service| {
+        .wrap_fn(move |request, service| {
             use actix_web::dev::Service as _;
             let started = Instant::now();
             let method = request.method().clone();
             let path = request.path().to_owned();
+            let observed = observed.clone();
             let response = service.call(request);
             async move {
                 let response = response.await?;
                 let status = response.status().as_u16();
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                observed.http_metrics.observe(status, micros);
                 if status >= 500 {
                     tracing::warn!(%method, %path, status, micros, "request failed");
                 } else {

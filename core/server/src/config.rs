@@ -49,6 +49,10 @@ pub struct Config {
     /// A file holding the admin token's secret (an alternative to `admin_token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// `/healthz` answers without a token.
+    pub public_health: bool,
+    /// `/metrics` (Prometheus) answers without a token.
+    pub public_metrics: bool,
     /// Requests per second allowed per principal (0: no limit).
     pub rate_limit_per_second: u32,
     /// Requests a principal may send at once before the per-second rate applies.
@@ -95,6 +99,8 @@ impl Default for Config {
             auth_required: true,
             admin_token: None,
             admin_token_file: None,
+            public_health: true,
+            public_metrics: false,
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             bundled_modules: true,

@@ -14,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
-use usm_api::{ApiConfig, RateLimiter, Services};
+use usm_api::{ApiConfig, HttpMetrics, RateLimiter, Services};
 use usm_engine::{
     AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes, SlaWorker,
     auth::{NewToken, Tokens},
@@ -74,9 +74,12 @@ impl Server {
             tokens,
             automations: Arc::clone(&automations),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            http_metrics: HttpMetrics::default(),
             config: ApiConfig {
                 max_body_bytes: config.max_body_bytes,
                 auth_required: config.auth_required,
+                public_health: config.public_health,
+                public_metrics: config.public_metrics,
             },
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))

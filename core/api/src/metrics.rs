@@ -1,0 +1,82 @@
+//! `/metrics` in the Prometheus text format: the one place the HTTP layer's metrics are defined.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::{Services, principal};
+
+/// Request counters by status class, and their summed duration.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    by_class: [AtomicU64; 5],
+    micros: AtomicU64,
+}
+
+impl HttpMetrics {
+    /// Records one finished request.
+    pub fn observe(&self, status: u16, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// Serves the metrics; needs a token unless `public_metrics` is set.
+pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> HttpResponse {
+    use actix_web::{FromRequest as _, ResponseError as _};
+    if !services.config.public_metrics
+        && let Err(error) = principal::Principal::extract(&request).await
+    {
+        return error.error_response();
+    }
+    let http = &services.http_metrics;
+    let mut text = String::new();
+    text.push_str("# HELP usm_http_requests_total HTTP requests answered, by status class.\n");
+    text.push_str("# TYPE usm_http_requests_total counter\n");
+    for (i, counter) in http.by_class.iter().enumerate() {
+        text.push_str(&format!(
+            "usm_http_requests_total{{class=\"{}xx\"}} {}\n",
+            i + 1,
+            counter.load(Ordering::Relaxed)
+        ));
+    }
+    text.push_str("# HELP usm_http_request_seconds_total Time spent answering HTTP requests.\n");
+    text.push_str("# TYPE usm_http_request_seconds_total counter\n");
+    text.push_str(&format!(
+        "usm_http_request_seconds_total {:.6}\n",
+        http.micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    let store = services.engine.store().clone();
+    let pending = web::block(move || store.timer_count())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if let Some(pending) = pending {
+        text.push_str("# HELP usm_sla_timers_pending SLA timers armed and not yet fired.\n");
+        text.push_str("# TYPE usm_sla_timers_pending gauge\n");
+        text.push_str(&format!("usm_sla_timers_pending {pending}\n"));
+    }
+    let modules = services.registry.list();
+    text.push_str("# HELP usm_modules_installed Installed modules, by status.\n");
+    text.push_str("# TYPE usm_modules_installed gauge\n");
+    for status in ["enabled", "installed"] {
+        let count = modules.iter().filter(|m| m.status == status).count();
+        text.push_str(&format!(
+            "usm_modules_installed{{status=\"{status}\"}} {count}\n"
+        ));
+    }
+    let steps: usize = services
+        .engine
+        .pipelines()
+        .describe()
+        .iter()
+        .map(|p| p.steps.len())
+        .sum();
+    text.push_str("# HELP usm_pipeline_steps Steps in the composed pipelines.\n");
+    text.push_str("# TYPE usm_pipeline_steps gauge\n");
+    text.push_str(&format!("usm_pipeline_steps {steps}\n"));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(text)
+}
