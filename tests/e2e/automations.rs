@@ -111,6 +111,16 @@ async fn bundled_automations_fan_out_offboarding_and_open_improvements() {
             "stale-request-reminder"
         ]
     );
+    // Event automations run on demand say what they wait for instead of failing.
+    for id in ["escalate-breached-p1", "hr-offboarding"] {
+        let run = server
+            .post(&format!("/api/v1/automations/{id}/run"), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(run.status, 200);
+        assert!(run.body.get("error").is_none(), "{id}: {}", run.body);
+        assert!(listed["automations"][0]["config"].is_object());
+    }
 
     server
         .create(json!({"kind": "request", "domain": "hr", "title": "Offboard Sam", "fields": {"request_type": "offboarding", "employee": "Sam Lee"}}))

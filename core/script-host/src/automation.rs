@@ -78,7 +78,7 @@ pub struct AutomationSpec {
     /// Handed to the script as `ctx.config`.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub config: Value,
+    pub config: serde_json::Map<String, Value>,
 }
 
 /// One run of an automation.
@@ -96,8 +96,7 @@ pub struct RunLog {
     pub duration_ms: u64,
     /// What the script printed.
     pub output: Vec<String>,
-    /// The script's result.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// The script's result: any JSON value, `null` when it returned nothing or failed.
     pub result: Value,
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,7 +413,10 @@ impl Automations {
         let mut ctx = Map::new();
         ctx.insert("trigger".into(), trigger.into());
         ctx.insert("now".into(), started_at.to_string().into());
-        ctx.insert("config".into(), to_dynamic(&compiled.spec.config));
+        ctx.insert(
+            "config".into(),
+            to_dynamic(&Value::Object(compiled.spec.config.clone())),
+        );
         ctx.insert(
             "event".into(),
             event

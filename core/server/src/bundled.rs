@@ -154,7 +154,7 @@ pub fn define_automations(
                 trigger: file.trigger,
                 script: (*script).to_owned(),
                 domains: file.domains,
-                config: serde_json::to_value(file.config)?,
+                config: serde_json::from_value(serde_json::to_value(file.config)?)?,
             })
             .map_err(|e| anyhow::anyhow!("automation {id}: {e}"))?;
     }
