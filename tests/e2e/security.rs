@@ -443,3 +443,82 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
     );
     let _ = ADMIN_TOKEN;
 }
+
+/// `/metrics` as text, sent with `token`.
+async fn metrics_text(server: &TestServer, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = reqwest::Client::new().get(format!("{}/metrics", server.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// The value of the metric line starting with `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_need_a_token_by_default_and_count_what_happened() {
+    let server = TestServer::start_with(|config| config.default_agreements = true).unwrap();
+    let (status, _) = metrics_text(&server, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    server
+        .create(json!({"kind": "incident", "title": "x", "fields": {"priority": "P2"}}))
+        .await
+        .unwrap();
+    let missing = server.get("/api/v1/records/INC-99").await.unwrap();
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    // The incident's response and resolution clocks each arm timers, once its event is consumed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (status, text) = metrics_text(&server, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, StatusCode::OK);
+        let armed = metric(&text, "usm_sla_timers_pending").unwrap_or(0.0) >= 2.0;
+        if armed || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        metric(&text, "usm_sla_timers_pending").unwrap() >= 2.0,
+        "{text}"
+    );
+    let ok = metric(&text, "usm_http_requests_total{class=\"2xx\"}").unwrap();
+    let client_errors = metric(&text, "usm_http_requests_total{class=\"4xx\"}").unwrap();
+    assert!(ok >= 1.0, "{text}");
+    // The unauthenticated scrape and the unknown record.
+    assert!(client_errors >= 2.0, "{text}");
+    assert_eq!(
+        metric(&text, "usm_http_requests_total{class=\"5xx\"}"),
+        Some(0.0)
+    );
+    assert!(metric(&text, "usm_http_request_seconds_total").unwrap() > 0.0);
+    assert!(metric(&text, "usm_pipeline_steps").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_metrics_openness_is_configurable() {
+    let server = TestServer::start_with(|config| {
+        config.public_health = false;
+        config.public_metrics = true;
+    })
+    .unwrap();
+    let health = server
+        .call_as(None, Method::GET, "/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(health.status, StatusCode::UNAUTHORIZED);
+    let health = server
+        .call_as(Some(ADMIN_TOKEN), Method::GET, "/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(health.status, StatusCode::OK);
+    let (status, text) = metrics_text(&server, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("# TYPE usm_http_requests_total counter"));
+}
