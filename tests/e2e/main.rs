@@ -5,6 +5,7 @@
 
 mod automations;
 mod bad_input;
+mod catalog;
 mod concurrency;
 mod crash;
 mod crash_cycles;

@@ -86,6 +86,7 @@ pub struct Services {
         records::create_approval,
         records::list_approvals,
         pipelines,
+        kinds,
         modules::list_modules,
         modules::get_module,
         modules::install_module,
@@ -244,6 +245,51 @@ async fn pipelines(
     })
 }
 
+/// A record kind: its id prefix, process, field schema, lifecycle, and the modules that added
+/// or extended it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KindView {
+    /// The kind's name, e.g. `incident`.
+    pub name: String,
+    /// Id prefix, e.g. `INC`.
+    pub prefix: String,
+    /// The USM process the kind belongs to.
+    pub process: usm_model::Process,
+    /// JSON Schema (draft 2020-12) for the record's `fields`.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+    /// The kind's state machine.
+    pub lifecycle: usm_model::Lifecycle,
+    /// Modules that added the kind or extended it; empty for an unextended core kind.
+    pub modules: Vec<String>,
+}
+
+/// The record kinds in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KindList {
+    /// By name.
+    pub kinds: Vec<KindView>,
+}
+
+/// Lists the record kinds: the USM core's and those modules add, with the fields and lifecycle
+/// states modules add to them.
+#[utoipa::path(get, path = "/api/v1/kinds", tag = "records", responses((status = 200, body = KindList)))]
+async fn kinds(services: web::Data<Services>, _principal: principal::Principal) -> HttpResponse {
+    let catalog = services.engine.catalog();
+    let kinds = catalog
+        .kinds()
+        .map(|def| KindView {
+            name: def.name.to_string(),
+            prefix: def.prefix.clone(),
+            process: def.process,
+            schema: def.schema.clone(),
+            lifecycle: def.lifecycle.clone(),
+            modules: catalog.contributors(&def.name).to_vec(),
+        })
+        .collect();
+    HttpResponse::Ok().json(KindList { kinds })
+}
+
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
@@ -277,6 +323,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::scope("/api/v1")
                 .service(resource("/openapi.json").route(web::get().to(openapi_json)))
                 .service(resource("/pipelines").route(web::get().to(pipelines)))
+                .service(resource("/kinds").route(web::get().to(kinds)))
                 .service(
                     resource("/modules")
                         .route(web::get().to(modules::list_modules))

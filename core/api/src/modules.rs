@@ -94,7 +94,7 @@ pub async fn get_module(
     responses(
         (status = 201, description = "Installed or upgraded", body = InstallResult),
         (status = 200, description = "The same bundle was already installed", body = InstallResult),
-        (status = 409, description = "Not newer than the installed version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not newer than the installed version, or the upgrade drops a kind or state records use", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid bundle; `field` names the file, key or line", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -163,7 +163,8 @@ pub async fn disable_module(
 /// Removes a module everywhere.
 #[utoipa::path(delete, path = "/api/v1/modules/{id}", tag = "modules",
     params(("id" = String, Path)),
-    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Records still use a kind or state the module adds", body = Problem, content_type = "application/problem+json")))]
 pub async fn remove_module(
     services: web::Data<Services>,
     Admin(actor): Admin,

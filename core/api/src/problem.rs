@@ -61,7 +61,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::IdempotencyKeyReused
         | C::StepRejected
         | C::ModuleInvalid => StatusCode::UNPROCESSABLE_ENTITY,
-        C::ModuleVersionConflict => StatusCode::CONFLICT,
+        C::ModuleVersionConflict | C::ModuleInUse => StatusCode::CONFLICT,
         C::ModuleNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
@@ -106,6 +106,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleInvalid => "Invalid module",
         C::ModuleNotFound => "Module not found",
         C::ModuleVersionConflict => "Not a newer version of the installed module",
+        C::ModuleInUse => "Records still use what the module defines",
         C::WorkflowNotFound => "Workflow not found",
         C::Unauthorized => "Authentication required",
         C::TokenNotFound => "Token not found",

@@ -109,6 +109,7 @@ impl Engine {
             ..ListQuery::default()
         };
         let store = self.store().as_ref();
+        let catalog = self.catalog();
         'pages: loop {
             let page = store.list(&query)?;
             for record in &page.records {
@@ -120,8 +121,7 @@ impl Engine {
                     continue;
                 }
                 kpis.records += 1;
-                let category = self
-                    .catalog()
+                let category = catalog
                     .get(&record.kind)
                     .and_then(|def| def.lifecycle.state(&record.state))
                     .map(|s| s.category);

@@ -32,9 +32,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use usm_model::{
-    Action, Actor, Approval, Catalog, Cause, Decision, Domain, HistoryEntry, KindDef,
-    LifecycleError, Link, Record, RecordId, State, StateCategory, Timestamp, diff_records,
-    merge_patch,
+    Action, Actor, Approval, Catalog, CatalogAdditions, CatalogError, Cause, Decision, Domain,
+    HistoryEntry, KindDef, LifecycleError, Link, Record, RecordId, State, StateCategory, Timestamp,
+    diff_records, merge_patch,
 };
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
@@ -194,7 +194,10 @@ pub struct ListPage {
 /// The record engine.
 pub struct Engine {
     store: Arc<dyn Store>,
-    catalog: Arc<Catalog>,
+    /// The kinds of the engine's construction, before modules add to them.
+    base_kinds: Vec<KindDef>,
+    /// The composed catalog in force now; swapped whole when modules change.
+    catalog: RwLock<Arc<Catalog>>,
     config: EngineConfig,
     pipelines: RwLock<Arc<Pipelines>>,
     commits: Arc<CommitSignal>,
@@ -206,7 +209,8 @@ impl Engine {
     pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, config: EngineConfig) -> Self {
         Self {
             store,
-            catalog,
+            base_kinds: catalog.kinds().cloned().collect(),
+            catalog: RwLock::new(catalog),
             config,
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
             commits: Arc::new(CommitSignal::default()),
@@ -243,9 +247,22 @@ impl Engine {
         &self.commits
     }
 
-    /// The kinds this engine knows.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    /// The kinds in force now: the engine's own plus what installed modules add.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The engine's own kinds plus what `modules` add, without swapping it in.
+    pub fn compose_catalog<'a>(
+        &self,
+        modules: impl IntoIterator<Item = (&'a str, &'a CatalogAdditions)>,
+    ) -> Result<Catalog, CatalogError> {
+        Catalog::compose(self.base_kinds.iter().cloned(), modules)
+    }
+
+    /// Swaps in a newly composed catalog; writes in flight finish on the old one.
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
     }
 
     /// The configured domains.
@@ -287,7 +304,8 @@ impl Engine {
         idempotency_key: Option<&str>,
         cause: Option<Cause>,
     ) -> Result<Created, EngineError> {
-        let def = self.kind(&new.kind)?;
+        let catalog = self.catalog();
+        let def = kind_def(&catalog, &new.kind)?;
         let domain = match &new.domain {
             Some(domain) => self.domain(domain)?,
             None => Domain::default(),
@@ -304,7 +322,7 @@ impl Engine {
             .transpose()?;
         let title = self.title(&new.title)?;
         self.check_links(&new.links, None)?;
-        let fields = self.valid_fields(def, new.fields)?;
+        let fields = valid_fields(&catalog, def, new.fields)?;
         let now = Timestamp::now();
         let record = Record {
             id: RecordId::from_parts(&def.prefix, 0),
@@ -417,8 +435,9 @@ impl Engine {
                 )
                 .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
                 self.check_size(&next.fields)?;
-                let def = self.kind(current.kind.as_str())?;
-                next.fields = self.valid_fields(def, std::mem::take(&mut next.fields))?;
+                let catalog = self.catalog();
+                let def = kind_def(&catalog, current.kind.as_str())?;
+                next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
             }
             Ok(Proposal {
                 record: next,
@@ -460,7 +479,8 @@ impl Engine {
             cause,
         };
         self.write(actor, target, |current| {
-            let def = self.kind(current.kind.as_str())?;
+            let catalog = self.catalog();
+            let def = kind_def(&catalog, current.kind.as_str())?;
             let lifecycle = &def.lifecycle;
             let unknown = || EngineError::UnknownState {
                 state: to.chars().take(64).collect(),
@@ -524,7 +544,8 @@ impl Engine {
                     "approvals need the agent, automation or admin role".into(),
                 ));
             }
-            let def = self.kind(current.kind.as_str())?;
+            let catalog = self.catalog();
+            let def = kind_def(&catalog, current.kind.as_str())?;
             let inactive = def
                 .lifecycle
                 .state(&current.state)
@@ -583,7 +604,12 @@ impl Engine {
 
     /// A page of the records matching the filters that the actor may see.
     pub fn list(&self, actor: &Actor, request: ListRequest) -> Result<ListPage, EngineError> {
-        let kind = request.kind.as_deref().map(|k| self.kind(k)).transpose()?;
+        let catalog = self.catalog();
+        let kind = request
+            .kind
+            .as_deref()
+            .map(|k| kind_def(&catalog, k))
+            .transpose()?;
         let domain = request
             .domain
             .as_deref()
@@ -592,7 +618,7 @@ impl Engine {
         let state = request
             .state
             .as_deref()
-            .map(|s| self.known_state(kind, s))
+            .map(|s| known_state(&catalog, kind, s))
             .transpose()?;
         if let Some(domain) = &domain
             && !actor.in_domain(domain)
@@ -721,6 +747,7 @@ impl Engine {
         /// Most linking records handed to steps.
         const MAX_CHILDREN: usize = 200;
         let approvals = self.store.approvals(&current.id)?;
+        let catalog = self.catalog();
         let mut children = Vec::new();
         for (rel, source) in self
             .store
@@ -731,8 +758,7 @@ impl Engine {
             let Some(child) = self.store.get(&source)? else {
                 continue;
             };
-            let active = self
-                .catalog
+            let active = catalog
                 .get(&child.kind)
                 .and_then(|def| def.lifecycle.state(&child.state))
                 .is_none_or(|state| state.category != StateCategory::Inactive);
@@ -776,25 +802,11 @@ impl Engine {
         .run(proposed, |mut candidate| {
             candidate.title = self.title(&candidate.title)?;
             self.check_links(&candidate.links, previous.map(|p| &p.id))?;
-            let def = self.kind(candidate.kind.as_str())?;
-            candidate.fields = self.valid_fields(def, std::mem::take(&mut candidate.fields))?;
+            let catalog = self.catalog();
+            let def = kind_def(&catalog, candidate.kind.as_str())?;
+            candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;
             Ok(candidate)
         })
-    }
-
-    fn kind(&self, name: &str) -> Result<&KindDef, EngineError> {
-        Kind::new(name)
-            .ok()
-            .and_then(|kind| self.catalog.get(&kind))
-            .ok_or_else(|| EngineError::UnknownKind {
-                kind: name.chars().take(64).collect(),
-                known: self
-                    .catalog
-                    .kinds()
-                    .map(|k| k.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
     }
 
     fn domain(&self, name: &str) -> Result<Domain, EngineError> {
@@ -812,25 +824,6 @@ impl Engine {
                     ),
                 )
             })
-    }
-
-    fn known_state(&self, kind: Option<&KindDef>, name: &str) -> Result<State, EngineError> {
-        let candidates: Vec<&KindDef> = match kind {
-            Some(def) => vec![def],
-            None => self.catalog.kinds().collect(),
-        };
-        let states: BTreeSet<State> = candidates
-            .iter()
-            .flat_map(|def| def.lifecycle.states().iter().map(|s| s.name.clone()))
-            .collect();
-        match State::new(name) {
-            Ok(state) if states.contains(&state) => Ok(state),
-            _ => Err(EngineError::UnknownState {
-                state: name.chars().take(64).collect(),
-                kind: kind.map_or_else(|| "any kind".to_owned(), |k| k.name.to_string()),
-                states: states.into_iter().collect(),
-            }),
-        }
     }
 
     /// Bounds the shape of client-supplied fields: nesting depth, member count, string length.
@@ -943,24 +936,6 @@ impl Engine {
         Ok(())
     }
 
-    fn valid_fields(
-        &self,
-        def: &KindDef,
-        fields: Map<String, Value>,
-    ) -> Result<Map<String, Value>, EngineError> {
-        let value = Value::Object(fields);
-        self.catalog
-            .validate_fields(&def.name, &value)
-            .map_err(|errors| EngineError::InvalidFields {
-                kind: def.name.to_string(),
-                errors,
-            })?;
-        match value {
-            Value::Object(fields) => Ok(fields),
-            _ => unreachable!("constructed as an object above"),
-        }
-    }
-
     fn page_size(&self, limit: Option<usize>, max: usize) -> Result<usize, EngineError> {
         match limit {
             None => Ok(self.config.limits.default_page.min(max)),
@@ -1027,6 +1002,64 @@ struct WriteTarget<'a> {
 
 /// Whether `actor` may see `record`: in the actor's domains, and for requesters only records
 /// they created or requested.
+/// The definition of the kind called `name`, or the error listing the known kinds.
+fn kind_def<'c>(catalog: &'c Catalog, name: &str) -> Result<&'c KindDef, EngineError> {
+    Kind::new(name)
+        .ok()
+        .and_then(|kind| catalog.get(&kind))
+        .ok_or_else(|| EngineError::UnknownKind {
+            kind: name.chars().take(64).collect(),
+            known: catalog
+                .kinds()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// `name` as a state of `kind`, or of any kind when none is given.
+fn known_state(
+    catalog: &Catalog,
+    kind: Option<&KindDef>,
+    name: &str,
+) -> Result<State, EngineError> {
+    let candidates: Vec<&KindDef> = match kind {
+        Some(def) => vec![def],
+        None => catalog.kinds().collect(),
+    };
+    let states: BTreeSet<State> = candidates
+        .iter()
+        .flat_map(|def| def.lifecycle.states().iter().map(|s| s.name.clone()))
+        .collect();
+    match State::new(name) {
+        Ok(state) if states.contains(&state) => Ok(state),
+        _ => Err(EngineError::UnknownState {
+            state: name.chars().take(64).collect(),
+            kind: kind.map_or_else(|| "any kind".to_owned(), |k| k.name.to_string()),
+            states: states.into_iter().collect(),
+        }),
+    }
+}
+
+/// `fields` once they pass the kind's schema.
+fn valid_fields(
+    catalog: &Catalog,
+    def: &KindDef,
+    fields: Map<String, Value>,
+) -> Result<Map<String, Value>, EngineError> {
+    let value = Value::Object(fields);
+    catalog
+        .validate_fields(&def.name, &value)
+        .map_err(|errors| EngineError::InvalidFields {
+            kind: def.name.to_string(),
+            errors,
+        })?;
+    match value {
+        Value::Object(fields) => Ok(fields),
+        _ => unreachable!("constructed as an object above"),
+    }
+}
+
 fn visible(actor: &Actor, record: &Record) -> bool {
     actor.in_domain(&record.domain)
         && (actor.works_records()

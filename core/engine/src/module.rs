@@ -6,8 +6,11 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use usm_model::{Kind, Process};
+use serde_json::{Map, Value};
+use usm_model::{
+    CatalogAdditions, Kind, KindDef, Lifecycle, Process, Role, State, StateAddition, StateCategory,
+    StateDef, TransitionDef, WORKERS, kind_schema,
+};
 
 use crate::{
     pipeline::{BoundStep, Runtime},
@@ -52,6 +55,83 @@ pub struct Manifest {
     /// The pipeline steps.
     #[serde(default)]
     pub steps: Vec<StepDecl>,
+    /// Kinds the module adds to the catalog.
+    #[serde(default)]
+    pub kinds: Vec<KindDecl>,
+    /// Typed fields the module adds to kinds.
+    #[serde(default)]
+    pub fields: Vec<FieldsDecl>,
+    /// Lifecycle states the module adds to kinds.
+    #[serde(default)]
+    pub states: Vec<StateDecl>,
+}
+
+/// A kind the module adds (`[[kinds]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindDecl {
+    /// The kind's name, e.g. `risk`.
+    pub name: Kind,
+    /// Id prefix, 2–6 uppercase letters, e.g. `RSK`.
+    pub prefix: String,
+    /// The USM process the kind belongs to.
+    pub process: Process,
+    /// Field properties (name → JSON Schema) besides the members every kind has.
+    #[serde(default)]
+    pub fields: toml::Table,
+    /// The lifecycle's states; exactly one `initial`.
+    pub states: Vec<StateDef>,
+    /// The lifecycle's transitions.
+    #[serde(default)]
+    pub transitions: Vec<TransitionDecl>,
+}
+
+/// A transition as a manifest declares it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionDecl {
+    /// The state the record is in.
+    pub from: State,
+    /// The state it moves to.
+    pub to: State,
+    /// Roles that may take it; `agent` and `automation` when absent (`admin` always may).
+    #[serde(default)]
+    pub roles: Option<Vec<Role>>,
+}
+
+impl TransitionDecl {
+    fn to_def(&self) -> TransitionDef {
+        TransitionDef {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            roles: self.roles.clone().unwrap_or_else(|| WORKERS.to_vec()),
+        }
+    }
+}
+
+/// Typed fields added to a kind (`[[fields]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsDecl {
+    /// The kind (of the core or added by a module).
+    pub kind: Kind,
+    /// Field properties, name → JSON Schema; a field the kind already types must match.
+    pub properties: toml::Table,
+}
+
+/// A lifecycle state added to a kind (`[[states]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDecl {
+    /// The kind whose lifecycle grows.
+    pub kind: Kind,
+    /// The new state's name.
+    pub name: State,
+    /// `active` or `inactive`.
+    pub category: StateCategory,
+    /// Transitions into and out of the new state.
+    #[serde(default)]
+    pub transitions: Vec<TransitionDecl>,
 }
 
 /// A step as the manifest declares it.
@@ -151,6 +231,8 @@ pub struct Module {
     pub manifest: Manifest,
     /// The steps, built and bound to their config.
     pub steps: Vec<Arc<BoundStep>>,
+    /// What the module adds to the catalog (checked against the others when installed).
+    pub catalog: CatalogAdditions,
     /// The workflow templates, parsed and checked.
     pub workflows: Vec<crate::workflow::WifDocument>,
 }
@@ -332,12 +414,66 @@ impl Module {
                     .map_err(|message| ModuleError::new(file.clone(), message))?,
             );
         }
+        let catalog = catalog_additions(&manifest)?;
         Ok(Self {
             manifest,
             steps,
             workflows,
+            catalog,
         })
     }
+}
+
+fn json_properties(table: &toml::Table, key: String) -> Result<Map<String, Value>, ModuleError> {
+    match serde_json::to_value(table) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ModuleError::new(key, "must be a table")),
+        Err(e) => Err(ModuleError::new(key, e.to_string())),
+    }
+}
+
+/// The kinds, fields and states a manifest adds, each checked on its own; how they fit with the
+/// catalog and other modules is checked when the module is installed.
+fn catalog_additions(manifest: &Manifest) -> Result<CatalogAdditions, ModuleError> {
+    let mut additions = CatalogAdditions::default();
+    for (index, decl) in manifest.kinds.iter().enumerate() {
+        let key = |member: &str| format!("module.toml: kinds[{index}].{member}");
+        let transitions = decl
+            .transitions
+            .iter()
+            .map(TransitionDecl::to_def)
+            .collect();
+        let lifecycle = Lifecycle::new(decl.states.clone(), transitions)
+            .map_err(|e| ModuleError::new(key("states"), e.to_string()))?;
+        additions.kinds.push(KindDef {
+            name: decl.name.clone(),
+            prefix: decl.prefix.clone(),
+            process: decl.process,
+            schema: kind_schema(json_properties(&decl.fields, key("fields"))?),
+            lifecycle,
+        });
+    }
+    for (index, decl) in manifest.fields.iter().enumerate() {
+        let key = format!("module.toml: fields[{index}].properties");
+        additions
+            .fields
+            .push((decl.kind.clone(), json_properties(&decl.properties, key)?));
+    }
+    for decl in &manifest.states {
+        additions.states.push(StateAddition {
+            kind: decl.kind.clone(),
+            state: StateDef {
+                name: decl.name.clone(),
+                category: decl.category,
+            },
+            transitions: decl
+                .transitions
+                .iter()
+                .map(TransitionDecl::to_def)
+                .collect(),
+        });
+    }
+    Ok(additions)
 }
 
 /// Parses `module.toml` strictly, without building anything.

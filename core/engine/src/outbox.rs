@@ -153,7 +153,8 @@ fn process(engine: &Engine, event: &Event) {
     let Some(hook) = hook_of(event.event_type) else {
         return;
     };
-    let Some(def) = engine.catalog().get(&event.kind) else {
+    let catalog = engine.catalog();
+    let Some(def) = catalog.get(&event.kind) else {
         return;
     };
     let pipelines = engine.pipelines();

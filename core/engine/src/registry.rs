@@ -8,8 +8,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use usm_model::{Actor, Domain, ErrorCode, Timestamp};
-use usm_store::StoreError;
+use usm_model::{
+    Actor, Catalog, CatalogAdditions, CatalogError, Domain, ErrorCode, Kind, RecordId, State,
+    Timestamp,
+};
+use usm_store::{ListQuery, StoreError};
 
 use crate::{
     Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes, bundle, workflow::WifDocument,
@@ -79,6 +82,10 @@ pub enum RegistryError {
     /// A USM-WIF document that does not parse or check.
     #[error("{0}")]
     InvalidWorkflow(String),
+    /// Removing or upgrading the module would drop a kind or state records use, or a kind
+    /// another module extends.
+    #[error("{0}")]
+    InUse(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -91,6 +98,7 @@ impl RegistryError {
             Self::Invalid(_) => ErrorCode::ModuleInvalid,
             Self::NotFound(_) => ErrorCode::ModuleNotFound,
             Self::NotNewer { .. } => ErrorCode::ModuleVersionConflict,
+            Self::InUse(_) => ErrorCode::ModuleInUse,
             Self::UnknownDomain(_) | Self::InvalidWorkflow(_) => ErrorCode::InvalidInput,
             Self::WorkflowNotFound(_) => ErrorCode::WorkflowNotFound,
             Self::Store(_) => ErrorCode::Internal,
@@ -230,7 +238,13 @@ impl Registry {
             runtimes,
             modules: Mutex::new(modules),
         };
-        registry.swap(&registry.lock());
+        {
+            let modules = registry.lock();
+            let catalog = registry
+                .next_catalog(&modules, "", None)
+                .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+            registry.swap(&modules, Some(catalog));
+        }
         Ok(registry)
     }
 
@@ -238,8 +252,72 @@ impl Registry {
         self.modules.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Composes the pipelines of the enabled modules and swaps them in.
-    fn swap(&self, modules: &BTreeMap<String, Entry>) {
+    /// The catalog the installed modules compose, with `replacement` in place of module `id`
+    /// (`None`: without it).
+    fn next_catalog(
+        &self,
+        modules: &BTreeMap<String, Entry>,
+        id: &str,
+        replacement: Option<&CatalogAdditions>,
+    ) -> Result<Catalog, CatalogError> {
+        let mut all: Vec<(&str, &CatalogAdditions)> = modules
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .map(|(other, entry)| (other.as_str(), &entry.module.catalog))
+            .chain(replacement.map(|additions| (id, additions)))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        self.engine.compose_catalog(all)
+    }
+
+    /// Refuses a catalog that drops a kind or a state some record still has.
+    fn check_in_use(&self, next: &Catalog) -> Result<(), RegistryError> {
+        for def in self.engine.catalog().kinds() {
+            let Some(next_def) = next.get(&def.name) else {
+                if let Some(id) = self.first_record(&def.name, None)? {
+                    return Err(RegistryError::InUse(format!(
+                        "records of kind {} exist (e.g. {id}); the kind cannot go",
+                        def.name
+                    )));
+                }
+                continue;
+            };
+            for state in def.lifecycle.states() {
+                if next_def.lifecycle.state(&state.name).is_none()
+                    && let Some(id) = self.first_record(&def.name, Some(&state.name))?
+                {
+                    return Err(RegistryError::InUse(format!(
+                        "records of kind {} are in state {} (e.g. {id}); the state cannot go",
+                        def.name, state.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn first_record(
+        &self,
+        kind: &Kind,
+        state: Option<&State>,
+    ) -> Result<Option<RecordId>, StoreError> {
+        let page = self.engine.store().list(&ListQuery {
+            kind: Some(kind.clone()),
+            state: state.cloned(),
+            domain: None,
+            within: None,
+            owner: None,
+            after: None,
+            limit: 1,
+        })?;
+        Ok(page.records.into_iter().next().map(|record| record.id))
+    }
+
+    /// Swaps in `catalog` (when the kinds changed), then the pipelines of the enabled modules.
+    fn swap(&self, modules: &BTreeMap<String, Entry>, catalog: Option<Catalog>) {
+        if let Some(catalog) = catalog {
+            self.engine.set_catalog(catalog);
+        }
         let enabled =
             modules.values().flat_map(|entry| {
                 entry.record.domains.iter().flat_map(move |domain| {
@@ -369,6 +447,10 @@ impl Registry {
         };
         let module =
             Module::build(files, &self.runtimes, &grants).map_err(RegistryError::Invalid)?;
+        let catalog = self
+            .next_catalog(&modules, &manifest.id, Some(&module.catalog))
+            .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+        self.check_in_use(&catalog)?;
         let record = ModuleRecord {
             id: module.manifest.id.clone(),
             version: module.manifest.version.to_string(),
@@ -395,7 +477,7 @@ impl Registry {
         if let Some(previous) = previous {
             self.forget_bundle(&modules, &previous.record.digest);
         }
-        self.swap(&modules);
+        self.swap(&modules, Some(catalog));
         let info = Self::info(&modules[&manifest.id]);
         tracing::info!(module = %manifest.id, version = %manifest.version, ?action, actor = %actor.name, "module installed");
         let verb = if before.is_some() {
@@ -446,6 +528,13 @@ impl Registry {
     /// Removes a module and its pipelines.
     pub fn remove(&self, actor: &Actor, id: &str) -> Result<ModuleInfo, RegistryError> {
         let mut modules = self.lock();
+        if !modules.contains_key(id) {
+            return Err(RegistryError::NotFound(id.to_owned()));
+        }
+        let catalog = self
+            .next_catalog(&modules, id, None)
+            .map_err(|error| RegistryError::InUse(error.to_string()))?;
+        self.check_in_use(&catalog)?;
         let entry = modules
             .remove(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
@@ -458,7 +547,7 @@ impl Registry {
             return Err(error.into());
         }
         self.forget_bundle(&modules, &entry.record.digest);
-        self.swap(&modules);
+        self.swap(&modules, Some(catalog));
         tracing::info!(module = %id, actor = %actor.name, "module removed");
         let info = Self::info(&entry);
         self.audit(actor, "module.remove", id, Some(&info), None);
@@ -505,7 +594,7 @@ impl Registry {
             .write_settings(&[(format!("{MODULE_PREFIX}{id}"), encode(&record)?)], &[])?;
         tracing::info!(module = %id, domains = ?record.domains, grants = ?record.grants, actor = %actor.name, "module enablement changed");
         modules.insert(id.to_owned(), Entry { record, module });
-        self.swap(&modules);
+        self.swap(&modules, None);
         let after = Self::info(&modules[id]);
         self.audit(actor, verb, id, Some(&before), Some(&after));
         Ok(after)
@@ -631,6 +720,28 @@ impl Registry {
         {
             tracing::warn!(%error, "cannot delete an unused module bundle");
         }
+    }
+}
+
+/// A catalog conflict as a module error, located at the manifest key it comes from.
+fn catalog_error(error: &CatalogError) -> ModuleError {
+    let inner = match error {
+        CatalogError::Module { source, .. } => source.as_ref(),
+        other => other,
+    };
+    let location = match inner {
+        CatalogError::DuplicateKind(_)
+        | CatalogError::DuplicatePrefix(..)
+        | CatalogError::BadPrefix(..) => "module.toml: kinds",
+        CatalogError::FieldConflict { .. } => "module.toml: fields",
+        CatalogError::StateExists { .. } | CatalogError::BadStateAddition { .. } => {
+            "module.toml: states"
+        }
+        _ => "module.toml",
+    };
+    ModuleError {
+        location: location.into(),
+        message: error.to_string(),
     }
 }
 

@@ -43,6 +43,71 @@ pub enum CatalogError {
     /// The lifecycle is malformed.
     #[error("kind {0}: {1}")]
     Lifecycle(Kind, LifecycleError),
+    /// An addition names a kind the catalog does not have.
+    #[error("kind {0} is not in the catalog")]
+    UnknownKind(Kind),
+    /// A field is already typed differently (by the core or another module).
+    #[error("field {field} of kind {kind} is already defined with another schema")]
+    FieldConflict {
+        /// The kind.
+        kind: Kind,
+        /// The field's name.
+        field: String,
+    },
+    /// A state the kind's lifecycle already has.
+    #[error("kind {kind} already has a state {state}")]
+    StateExists {
+        /// The kind.
+        kind: Kind,
+        /// The state.
+        state: State,
+    },
+    /// Added states may not be initial (a lifecycle has exactly one) and added transitions must
+    /// lead into or out of the added state, so a module never rewires the states it did not add.
+    #[error("kind {kind}: {detail}")]
+    BadStateAddition {
+        /// The kind.
+        kind: Kind,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An addition of one module failed.
+    #[error("module {module}: {source}")]
+    Module {
+        /// The module's id.
+        module: String,
+        /// What failed.
+        source: Box<CatalogError>,
+    },
+}
+
+/// A lifecycle state a module adds to an existing kind, with the transitions into and out of it.
+#[derive(Debug, Clone)]
+pub struct StateAddition {
+    /// The kind whose lifecycle grows.
+    pub kind: Kind,
+    /// The new state (`active` or `inactive`).
+    pub state: StateDef,
+    /// Transitions, each from or to the new state.
+    pub transitions: Vec<TransitionDef>,
+}
+
+/// What one module adds to the catalog: whole kinds, typed fields on kinds, lifecycle states.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogAdditions {
+    /// New kinds.
+    pub kinds: Vec<KindDef>,
+    /// Field properties (name → JSON Schema) added to a kind's schema.
+    pub fields: Vec<(Kind, Map<String, Value>)>,
+    /// States added to kinds' lifecycles.
+    pub states: Vec<StateAddition>,
+}
+
+impl CatalogAdditions {
+    /// Whether the module adds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty() && self.fields.is_empty() && self.states.is_empty()
+    }
 }
 
 /// A schema violation in a record's fields.
@@ -64,6 +129,8 @@ impl fmt::Display for FieldError {
 struct CompiledKind {
     def: KindDef,
     validator: jsonschema::Validator,
+    /// Modules that added the kind or extended it.
+    contributors: Vec<String>,
 }
 
 /// The set of record kinds the server knows, with their schemas compiled once.
@@ -113,9 +180,84 @@ impl Catalog {
                 .should_validate_formats(true)
                 .build(&def.schema)
                 .map_err(|e| CatalogError::BadSchema(def.name.clone(), e.to_string()))?;
-            kinds.insert(def.name.clone(), CompiledKind { def, validator });
+            kinds.insert(
+                def.name.clone(),
+                CompiledKind {
+                    def,
+                    validator,
+                    contributors: Vec::new(),
+                },
+            );
         }
         Ok(Self { kinds })
+    }
+
+    /// Builds the catalog of `base` plus what each module adds, modules in the order given.
+    /// Kinds are added first, so a module may extend a kind another module adds. Additions only
+    /// add: a field typed twice must have the same schema, a state must be new.
+    pub fn compose<'a>(
+        base: impl IntoIterator<Item = KindDef>,
+        modules: impl IntoIterator<Item = (&'a str, &'a CatalogAdditions)>,
+    ) -> Result<Self, CatalogError> {
+        let modules: Vec<(&str, &CatalogAdditions)> = modules.into_iter().collect();
+        let mut defs: BTreeMap<Kind, (KindDef, Vec<String>)> = base
+            .into_iter()
+            .map(|def| (def.name.clone(), (def, Vec::new())))
+            .collect();
+        let in_module = |module: &str, error: CatalogError| CatalogError::Module {
+            module: module.to_owned(),
+            source: Box::new(error),
+        };
+        for (module, additions) in &modules {
+            for def in &additions.kinds {
+                if defs.contains_key(&def.name) {
+                    return Err(in_module(
+                        module,
+                        CatalogError::DuplicateKind(def.name.clone()),
+                    ));
+                }
+                defs.insert(def.name.clone(), (def.clone(), vec![(*module).to_owned()]));
+            }
+        }
+        for (module, additions) in &modules {
+            let fail = |error| in_module(module, error);
+            for (kind, properties) in &additions.fields {
+                let (def, contributors) = defs
+                    .get_mut(kind)
+                    .ok_or_else(|| fail(CatalogError::UnknownKind(kind.clone())))?;
+                add_properties(def, properties).map_err(fail)?;
+                if !contributors.iter().any(|c| c == module) {
+                    contributors.push((*module).to_owned());
+                }
+            }
+            for addition in &additions.states {
+                let (def, contributors) = defs
+                    .get_mut(&addition.kind)
+                    .ok_or_else(|| fail(CatalogError::UnknownKind(addition.kind.clone())))?;
+                add_state(def, addition).map_err(fail)?;
+                if !contributors.iter().any(|c| c == module) {
+                    contributors.push((*module).to_owned());
+                }
+            }
+        }
+        let mut contributors: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+        let mut plain = Vec::with_capacity(defs.len());
+        for (name, (def, by)) in defs {
+            contributors.insert(name, by);
+            plain.push(def);
+        }
+        let mut catalog = Self::new(plain)?;
+        for (name, compiled) in &mut catalog.kinds {
+            compiled.contributors = contributors.remove(name).unwrap_or_default();
+        }
+        Ok(catalog)
+    }
+
+    /// The modules that added `kind` or extended it, by id.
+    pub fn contributors(&self, kind: &Kind) -> &[String] {
+        self.kinds
+            .get(kind)
+            .map_or(&[], |k| k.contributors.as_slice())
     }
 
     /// The catalog of the USM core kinds.
@@ -167,7 +309,72 @@ impl Catalog {
     }
 }
 
-const WORKERS: &[Role] = &[Role::Agent, Role::Automation];
+fn add_properties(def: &mut KindDef, properties: &Map<String, Value>) -> Result<(), CatalogError> {
+    let Some(Value::Object(existing)) = def
+        .schema
+        .as_object_mut()
+        .map(|schema| schema.entry("properties").or_insert_with(|| json!({})))
+    else {
+        return Err(CatalogError::BadSchema(
+            def.name.clone(),
+            "`properties` must be an object".into(),
+        ));
+    };
+    for (field, schema) in properties {
+        match existing.get(field) {
+            Some(current) if current != schema => {
+                return Err(CatalogError::FieldConflict {
+                    kind: def.name.clone(),
+                    field: field.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                existing.insert(field.clone(), schema.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_state(def: &mut KindDef, addition: &StateAddition) -> Result<(), CatalogError> {
+    let state = &addition.state.name;
+    let bad = |detail: String| CatalogError::BadStateAddition {
+        kind: def.name.clone(),
+        detail,
+    };
+    if addition.state.category == StateCategory::Initial {
+        return Err(bad(format!(
+            "added state {state} cannot be initial; the kind has one"
+        )));
+    }
+    if def.lifecycle.state(state).is_some() {
+        return Err(CatalogError::StateExists {
+            kind: def.name.clone(),
+            state: state.clone(),
+        });
+    }
+    if let Some(t) = addition
+        .transitions
+        .iter()
+        .find(|t| &t.from != state && &t.to != state)
+    {
+        return Err(bad(format!(
+            "transition {} -> {} must lead into or out of the added state {state}",
+            t.from, t.to
+        )));
+    }
+    let mut states = def.lifecycle.states().to_vec();
+    states.push(addition.state.clone());
+    let mut transitions = def.lifecycle.transitions().to_vec();
+    transitions.extend(addition.transitions.iter().cloned());
+    def.lifecycle = Lifecycle::new(states, transitions)
+        .map_err(|e| CatalogError::Lifecycle(def.name.clone(), e))?;
+    Ok(())
+}
+
+/// The roles that work records: who may take a transition when none are named.
+pub const WORKERS: &[Role] = &[Role::Agent, Role::Automation];
 const ANYONE: &[Role] = &[Role::Agent, Role::Automation, Role::Requester];
 
 fn state(name: &str) -> State {
@@ -210,12 +417,18 @@ fn common_properties() -> Map<String, Value> {
     map
 }
 
-fn schema(properties: Value) -> Value {
+/// The field schema of a kind with `properties` of its own besides the members every kind has.
+pub fn kind_schema(properties: Map<String, Value>) -> Value {
     let mut all = common_properties();
-    if let Value::Object(own) = properties {
-        all.extend(own);
-    }
+    all.extend(properties);
     json!({"type": "object", "properties": all})
+}
+
+fn schema(properties: Value) -> Value {
+    match properties {
+        Value::Object(own) => kind_schema(own),
+        _ => kind_schema(Map::new()),
+    }
 }
 
 fn kind_def(
@@ -595,5 +808,197 @@ mod tests {
             "transitions": []
         }));
         assert!(lifecycle.is_err());
+    }
+
+    fn risk_kind() -> KindDef {
+        KindDef {
+            name: kind("risk"),
+            prefix: "RSK".into(),
+            process: Process::Improve,
+            schema: kind_schema(
+                json!({"likelihood": {"type": "integer", "minimum": 1, "maximum": 5}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            ),
+            lifecycle: lifecycle(
+                &[
+                    ("identified", StateCategory::Initial),
+                    ("closed", StateCategory::Inactive),
+                ],
+                &[("identified", "closed", WORKERS)],
+            ),
+        }
+    }
+
+    fn scheduled_change() -> StateAddition {
+        StateAddition {
+            kind: kind("change"),
+            state: StateDef {
+                name: state("scheduled"),
+                category: StateCategory::Active,
+            },
+            transitions: vec![
+                TransitionDef {
+                    from: state("assess"),
+                    to: state("scheduled"),
+                    roles: WORKERS.to_vec(),
+                },
+                TransitionDef {
+                    from: state("scheduled"),
+                    to: state("implement"),
+                    roles: WORKERS.to_vec(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn modules_add_kinds_fields_and_states() {
+        let risk = CatalogAdditions {
+            kinds: vec![risk_kind()],
+            fields: vec![(
+                kind("incident"),
+                json!({"building": {"type": "string", "maxLength": 10}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )],
+            states: vec![scheduled_change()],
+        };
+        // A second module extends the kind the first adds.
+        let score = CatalogAdditions {
+            fields: vec![(
+                kind("risk"),
+                json!({"score": {"type": "integer"}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )],
+            ..CatalogAdditions::default()
+        };
+        let catalog = Catalog::compose(core_kinds(), [("score", &score), ("risk", &risk)]).unwrap();
+        assert_eq!(catalog.kinds().count(), 11);
+        assert_eq!(catalog.by_prefix("RSK").unwrap().name, kind("risk"));
+        assert_eq!(catalog.contributors(&kind("risk")), ["risk", "score"]);
+        assert_eq!(catalog.contributors(&kind("incident")), ["risk"]);
+        assert!(catalog.contributors(&kind("task")).is_empty());
+        assert!(
+            catalog
+                .validate_fields(&kind("risk"), &json!({"likelihood": 9}))
+                .is_err()
+        );
+        assert!(
+            catalog
+                .validate_fields(&kind("risk"), &json!({"score": "high"}))
+                .is_err()
+        );
+        assert!(
+            catalog
+                .validate_fields(
+                    &kind("incident"),
+                    &json!({"building": "far too long a name"})
+                )
+                .is_err()
+        );
+        let change = &catalog.get(&kind("change")).unwrap().lifecycle;
+        let agent = Actor::new("ann", [Role::Agent]);
+        assert!(
+            change
+                .check(&state("assess"), &state("scheduled"), &agent)
+                .is_ok()
+        );
+        assert!(
+            change
+                .check(&state("scheduled"), &state("implement"), &agent)
+                .is_ok()
+        );
+        // The core's own transitions stay.
+        assert!(
+            change
+                .check(&state("assess"), &state("implement"), &agent)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn additions_never_redefine() {
+        let compose = |additions: CatalogAdditions| {
+            Catalog::compose(core_kinds(), [("m", &additions)]).map(|_| ())
+        };
+        let twice = CatalogAdditions {
+            kinds: vec![KindDef {
+                name: kind("incident"),
+                ..risk_kind()
+            }],
+            ..CatalogAdditions::default()
+        };
+        assert!(matches!(
+            compose(twice),
+            Err(CatalogError::Module { ref module, ref source })
+                if module == "m" && matches!(**source, CatalogError::DuplicateKind(_))
+        ));
+        let same_prefix = CatalogAdditions {
+            kinds: vec![KindDef {
+                prefix: "INC".into(),
+                ..risk_kind()
+            }],
+            ..CatalogAdditions::default()
+        };
+        assert!(matches!(
+            compose(same_prefix),
+            Err(CatalogError::DuplicatePrefix(..))
+        ));
+        let retyped = CatalogAdditions {
+            fields: vec![(
+                kind("incident"),
+                json!({"impact": {"type": "integer"}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )],
+            ..CatalogAdditions::default()
+        };
+        let error = compose(retyped).unwrap_err().to_string();
+        assert!(error.contains("field impact of kind incident"), "{error}");
+        let unknown = CatalogAdditions {
+            fields: vec![(kind("asset"), Map::new())],
+            ..CatalogAdditions::default()
+        };
+        assert!(compose(unknown).unwrap_err().to_string().contains("asset"));
+        let existing_state = CatalogAdditions {
+            states: vec![StateAddition {
+                state: StateDef {
+                    name: state("implement"),
+                    category: StateCategory::Active,
+                },
+                transitions: Vec::new(),
+                ..scheduled_change()
+            }],
+            ..CatalogAdditions::default()
+        };
+        assert!(compose(existing_state).is_err());
+        let mut rewiring = scheduled_change();
+        rewiring.transitions.push(TransitionDef {
+            from: state("new"),
+            to: state("closed"),
+            roles: WORKERS.to_vec(),
+        });
+        let error = compose(CatalogAdditions {
+            states: vec![rewiring],
+            ..CatalogAdditions::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("must lead into or out of"), "{error}");
+        let mut initial = scheduled_change();
+        initial.state.category = StateCategory::Initial;
+        assert!(
+            compose(CatalogAdditions {
+                states: vec![initial],
+                ..CatalogAdditions::default()
+            })
+            .is_err()
+        );
     }
 }

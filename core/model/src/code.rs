@@ -53,6 +53,8 @@ pub enum ErrorCode {
     ModuleNotFound,
     /// The upload does not upgrade the installed module (same or older version).
     ModuleVersionConflict,
+    /// Removing or upgrading the module would drop a kind or state that records still use.
+    ModuleInUse,
     /// No workflow template with that slug.
     WorkflowNotFound,
     /// The request carries no valid token.
@@ -100,6 +102,7 @@ impl ErrorCode {
             Self::ModuleInvalid => "module_invalid",
             Self::ModuleNotFound => "module_not_found",
             Self::ModuleVersionConflict => "module_version_conflict",
+            Self::ModuleInUse => "module_in_use",
             Self::WorkflowNotFound => "workflow_not_found",
             Self::Unauthorized => "unauthorized",
             Self::TokenNotFound => "token_not_found",

@@ -11,7 +11,10 @@ mod lifecycle;
 mod patch;
 mod record;
 
-pub use catalog::{Catalog, CatalogError, FieldError, KindDef, core_kinds};
+pub use catalog::{
+    Catalog, CatalogAdditions, CatalogError, FieldError, KindDef, StateAddition, WORKERS,
+    core_kinds, kind_schema,
+};
 pub use code::ErrorCode;
 pub use diff::{Change, diff_record_values, diff_records};
 pub use ids::{Actor, Domain, IdError, Kind, RecordId, Role, State};

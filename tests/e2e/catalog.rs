@@ -1,0 +1,313 @@
+//! Modules that grow the catalog: new kinds, typed fields and lifecycle states, checked against
+//! each other when installed and kept while records use them.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use usm_engine::{Module, ModuleFiles, bundle};
+use usm_tests::{Reply, TestServer, repo_path};
+
+fn risk_register() -> ModuleFiles {
+    Module::read_dir(&repo_path("scripts/examples/risk-register")).unwrap()
+}
+
+/// The risk register at `version`, without its `[[states]]` addition.
+fn risk_register_without_scheduled(version: &str) -> ModuleFiles {
+    let mut files = risk_register();
+    let manifest = String::from_utf8(files["module.toml"].clone()).unwrap();
+    let start = manifest.find("[[states]]").unwrap();
+    let end = manifest.find("[[steps]]").unwrap();
+    let manifest = format!("{}{}", &manifest[..start], &manifest[end..])
+        .replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+    files.insert("module.toml".into(), manifest.into_bytes());
+    files
+}
+
+fn manifest_only(body: &str) -> ModuleFiles {
+    let manifest = format!(
+        "id = \"extra\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n{body}"
+    );
+    [("module.toml".to_owned(), manifest.into_bytes())].into()
+}
+
+async fn upload(server: &TestServer, files: &ModuleFiles) -> Reply {
+    let response = server
+        .client()
+        .post(format!("{}/api/v1/modules", server.base))
+        .header("content-type", "application/gzip")
+        .body(bundle::pack(files).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn kind(server: &TestServer, name: &str) -> Option<Value> {
+    let kinds = server.get("/api/v1/kinds").await.unwrap().body;
+    kinds["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .cloned()
+}
+
+fn states(kind: &Value) -> Vec<&str> {
+    kind["lifecycle"]["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_adds_a_kind_typed_fields_and_a_state() {
+    let server = TestServer::start().unwrap();
+    assert!(kind(&server, "risk").await.is_none());
+    let refused = server
+        .post("/api/v1/records", &json!({"kind": "risk", "title": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.body["code"], "unknown_kind");
+
+    let installed = upload(&server, &risk_register()).await;
+    assert_eq!(installed.status, StatusCode::CREATED, "{}", installed.body);
+    let risk = kind(&server, "risk").await.unwrap();
+    assert_eq!(risk["prefix"], "RSK");
+    assert_eq!(risk["process"], "improve");
+    assert_eq!(risk["modules"], json!(["risk-register"]));
+    let change = kind(&server, "change").await.unwrap();
+    assert!(states(&change).contains(&"scheduled"));
+    assert_eq!(change["modules"], json!(["risk-register"]));
+    assert_eq!(
+        kind(&server, "incident").await.unwrap()["modules"],
+        json!([])
+    );
+
+    // Kinds come with installation; the scoring step runs where the module is enabled.
+    let unscored = server
+        .create(json!({"kind": "risk", "title": "Single data centre", "fields": {"likelihood": 2, "consequence": 5}}))
+        .await
+        .unwrap();
+    assert_eq!(unscored["id"], "RSK-1");
+    assert_eq!(unscored["state"], "identified");
+    assert!(unscored["fields"].get("score").is_none());
+    let enabled = server
+        .post(
+            "/api/v1/modules/risk-register/enable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    let scored = server
+        .create(json!({"kind": "risk", "title": "Vendor lock-in", "fields": {"likelihood": 4, "consequence": 5}}))
+        .await
+        .unwrap();
+    assert_eq!(scored["id"], "RSK-2");
+    assert_eq!(scored["fields"]["score"], 20);
+
+    // The added fields are typed.
+    let bad = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "risk", "title": "x", "fields": {"likelihood": 9}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.body["code"], "invalid_fields");
+    assert_eq!(bad.body["field"], "/fields/likelihood", "{}", bad.body);
+    let bad_link = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "change", "title": "x", "fields": {"risk_id": "nope"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bad_link.body["field"], "/fields/risk_id",
+        "{}",
+        bad_link.body
+    );
+
+    // The added state sits between assessment and implementation; the core's moves remain.
+    let change = server
+        .create(json!({"kind": "change", "title": "Second site", "fields": {"risk_id": "RSK-2"}}))
+        .await
+        .unwrap();
+    let id = change["id"].as_str().unwrap().to_owned();
+    for to in ["assess", "scheduled", "implement"] {
+        let moved = server.transition(&id, to).await.unwrap();
+        assert_eq!(moved["state"], to);
+    }
+    // The added kind's lifecycle is enforced like a core one.
+    let illegal = server
+        .post(
+            "/api/v1/records/RSK-2/transitions",
+            &json!({"to": "closed"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(illegal.status, StatusCode::CONFLICT);
+    assert_eq!(illegal.body["allowed"], json!(["assessed"]));
+
+    // A restart restores the catalog with the module; numbering continues.
+    let server = server.restart().await.unwrap();
+    assert!(kind(&server, "risk").await.is_some());
+    let third = server
+        .create(json!({"kind": "risk", "title": "Key person", "fields": {"likelihood": 3, "consequence": 3}}))
+        .await
+        .unwrap();
+    assert_eq!(third["id"], "RSK-3");
+    assert_eq!(third["fields"]["score"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_records_use_cannot_be_removed() {
+    let server = TestServer::start().unwrap();
+    assert_eq!(
+        upload(&server, &risk_register()).await.status,
+        StatusCode::CREATED
+    );
+    server
+        .create(json!({"kind": "risk", "title": "r"}))
+        .await
+        .unwrap();
+    let change = server
+        .create(json!({"kind": "change", "title": "c"}))
+        .await
+        .unwrap();
+    let id = change["id"].as_str().unwrap().to_owned();
+    server.transition(&id, "assess").await.unwrap();
+    server.transition(&id, "scheduled").await.unwrap();
+
+    // An upgrade that drops the state a change is in is refused, and changes nothing.
+    let upgrade = upload(&server, &risk_register_without_scheduled("1.1.0")).await;
+    assert_eq!(upgrade.status, StatusCode::CONFLICT, "{}", upgrade.body);
+    assert_eq!(upgrade.body["code"], "module_in_use");
+    assert!(
+        upgrade.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("state scheduled"),
+        "{}",
+        upgrade.body
+    );
+    let modules = server.get("/api/v1/modules").await.unwrap().body;
+    assert_eq!(modules["modules"][0]["version"], "1.0.0");
+    assert!(states(&kind(&server, "change").await.unwrap()).contains(&"scheduled"));
+
+    // Once no change is scheduled, the upgrade goes through and the state is gone.
+    server.transition(&id, "implement").await.unwrap();
+    let upgrade = upload(&server, &risk_register_without_scheduled("1.1.0")).await;
+    assert_eq!(upgrade.status, StatusCode::CREATED, "{}", upgrade.body);
+    assert!(!states(&kind(&server, "change").await.unwrap()).contains(&"scheduled"));
+    let gone = server
+        .post(
+            &format!("/api/v1/records/{id}/transitions"),
+            &json!({"to": "scheduled"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.body["code"], "unknown_state", "{}", gone.body);
+
+    // Removing the module would orphan RSK-1.
+    let removal = server
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/modules/risk-register",
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removal.status, StatusCode::CONFLICT, "{}", removal.body);
+    assert!(
+        removal.body["detail"].as_str().unwrap().contains("RSK-1"),
+        "{}",
+        removal.body
+    );
+    assert!(kind(&server, "risk").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_additions_refuse_the_module_whole() {
+    let server = TestServer::start().unwrap();
+    assert_eq!(
+        upload(&server, &risk_register()).await.status,
+        StatusCode::CREATED
+    );
+    let cases = [
+        (
+            "[[fields]]\nkind = \"incident\"\n[fields.properties]\nimpact = { type = \"integer\" }\n",
+            "module.toml: fields",
+            "field impact of kind incident",
+        ),
+        (
+            // Typed differently by the installed risk register.
+            "[[fields]]\nkind = \"risk\"\n[fields.properties]\nscore = { type = \"string\" }\n",
+            "module.toml: fields",
+            "field score of kind risk",
+        ),
+        (
+            "[[kinds]]\nname = \"asset\"\nprefix = \"INC\"\nprocess = \"operate\"\nstates = [{ name = \"new\", category = \"initial\" }]\n",
+            "module.toml: kinds",
+            "prefix INC",
+        ),
+        (
+            "[[kinds]]\nname = \"risk\"\nprefix = \"RISK\"\nprocess = \"improve\"\nstates = [{ name = \"new\", category = \"initial\" }]\n",
+            "module.toml: kinds",
+            "kind risk is defined twice",
+        ),
+        (
+            "[[kinds]]\nname = \"asset\"\nprefix = \"AST\"\nprocess = \"operate\"\nstates = [{ name = \"a\", category = \"initial\" }, { name = \"b\", category = \"initial\" }]\n",
+            "module.toml: kinds[0].states",
+            "exactly one initial state",
+        ),
+        (
+            "[[states]]\nkind = \"change\"\nname = \"implement\"\ncategory = \"active\"\n",
+            "module.toml: states",
+            "already has a state implement",
+        ),
+        (
+            "[[states]]\nkind = \"incident\"\nname = \"parked\"\ncategory = \"active\"\ntransitions = [{ from = \"new\", to = \"closed\" }]\n",
+            "module.toml: states",
+            "must lead into or out of",
+        ),
+        (
+            "[[fields]]\nkind = \"asset\"\n[fields.properties]\ntag = { type = \"string\" }\n",
+            "module.toml",
+            "kind asset is not in the catalog",
+        ),
+    ];
+    for (body, location, message) in cases {
+        let reply = upload(&server, &manifest_only(body)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], "module_invalid");
+        assert_eq!(reply.body["field"], location, "{body}: {}", reply.body);
+        assert!(
+            reply.body["detail"].as_str().unwrap().contains(message),
+            "{body}: {}",
+            reply.body
+        );
+    }
+    let modules = server.get("/api/v1/modules").await.unwrap().body;
+    assert_eq!(modules["modules"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        kind(&server, "incident").await.unwrap()["schema"]["properties"]["impact"]["type"],
+        "string"
+    );
+}
