@@ -1,5 +1,5 @@
 //! SLA timer benchmark (not a test): N open incidents under one agreement; how fast the SLA
-//! worker schedules their timers, how fast it fires them when they come due, and the memory it
+//! worker schedules their timers, re-arms them after an agreement change, fires them when they come due, and the memory it
 //! takes. `USM_BENCH_RECORDS` sets N (default 100,000); `USM_BENCH_CACHE_MIB` the store's
 //! page cache (default 256).
 //! Run with `cargo bench -p usm-tests --bench sla_timers`.
@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::json;
-use usm_engine::{Engine, EngineConfig, NewRecord, SlaWorker};
+use usm_engine::{Engine, EngineConfig, NewRecord, RecordPatch, SlaWorker};
 use usm_model::{Actor, Catalog, Role};
 use usm_store::{SledStore, Store, StoreConfig};
 
@@ -103,6 +103,35 @@ fn main() {
         expected as f64 / scheduled.as_secs_f64(),
         records as f64 / scheduled.as_secs_f64(),
         rss_scheduled - rss_before
+    );
+
+    // Re-arming: the agreement's warning threshold moves from 95 % to 90 %, so every record's
+    // warning timer moves earlier; the worker re-arms the whole domain.
+    let rearming = Instant::now();
+    let patch: RecordPatch =
+        serde_json::from_value(json!({"fields": {"warning_percent": 90}})).unwrap();
+    engine
+        .update(&admin, agreement.id.as_str(), patch, None)
+        .unwrap();
+    while !store
+        .events_after(store.cursor("sla").unwrap(), 1)
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            rearming.elapsed() < Duration::from_secs(1800),
+            "re-arming stalled"
+        );
+        engine
+            .commits()
+            .wait_past(engine.commits().count(), Duration::from_millis(100));
+    }
+    let rearmed = rearming.elapsed();
+    println!(
+        "re-armed {records} records after an agreement change in {:.1} s: {:.0} records/s; RSS {:.0} MiB",
+        rearmed.as_secs_f64(),
+        records as f64 / rearmed.as_secs_f64(),
+        rss_mib()
     );
 
     worker.stop();

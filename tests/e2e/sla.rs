@@ -93,6 +93,34 @@ async fn records_show_their_clocks_and_breaches_fire_the_sla_hook_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_tightened_agreement_fires_at_the_new_moment() {
+    let server = with_escalation();
+    // Ten hours to resolve: nothing would fire during the test.
+    server.create(agreement(600.0)).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Slow burn", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+    let before = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(before["sla"]["resolution"]["target_minutes"], 600.0);
+
+    // Tightened to seconds: the armed timers move, and both levels breach now.
+    let tightened = server
+        .patch(
+            "/api/v1/records/AGR-1",
+            &json!({"fields": {"targets": {"P1": {"response_minutes": 0.025, "resolution_minutes": 0.05}}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tightened.status, 200, "{}", tightened.body);
+    let found = wait_for(&server, 2, Duration::from_secs(20)).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    let after = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(after["sla"]["resolution"]["breached"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
     let server = with_escalation();
     server.create(agreement(0.05)).await.unwrap();

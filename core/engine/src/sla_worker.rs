@@ -246,8 +246,43 @@ fn warning_fraction(engine: &Engine, record: &Record) -> f64 {
         .map_or(0.75, |p| p.warning_percent / 100.0)
 }
 
+/// Re-arms the timers of every unfinished record in `domain`, after one of its agreements
+/// changed: a tightened target must fire at its new, earlier moment, not when the old timer comes
+/// due. Due timers fire between pages, so a long sweep delays none of them. Returns whether the
+/// sweep finished (it stops early when the worker stops).
+fn rearm_domain(engine: &Engine, domain: &Domain, stop: &AtomicBool) -> Result<bool, StoreError> {
+    let store = engine.store().as_ref();
+    let mut query = ListQuery {
+        domain: Some(domain.clone()),
+        limit: 256,
+        ..ListQuery::default()
+    };
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let page = store.list(&query)?;
+        let catalog = engine.catalog();
+        for record in &page.records {
+            let finished = catalog
+                .get(&record.kind)
+                .and_then(|def| def.lifecycle.state(&record.state))
+                .is_some_and(|state| state.category == usm_model::StateCategory::Inactive);
+            // A finished record's timers were cleared when it finished; agreements have none.
+            if !finished && record.kind.as_str() != "agreement" {
+                reschedule(engine, record)?;
+            }
+        }
+        fire_due(engine)?;
+        match page.next {
+            Some(after) => query.after = Some(after),
+            None => return Ok(true),
+        }
+    }
+}
+
 /// Reschedules timers for the records the outbox says changed; an agreement change drops the
-/// cached policies.
+/// cached policies and re-arms its domain.
 fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
     let store = engine.store().as_ref();
     let cursor = store.cursor(CONSUMER)?;
@@ -263,6 +298,10 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
         if writes {
             if event.kind.as_str() == "agreement" {
                 engine.sla_policies().invalidate();
+                if !rearm_domain(engine, &event.domain, stop)? {
+                    // Stopped part way: the sweep starts over from this event next time.
+                    break;
+                }
             } else if let Some(record) = store.get(&event.record_id)? {
                 reschedule(engine, &record)?;
             }

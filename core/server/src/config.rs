@@ -35,6 +35,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Acknowledge writes only once flushed to disk.
     pub durable_acks: bool,
+    /// The store's page cache, in MiB (sled counts on-disk bytes; resident memory under write
+    /// bursts measured at two to three times this, see BENCHMARKS.md).
+    pub cache_mib: u64,
     /// Service domains records may live in.
     pub domains: Vec<String>,
     /// Seconds in-flight requests get to finish on shutdown.
@@ -94,6 +97,7 @@ impl Default for Config {
             workers: None,
             max_body_bytes: 1024 * 1024,
             durable_acks: true,
+            cache_mib: 256,
             domains: vec!["it".into(), "hr".into(), "facilities".into()],
             shutdown_timeout_secs: 30,
             auth_required: true,

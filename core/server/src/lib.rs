@@ -172,6 +172,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         &config.data_dir,
         StoreConfig {
             durable_acks: config.durable_acks,
+            cache_capacity: config.cache_mib.saturating_mul(1024 * 1024),
             ..StoreConfig::default()
         },
     )?;
