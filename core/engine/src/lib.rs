@@ -24,7 +24,7 @@ pub mod workflow;
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, PoisonError, RwLock, RwLockWriteGuard},
 };
 
 use serde::Deserialize;
@@ -198,6 +198,10 @@ pub struct Engine {
     base_kinds: Vec<KindDef>,
     /// The composed catalog in force now; swapped whole when modules change.
     catalog: RwLock<Arc<Catalog>>,
+    /// Held shared by every write from its catalog snapshot to its commit, and exclusively by a
+    /// catalog change while it checks that no record uses what it drops and swaps: so no write
+    /// on the old catalog lands a record of a kind or state that is gone.
+    catalog_gate: RwLock<()>,
     config: EngineConfig,
     pipelines: RwLock<Arc<Pipelines>>,
     commits: Arc<CommitSignal>,
@@ -211,6 +215,7 @@ impl Engine {
             store,
             base_kinds: catalog.kinds().cloned().collect(),
             catalog: RwLock::new(catalog),
+            catalog_gate: RwLock::new(()),
             config,
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
             commits: Arc::new(CommitSignal::default()),
@@ -260,6 +265,14 @@ impl Engine {
         Catalog::compose(self.base_kinds.iter().cloned(), modules)
     }
 
+    /// Waits for writes in flight to commit and holds new ones back until the guard drops; a
+    /// catalog change that drops kinds or states checks and swaps under it.
+    pub(crate) fn hold_writes(&self) -> RwLockWriteGuard<'_, ()> {
+        self.catalog_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Swaps in a newly composed catalog; writes in flight finish on the old one.
     pub fn set_catalog(&self, catalog: Catalog) {
         *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
@@ -304,6 +317,10 @@ impl Engine {
         idempotency_key: Option<&str>,
         cause: Option<Cause>,
     ) -> Result<Created, EngineError> {
+        let _gate = self
+            .catalog_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let catalog = self.catalog();
         let def = kind_def(&catalog, &new.kind)?;
         let domain = match &new.domain {
@@ -661,6 +678,10 @@ impl Engine {
             cause,
         } = target;
         let id = parse_id(id)?;
+        let _gate = self
+            .catalog_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let attempts = self.config.limits.write_attempts;
         let hook = match action {
             Action::Create | Action::Update => Hook::Update,

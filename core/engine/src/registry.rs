@@ -450,6 +450,7 @@ impl Registry {
         let catalog = self
             .next_catalog(&modules, &manifest.id, Some(&module.catalog))
             .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+        let _writes_held = self.engine.hold_writes();
         self.check_in_use(&catalog)?;
         let record = ModuleRecord {
             id: module.manifest.id.clone(),
@@ -534,6 +535,7 @@ impl Registry {
         let catalog = self
             .next_catalog(&modules, id, None)
             .map_err(|error| RegistryError::InUse(error.to_string()))?;
+        let _writes_held = self.engine.hold_writes();
         self.check_in_use(&catalog)?;
         let entry = modules
             .remove(id)

@@ -969,3 +969,92 @@ mod authorization {
         );
     }
 }
+
+/// Builds every step as one that signals `entered` and waits for `go`.
+struct PausingSteps {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    go: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl crate::StepBuilder for PausingSteps {
+    fn build(&self, _request: &crate::BuildRequest<'_>) -> Result<Arc<dyn crate::Step>, String> {
+        let entered = self.entered.lock().unwrap().clone();
+        let go = Arc::clone(&self.go);
+        Ok(Arc::new(
+            move |_: &crate::StepInput<'_>| -> Result<crate::StepOutput, crate::StepError> {
+                entered.send(()).unwrap();
+                go.lock().unwrap().recv().unwrap();
+                Ok(crate::StepOutput::Continue)
+            },
+        ))
+    }
+}
+
+#[test]
+fn a_module_cannot_be_removed_under_a_write_that_uses_its_kind() {
+    let engine = Arc::new(engine());
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let runtimes = crate::Runtimes {
+        wasm: None,
+        rhai: Some(Arc::new(PausingSteps {
+            entered: std::sync::Mutex::new(entered_tx),
+            go: Arc::new(std::sync::Mutex::new(go_rx)),
+        })),
+    };
+    let registry = Arc::new(crate::Registry::open(Arc::clone(&engine), runtimes).unwrap());
+    let manifest = r#"
+        id = "risk"
+        version = "1.0.0"
+        framework = "custom"
+        api = "^0.1"
+        [[kinds]]
+        name = "risk"
+        prefix = "RSK"
+        process = "improve"
+        states = [{ name = "open", category = "initial" }]
+        [[steps]]
+        name = "pause"
+        hook = "create"
+        process = "improve"
+        phase = "before"
+        script = "pause.rhai"
+    "#;
+    let files: crate::ModuleFiles = [
+        ("module.toml".to_owned(), manifest.as_bytes().to_vec()),
+        ("pause.rhai".to_owned(), Vec::new()),
+    ]
+    .into();
+    let admin = Actor::new("root", [Role::Admin]);
+    registry.install(&admin, files).unwrap();
+    registry
+        .enable(&admin, "risk", &["it".into()], None)
+        .unwrap();
+
+    std::thread::scope(|scope| {
+        // A create of the module's kind, paused inside its pipeline: it has its catalog.
+        let creating = scope.spawn(|| engine.create(&agent(), new("risk", "r", json!({})), None));
+        entered.recv().unwrap();
+        // The removal waits for that write instead of checking before it lands.
+        let removing = scope.spawn(|| registry.remove(&admin, "risk"));
+        let waited = std::time::Instant::now();
+        while !removing.is_finished() && waited.elapsed() < std::time::Duration::from_millis(300) {
+            std::thread::yield_now();
+        }
+        go.send(()).unwrap();
+        let created = creating.join().unwrap().unwrap();
+        assert_eq!(created.record.id.as_str(), "RSK-1");
+        match removing.join().unwrap() {
+            Err(crate::RegistryError::InUse(detail)) => {
+                assert!(detail.contains("RSK-1"), "{detail}")
+            }
+            other => panic!("the removal should find RSK-1, got {other:?}"),
+        }
+    });
+    assert!(
+        engine
+            .catalog()
+            .get(&crate::Kind::new("risk").unwrap())
+            .is_some()
+    );
+}
