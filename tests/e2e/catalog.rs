@@ -30,22 +30,10 @@ fn manifest_only(body: &str) -> ModuleFiles {
 }
 
 async fn upload(server: &TestServer, files: &ModuleFiles) -> Reply {
-    let response = server
-        .client()
-        .post(format!("{}/api/v1/modules", server.base))
-        .header("content-type", "application/gzip")
-        .body(bundle::pack(files).unwrap())
-        .send()
+    server
+        .upload_module(bundle::pack(files).unwrap())
         .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+        .unwrap()
 }
 
 async fn kind(server: &TestServer, name: &str) -> Option<Value> {

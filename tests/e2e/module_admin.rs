@@ -30,22 +30,7 @@ fn tagger(version: &str, tag: &str) -> ModuleFiles {
 }
 
 async fn upload(server: &TestServer, bundle: Vec<u8>) -> Reply {
-    let response = server
-        .client()
-        .post(format!("{}/api/v1/modules", server.base))
-        .header("content-type", "application/gzip")
-        .body(bundle)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    server.upload_module(bundle).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -270,6 +270,25 @@ impl TestServer {
         self.call(Method::POST, path, Some(body), &[]).await
     }
 
+    /// Uploads a module bundle (`.tar.gz`) to `POST /api/v1/modules`.
+    pub async fn upload_module(&self, bundle: Vec<u8>) -> anyhow::Result<Reply> {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/modules", self.base))
+            .header("content-type", "application/gzip")
+            .body(bundle)
+            .send()
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or_default();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
     /// PATCH `path` with `body`.
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
         self.call(Method::PATCH, path, Some(body), &[]).await

@@ -8,6 +8,7 @@
 //! client's to resolve (412); without, the engine recomputes on the fresh record.
 
 pub mod auth;
+mod background;
 pub mod bundle;
 mod cursor;
 mod error;
@@ -38,6 +39,7 @@ use usm_model::{
 };
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
+pub use background::Background;
 pub use error::EngineError;
 pub use module::{
     BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,

@@ -6,7 +6,6 @@ use std::{
         Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use usm_model::{Actor, Cause, Event, EventType, Link, Record, Role};
 
 use crate::{
-    Effect, Engine, EngineError, NewRecord, RecordPatch,
+    Background, Effect, Engine, EngineError, NewRecord, RecordPatch,
     pipeline::BoundStep,
     step::{Hook, OnError, Phase, StepError, StepInput, StepOutput},
 };
@@ -58,49 +57,18 @@ impl CommitSignal {
 }
 
 /// The background thread that runs after-steps. Stops (after the event in hand) when dropped.
-pub struct AfterStepWorker {
-    stop: Arc<AtomicBool>,
-    engine: Arc<Engine>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct AfterStepWorker(Background);
 
 impl AfterStepWorker {
     /// Starts consuming the outbox from the stored cursor.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let engine = Arc::clone(&engine);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("usm-after-steps".into())
-                .spawn(move || run(&engine, &stop))?
-        };
-        Ok(Self {
-            stop,
-            engine,
-            thread: Some(thread),
-        })
+        let commits = Arc::clone(engine.commits());
+        Background::spawn("usm-after-steps", commits, move |stop| run(&engine, &stop)).map(Self)
     }
 
     /// Stops the worker and waits for it.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.engine.commits().notify();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the after-step worker panicked");
-        }
-    }
-}
-
-impl Drop for AfterStepWorker {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 

@@ -8,7 +8,6 @@ use std::{
         Arc, PoisonError, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -18,7 +17,7 @@ use usm_model::{Domain, Event, EventType, Kind, Record, RecordId, State};
 use usm_store::{ListQuery, Store, StoreError, Timer};
 
 use crate::{
-    Engine,
+    Background, Engine,
     sla::{self, Policy, SlaStatus},
 };
 
@@ -312,62 +311,32 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
 }
 
 /// The SLA background thread. Stops when dropped.
-pub struct SlaWorker {
-    stop: Arc<AtomicBool>,
-    engine: Arc<Engine>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct SlaWorker(Background);
 
 impl SlaWorker {
     /// Starts keeping and firing timers.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let engine = Arc::clone(&engine);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("usm-sla".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let seen = engine.commits().count();
-                        let consumed = consume(&engine, &stop).unwrap_or_else(|error| {
-                            tracing::error!(%error, "the SLA worker cannot read the outbox");
-                            0
-                        });
-                        if let Err(error) = fire_due(&engine) {
-                            tracing::error!(%error, "the SLA worker cannot fire timers");
-                        }
-                        if consumed == 0 {
-                            engine.commits().wait_past(seen, Duration::from_millis(200));
-                        }
-                    }
-                })?
-        };
-        Ok(Self {
-            stop,
-            engine,
-            thread: Some(thread),
+        let commits = Arc::clone(engine.commits());
+        Background::spawn("usm-sla", commits, move |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                let seen = engine.commits().count();
+                let consumed = consume(&engine, &stop).unwrap_or_else(|error| {
+                    tracing::error!(%error, "the SLA worker cannot read the outbox");
+                    0
+                });
+                if let Err(error) = fire_due(&engine) {
+                    tracing::error!(%error, "the SLA worker cannot fire timers");
+                }
+                if consumed == 0 {
+                    engine.commits().wait_past(seen, Duration::from_millis(200));
+                }
+            }
         })
+        .map(Self)
     }
 
     /// Stops the worker and waits for it.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.engine.commits().notify();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the SLA worker panicked");
-        }
-    }
-}
-
-impl Drop for SlaWorker {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }

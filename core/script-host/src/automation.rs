@@ -6,11 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex, PoisonError, RwLock, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -18,7 +14,7 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use rhai::{AST, Dynamic, EvalAltResult, Map, Scope, module_resolvers::StaticModuleResolver};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use usm_engine::{Engine, ListRequest, NewRecord, RecordPatch, kpis::KpiRequest};
+use usm_engine::{Background, Engine, ListRequest, NewRecord, RecordPatch, kpis::KpiRequest};
 use usm_model::{Actor, Domain, EventType, Role};
 use usm_store::StoreError;
 
@@ -551,64 +547,34 @@ impl Automations {
 }
 
 /// The automation thread: cron once a second, events as they commit. Stops when dropped.
-pub struct AutomationWorker {
-    stop: Arc<AtomicBool>,
-    usm: Arc<Engine>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct AutomationWorker(Background);
 
 impl AutomationWorker {
     /// Starts running automations.
     pub fn start(automations: Arc<Automations>) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let usm = Arc::clone(&automations.usm);
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("usm-automations".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let seen = automations.usm.commits().count();
-                        automations.run_due(Timestamp::now());
-                        let read = automations.consume_events().unwrap_or_else(|error| {
-                            tracing::error!(%error, "automation events failed");
-                            0
-                        });
-                        if read == 0 {
-                            automations
-                                .usm
-                                .commits()
-                                .wait_past(seen, Duration::from_millis(500));
-                        }
-                    }
-                })?
-        };
-        Ok(Self {
-            stop,
-            usm,
-            thread: Some(thread),
+        let commits = Arc::clone(automations.usm.commits());
+        Background::spawn("usm-automations", commits, move |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                let seen = automations.usm.commits().count();
+                automations.run_due(Timestamp::now());
+                let read = automations.consume_events().unwrap_or_else(|error| {
+                    tracing::error!(%error, "automation events failed");
+                    0
+                });
+                if read == 0 {
+                    automations
+                        .usm
+                        .commits()
+                        .wait_past(seen, Duration::from_millis(500));
+                }
+            }
         })
+        .map(Self)
     }
 
     /// Stops and waits.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.usm.commits().notify();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the automation worker panicked");
-        }
-    }
-}
-
-impl Drop for AutomationWorker {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 

@@ -9,7 +9,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -17,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use usm_engine::{
-    Engine,
+    Background, Engine,
     webhooks::{self, Delivery, Subscription},
 };
 use usm_model::{Event, Timestamp};
@@ -26,57 +25,31 @@ use usm_model::{Event, Timestamp};
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The delivery worker. Stops when dropped.
-pub struct WebhookWorker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct WebhookWorker(Background);
 
 impl WebhookWorker {
     /// Starts delivering; `retry_base` is the first backoff, doubled per attempt.
     pub fn start(engine: Arc<Engine>, retry_base: Duration) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("usm-webhooks".into())
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            tracing::error!(%error, "cannot start the webhook runtime");
-                            return;
-                        }
-                    };
-                    runtime.block_on(supervise(engine, retry_base, stop));
-                })?
-        };
-        Ok(Self {
-            stop,
-            thread: Some(thread),
+        let commits = Arc::clone(engine.commits());
+        Background::spawn("usm-webhooks", commits, move |stop| {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the webhook runtime");
+                    return;
+                }
+            };
+            runtime.block_on(supervise(engine, retry_base, stop));
         })
+        .map(Self)
     }
 
     /// Stops delivering (an attempt in flight is abandoned and retried after the next start).
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the webhook worker panicked");
-        }
-    }
-}
-
-impl Drop for WebhookWorker {
-    fn drop(&mut self) {
-        self.shut_down();
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
