@@ -349,9 +349,13 @@ fn hostile_neighbour() {
         &[("looper.wasm", guests::GUEST_LOOPER)],
     )
     .unwrap();
-    for hostile in [false, true] {
+    // Baseline; the looping step with the circuit breaker off; with it on (the default).
+    for (hostile, breaker) in [(false, true), (true, false), (true, true)] {
         let looper = looper.clone();
         let server = usm_tests::TestServer::start_with(move |config| {
+            if !breaker {
+                config.breaker_trip_after = 0;
+            }
             config.modules = vec![usm_server::ModuleConfig {
                 path: looper,
                 domains: vec!["hr".into()],
@@ -401,7 +405,11 @@ fn hostile_neighbour() {
                 (started.elapsed(), latencies)
             };
             let (hr_failures, (elapsed, latencies)) = tokio::join!(hr_load, it_load);
-            let label = if hostile { "it creates, hr step loops to its deadline" } else { "it creates, hr creates plain" };
+            let label = match (hostile, breaker) {
+                (false, _) => "it creates, hr creates plain",
+                (true, false) => "it creates, hr loops, no breaker",
+                (true, true) => "it creates, hr loops, breaker on",
+            };
             report(label, elapsed, latencies);
             println!("{:<34} hr writes failed by the deadline: {hr_failures}", "");
         });

@@ -13,6 +13,7 @@ mod frameworks;
 mod isolation;
 mod module_admin;
 mod modules;
+mod overload;
 mod pipelines;
 mod plugins;
 mod records;

@@ -66,17 +66,54 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
             "usm_modules_installed{{status=\"{status}\"}} {count}\n"
         ));
     }
-    let steps: usize = services
-        .engine
-        .pipelines()
-        .describe()
-        .iter()
-        .map(|p| p.steps.len())
-        .sum();
+    let pipelines = services.engine.pipelines().describe();
+    let steps: usize = pipelines.iter().map(|p| p.steps.len()).sum();
     text.push_str("# HELP usm_pipeline_steps Steps in the composed pipelines.\n");
     text.push_str("# TYPE usm_pipeline_steps gauge\n");
     text.push_str(&format!("usm_pipeline_steps {steps}\n"));
+    step_health(&mut text, &pipelines);
+    let (running, waiting) = services.engine.pipeline_load();
+    text.push_str("# HELP usm_pipeline_writes Client writes running their pipeline steps, and waiting for a turn.\n");
+    text.push_str("# TYPE usm_pipeline_writes gauge\n");
+    text.push_str(&format!(
+        "usm_pipeline_writes{{state=\"running\"}} {running}\nusm_pipeline_writes{{state=\"waiting\"}} {waiting}\n"
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)
+}
+
+/// Failures and suspensions of each step (a step enabled in several domains is one step with
+/// one breaker, listed once).
+fn step_health(text: &mut String, pipelines: &[usm_engine::PipelineView]) {
+    let mut seen = std::collections::BTreeMap::new();
+    for step in pipelines.iter().flat_map(|p| &p.steps) {
+        seen.entry((step.module.as_str(), step.step.as_str()))
+            .or_insert(&step.breaker);
+    }
+    text.push_str("# HELP usm_step_failures_total Failed step calls since start, by kind (timeout: the step's own CPU budget; stalled: the host could not finish the call).\n");
+    text.push_str("# TYPE usm_step_failures_total counter\n");
+    for ((module, step), breaker) in &seen {
+        for (kind, count) in &breaker.failures {
+            text.push_str(&format!(
+                "usm_step_failures_total{{module=\"{module}\",step=\"{step}\",kind=\"{kind}\"}} {count}\n"
+            ));
+        }
+    }
+    text.push_str("# HELP usm_step_suspensions_total Times the circuit breaker suspended a step since start.\n");
+    text.push_str("# TYPE usm_step_suspensions_total counter\n");
+    for ((module, step), breaker) in &seen {
+        text.push_str(&format!(
+            "usm_step_suspensions_total{{module=\"{module}\",step=\"{step}\"}} {}\n",
+            breaker.suspensions
+        ));
+    }
+    text.push_str("# HELP usm_step_suspended Whether a step is suspended now (1) or runs (0).\n");
+    text.push_str("# TYPE usm_step_suspended gauge\n");
+    for ((module, step), breaker) in &seen {
+        text.push_str(&format!(
+            "usm_step_suspended{{module=\"{module}\",step=\"{step}\"}} {}\n",
+            u8::from(breaker.suspended_for_secs.is_some())
+        ));
+    }
 }

@@ -74,7 +74,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
-        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         C::Internal | C::StepFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -114,6 +114,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::WebhookNotFound => "Webhook not found",
         C::AutomationNotFound => "Automation not found",
         C::Unavailable => "Service unavailable",
+        C::Overloaded => "Server overloaded",
         C::Internal => "Internal error",
     }
 }
@@ -196,6 +197,9 @@ impl From<EngineError> for ApiError {
         }
         let mut api = Self::new(code, error.to_string());
         api.0.field = error.field();
+        if let Some(seconds) = error.retry_after_secs() {
+            api = api.with_header("Retry-After", seconds.to_string());
+        }
         match error {
             EngineError::InvalidFields { errors, .. } => api.0.errors = Some(errors),
             EngineError::IllegalTransition { allowed, .. } => api.0.allowed = Some(allowed),

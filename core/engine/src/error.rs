@@ -131,6 +131,14 @@ pub enum EngineError {
         /// What went wrong.
         error: crate::StepError,
     },
+    /// More writes arrived than the server can run; the client should retry later.
+    #[error("the server is overloaded: {reason}; retry in {retry_after_secs} s")]
+    Overloaded {
+        /// What is full.
+        reason: String,
+        /// When to retry.
+        retry_after_secs: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -173,6 +181,12 @@ impl EngineError {
             Self::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
             Self::WriteConflict { .. } => ErrorCode::WriteConflict,
             Self::StepRejected { .. } => ErrorCode::StepRejected,
+            // A call the host could not finish in time is the server's overload, not the step's.
+            Self::StepFailed {
+                error: crate::StepError::Stalled(_),
+                ..
+            }
+            | Self::Overloaded { .. } => ErrorCode::Overloaded,
             Self::StepFailed { .. } => ErrorCode::StepFailed,
             Self::Store(_) => ErrorCode::Internal,
         }
@@ -188,6 +202,20 @@ impl EngineError {
             }
             Self::UnknownState { .. } => Some("/to".into()),
             Self::BadCursor(_) => Some("cursor".into()),
+            _ => None,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for errors that say so.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Self::StepFailed {
+                error: crate::StepError::Stalled(_),
+                ..
+            } => Some(1),
             _ => None,
         }
     }

@@ -7,8 +7,10 @@
 //! commits with a compare-and-swap on the version it read. With `If-Match` a lost race is the
 //! client's to resolve (412); without, the engine recomputes on the fresh record.
 
+mod admission;
 pub mod auth;
 mod background;
+pub mod budget;
 pub mod bundle;
 mod cursor;
 mod error;
@@ -39,6 +41,7 @@ use usm_model::{
 };
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
+pub use admission::AdmissionConfig;
 pub use background::Background;
 pub use error::EngineError;
 pub use module::{
@@ -46,7 +49,9 @@ pub use module::{
     RECORDS_READ, Runtimes, StepBuilder, StepDecl,
 };
 pub use outbox::{AfterStepWorker, CommitSignal};
-pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
+pub use pipeline::{
+    BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepView,
+};
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
 pub use sla_worker::{SlaPolicies, SlaWorker, timeline};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
@@ -107,6 +112,10 @@ pub struct EngineConfig {
     pub domains: Vec<Domain>,
     /// Request bounds.
     pub limits: Limits,
+    /// When a misbehaving step is suspended.
+    pub breaker: BreakerPolicy,
+    /// How many client writes run their pipelines at once, and how many wait.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +127,8 @@ impl Default for EngineConfig {
         Self {
             domains,
             limits: Limits::default(),
+            breaker: BreakerPolicy::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -208,6 +219,7 @@ pub struct Engine {
     pipelines: RwLock<Arc<Pipelines>>,
     commits: Arc<CommitSignal>,
     sla_policies: SlaPolicies,
+    admission: admission::Admission,
 }
 
 impl Engine {
@@ -218,11 +230,22 @@ impl Engine {
             base_kinds: catalog.kinds().cloned().collect(),
             catalog: RwLock::new(catalog),
             catalog_gate: RwLock::new(()),
+            admission: admission::Admission::new(config.admission),
             config,
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
             commits: Arc::new(CommitSignal::default()),
             sla_policies: SlaPolicies::default(),
         }
+    }
+
+    /// When misbehaving steps are suspended.
+    pub fn breaker_policy(&self) -> &BreakerPolicy {
+        &self.config.breaker
+    }
+
+    /// Client writes running their pipelines now, and waiting for a turn.
+    pub fn pipeline_load(&self) -> (usize, usize) {
+        self.admission.load()
     }
 
     /// The SLA policies of the active agreements.
@@ -359,8 +382,15 @@ impl Engine {
             updated_by: actor.name.clone(),
         };
         let pipelines = self.pipelines();
-        let (record, steps) =
-            self.run_before(&pipelines, Hook::Create, actor, record, None, Value::Null)?;
+        let (record, steps) = self.run_before(
+            &pipelines,
+            Hook::Create,
+            actor,
+            record,
+            None,
+            Value::Null,
+            cause.is_none(),
+        )?;
         let history = HistoryEntry {
             version: 1,
             at: now,
@@ -726,8 +756,15 @@ impl Engine {
             let now = Timestamp::now();
             record.updated_at = now;
             record.updated_by = actor.name.clone();
-            let (record, steps) =
-                self.run_before(&pipelines, hook, actor, record, Some(&current), context)?;
+            let (record, steps) = self.run_before(
+                &pipelines,
+                hook,
+                actor,
+                record,
+                Some(&current),
+                context,
+                cause.is_none(),
+            )?;
             let history = HistoryEntry {
                 version: current.version + 1,
                 at: now,
@@ -803,7 +840,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs the before-phase of `hook` on a proposed record.
+    /// Runs the before-phase of `hook` on a proposed record. A client's write (`admitted`)
+    /// first waits for its turn: background effects are already paced by their workers.
+    #[allow(clippy::too_many_arguments)]
     fn run_before(
         &self,
         pipelines: &Pipelines,
@@ -812,8 +851,14 @@ impl Engine {
         proposed: Record,
         previous: Option<&Record>,
         context: Value,
+        admitted: bool,
     ) -> Result<(Record, Vec<usm_model::StepRun>), EngineError> {
         let steps = pipelines.steps(&proposed.domain, proposed.process, hook, Phase::Before);
+        let _turn = if admitted && steps.iter().any(|s| s.applies_to(&proposed.kind)) {
+            Some(self.admission.enter()?)
+        } else {
+            None
+        };
         pipeline::BeforeRun {
             steps,
             hook,
@@ -821,6 +866,7 @@ impl Engine {
             previous,
             context,
             max_patch_depth: self.config.limits.max_patch_depth,
+            breaker: &self.config.breaker,
         }
         .run(proposed, |mut candidate| {
             candidate.title = self.title(&candidate.title)?;

@@ -14,7 +14,7 @@ use usm_model::{Actor, Cause, Event, EventType, Link, Record, Role};
 
 use crate::{
     Background, Effect, Engine, EngineError, NewRecord, RecordPatch,
-    pipeline::BoundStep,
+    pipeline::{BoundStep, BreakerPolicy},
     step::{Hook, OnError, Phase, StepError, StepInput, StepOutput},
 };
 
@@ -170,7 +170,7 @@ fn process(engine: &Engine, event: &Event) {
         };
         let span = tracing::info_span!("after_step", module = %step.module, step = %step.name, record = %event.record_id, event = event.seq);
         let _entered = span.enter();
-        match run_with_retries(step, &input) {
+        match run_with_retries(step, engine.breaker_policy(), &input) {
             Ok(StepOutput::Effects(effects)) => {
                 apply_effects(engine, event, &record, step, effects)
             }
@@ -188,7 +188,11 @@ fn process(engine: &Engine, event: &Event) {
     }
 }
 
-fn run_with_retries(step: &BoundStep, input: &StepInput<'_>) -> Result<StepOutput, StepError> {
+fn run_with_retries(
+    step: &BoundStep,
+    policy: &BreakerPolicy,
+    input: &StepInput<'_>,
+) -> Result<StepOutput, StepError> {
     let attempts = if step.on_error == OnError::Fail {
         ATTEMPTS
     } else {
@@ -197,7 +201,7 @@ fn run_with_retries(step: &BoundStep, input: &StepInput<'_>) -> Result<StepOutpu
     let mut backoff = Duration::from_millis(50);
     let mut last = None;
     for attempt in 1..=attempts {
-        match step.breaker.call(step.step.as_ref(), input) {
+        match step.call(policy, input) {
             Ok(output) => return Ok(output),
             Err(error) => {
                 tracing::warn!(%error, attempt, "after-step attempt failed");

@@ -1,7 +1,11 @@
 //! Composed pipelines: for each (domain, process, hook, phase) the ordered steps of the enabled
 //! modules, and the before-phase runner that applies them to a proposed write.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -47,31 +51,72 @@ pub struct BoundStep {
     pub kinds: Vec<Kind>,
     /// The step itself.
     pub step: Arc<dyn Step>,
-    /// Suspends the step after repeated timeouts or memory exhaustion.
+    /// Suspends the step after repeated budget failures of its own.
     pub breaker: Breaker,
 }
 
-/// Consecutive budget failures (timeouts, memory) after which a step is suspended.
-const TRIP_AFTER: u32 = 5;
-/// How long a suspended step fails fast before one call may try again.
-const SUSPENSION: std::time::Duration = std::time::Duration::from_secs(30);
+/// When a step's circuit breaker trips and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Consecutive budget failures of the step's own making (CPU time, memory) that suspend it;
+    /// 0 turns the breaker off.
+    pub trip_after: u32,
+    /// How long a suspended step fails fast before one call may try again.
+    pub suspension: Duration,
+}
 
-/// A circuit breaker per step: a step that keeps running out of its time or memory budget burns
-/// the CPU other domains need, so after a few such failures in a row it fails fast for a while
-/// instead of being run; then a single call tries again.
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            trip_after: 5,
+            suspension: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A circuit breaker per step: a step that keeps running out of its own CPU or memory budget
+/// burns the cores other domains need, so after a few such failures in a row it fails fast for
+/// a while instead of being run; then a single call tries again.
+///
+/// Only failures the step causes count. A budget is CPU time of the step's own code, so a host
+/// stall, a slow store or a starved thread never makes a step time out; a call that the host
+/// could not finish ([`StepError::Stalled`]) neither counts nor clears the count.
 #[derive(Debug, Default)]
 pub struct Breaker {
-    state: std::sync::Mutex<(u32, Option<Instant>)>,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    consecutive: u32,
+    half_open: bool,
+    suspended_until: Option<Instant>,
+    suspensions: u64,
+    failures: BTreeMap<&'static str, u64>,
+}
+
+/// What a step's breaker has seen, for `/metrics` and `GET /api/v1/pipelines`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BreakerView {
+    /// Seconds the step stays suspended; absent when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_for_secs: Option<u64>,
+    /// How often the step was suspended since the server started.
+    pub suspensions: u64,
+    /// Failed calls since the server started, by kind (`timeout`, `memory`, `trap`, …).
+    pub failures: BTreeMap<String, u64>,
 }
 
 impl Breaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// `Err` while the step is suspended.
     fn admit(&self) -> Result<(), StepError> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match state.1 {
+        let mut state = self.lock();
+        match state.suspended_until {
             Some(until) if Instant::now() < until => Err(StepError::Suspended(
                 until
                     .saturating_duration_since(Instant::now())
@@ -79,42 +124,94 @@ impl Breaker {
                     .max(1),
             )),
             Some(_) => {
-                // Half open: this call may try; another failure suspends again at once.
-                state.0 = TRIP_AFTER - 1;
-                state.1 = None;
+                // Half open: this call may try; a failure of its own suspends the step again.
+                state.half_open = true;
+                state.suspended_until = None;
                 Ok(())
             }
             None => Ok(()),
         }
     }
 
-    fn record(&self, result: &Result<StepOutput, StepError>) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match result {
-            Err(StepError::Timeout(_) | StepError::Memory(_)) => {
-                state.0 += 1;
-                if state.0 >= TRIP_AFTER {
-                    state.1 = Some(Instant::now() + SUSPENSION);
+    fn record(
+        &self,
+        policy: &BreakerPolicy,
+        module: &str,
+        step: &str,
+        result: &Result<StepOutput, StepError>,
+    ) {
+        let mut state = self.lock();
+        let error = match result {
+            Ok(_) => {
+                state.consecutive = 0;
+                state.half_open = false;
+                return;
+            }
+            Err(error) => error,
+        };
+        *state.failures.entry(error.kind()).or_default() += 1;
+        match error {
+            StepError::Timeout(_) | StepError::Memory(_) => {
+                state.consecutive = state.consecutive.saturating_add(1);
+                let trips = state.half_open || state.consecutive >= policy.trip_after;
+                if policy.trip_after > 0 && trips {
+                    state.consecutive = 0;
+                    state.half_open = false;
+                    state.suspensions += 1;
+                    state.suspended_until = Some(Instant::now() + policy.suspension);
+                    tracing::warn!(
+                        target: "usm::breaker",
+                        %module, %step, %error,
+                        suspended_secs = policy.suspension.as_secs(),
+                        "step suspended after {} consecutive budget failures of its own",
+                        policy.trip_after
+                    );
                 }
             }
-            Err(StepError::Suspended(_)) => {}
-            _ => *state = (0, None),
+            StepError::Stalled(_) | StepError::Suspended(_) => {}
+            _ => {
+                state.consecutive = 0;
+                state.half_open = false;
+            }
         }
     }
 
-    /// Runs the step unless it is suspended, and learns from the result.
-    pub fn call(&self, step: &dyn Step, input: &StepInput<'_>) -> Result<StepOutput, StepError> {
-        self.admit()?;
-        let result = step.run(input);
-        self.record(&result);
-        result
+    /// What the breaker has seen.
+    pub fn view(&self) -> BreakerView {
+        let state = self.lock();
+        BreakerView {
+            suspended_for_secs: state
+                .suspended_until
+                .map(|until| until.saturating_duration_since(Instant::now()))
+                .filter(|left| !left.is_zero())
+                .map(|left| left.as_secs().max(1)),
+            suspensions: state.suspensions,
+            failures: state
+                .failures
+                .iter()
+                .map(|(kind, count)| ((*kind).to_owned(), *count))
+                .collect(),
+        }
     }
 }
 
 impl BoundStep {
+    /// Runs the step unless its breaker holds it suspended, and lets the breaker learn from the
+    /// result.
+    pub fn call(
+        &self,
+        policy: &BreakerPolicy,
+        input: &StepInput<'_>,
+    ) -> Result<StepOutput, StepError> {
+        let result = match self.breaker.admit() {
+            Ok(()) => self.step.run(input),
+            Err(suspended) => Err(suspended),
+        };
+        self.breaker
+            .record(policy, &self.module, &self.name, &result);
+        result
+    }
+
     /// Whether the step applies to records of `kind`.
     pub fn applies_to(&self, kind: &Kind) -> bool {
         self.kinds.is_empty() || self.kinds.contains(kind)
@@ -174,6 +271,8 @@ pub struct StepView {
     /// The record kinds it is limited to (all of the process when empty).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub kinds: Vec<Kind>,
+    /// Whether the step is suspended, and its failures since the server started.
+    pub breaker: BreakerView,
 }
 
 impl Pipelines {
@@ -226,6 +325,7 @@ impl Pipelines {
                         order: s.order,
                         on_error: s.on_error,
                         kinds: s.kinds.clone(),
+                        breaker: s.breaker.view(),
                     })
                     .collect(),
             })
@@ -248,6 +348,7 @@ pub(crate) struct BeforeRun<'a> {
     pub(crate) previous: Option<&'a Record>,
     pub(crate) context: Value,
     pub(crate) max_patch_depth: usize,
+    pub(crate) breaker: &'a BreakerPolicy,
 }
 
 impl BeforeRun<'_> {
@@ -286,7 +387,7 @@ impl BeforeRun<'_> {
                 actor: self.actor,
                 context: &self.context,
             };
-            let verdict = match step.breaker.call(step.step.as_ref(), &input) {
+            let verdict = match step.call(self.breaker, &input) {
                 Ok(StepOutput::Continue) => Verdict::Continue,
                 Ok(StepOutput::Patch(patch)) => {
                     match patched(&record, &current, &patch, self.max_patch_depth, &check) {

@@ -154,9 +154,13 @@ pub enum StepOutput {
 /// Why a step failed (as opposed to rejecting the write).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
-    /// The step ran past its time budget.
-    #[error("exceeded its time budget of {0} ms")]
+    /// The step's own code used up its CPU time budget.
+    #[error("exceeded its time budget of {0} ms of CPU time")]
     Timeout(u64),
+    /// The call ran past its wall-clock backstop without using up its CPU budget: the host
+    /// stalled or could not give it a core. Not the step's fault, so it never trips the breaker.
+    #[error("could not finish within {0} ms: the server is overloaded or stalled")]
+    Stalled(u64),
     /// The step tried to use more memory than allowed.
     #[error("exceeded its memory limit: {0}")]
     Memory(String),
@@ -187,6 +191,7 @@ impl StepError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
+            Self::Stalled(_) => "stalled",
             Self::Memory(_) => "memory",
             Self::Trap(_) => "trap",
             Self::InvalidOutput(_) => "invalid_output",

@@ -351,12 +351,13 @@ mod pipelines {
     };
 
     use serde_json::{Value, json};
-    use usm_model::{Domain, Process};
+    use usm_model::{Catalog, Domain, Process};
+    use usm_store::MemoryStore;
 
     use super::{agent, engine, new};
     use crate::{
-        AfterStepWorker, BoundStep, Effect, EngineError, Hook, OnError, Phase, Pipelines, Runtime,
-        Step, StepError, StepInput, StepOutput,
+        AfterStepWorker, BoundStep, BreakerPolicy, Effect, Engine, EngineConfig, EngineError, Hook,
+        OnError, Phase, Pipelines, Runtime, Step, StepError, StepInput, StepOutput,
     };
 
     fn bound(
@@ -797,6 +798,172 @@ mod pipelines {
             5,
             "a suspended step is not run"
         );
+    }
+
+    fn engine_with(config: EngineConfig) -> Engine {
+        Engine::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(Catalog::core()),
+            config,
+        )
+    }
+
+    /// A step that fails with `error` every time, counting its calls.
+    fn failing(
+        error: StepError,
+    ) -> (
+        Arc<std::sync::atomic::AtomicUsize>,
+        impl Fn(&StepInput<'_>) -> Result<StepOutput, StepError> + Send + Sync + 'static,
+    ) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        (calls, move |_: &StepInput<'_>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(error.clone())
+        })
+    }
+
+    #[test]
+    fn a_stalled_host_never_suspends_a_step_and_answers_overloaded() {
+        let engine = engine();
+        let (calls, stalled) = failing(StepError::Stalled(1000));
+        engine.set_pipelines(compose(&[bound(
+            "iso",
+            "targets",
+            Hook::Create,
+            Phase::Before,
+            0,
+            stalled,
+        )]));
+        for _ in 0..20 {
+            let error = engine
+                .create(&agent(), new("incident", "x", json!({})), None)
+                .unwrap_err();
+            assert_eq!(error.code(), usm_model::ErrorCode::Overloaded, "{error}");
+            assert_eq!(error.retry_after_secs(), Some(1));
+        }
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            20,
+            "the step ran every time: stalls are not its fault"
+        );
+        let view = &engine.pipelines().describe()[0].steps[0].breaker;
+        assert_eq!(view.suspensions, 0);
+        assert_eq!(view.failures.get("stalled"), Some(&20));
+    }
+
+    #[test]
+    fn a_breaker_turned_off_never_suspends() {
+        let engine = engine_with(EngineConfig {
+            breaker: BreakerPolicy {
+                trip_after: 0,
+                ..BreakerPolicy::default()
+            },
+            ..EngineConfig::default()
+        });
+        let (calls, slow) = failing(StepError::Timeout(50));
+        engine.set_pipelines(compose(&[bound(
+            "runaway",
+            "spin",
+            Hook::Create,
+            Phase::Before,
+            0,
+            slow,
+        )]));
+        for _ in 0..12 {
+            let error = engine
+                .create(&agent(), new("incident", "x", json!({})), None)
+                .unwrap_err();
+            assert_eq!(error.code(), usm_model::ErrorCode::StepFailed, "{error}");
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 12);
+    }
+
+    #[test]
+    fn a_suspension_shows_in_the_pipelines_and_the_trip_count_is_configurable() {
+        let engine = engine_with(EngineConfig {
+            breaker: BreakerPolicy {
+                trip_after: 2,
+                suspension: std::time::Duration::from_secs(60),
+            },
+            ..EngineConfig::default()
+        });
+        let (calls, slow) = failing(StepError::Memory("grow refused".into()));
+        engine.set_pipelines(compose(&[bound(
+            "runaway",
+            "hog",
+            Hook::Create,
+            Phase::Before,
+            0,
+            slow,
+        )]));
+        for _ in 0..3 {
+            let _ = engine.create(&agent(), new("incident", "x", json!({})), None);
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let view = &engine.pipelines().describe()[0].steps[0].breaker;
+        assert_eq!(view.suspensions, 1);
+        assert!(view.suspended_for_secs.is_some_and(|s| s > 50), "{view:?}");
+        assert_eq!(view.failures.get("memory"), Some(&2));
+        assert_eq!(view.failures.get("suspended"), Some(&1));
+    }
+
+    #[test]
+    fn writes_past_the_admission_queue_are_refused_as_overloaded() {
+        let engine = Arc::new(engine_with(EngineConfig {
+            admission: crate::AdmissionConfig {
+                max_running: 1,
+                max_waiting: 0,
+                max_wait: std::time::Duration::from_secs(30),
+            },
+            ..EngineConfig::default()
+        }));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let entered_tx = std::sync::Mutex::new(entered_tx);
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let blocking = move |_: &StepInput<'_>| {
+            let _ = entered_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv();
+            Ok(StepOutput::Continue)
+        };
+        engine.set_pipelines(compose(&[bound(
+            "slow",
+            "wait",
+            Hook::Create,
+            Phase::Before,
+            0,
+            blocking,
+        )]));
+        let first = {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                engine
+                    .create(&agent(), new("incident", "first", json!({})), None)
+                    .map(|c| c.record.id)
+            })
+        };
+        entered_rx.recv().unwrap();
+        let refused = engine
+            .create(&agent(), new("incident", "second", json!({})), None)
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            usm_model::ErrorCode::Overloaded,
+            "{refused}"
+        );
+        assert_eq!(refused.retry_after_secs(), Some(1));
+        // A record without steps in its pipeline does not queue behind pipelines.
+        engine
+            .create(&agent(), new("task", "no steps for tasks", json!({})), None)
+            .unwrap();
+        release_tx.send(()).unwrap();
+        assert!(first.join().unwrap().is_ok());
+        release_tx.send(()).unwrap();
+        engine
+            .create(&agent(), new("incident", "third", json!({})), None)
+            .unwrap();
+        assert_eq!(engine.pipeline_load(), (0, 0));
     }
 
     #[test]

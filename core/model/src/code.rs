@@ -69,8 +69,10 @@ pub enum ErrorCode {
     AutomationNotFound,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
-    /// The server is shutting down or overloaded.
+    /// The server is shutting down.
     Unavailable,
+    /// More writes arrived than the server can run now; retry after `Retry-After` seconds.
+    Overloaded,
     /// An unexpected internal failure (storage I/O, corrupted data).
     Internal,
 }
@@ -111,6 +113,7 @@ impl ErrorCode {
             Self::AutomationNotFound => "automation_not_found",
             Self::WriteConflict => "write_conflict",
             Self::Unavailable => "unavailable",
+            Self::Overloaded => "overloaded",
             Self::Internal => "internal",
         }
     }

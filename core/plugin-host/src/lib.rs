@@ -10,6 +10,7 @@
 
 mod bindings;
 mod limits;
+mod queries;
 mod state;
 
 use std::{
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 use usm_engine::{
     BuildRequest, Effect, HOST_API_VERSION, Hook, Phase, RECORDS_READ, Step, StepBuilder,
     StepError, StepInput, StepOutput,
+    budget::{BudgetCheck, CallBudget},
 };
 use usm_store::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -35,7 +37,8 @@ pub use limits::PluginLimits;
 
 use crate::{
     bindings::{StepPre, usm::plugin::types as wit},
-    state::HostState,
+    queries::QueryCache,
+    state::{CallSetup, HostState},
 };
 
 /// The custom section in which `usm-sdk` records the `usm:plugin` version a plugin was built for.
@@ -64,6 +67,7 @@ pub struct PluginHost {
     linker: Linker<HostState>,
     limits: PluginLimits,
     store: Option<Arc<dyn Store>>,
+    queries: Arc<QueryCache>,
     ticker: Arc<EpochTicker>,
 }
 
@@ -122,6 +126,7 @@ impl PluginHost {
             linker,
             limits,
             store,
+            queries: Arc::default(),
             ticker: Arc::new(ticker),
         })
     }
@@ -210,6 +215,7 @@ impl PluginHost {
             config: config.to_string(),
             can_read_records: capabilities.iter().any(|c| c == RECORDS_READ),
             store: self.store.clone(),
+            queries: Arc::clone(&self.queries),
             limits,
             epoch_tick: self.limits.epoch_tick,
             _ticker: Arc::clone(&self.ticker),
@@ -312,7 +318,9 @@ pub struct StepSpec<'a> {
 /// Limits of one step's calls.
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
-    /// Wall-clock budget (enforced with epochs).
+    /// Budget of the step's own CPU time (checked at every epoch tick); host calls are not
+    /// charged to it, and a wall-clock backstop of [`usm_engine::budget::wall_limit`] ends a
+    /// call the host cannot finish.
     pub timeout: Duration,
     /// Largest linear memory.
     pub memory_bytes: u64,
@@ -329,6 +337,7 @@ pub struct WasmStep {
     config: String,
     can_read_records: bool,
     store: Option<Arc<dyn Store>>,
+    queries: Arc<QueryCache>,
     limits: CallLimits,
     epoch_tick: Duration,
     /// Deadlines need the ticker: it lives as long as any step.
@@ -337,27 +346,39 @@ pub struct WasmStep {
 
 impl WasmStep {
     fn new_store(&self, domain: Option<String>) -> wasmtime::Store<HostState> {
-        let state = HostState::new(
-            &self.module,
-            &self.name,
-            self.limits.memory_bytes,
+        let state = HostState::new(CallSetup {
+            module: &self.module,
+            step: &self.name,
+            memory_bytes: self.limits.memory_bytes,
             domain,
-            if self.can_read_records {
+            records: if self.can_read_records {
                 self.store.clone()
             } else {
                 None
             },
-            self.can_read_records,
-        );
+            queries: Arc::clone(&self.queries),
+            can_read_records: self.can_read_records,
+            budget: CallBudget::start(self.limits.timeout),
+        });
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = self
-            .limits
-            .timeout
-            .as_micros()
-            .div_ceil(self.epoch_tick.as_micros().max(1));
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
-        store.epoch_deadline_trap();
+        let tick = self.epoch_tick;
+        let ticks = move |left: Duration| {
+            u64::try_from(left.as_micros().div_ceil(tick.as_micros().max(1)))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        };
+        // The first check comes when the budget has passed in wall-clock time; each later one
+        // when the CPU time left could have been used up.
+        store.set_epoch_deadline(ticks(self.limits.timeout));
+        store.epoch_deadline_callback(move |mut context| match context.data().budget.check() {
+            BudgetCheck::Within(left) => Ok(wasmtime::UpdateDeadline::Continue(ticks(left))),
+            BudgetCheck::Spent => Ok(wasmtime::UpdateDeadline::Interrupt),
+            BudgetCheck::Stalled => {
+                context.data_mut().stalled = true;
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            }
+        });
         store
     }
 
@@ -367,6 +388,11 @@ impl WasmStep {
                 "a memory grow past {} bytes was refused",
                 self.limits.memory_bytes
             ));
+        }
+        if store.data().stalled {
+            return StepError::Stalled(
+                u64::try_from(store.data().budget.wall_limit().as_millis()).unwrap_or(u64::MAX),
+            );
         }
         if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
             return StepError::Timeout(

@@ -4,12 +4,17 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
+use usm_engine::budget::{CallBudget, thread_cpu_time};
 use usm_model::{Domain, Kind, RecordId, State};
 use usm_store::{ListQuery, Store};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe};
 
-use crate::{bindings::usm::plugin::host, limits::Limiter};
+use crate::{
+    bindings::usm::plugin::host,
+    limits::Limiter,
+    queries::{QueryCache, QueryKey},
+};
 
 /// Most log lines one call may write.
 const MAX_LOG_LINES: u32 = 64;
@@ -29,8 +34,25 @@ pub(crate) struct HostState {
     step: String,
     domain: Option<String>,
     records: Option<Arc<dyn Store>>,
+    queries: Arc<QueryCache>,
     can_read_records: bool,
     log_lines: u32,
+    /// The call's time budget; host calls are not charged to it.
+    pub(crate) budget: CallBudget,
+    /// The call was stopped by the wall-clock backstop, not for its own CPU time.
+    pub(crate) stalled: bool,
+}
+
+/// What a new call's host state is made of.
+pub(crate) struct CallSetup<'a> {
+    pub(crate) module: &'a str,
+    pub(crate) step: &'a str,
+    pub(crate) memory_bytes: u64,
+    pub(crate) domain: Option<String>,
+    pub(crate) records: Option<Arc<dyn Store>>,
+    pub(crate) queries: Arc<QueryCache>,
+    pub(crate) can_read_records: bool,
+    pub(crate) budget: CallBudget,
 }
 
 /// A wall clock stopped at the epoch: WASI clocks tell a plugin nothing.
@@ -55,14 +77,17 @@ impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
 }
 
 impl HostState {
-    pub(crate) fn new(
-        module: &str,
-        step: &str,
-        memory_bytes: u64,
-        domain: Option<String>,
-        records: Option<Arc<dyn Store>>,
-        can_read_records: bool,
-    ) -> Self {
+    pub(crate) fn new(setup: CallSetup<'_>) -> Self {
+        let CallSetup {
+            module,
+            step,
+            memory_bytes,
+            domain,
+            records,
+            queries,
+            can_read_records,
+            budget,
+        } = setup;
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         // No preopened directories, environment, arguments, network or name lookup; stdout is
         // discarded and stderr kept only to explain crashes; clocks are stopped.
@@ -83,8 +108,11 @@ impl HostState {
             step: step.to_owned(),
             domain,
             records,
+            queries,
             can_read_records,
             log_lines: 0,
+            budget,
+            stalled: false,
         }
     }
 
@@ -169,8 +197,25 @@ impl host::Host for HostState {
     }
 
     fn get_record(&mut self, id: String) -> Result<Option<String>, String> {
+        let started = thread_cpu_time();
+        let result = self.read_record(&id);
+        self.budget.exclude_since(started);
+        result
+    }
+
+    fn query(&mut self, filter: String) -> Result<String, String> {
+        let started = thread_cpu_time();
+        let result = self.run_query(&filter);
+        self.budget.exclude_since(started);
+        result
+    }
+}
+
+/// Record reads for the guest: host work, not charged to the step's budget.
+impl HostState {
+    fn read_record(&self, id: &str) -> Result<Option<String>, String> {
         let (store, domain) = self.records()?;
-        let Ok(id) = RecordId::parse(&id) else {
+        let Ok(id) = RecordId::parse(id) else {
             return Ok(None);
         };
         let record = store.get(&id).map_err(|e| e.to_string())?;
@@ -180,29 +225,49 @@ impl host::Host for HostState {
             .map(|r| serde_json::to_string(&r).unwrap_or_default()))
     }
 
-    fn query(&mut self, filter: String) -> Result<String, String> {
+    fn run_query(&self, filter: &str) -> Result<String, String> {
         let (store, domain) = self.records()?;
         let filter: QueryFilter =
-            serde_json::from_str(&filter).map_err(|e| format!("bad filter: {e}"))?;
+            serde_json::from_str(filter).map_err(|e| format!("bad filter: {e}"))?;
+        let kind = filter
+            .kind
+            .map(Kind::new)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let state = filter
+            .state
+            .map(State::new)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let limit = filter.limit.unwrap_or(MAX_QUERY).clamp(1, MAX_QUERY);
         let query = ListQuery {
-            kind: filter
-                .kind
-                .map(Kind::new)
-                .transpose()
-                .map_err(|e| e.to_string())?,
-            state: filter
-                .state
-                .map(State::new)
-                .transpose()
-                .map_err(|e| e.to_string())?,
-            domain: Some(domain),
-            within: None,
-            owner: None,
-            after: None,
-            limit: filter.limit.unwrap_or(MAX_QUERY).clamp(1, MAX_QUERY),
+            kind: kind.clone(),
+            state: state.clone(),
+            domain: Some(domain.clone()),
+            limit,
+            ..ListQuery::default()
         };
-        let page = store.list(&query).map_err(|e| e.to_string())?;
-        serde_json::to_string(&page.records).map_err(|e| e.to_string())
+        let load = || {
+            let page = store.list(&query).map_err(|e| e.to_string())?;
+            serde_json::to_string(&page.records).map_err(|e| e.to_string())
+        };
+        match kind {
+            // Only a query of one kind has a write count to say when its answer went stale.
+            None => load(),
+            Some(kind) => self
+                .queries
+                .answer(
+                    store,
+                    QueryKey {
+                        domain,
+                        kind,
+                        state,
+                        limit,
+                    },
+                    load,
+                )
+                .map(|answer| answer.to_string()),
+        }
     }
 }
 

@@ -421,15 +421,15 @@ impl Automations {
         );
         ACTOR.with(|a| *a.borrow_mut() = Some(compiled.actor.clone()));
         OUTPUT.with(|o| o.borrow_mut().clear());
-        crate::DEADLINE.with(|d| d.set(Some(clock + self.timeout)));
-        let result = self.rhai.call_fn_with_options::<Dynamic>(
-            rhai::CallFnOptions::new().eval_ast(false),
-            &mut Scope::new(),
-            &compiled.ast,
-            "run",
-            (Dynamic::from_map(ctx),),
-        );
-        crate::DEADLINE.with(|d| d.set(None));
+        let result = crate::with_budget(self.timeout, || {
+            self.rhai.call_fn_with_options::<Dynamic>(
+                rhai::CallFnOptions::new().eval_ast(false),
+                &mut Scope::new(),
+                &compiled.ast,
+                "run",
+                (Dynamic::from_map(ctx),),
+            )
+        });
         ACTOR.with(|a| *a.borrow_mut() = None);
         let output = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
         let (result, error) = match result {

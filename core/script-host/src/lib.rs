@@ -9,14 +9,17 @@
 
 pub mod automation;
 
-use std::{cell::Cell, collections::BTreeMap, sync::Arc, time::Instant};
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
 
 use rhai::{
     AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Module, Scope,
     module_resolvers::StaticModuleResolver,
 };
 use serde_json::Value;
-use usm_engine::{BuildRequest, Effect, Step, StepBuilder, StepError, StepInput, StepOutput};
+use usm_engine::{
+    BuildRequest, Effect, Step, StepBuilder, StepError, StepInput, StepOutput,
+    budget::{BudgetCheck, CallBudget},
+};
 
 /// Limits of one script call.
 #[derive(Debug, Clone)]
@@ -81,8 +84,27 @@ pub enum ScriptError {
 }
 
 thread_local! {
-    /// The deadline of the call running on this thread; rhai's progress callback checks it.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The budget of the call running on this thread; rhai's progress callback checks it.
+    static BUDGET: RefCell<Option<CallBudget>> = const { RefCell::new(None) };
+}
+
+/// Why the progress callback ended a call: its own CPU budget ran out.
+const SPENT: &str = "deadline";
+/// Why the progress callback ended a call: it could not finish in wall-clock time.
+const STALLED: &str = "stalled";
+
+/// Runs `call` under a budget of `cpu_limit` of its own CPU time (see [`usm_engine::budget`]).
+pub(crate) fn with_budget<T>(cpu_limit: std::time::Duration, call: impl FnOnce() -> T) -> T {
+    BUDGET.with(|b| *b.borrow_mut() = Some(CallBudget::start(cpu_limit)));
+    let result = call();
+    BUDGET.with(|b| *b.borrow_mut() = None);
+    result
+}
+
+/// Whether the progress callback ended a call because the host stalled rather than because
+/// the script ran too long.
+pub(crate) fn stalled(error: &EvalAltResult) -> bool {
+    matches!(error, EvalAltResult::ErrorTerminated(token, _) if token.clone().into_string().is_ok_and(|t| t == STALLED))
 }
 
 /// How often (in operations) the progress callback looks at the clock.
@@ -106,14 +128,14 @@ pub fn hardened_engine(limits: &ScriptLimits, modules: StaticModuleResolver) -> 
         .set_module_resolver(modules);
     engine.disable_symbol("eval");
     engine.on_progress(|operations| {
-        if operations % CLOCK_CHECK_EVERY == 0
-            && DEADLINE
-                .with(Cell::get)
-                .is_some_and(|deadline| Instant::now() > deadline)
-        {
-            return Some(Dynamic::from("deadline"));
+        if operations % CLOCK_CHECK_EVERY != 0 {
+            return None;
         }
-        None
+        match BUDGET.with(|b| b.borrow().as_ref().map(CallBudget::check)) {
+            Some(BudgetCheck::Spent) => Some(Dynamic::from(SPENT)),
+            Some(BudgetCheck::Stalled) => Some(Dynamic::from(STALLED)),
+            Some(BudgetCheck::Within(_)) | None => None,
+        }
     });
     engine.on_print(|text| tracing::info!(target: "usm::script", "{text}"));
     engine.on_debug(|text, source, position| {
@@ -361,20 +383,15 @@ impl Step for ScriptStep {
         map.insert("context".into(), to_dynamic(input.context));
         map.insert("config".into(), self.config.clone());
 
-        let started = Instant::now();
-        DEADLINE.with(|d| {
-            d.set(Some(
-                started + std::time::Duration::from_millis(self.timeout_ms),
-            ))
+        let result = with_budget(std::time::Duration::from_millis(self.timeout_ms), || {
+            self.engine.call_fn_with_options::<Dynamic>(
+                CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                &mut Scope::new(),
+                &self.ast,
+                "run",
+                (Dynamic::from_map(map),),
+            )
         });
-        let result = self.engine.call_fn_with_options::<Dynamic>(
-            CallFnOptions::new().eval_ast(false).rewind_scope(true),
-            &mut Scope::new(),
-            &self.ast,
-            "run",
-            (Dynamic::from_map(map),),
-        );
-        DEADLINE.with(|d| d.set(None));
         let output = result.map_err(|error| self.classify(*error))?;
         interpret(&output)
     }
@@ -392,6 +409,12 @@ fn role_name(role: usm_model::Role) -> &'static str {
 impl ScriptStep {
     fn classify(&self, error: EvalAltResult) -> StepError {
         match error {
+            ref terminated @ EvalAltResult::ErrorTerminated(..) if stalled(terminated) => {
+                let wall = usm_engine::budget::wall_limit(std::time::Duration::from_millis(
+                    self.timeout_ms,
+                ));
+                StepError::Stalled(u64::try_from(wall.as_millis()).unwrap_or(u64::MAX))
+            }
             EvalAltResult::ErrorTerminated(..) => StepError::Timeout(self.timeout_ms),
             EvalAltResult::ErrorTooManyOperations(_) => {
                 StepError::Limit("too many operations".into())

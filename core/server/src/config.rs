@@ -69,6 +69,18 @@ pub struct Config {
     /// First wait before a failed webhook delivery is retried, in milliseconds (doubled per
     /// attempt, at most a minute).
     pub webhook_retry_base_ms: u64,
+    /// Consecutive budget failures of a step's own making (CPU time, memory) that suspend it;
+    /// 0 turns the circuit breaker off.
+    pub breaker_trip_after: u32,
+    /// Seconds a suspended step fails fast before one call may try again.
+    pub breaker_suspension_secs: u64,
+    /// Client writes running their pipelines at once; the number of cores when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_concurrency: Option<usize>,
+    /// Client writes that may wait for a turn; more are answered `503` at once.
+    pub pipeline_queue: usize,
+    /// Longest a write waits for its turn before it is answered `503`, in milliseconds.
+    pub pipeline_queue_wait_ms: u64,
     /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
@@ -110,6 +122,11 @@ impl Default for Config {
             bundled_modules: true,
             default_agreements: true,
             webhook_retry_base_ms: 1000,
+            breaker_trip_after: 5,
+            breaker_suspension_secs: 30,
+            pipeline_concurrency: None,
+            pipeline_queue: 1024,
+            pipeline_queue_wait_ms: 2000,
             modules: Vec::new(),
         }
     }
@@ -141,6 +158,24 @@ pub struct ConfigOverrides {
 }
 
 impl Config {
+    /// The engine's settings of pipeline admission and the step circuit breaker.
+    pub fn engine_config(&self, domains: Vec<usm_model::Domain>) -> usm_engine::EngineConfig {
+        let admission = usm_engine::AdmissionConfig::default();
+        usm_engine::EngineConfig {
+            domains,
+            limits: usm_engine::Limits::default(),
+            breaker: usm_engine::BreakerPolicy {
+                trip_after: self.breaker_trip_after,
+                suspension: std::time::Duration::from_secs(self.breaker_suspension_secs),
+            },
+            admission: usm_engine::AdmissionConfig {
+                max_running: self.pipeline_concurrency.unwrap_or(admission.max_running),
+                max_waiting: self.pipeline_queue,
+                max_wait: std::time::Duration::from_millis(self.pipeline_queue_wait_ms),
+            },
+        }
+    }
+
     /// Merges the layers. `file` must exist when given; otherwise `./usm.toml` is read if present.
     pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

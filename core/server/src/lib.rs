@@ -16,7 +16,7 @@ use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, HttpMetrics, RateLimiter, Services};
 use usm_engine::{
-    AfterStepWorker, Engine, EngineConfig, Limits, Module, Registry, Runtimes, SlaWorker,
+    AfterStepWorker, Engine, Module, Registry, Runtimes, SlaWorker,
     auth::{NewToken, Tokens},
 };
 use usm_model::{Catalog, Domain};
@@ -187,10 +187,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         Arc::new(Catalog::core()),
-        EngineConfig {
-            domains,
-            limits: Limits::default(),
-        },
+        config.engine_config(domains),
     ));
     let runtimes = Runtimes {
         wasm: Some(Arc::new(PluginHost::new(

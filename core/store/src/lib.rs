@@ -184,6 +184,45 @@ impl Default for StoreConfig {
     }
 }
 
+/// Committed writes per kind, counted in this process, so that readers can cache what they
+/// read of a kind (e.g. a plugin's query for active agreements) and see when it went stale.
+#[derive(Debug, Default)]
+pub struct KindWrites {
+    counts: std::sync::RwLock<std::collections::HashMap<Kind, std::sync::atomic::AtomicU64>>,
+}
+
+impl KindWrites {
+    /// Counts one committed write of `kind`.
+    pub fn bump(&self, kind: &Kind) {
+        use std::sync::{PoisonError, atomic::Ordering};
+        if let Some(count) = self
+            .counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+        {
+            count.fetch_add(1, Ordering::Release);
+            return;
+        }
+        self.counts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Release);
+    }
+
+    /// Writes of `kind` committed so far.
+    pub fn get(&self, kind: &Kind) -> u64 {
+        use std::sync::{PoisonError, atomic::Ordering};
+        self.counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+            .map_or(0, |count| count.load(Ordering::Acquire))
+    }
+}
+
 /// Persistence for records, history, approvals, indexes and the outbox.
 ///
 /// Methods block on I/O: async callers run them on a blocking thread.
@@ -193,6 +232,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies one write atomically and returns once it is durable.
     fn commit(&self, write: Write) -> Result<Committed, StoreError>;
+
+    /// How many writes of records of `kind` this process has committed: when it has not moved,
+    /// nothing read of that kind has changed (a cache key, not a durable figure).
+    fn kind_writes(&self, kind: &Kind) -> u64;
 
     /// History entries of a record with a version above `after`, oldest first, at most `limit`.
     fn history(

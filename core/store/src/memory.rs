@@ -20,6 +20,7 @@ type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; TreeId::ALL.len()];
 pub struct MemoryStore {
     trees: Mutex<Trees>,
     config: StoreConfig,
+    kind_writes: crate::KindWrites,
 }
 
 impl MemoryStore {
@@ -118,7 +119,13 @@ impl Store for MemoryStore {
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
         let ttl = self.config.idempotency_ttl;
-        self.transact(|tx| layout::apply_write(tx, &write, ttl))
+        let committed = self.transact(|tx| layout::apply_write(tx, &write, ttl))?;
+        self.kind_writes.bump(&committed.record.kind);
+        Ok(committed)
+    }
+
+    fn kind_writes(&self, kind: &usm_model::Kind) -> u64 {
+        self.kind_writes.get(kind)
     }
 
     fn history(

@@ -25,6 +25,7 @@ pub struct SledStore {
     config: StoreConfig,
     group_commit: Arc<GroupCommit>,
     flusher: Option<JoinHandle<()>>,
+    kind_writes: crate::KindWrites,
 }
 
 impl SledStore {
@@ -78,6 +79,7 @@ impl SledStore {
             config,
             group_commit,
             flusher: Some(flusher),
+            kind_writes: crate::KindWrites::default(),
         })
     }
 
@@ -183,7 +185,13 @@ impl Store for SledStore {
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
         let ttl = self.config.idempotency_ttl;
-        self.transact(|tx| layout::apply_write(tx, &write, ttl))
+        let committed = self.transact(|tx| layout::apply_write(tx, &write, ttl))?;
+        self.kind_writes.bump(&committed.record.kind);
+        Ok(committed)
+    }
+
+    fn kind_writes(&self, kind: &usm_model::Kind) -> u64 {
+        self.kind_writes.get(kind)
     }
 
     fn history(
