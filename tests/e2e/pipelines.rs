@@ -154,8 +154,10 @@ async fn pipelines_endpoint_shows_the_composition() {
     assert_eq!(
         create["steps"],
         json!([
-            {"module": "priority", "step": "priority", "kind": "wasm", "order": 10, "on_error": "fail", "kinds": ["incident"]},
-            {"module": "triage", "step": "route", "kind": "rhai", "order": 20, "on_error": "fail", "kinds": ["incident"]},
+            {"module": "priority", "step": "priority", "kind": "wasm", "order": 10, "on_error": "fail", "kinds": ["incident"],
+             "breaker": {"suspensions": 0, "failures": {}}},
+            {"module": "triage", "step": "route", "kind": "rhai", "order": 20, "on_error": "fail", "kinds": ["incident"],
+             "breaker": {"suspensions": 0, "failures": {}}},
         ])
     );
     assert!(
