@@ -81,7 +81,12 @@ fn free_port() -> u16 {
 #[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
 fn start_server(data: &Path) -> ServerProcess {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_usm-under-test"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
+    // The server reads every USM_* variable as configuration; this benchmark's are not.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_SOAK_")) {
+        command.env_remove(name);
+    }
+    let child = command
         .args([
             "serve",
             "--addr",
@@ -308,7 +313,10 @@ async fn soak(clients: usize, records: usize, seconds: Option<u64>, window: Dura
         } else {
             outcome.elapsed.saturating_sub(from)
         };
-        let rate = latencies.len() as f64 / span.as_secs_f64().max(0.001);
+        if span < Duration::from_secs(1) {
+            continue; // the last moments of the run, too short to say anything
+        }
+        let rate = latencies.len() as f64 / span.as_secs_f64();
         if complete {
             rates.push(rate);
         }
