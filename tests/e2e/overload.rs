@@ -344,3 +344,122 @@ fn a_query_of_one_kind_is_answered_from_cache_until_that_kind_is_written() {
     assert_eq!(run(), 2, "a write of the kind refreshes the answer");
     assert_eq!(store.lists.load(Ordering::SeqCst), before + 1);
 }
+
+/// A server whose `hr` incidents run a step that spins for `timeout_ms` of CPU time.
+fn server_with_looper(
+    timeout_ms: u64,
+    tweak: impl FnOnce(&mut usm_server::Config) + Send + 'static,
+) -> (usm_tests::TestServer, tempfile::TempDir) {
+    let modules = tempfile::tempdir().unwrap();
+    let manifest = format!("{LOOPER}timeout_ms = {timeout_ms}\n")
+        .replace("id = \"looper\"", "id = \"runaway\"");
+    let looper = module_dir(
+        &modules.path().join("runaway"),
+        &manifest,
+        &[("looper.wasm", guests::GUEST_LOOPER)],
+    )
+    .unwrap();
+    let server = usm_tests::TestServer::start_with(move |config| {
+        config.modules = vec![usm_server::ModuleConfig {
+            path: looper,
+            domains: vec!["hr".into()],
+            grant: vec![],
+        }];
+        tweak(config);
+    })
+    .unwrap();
+    (server, modules)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_step_shows_in_the_pipelines_and_the_metrics() {
+    let (server, _modules) = server_with_looper(50, |config| config.breaker_trip_after = 2);
+    let body = json!({"kind": "incident", "domain": "hr", "title": "spin"});
+    for _ in 0..3 {
+        let reply = server.post("/api/v1/records", &body).await.unwrap();
+        assert_eq!(reply.status, reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(reply.body["code"], "step_failed");
+    }
+    let pipelines = server.get("/api/v1/pipelines").await.unwrap().body;
+    let step = pipelines["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["domain"] == "hr" && p["hook"] == "create" && p["phase"] == "before")
+        .and_then(|p| {
+            p["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["module"] == "runaway")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(step["breaker"]["suspensions"], 1, "{step}");
+    assert!(step["breaker"]["suspended_for_secs"].as_u64().unwrap() > 0);
+    assert_eq!(step["breaker"]["failures"]["timeout"], 2);
+    assert_eq!(step["breaker"]["failures"]["suspended"], 1);
+
+    let metrics = server
+        .client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "usm_step_suspended{module=\"runaway\",step=\"spin\"} 1",
+        "usm_step_suspensions_total{module=\"runaway\",step=\"spin\"} 1",
+        "usm_step_failures_total{module=\"runaway\",step=\"spin\",kind=\"timeout\"} 2",
+        "usm_pipeline_writes{state=\"waiting\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_beyond_the_admission_queue_get_503_with_retry_after() {
+    // One turn, no queue, and a step that holds its turn for a second of CPU time: of eight
+    // writes sent together one runs and the others are turned away before their pipeline.
+    let (server, _modules) = server_with_looper(1000, |config| {
+        config.pipeline_concurrency = Some(1);
+        config.pipeline_queue = 0;
+        config.breaker_trip_after = 0;
+    });
+    let body = json!({"kind": "incident", "domain": "hr", "title": "spin"});
+    let replies =
+        futures::future::join_all((0..8).map(|_| server.post("/api/v1/records", &body))).await;
+    let mut overloaded = 0;
+    for reply in replies {
+        let reply = reply.unwrap();
+        match reply.status.as_u16() {
+            503 => {
+                overloaded += 1;
+                assert_eq!(reply.body["code"], "overloaded", "{}", reply.body);
+                assert_eq!(reply.header("retry-after"), Some("1"));
+                assert_eq!(
+                    reply.header("content-type"),
+                    Some("application/problem+json")
+                );
+            }
+            500 => assert_eq!(reply.body["code"], "step_failed", "{}", reply.body),
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert!(overloaded >= 1, "no write was turned away");
+    assert!(
+        server.list_all("domain=hr").await.unwrap().is_empty(),
+        "nothing was written"
+    );
+    // Records whose pipeline has no steps do not wait for a turn.
+    let task = json!({"kind": "task", "domain": "hr", "title": "no steps"});
+    assert_eq!(
+        server.post("/api/v1/records", &task).await.unwrap().status,
+        reqwest::StatusCode::CREATED
+    );
+}
