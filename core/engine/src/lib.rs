@@ -45,7 +45,7 @@ pub use module::{
     BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,
     RECORDS_READ, Runtimes, StepBuilder, StepDecl,
 };
-pub use outbox::{AfterStepWorker, CommitSignal};
+pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{BoundStep, PipelineView, Pipelines, Runtime, StepView};
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
 pub use sla_worker::{SlaPolicies, SlaWorker, timeline};
