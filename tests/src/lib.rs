@@ -437,6 +437,10 @@ impl ServerProcess {
                 "--config",
             ])
             .arg(config)
+            // The test process's own USM_* variables (USM_CRASH_CYCLES, …) are not settings of
+            // the server: `deny_unknown_fields` would refuse them.
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("USM_")))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
