@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p usm-tests --bench soak` runs 200,000 creates at 32 clients and again at 64
 //! clients on fresh servers. `USM_SOAK_SECONDS=30` instead runs each for 30 s (what CI runs);
-//! `USM_SOAK_RECORDS`, `USM_SOAK_CLIENTS` (comma separated) and `USM_SOAK_WINDOW` (seconds)
+//! `USM_BENCH_SHORT=1` does the same. `USM_SOAK_RECORDS`, `USM_SOAK_CLIENTS` (comma separated) and `USM_SOAK_WINDOW` (seconds)
 //! change the shape. It fails — exits non-zero — when any request fails, when a bundled step
 //! overran its budget or was suspended, or (on full runs) when a complete window's throughput is
 //! below half the median window's.
@@ -83,7 +83,9 @@ fn start_server(data: &Path) -> ServerProcess {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
     // The server reads every USM_* variable as configuration; this benchmark's are not.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_SOAK_")) {
+    for (name, _) in std::env::vars()
+        .filter(|(name, _)| name.starts_with("USM_SOAK_") || name.starts_with("USM_BENCH_"))
+    {
         command.env_remove(name);
     }
     let child = command
@@ -382,7 +384,9 @@ async fn soak(clients: usize, records: usize, seconds: Option<u64>, window: Dura
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let seconds = env_number("USM_SOAK_SECONDS");
+    // The short form every benchmark has (`USM_BENCH_SHORT=1`, run by CI) is a 30 s soak.
+    let short = std::env::var_os("USM_BENCH_SHORT").is_some();
+    let seconds = env_number("USM_SOAK_SECONDS").or(short.then_some(30));
     let records = usize::try_from(env_number("USM_SOAK_RECORDS").unwrap_or(200_000)).unwrap();
     let window = Duration::from_secs(env_number("USM_SOAK_WINDOW").unwrap_or(10));
     let clients: Vec<usize> = std::env::var("USM_SOAK_CLIENTS")

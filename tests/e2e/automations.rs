@@ -204,3 +204,35 @@ async fn a_breached_p1_incident_is_escalated_by_automation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cron_automation_fires_on_its_schedule_and_only_then() {
+    let server = TestServer::start().unwrap();
+    // Every minute: it runs in the minute it is defined in, once. A schedule that cannot match
+    // (February 30th) never runs.
+    for (id, schedule) in [("every-minute", "* * * * *"), ("never", "0 0 30 2 *")] {
+        let defined = server
+            .post("/api/v1/automations", &json!({"id": id, "trigger": {"type": "cron", "schedule": schedule},
+                "script": format!("fn run(ctx) {{ create(#{{ kind: \"task\", title: \"made by {id}\" }}) }}")}))
+            .await
+            .unwrap();
+        assert_eq!(defined.status, StatusCode::CREATED, "{}", defined.body);
+    }
+    let tasks = wait_for_tasks(&server, 1).await;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["title"], "made by every-minute");
+    assert_eq!(tasks[0]["created_by"], "automation:every-minute");
+    let runs = server
+        .get("/api/v1/automations/every-minute/runs")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(runs["runs"][0]["trigger"], "cron", "{runs}");
+    assert!(runs["runs"][0]["error"].is_null(), "{runs}");
+    let never = server
+        .get("/api/v1/automations/never/runs")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(never["runs"], json!([]), "{never}");
+}

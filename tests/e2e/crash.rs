@@ -103,8 +103,9 @@ async fn an_after_step_runs_after_a_kill_between_commit_and_effect() {
         incident["version"], 1,
         "the incident itself was acknowledged once, unchanged"
     );
-    // Exactly one follow-up, even if the event is seen again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly one follow-up, even if the event is seen again: once the after-step worker has
+    // finished every event, nothing more will be created.
+    usm_tests::settle(&server.base).await.unwrap();
     let (_, tasks) = get(&client, format!("{}/api/v1/records?kind=task", server.base)).await;
     assert_eq!(tasks["records"].as_array().unwrap().len(), 1);
 }

@@ -465,7 +465,7 @@ async fn hr_onboarding_fans_out_and_closes_when_tasks_are_done() {
         .create(json!({"kind": "request", "domain": "hr", "title": "Payslip copy"}))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.settle().await.unwrap();
     assert_eq!(server.list_all("kind=task").await.unwrap().len(), 4);
 }
 

@@ -202,8 +202,9 @@ async fn broken_bundles_are_refused_whole_with_a_location() {
     );
 }
 
-/// Concurrent creates while a two-step module is toggled 20 times: no request fails, and every
-/// record went through exactly the old or exactly the new pipeline.
+/// Concurrent creates for as long as a two-step module is toggled 20 times: no request fails,
+/// every record went through exactly the old or exactly the new pipeline, and both pipelines
+/// served writes (otherwise the test saw no swap at all).
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_swap_under_load_never_mixes_pipelines() {
     let server = TestServer::start().unwrap();
@@ -213,6 +214,7 @@ async fn hot_swap_under_load_never_mixes_pipelines() {
             .status,
         StatusCode::CREATED
     );
+    let toggled = std::sync::atomic::AtomicBool::new(false);
     let toggles = async {
         for i in 0..20 {
             let action = if i % 2 == 0 { "enable" } else { "disable" };
@@ -225,12 +227,15 @@ async fn hot_swap_under_load_never_mixes_pipelines() {
                 .unwrap();
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         }
+        toggled.store(true, std::sync::atomic::Ordering::SeqCst);
     };
     let creates = futures::future::join_all((0..8).map(|client| {
-        let server = &server;
+        let (server, toggled) = (&server, &toggled);
         async move {
             let mut ids = Vec::new();
-            for n in 0..15 {
+            let mut n = 0;
+            while !toggled.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
                 let reply = server
                     .post(
                         "/api/v1/records",
@@ -246,7 +251,6 @@ async fn hot_swap_under_load_never_mixes_pipelines() {
     }));
     let ((), ids) = tokio::join!(toggles, creates);
     let ids: Vec<String> = ids.into_iter().flatten().collect();
-    assert_eq!(ids.len(), 120);
     let (mut with, mut without) = (0, 0);
     for id in &ids {
         let history = server
@@ -283,5 +287,135 @@ async fn hot_swap_under_load_never_mixes_pipelines() {
             mixed => panic!("{id} went through a mix: {mixed:?}"),
         }
     }
-    assert_eq!(with + without, 120);
+    assert_eq!(with + without, ids.len());
+    assert!(
+        with > 0 && without > 0,
+        "both pipelines served writes: {with} with the module, {without} without"
+    );
+}
+
+/// A WASM module asking for `records:read`: its step records what it could read.
+fn reader(version: &str) -> Vec<u8> {
+    let manifest = format!(
+        "id = \"reader\"\nversion = \"{version}\"\nframework = \"custom\"\napi = \"^0.1\"\ncapabilities = [\"records:read\"]\n\
+         [[steps]]\nname = \"reader\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nwasm = \"reader.wasm\"\ntimeout_ms = 500\n"
+    );
+    let wasm = std::fs::read(guests::GUEST_READER).unwrap();
+    bundle::pack(&files(&[
+        ("module.toml", manifest.as_bytes()),
+        ("reader.wasm", &wasm),
+    ]))
+    .unwrap()
+}
+
+/// What the reader step saw when INC-1 was looked up by a new incident.
+async fn seen_by_reader(server: &TestServer) -> serde_json::Value {
+    let record = server
+        .create(json!({"kind": "incident", "title": "look", "fields": {"lookup": "INC-1"}}))
+        .await
+        .unwrap();
+    record["fields"]["seen"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_survive_an_upgrade_and_every_module_action_is_audited() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "the first"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        upload(&server, reader("1.0.0")).await.status,
+        StatusCode::CREATED
+    );
+    let enabled = server
+        .post(
+            "/api/v1/modules/reader/enable",
+            &json!({"domains": ["it"], "grant": ["records:read"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    assert_eq!(seen_by_reader(&server).await, "the first");
+
+    let upgraded = upload(&server, reader("1.1.0")).await;
+    assert_eq!(upgraded.status, StatusCode::CREATED, "{}", upgraded.body);
+    assert_eq!(upgraded.body["module"]["grants"], json!(["records:read"]));
+    assert_eq!(
+        seen_by_reader(&server).await,
+        "the first",
+        "the upgraded step still holds its grant"
+    );
+
+    // Enabling again without `grant` keeps the grants; with an empty one, takes them away.
+    server
+        .post(
+            "/api/v1/modules/reader/disable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    server
+        .post(
+            "/api/v1/modules/reader/enable",
+            &json!({"domains": ["it"], "grant": []}),
+        )
+        .await
+        .unwrap();
+    let refused = seen_by_reader(&server).await;
+    assert!(
+        refused.as_str().unwrap().starts_with("refused:"),
+        "{refused}"
+    );
+    let workflow = server
+        .post(
+            "/api/v1/workflows",
+            &json!({"usm_wif": "1", "workflow": {"slug": "audited", "name": "Audited", "steps": [
+                {"name": "s", "process": "operate", "activities": [{"name": "a", "raci": {"desk": "R"}}]}]}}),
+        )
+        .await
+        .unwrap();
+    assert!(workflow.status.is_success(), "{}", workflow.body);
+    server
+        .post(
+            "/api/v1/modules/reader/disable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    let removed = server
+        .call(Method::DELETE, "/api/v1/modules/reader", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+
+    let audit = server.get("/api/v1/audit").await.unwrap().body;
+    let entries: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("module.install", "module:reader"),
+            ("module.enable", "module:reader"),
+            ("module.upgrade", "module:reader"),
+            ("module.disable", "module:reader"),
+            ("module.enable", "module:reader"),
+            ("workflow.import", "workflow:audited"),
+            ("module.disable", "module:reader"),
+            ("module.remove", "module:reader"),
+        ]
+    );
+    for entry in audit["entries"].as_array().unwrap() {
+        assert_eq!(entry["actor"], "admin", "{entry}");
+        assert!(entry["at"].is_string(), "{entry}");
+    }
+    let upgrade = &audit["entries"][2];
+    assert_eq!(upgrade["before"]["version"], "1.0.0");
+    assert_eq!(upgrade["after"]["version"], "1.1.0");
+    assert_eq!(upgrade["after"]["grants"], json!(["records:read"]));
+    assert_eq!(audit["entries"][7]["after"], serde_json::Value::Null);
 }

@@ -165,3 +165,75 @@ async fn pipelines_endpoint_shows_the_composition() {
         "no other domain has steps"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_effect_links_records_once_with_its_cause() {
+    let modules = tempfile::tempdir().unwrap();
+    let dir = modules.path().join("linker");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("module.toml"),
+        "id = \"linker\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+         [[steps]]\nname = \"link-duplicates\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"after\"\nscript = \"link.rhai\"\n",
+    )
+    .unwrap();
+    // A new incident naming the one it duplicates gets a duplicate_of link, and the original a
+    // relates_to link back.
+    std::fs::write(
+        dir.join("link.rhai"),
+        "fn run(input) {\n\
+             let original = input.record.fields.duplicates;\n\
+             if original == () { return; }\n\
+             effects([#{ type: \"link\", rel: \"duplicate_of\", to: original },\n\
+                      #{ type: \"link\", from: original, rel: \"relates_to\", to: input.record.id }])\n\
+         }\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(move |config| {
+        config.modules = vec![ModuleConfig {
+            path: dir,
+            domains: vec!["it".into()],
+            grant: vec![],
+        }];
+    })
+    .unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Mail down"}))
+        .await
+        .unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "No mail", "fields": {"duplicates": "INC-1"}}))
+        .await
+        .unwrap();
+    server.settle().await.unwrap();
+    let duplicate = server.get("/api/v1/records/INC-2").await.unwrap().body;
+    assert_eq!(
+        duplicate["links"],
+        json!([{"rel": "duplicate_of", "to": "INC-1"}])
+    );
+    let original = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(
+        original["links"],
+        json!([{"rel": "relates_to", "to": "INC-2"}])
+    );
+    // Each link is one write by the module, naming the step and the event that caused it.
+    for (id, version) in [("INC-2", 2), ("INC-1", 2)] {
+        let history = server
+            .get(&format!("/api/v1/records/{id}/history"))
+            .await
+            .unwrap()
+            .body;
+        let entries = history["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), version, "{id}: {history}");
+        let last = entries.last().unwrap();
+        assert_eq!(last["actor"], "module:linker", "{last}");
+        assert_eq!(last["cause"]["step"], "link-duplicates", "{last}");
+        assert_eq!(last["cause"]["record_id"], "INC-2", "{last}");
+        assert_eq!(last["changes"][0]["path"], "/links", "{last}");
+    }
+    assert_eq!(
+        server.get("/api/v1/records/INC-2").await.unwrap().body["version"],
+        2,
+        "linked once"
+    );
+}

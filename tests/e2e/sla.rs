@@ -38,6 +38,21 @@ async fn escalations(server: &TestServer) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no timer is armed and the workers have handled every event the fired timers
+/// wrote: whatever the timers caused has happened by then.
+async fn all_timers_fired(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = usm_tests::metrics(&server.base).await.unwrap();
+        if usm_tests::metric(&text, "usm_sla_timers_pending") == [0.0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timers still armed: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.settle().await.unwrap();
+}
+
 async fn wait_for(server: &TestServer, count: usize, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
@@ -52,7 +67,7 @@ async fn wait_for(server: &TestServer, count: usize, within: Duration) -> Vec<St
 #[tokio::test(flavor = "multi_thread")]
 async fn records_show_their_clocks_and_breaches_fire_the_sla_hook_once() {
     let server = with_escalation();
-    server.create(agreement(0.05)).await.unwrap();
+    server.create(agreement(0.03)).await.unwrap();
     server.transition("AGR-1", "active").await.unwrap();
     server
         .create(json!({"kind": "incident", "title": "Core down", "fields": {"priority": "P1"}}))
@@ -63,11 +78,11 @@ async fn records_show_their_clocks_and_breaches_fire_the_sla_hook_once() {
     assert_eq!(record["sla"]["policy"], "AGR-1");
     assert_eq!(record["sla"]["priority"], "P1");
     let resolution = &record["sla"]["resolution"];
-    assert_eq!(resolution["target_minutes"], 0.05);
+    assert_eq!(resolution["target_minutes"], 0.03);
     assert_eq!(resolution["breached"], false);
     assert!(resolution["due_at"].is_string());
 
-    // Response (1.5 s) and resolution (3 s) both breach; each opens one escalation task.
+    // Response (0.9 s) and resolution (1.8 s) both breach; each opens one escalation task.
     let found = wait_for(&server, 2, Duration::from_secs(20)).await;
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(
@@ -88,7 +103,7 @@ async fn records_show_their_clocks_and_breaches_fire_the_sla_hook_once() {
             .unwrap()
             < 0.0
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    all_timers_fired(&server).await;
     assert_eq!(escalations(&server).await.len(), 2, "each level fires once");
 }
 
@@ -123,7 +138,8 @@ async fn a_tightened_agreement_fires_at_the_new_moment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
     let server = with_escalation();
-    server.create(agreement(0.05)).await.unwrap();
+    // Resolution in 1.2 s: paused at once, it would have breached during the wait below.
+    server.create(agreement(0.02)).await.unwrap();
     server.transition("AGR-1", "active").await.unwrap();
     server
         .create(
@@ -139,8 +155,9 @@ async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
     let elapsed = paused["sla"]["resolution"]["elapsed_minutes"]
         .as_f64()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let still = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(still["sla"]["resolution"]["breached"], false, "{still}");
     assert_eq!(
         still["sla"]["resolution"]["elapsed_minutes"]
             .as_f64()
@@ -168,7 +185,7 @@ async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn timers_survive_a_restart_and_fire_once() {
     let server = with_escalation();
-    server.create(agreement(0.1)).await.unwrap();
+    server.create(agreement(0.05)).await.unwrap();
     server.transition("AGR-1", "active").await.unwrap();
     server.create(json!({"kind": "incident", "title": "Before the restart", "fields": {"priority": "P1"}})).await.unwrap();
     server.transition("INC-1", "in_progress").await.unwrap(); // the response clock stops
@@ -184,7 +201,7 @@ async fn timers_survive_a_restart_and_fire_once() {
         .unwrap();
     let found = wait_for(&server, 1, Duration::from_secs(20)).await;
     assert_eq!(found, ["Escalation: resolution target of INC-1 breached"]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    all_timers_fired(&server).await;
     assert_eq!(escalations(&server).await.len(), 1);
 }
 
@@ -323,4 +340,67 @@ async fn kpis_come_from_history_as_json_and_csv() {
             .as_u16(),
         400
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warning_fires_the_sla_hook_before_the_breach() {
+    let server = with_escalation();
+    let state = actix_web::web::Data::new(crate::webhooks::Receiver::default());
+    let (url, receiver) = crate::webhooks::start_receiver(state.clone());
+    let subscribed = server
+        .post(
+            "/api/v1/webhooks",
+            &json!({"url": format!("{url}/sla"), "events": ["sla.warning", "sla.breach", "notification"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(subscribed.status, 201, "{}", subscribed.body);
+    // Resolution in 6 s, warned at 10 % (0.6 s); no response target.
+    server
+        .create(json!({"kind": "agreement", "title": "Warned", "fields": {
+            "targets": {"P1": {"resolution_minutes": 0.1}},
+            "calendar": {"always": true}, "warning_percent": 10}}))
+        .await
+        .unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Slowly worse", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let types = loop {
+        let types: Vec<String> = state
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.body["type"].as_str().unwrap().to_owned())
+            .collect();
+        if types.len() >= 2 {
+            break types;
+        }
+        assert!(Instant::now() < deadline, "no warning: {types:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The warning, then the notification the sla-escalation step made of it; no breach yet.
+    assert_eq!(types, ["usm.sla.warning", "usm.notification"]);
+    let received = state.received.lock().unwrap().clone();
+    let warning = &received[0].body["data"]["event"];
+    assert_eq!(warning["record_id"], "INC-1");
+    assert_eq!(warning["payload"]["level"], "warning", "{warning}");
+    assert_eq!(warning["payload"]["clock"], "resolution", "{warning}");
+    let notification = &received[1].body["data"]["event"]["payload"];
+    assert_eq!(notification["audience"], "team:service-desk");
+    assert!(
+        notification["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("INC-1: resolution target at"),
+        "{notification}"
+    );
+    assert!(
+        escalations(&server).await.is_empty(),
+        "a warning escalates nothing"
+    );
+    receiver.stop(true).await;
 }

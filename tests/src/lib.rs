@@ -50,6 +50,50 @@ pub fn module_dir(dir: &Path, manifest: &str, files: &[(&str, &str)]) -> anyhow:
     Ok(dir.to_path_buf())
 }
 
+/// The `/metrics` text of the server at `base`, read with the admin token.
+pub async fn metrics(base: &str) -> anyhow::Result<String> {
+    Ok(reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The values of the metric lines starting with `series` (a name, or a name with labels).
+pub fn metric(text: &str, series: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until every outbox worker of the server at `base` (after-steps, SLA, automations) has
+/// finished every event, including the events their own effects wrote: then nothing that was
+/// caused by the writes so far is still to happen (timers that come due later aside).
+pub async fn settle(base: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = metrics(base).await?;
+        let head = metric(&text, "usm_outbox_head ");
+        let consumed = metric(&text, "usm_outbox_consumed{");
+        anyhow::ensure!(
+            head.len() == 1 && consumed.len() == 3,
+            "no outbox positions in /metrics: {text}"
+        );
+        if consumed.iter().all(|&c| c == head[0]) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the outbox workers did not catch up: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A usm server running in a thread of this process, listening on 127.0.0.1.
 pub struct TestServer {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
@@ -107,7 +151,11 @@ impl TestServer {
         data_dir: PathBuf,
         tweak: impl FnOnce(&mut Config) + Send + 'static,
     ) -> anyhow::Result<Self> {
+        // One compilation of each component for every server of the test process.
+        static ARTIFACTS: std::sync::OnceLock<usm_plugin_host::SharedArtifacts> =
+            std::sync::OnceLock::new();
         let mut config = Config {
+            shared_artifacts: Some(ARTIFACTS.get_or_init(Default::default).clone()),
             addr: "127.0.0.1:0".into(),
             data_dir: data_dir.clone(),
             workers: Some(2),
@@ -176,6 +224,11 @@ impl TestServer {
                 .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
         }
         Ok(())
+    }
+
+    /// Waits until the outbox workers have caught up (see [`settle`]).
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        settle(&self.base).await
     }
 
     /// A shared HTTP client that sends the admin token.
@@ -366,6 +419,7 @@ pub struct ServerProcess {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub base: String,
     child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl ServerProcess {
@@ -383,25 +437,34 @@ impl ServerProcess {
                 "--config",
             ])
             .arg(config)
+            // The test process's own USM_* variables (USM_CRASH_CYCLES, …) are not settings of
+            // the server: `deny_unknown_fields` would refuse them.
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("USM_")))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                if !sent
-                    && let Ok(entry) = serde_json::from_str::<Value>(&line)
-                    && entry["fields"]["message"] == "usm serving"
-                {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if !sent && entry["fields"]["message"] == "usm serving" {
                     sent = tx
                         .send(entry["fields"]["addr"].as_str().map(str::to_owned))
                         .is_ok();
                 }
+                kept.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(entry);
             }
             let _ = tx.send(None);
         });
@@ -409,6 +472,7 @@ impl ServerProcess {
             Ok(Some(addr)) => Ok(Self {
                 base: format!("http://{addr}"),
                 child,
+                log,
             }),
             _ => {
                 let _ = child.kill();
@@ -416,6 +480,33 @@ impl ServerProcess {
                 anyhow::bail!("usm did not start listening ({status})")
             }
         }
+    }
+
+    /// The JSON log lines the process wrote so far.
+    pub fn log(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The process id, e.g. to send it a signal.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own (after a signal), at most `within`.
+    pub fn wait_exit(
+        mut self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(self.child.wait());
+        });
+        Ok(rx
+            .recv_timeout(within)
+            .context("the server did not exit")??)
     }
 
     /// Kills the process with SIGKILL: no shutdown, no flush.

@@ -57,6 +57,38 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
         text.push_str("# TYPE usm_sla_timers_pending gauge\n");
         text.push_str(&format!("usm_sla_timers_pending {pending}\n"));
     }
+    let store = services.engine.store().clone();
+    let outbox = web::block(move || {
+        // Cursors first: a consumer finishes an event's effects (new events) before it moves,
+        // so a head read afterwards that equals every cursor means the outbox is drained.
+        let consumers = [
+            usm_engine::AfterStepWorker::CONSUMER,
+            usm_engine::SlaWorker::CONSUMER,
+            usm_script_host::automation::AutomationWorker::CONSUMER,
+        ]
+        .into_iter()
+        .map(|name| Ok((name, store.cursor(name)?)))
+        .collect::<Result<Vec<_>, usm_store::StoreError>>()?;
+        let head = usm_engine::outbox_head(store.as_ref())?;
+        Ok::<_, usm_store::StoreError>((head, consumers))
+    })
+    .await
+    .ok()
+    .and_then(Result::ok);
+    if let Some((head, consumers)) = outbox {
+        text.push_str("# HELP usm_outbox_head The sequence number of the newest outbox event.\n");
+        text.push_str("# TYPE usm_outbox_head gauge\n");
+        text.push_str(&format!("usm_outbox_head {head}\n"));
+        text.push_str(
+            "# HELP usm_outbox_consumed The last outbox event each worker has finished; the lag is the head minus this.\n",
+        );
+        text.push_str("# TYPE usm_outbox_consumed gauge\n");
+        for (name, position) in consumers {
+            text.push_str(&format!(
+                "usm_outbox_consumed{{consumer=\"{name}\"}} {position}\n"
+            ));
+        }
+    }
     let modules = services.registry.list();
     text.push_str("# HELP usm_modules_installed Installed modules, by status.\n");
     text.push_str("# TYPE usm_modules_installed gauge\n");

@@ -138,6 +138,69 @@ mod tests {
         );
     }
 
+    /// A bundle of `count` files of `size` bytes each.
+    fn many(count: usize, size: usize) -> Vec<u8> {
+        let files: ModuleFiles = (0..count)
+            .map(|i| (format!("f{i:03}"), vec![b'x'; size]))
+            .collect();
+        pack(&files).unwrap()
+    }
+
+    #[test]
+    fn file_count_and_size_limits_hold_at_the_limit_and_refuse_past_it() {
+        assert_eq!(unpack(&many(MAX_BUNDLE_FILES, 1)).unwrap().len(), 256);
+        let error = unpack(&many(MAX_BUNDLE_FILES + 1, 1)).unwrap_err();
+        assert!(error.contains("at most 256 files"), "{error}");
+        let size = usize::try_from(MAX_BUNDLE_BYTES).unwrap() / 4;
+        let at = unpack(&many(4, size)).unwrap();
+        assert_eq!(at.values().map(Vec::len).sum::<usize>(), 64 * 1024 * 1024);
+        let mut past: ModuleFiles = (0..4).map(|i| (format!("f{i}"), vec![0; size])).collect();
+        past.insert("one-more".into(), vec![0]);
+        let error = unpack(&pack(&past).unwrap()).unwrap_err();
+        assert!(error.contains("67108864 bytes"), "{error}");
+    }
+
+    /// A bundle of one entry of `kind` named `name` (raw, bypassing the builder's checks),
+    /// linking to `target` when it is a link.
+    fn raw_entry(name: &str, kind: tar::EntryType, target: Option<&str>) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(if target.is_some() { 0 } else { 1 });
+        header.set_entry_type(kind);
+        let old = header.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(target) = target {
+            old.linkname[..target.len()].copy_from_slice(target.as_bytes());
+        }
+        header.set_cksum();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let data: &[u8] = if target.is_some() { b"" } else { b"x" };
+        builder.append(&header, data).unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn links_and_absolute_paths_are_refused() {
+        use tar::EntryType;
+        let plain = raw_entry("module.toml", EntryType::Regular, None);
+        assert!(
+            unpack(&plain).is_ok(),
+            "the same entry as a plain file passes"
+        );
+        for (kind, target) in [
+            (EntryType::Symlink, "/etc/passwd"),
+            (EntryType::Symlink, "module.toml"),
+            (EntryType::Link, "module.toml"),
+        ] {
+            let error = unpack(&raw_entry("data", kind, Some(target))).unwrap_err();
+            assert!(error.contains("only regular files"), "{kind:?}: {error}");
+        }
+        let error = unpack(&raw_entry("/etc/module.toml", EntryType::Regular, None)).unwrap_err();
+        assert!(error.contains("relative"), "{error}");
+    }
+
     #[test]
     fn hostile_bundles_are_refused() {
         assert!(unpack(b"definitely not gzip").is_err());

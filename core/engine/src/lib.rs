@@ -48,7 +48,7 @@ pub use module::{
     BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,
     RECORDS_READ, Runtimes, StepBuilder, StepDecl,
 };
-pub use outbox::{AfterStepWorker, CommitSignal};
+pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{
     BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepView,
 };

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The consumer name under which the after-step cursor is stored.
-const CONSUMER: &str = "after-steps";
+const CONSUMER: &str = AfterStepWorker::CONSUMER;
 /// Effects may cause writes whose after-steps cause writes…; this bounds the chain.
 pub const MAX_EFFECT_DEPTH: u32 = 8;
 /// How often a failing after-step with policy `fail` is tried before it is given up on.
@@ -60,6 +60,9 @@ impl CommitSignal {
 pub struct AfterStepWorker(Background);
 
 impl AfterStepWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = "after-steps";
+
     /// Starts consuming the outbox from the stored cursor.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());
@@ -103,6 +106,19 @@ fn drain(engine: &Engine, stop: &AtomicBool) -> Result<usize, EngineError> {
         processed += 1;
     }
     Ok(processed)
+}
+
+/// The sequence number of the newest outbox event (0 when there is none).
+pub fn head(store: &dyn usm_store::Store) -> Result<u64, usm_store::StoreError> {
+    // Walk forward in pages from the after-step consumer's cursor (close to the end).
+    let mut position = store.cursor(CONSUMER)?;
+    loop {
+        let events = store.events_after(position, 1000)?;
+        match events.last() {
+            Some(last) => position = last.seq,
+            None => return Ok(position),
+        }
+    }
 }
 
 fn hook_of(event: EventType) -> Option<Hook> {

@@ -21,7 +21,7 @@ use crate::{
     sla::{self, Policy, SlaStatus},
 };
 
-const CONSUMER: &str = "sla";
+const CONSUMER: &str = SlaWorker::CONSUMER;
 const FIRED_PREFIX: &str = "sla-fired/";
 /// Most history entries read to build a timeline.
 const MAX_TIMELINE: usize = 10_000;
@@ -314,6 +314,9 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
 pub struct SlaWorker(Background);
 
 impl SlaWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = "sla";
+
     /// Starts keeping and firing timers.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());

@@ -1159,23 +1159,28 @@ mod authorization {
             .create(&agent(), new("task", "x", deep), None)
             .unwrap_err();
         assert!(error.field().unwrap().starts_with("/fields/a/b"), "{error}");
-        let long = json!({"category": "x".repeat(70 * 1024)});
-        assert!(
-            engine
-                .create(&agent(), new("task", "x", long), None)
-                .is_err()
-        );
+        // A member no schema constrains, so only the engine's own string limit can refuse it.
+        let max = crate::Limits::default().max_string_bytes;
+        let at_limit = json!({"notes": "x".repeat(max)});
+        engine
+            .create(&agent(), new("task", "at the limit", at_limit), None)
+            .unwrap();
+        let past = json!({"notes": "x".repeat(max + 1)});
+        let error = engine
+            .create(&agent(), new("task", "past the limit", past), None)
+            .unwrap_err();
+        assert_eq!(error.code(), usm_model::ErrorCode::InvalidInput, "{error}");
+        assert_eq!(error.field().as_deref(), Some("/fields/notes"));
         let wide: serde_json::Map<String, serde_json::Value> =
             (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
-        assert!(
-            engine
-                .create(
-                    &agent(),
-                    new("task", "x", serde_json::Value::Object(wide)),
-                    None
-                )
-                .is_err()
-        );
+        let error = engine
+            .create(
+                &agent(),
+                new("task", "x", serde_json::Value::Object(wide)),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(error.field().as_deref(), Some("/fields"), "{error}");
     }
 }
 

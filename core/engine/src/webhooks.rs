@@ -194,26 +194,13 @@ pub fn create(
         created_at: Timestamp::now(),
         created_by: actor.name.clone(),
     };
-    store.set_cursor(&subscription.consumer(), latest_event(store)?)?;
+    store.set_cursor(&subscription.consumer(), crate::outbox::head(store)?)?;
     let encoded = serde_json::to_vec(&subscription).map_err(|e| corrupt("webhook", &e))?;
     store.write_settings(
         &[(format!("{SUBSCRIPTION_PREFIX}{}", subscription.id), encoded)],
         &[],
     )?;
     Ok(subscription)
-}
-
-/// The newest outbox position.
-fn latest_event(store: &dyn Store) -> Result<u64, StoreError> {
-    // Walk forward in pages from the after-step consumer's cursor (close to the end).
-    let mut position = store.cursor("after-steps")?;
-    loop {
-        let events = store.events_after(position, 1000)?;
-        match events.last() {
-            Some(last) => position = last.seq,
-            None => return Ok(position),
-        }
-    }
 }
 
 /// Every subscription, by id.

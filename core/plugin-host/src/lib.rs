@@ -14,9 +14,10 @@ mod queries;
 mod state;
 
 use std::{
+    collections::HashMap,
     hash::{Hash as _, Hasher},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -68,7 +69,40 @@ pub struct PluginHost {
     limits: PluginLimits,
     store: Option<Arc<dyn Store>>,
     queries: Arc<QueryCache>,
+    shared: Option<SharedArtifacts>,
     ticker: Arc<EpochTicker>,
+}
+
+/// Compiled components kept in memory for every plugin host of a process that holds a clone:
+/// several servers in one process (the end-to-end tests start dozens) compile each component
+/// once instead of once per server. Keyed like the store's cache, so an artifact is only ever
+/// loaded by an engine compatible with the one that made it.
+#[derive(Clone, Default)]
+pub struct SharedArtifacts(Arc<Mutex<HashMap<String, Arc<[u8]>>>>);
+
+impl SharedArtifacts {
+    fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: &str, artifact: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::from(artifact));
+    }
+}
+
+impl std::fmt::Debug for SharedArtifacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        write!(f, "SharedArtifacts({count} components)")
+    }
 }
 
 /// Advances the engine's epoch every tick, for as long as a host or a step built by it lives.
@@ -127,8 +161,16 @@ impl PluginHost {
             limits,
             store,
             queries: Arc::default(),
+            shared: None,
             ticker: Arc::new(ticker),
         })
+    }
+
+    /// Also keeps compiled components in `shared`, and loads them from there.
+    #[must_use]
+    pub fn with_shared_artifacts(mut self, shared: SharedArtifacts) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// The limits every call runs under.
@@ -136,35 +178,52 @@ impl PluginHost {
         &self.limits
     }
 
-    /// Compiles a component, or loads its compiled artifact from the store's cache.
+    /// Compiles a component, or loads its compiled artifact from the store's cache (or the
+    /// shared one).
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
         check_api_version(bytes)?;
         let key = self.artifact_key(bytes);
-        if let Some(store) = &self.store
-            && let Ok(Some(artifact)) = store.artifact(&key)
-        {
-            // SAFETY: the artifact was produced by `Component::serialize` of an engine with the same
-            // compatibility hash (it is part of the key) and lives in our own store, which only
-            // this process writes; wasmtime additionally checks its version header.
+        let stored = self
+            .store
+            .as_ref()
+            .and_then(|store| store.artifact(&key).ok().flatten());
+        let in_store = stored.is_some();
+        let cached = stored
+            .map(Arc::<[u8]>::from)
+            .or_else(|| self.shared.as_ref().and_then(|shared| shared.get(&key)));
+        if let Some(artifact) = cached {
+            // SAFETY: the artifact was produced by `Component::serialize` of an engine with the
+            // same compatibility hash (it is part of the key), and lives in our own store or in
+            // this process's memory; wasmtime additionally checks its version header.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize(&self.engine, &artifact) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    self.remember(&key, &artifact, in_store);
+                    return Ok(component);
+                }
                 Err(error) => tracing::warn!(%error, "cached artifact unusable; recompiling"),
             }
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
-        if let Some(store) = &self.store {
-            match component.serialize() {
-                Ok(artifact) => {
-                    if let Err(error) = store.put_artifact(&key, &artifact) {
-                        tracing::warn!(%error, "cannot cache a compiled component");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot serialise a compiled component"),
-            }
+        match component.serialize() {
+            Ok(artifact) => self.remember(&key, &artifact, false),
+            Err(error) => tracing::warn!(%error, "cannot serialise a compiled component"),
         }
         Ok(component)
+    }
+
+    /// Keeps a compiled artifact in the store (unless it came from there) and the shared cache.
+    fn remember(&self, key: &str, artifact: &[u8], in_store: bool) {
+        if let Some(store) = &self.store
+            && !in_store
+            && let Err(error) = store.put_artifact(key, artifact)
+        {
+            tracing::warn!(%error, "cannot cache a compiled component");
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(key, artifact);
+        }
     }
 
     /// `sha256(component) / sha256(engine compatibility)`: a new wasmtime or engine setting

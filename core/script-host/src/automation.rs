@@ -22,7 +22,7 @@ use crate::{ScriptLimits, hardened_engine, to_dynamic, to_json};
 
 const SPEC_PREFIX: &str = "automation/";
 const RUN_PREFIX: &str = "automation-run/";
-const CONSUMER: &str = "automations";
+const CONSUMER: &str = AutomationWorker::CONSUMER;
 /// Runs kept per automation.
 const MAX_RUNS: usize = 100;
 /// Printed lines kept per run.
@@ -550,6 +550,9 @@ impl Automations {
 pub struct AutomationWorker(Background);
 
 impl AutomationWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = "automations";
+
     /// Starts running automations.
     pub fn start(automations: Arc<Automations>) -> std::io::Result<Self> {
         let commits = Arc::clone(automations.usm.commits());

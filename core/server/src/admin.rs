@@ -149,13 +149,8 @@ fn send(
 /// Runs one module command against the server at `remote`.
 pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
     let base = format!("{}/api/v1/modules", remote.url.trim_end_matches('/'));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let client = reqwest::Client::new();
-        let token = remote.token.clone().unwrap_or_default();
-        let request = match command {
+    send(remote, move |client| {
+        Ok(match command {
             ModuleCommand::Install { path } => client
                 .post(&base)
                 .header("content-type", "application/gzip")
@@ -176,25 +171,6 @@ pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
                 .post(format!("{base}/{id}/disable"))
                 .json(&json!({"domains": domains})),
             ModuleCommand::Remove { id } => client.delete(format!("{base}/{id}")),
-        };
-        let response = request
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", remote.url))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            Ok(body)
-        } else {
-            anyhow::bail!(
-                "{status}: {} {}",
-                body["detail"].as_str().unwrap_or("request failed"),
-                body["field"]
-                    .as_str()
-                    .map(|f| format!("({f})"))
-                    .unwrap_or_default()
-            )
-        }
+        })
     })
 }

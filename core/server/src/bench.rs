@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A JSON file with the body of each create (`kind`, `title`, `fields`, …); the title gets
+    /// the record's number appended. Default: a realistic incident of about 1 KB.
+    #[arg(long)]
+    pub body: Option<std::path::PathBuf>,
 }
 
 /// The paths `usm bench` can measure.
@@ -58,6 +62,8 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Whether acks waited for the disk.
     pub durable_acks: bool,
+    /// Bytes of the JSON body of one create (the first one; titles differ by their number).
+    pub body_bytes: usize,
     /// Wall time of the run, in seconds.
     pub seconds: f64,
     /// Created records per second.
@@ -73,6 +79,7 @@ pub struct BenchReport {
 fn report(
     path: &'static str,
     args: &BenchArgs,
+    body: &Body,
     elapsed: Duration,
     mut latencies: Vec<Duration>,
 ) -> BenchReport {
@@ -88,6 +95,7 @@ fn report(
         records: latencies.len(),
         concurrency: args.concurrency,
         durable_acks: !args.no_durable_acks,
+        body_bytes: body.json(0).to_string().len(),
         seconds: elapsed.as_secs_f64(),
         records_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_micros: pick(0.50),
@@ -96,25 +104,67 @@ fn report(
     }
 }
 
-fn sample(i: usize) -> NewRecord {
-    let levels = ["high", "medium", "low"];
-    NewRecord {
-        kind: "incident".into(),
-        domain: None,
-        title: format!("Benchmark incident {i}"),
-        fields: serde_json::json!({
-            "impact": levels[i % 3],
-            "urgency": levels[(i / 3) % 3],
-            "description": "Users on floor 3 cannot print; the queue shows jobs stuck in 'pending'.",
-            "category": "hardware",
-            "service": "printing",
-            "tags": ["printer", "floor-3"],
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default(),
-        links: Vec::new(),
+/// The body of every create: a template whose title gets each record's number.
+struct Body(serde_json::Map<String, serde_json::Value>);
+
+impl Body {
+    /// From `--body FILE`, or the default incident.
+    fn load(args: &BenchArgs) -> anyhow::Result<Self> {
+        let value = match &args.body {
+            Some(path) => serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not JSON", path.display()))?,
+            None => default_incident(),
+        };
+        let body = match value {
+            serde_json::Value::Object(body) => Self(body),
+            _ => anyhow::bail!("the body must be a JSON object"),
+        };
+        // Checked up front, so a bad file fails before anything is measured.
+        body.record(0)?;
+        Ok(body)
     }
+
+    /// The JSON body of create number `i`.
+    fn json(&self, i: usize) -> serde_json::Value {
+        let mut body = self.0.clone();
+        let title = body
+            .get("title")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("Benchmark record");
+        body.insert("title".into(), format!("{title} #{i}").into());
+        serde_json::Value::Object(body)
+    }
+
+    /// Create number `i` for the engine.
+    fn record(&self, i: usize) -> anyhow::Result<NewRecord> {
+        serde_json::from_value(self.json(i)).context("the body is not a record to create")
+    }
+}
+
+/// An incident as a service desk records it: about 1 KB of JSON with the reporter's account of
+/// the fault, who and what is affected, and what was tried.
+fn default_incident() -> serde_json::Value {
+    serde_json::json!({
+        "kind": "incident",
+        "title": "Printers on floor 3 hold every job in 'pending' since this morning",
+        "fields": {
+            "impact": "medium",
+            "urgency": "high",
+            "category": "hardware",
+            "subcategory": "printer",
+            "service": "printing",
+            "configuration_item": "PRN-FL3-EAST-02",
+            "location": {"site": "HQ", "building": "B", "floor": 3, "room": "3.14"},
+            "reported_by": {"name": "Dana Kim", "email": "dana.kim@example.org", "phone": "+31 20 555 0134"},
+            "channel": "phone",
+            "description": "Since about 08:30 every print job sent to the two printers on floor 3 east stays in 'pending' in the queue. Jobs to other floors print. The printers' displays show 'Ready'; a test page printed from the panel comes out fine. About 40 people on the floor are affected, among them payroll, who must print cheques before 14:00.",
+            "steps_taken": ["Restarted the print spooler on PRINT-01", "Power-cycled PRN-FL3-EAST-02", "Checked the toner and paper"],
+            "workaround": "Print to floor 2 (PRN-FL2-WEST-01) for now",
+            "tags": ["printer", "floor-3", "payroll"],
+        },
+    })
 }
 
 /// Runs the benchmark and returns one report per measured path.
@@ -123,12 +173,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
         args.concurrency > 0 && args.records > 0,
         "records and concurrency must be positive"
     );
+    let body = Body::load(args)?;
     let mut reports = Vec::new();
     if matches!(args.mode, BenchMode::Engine | BenchMode::Both) {
-        reports.push(bench_engine(args)?);
+        reports.push(bench_engine(args, &body)?);
     }
     if matches!(args.mode, BenchMode::Http | BenchMode::Both) {
-        reports.push(bench_http(args)?);
+        reports.push(bench_http(args, &body)?);
     }
     Ok(reports)
 }
@@ -149,7 +200,7 @@ fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
     }
 }
 
-fn bench_engine(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+fn bench_engine(args: &BenchArgs, body: &Body) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
     let engine = crate::open(&Config {
         bundled_modules: false,
@@ -166,8 +217,9 @@ fn bench_engine(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut latencies = Vec::new();
                     for i in (worker..args.records).step_by(args.concurrency) {
+                        let record = body.record(i)?;
                         let t = Instant::now();
-                        engine.create(actor, sample(i), None)?;
+                        engine.create(actor, record, None)?;
                         latencies.push(t.elapsed());
                     }
                     Ok(latencies)
@@ -183,10 +235,10 @@ fn bench_engine(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         }
         Ok(all)
     })?;
-    Ok(report("engine", args, started.elapsed(), latencies))
+    Ok(report("engine", args, body, started.elapsed(), latencies))
 }
 
-fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+fn bench_http(args: &BenchArgs, body: &Body) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
     let config = temp_config(args, dir.path());
     let runtime = actix_web::rt::System::new();
@@ -220,18 +272,20 @@ fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             .map(|worker| {
                 let client = client.clone();
                 let url = url.clone();
+                let bodies = Body(body.0.clone());
                 let records = args.records;
                 let step = args.concurrency;
                 actix_web::rt::spawn(async move {
                     let mut latencies = Vec::new();
                     for i in (worker..records).step_by(step) {
-                        let body = serde_json::json!({
-                            "kind": "incident",
-                            "title": format!("Benchmark incident {i}"),
-                            "fields": sample(i).fields,
-                        });
+                        let body = serde_json::to_vec(&bodies.json(i))?;
                         let t = Instant::now();
-                        let response = client.post(&url).json(&body).send().await?;
+                        let response = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await?;
                         anyhow::ensure!(
                             response.status().as_u16() == 201,
                             "create failed: {}",
@@ -252,6 +306,6 @@ fn bench_http(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         if let Some(handle) = handle {
             handle.stop(true).await;
         }
-        Ok(report("http", args, elapsed, all))
+        Ok(report("http", args, body, elapsed, all))
     })
 }

@@ -72,16 +72,17 @@ pub fn main() -> anyhow::Result<()> {
                 use std::io::Write as _;
                 writeln!(
                     out,
-                    "path    records  clients  durable  records/s   p50 µs   p99 µs   max µs"
+                    "path    records  clients  durable  body B  records/s   p50 µs   p99 µs   max µs"
                 )?;
                 for r in &reports {
                     writeln!(
                         out,
-                        "{:<7} {:>7}  {:>7}  {:>7}  {:>9.0}  {:>7}  {:>7}  {:>7}",
+                        "{:<7} {:>7}  {:>7}  {:>7}  {:>6}  {:>9.0}  {:>7}  {:>7}  {:>7}",
                         r.path,
                         r.records,
                         r.concurrency,
                         r.durable_acks,
+                        r.body_bytes,
                         r.records_per_second,
                         r.p50_micros,
                         r.p99_micros,

@@ -84,6 +84,11 @@ pub struct Config {
     /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
+    /// Compiled components shared with the other servers of this process that hold a clone,
+    /// so each component is compiled once per process; set by programs that start several
+    /// servers (the end-to-end tests), never read from a file or the environment.
+    #[serde(skip)]
+    pub shared_artifacts: Option<usm_plugin_host::SharedArtifacts>,
 }
 
 /// A module directory to load at startup.
@@ -128,6 +133,7 @@ impl Default for Config {
             pipeline_queue: 1024,
             pipeline_queue_wait_ms: 2000,
             modules: Vec::new(),
+            shared_artifacts: None,
         }
     }
 }

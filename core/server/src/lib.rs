@@ -58,6 +58,7 @@ pub struct Opened {
 impl Server {
     /// Opens the store, builds the engine and binds the listener. Call inside an async runtime.
     pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        check_open_access(config)?;
         let Opened {
             engine,
             registry,
@@ -158,6 +159,33 @@ impl Server {
     }
 }
 
+/// `auth_required = false` makes every caller an anonymous admin: allowed only on an address
+/// that no other machine can reach, and announced loudly.
+fn check_open_access(config: &Config) -> anyhow::Result<()> {
+    if config.auth_required {
+        return Ok(());
+    }
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = config
+        .addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the listen address {}", config.addr))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "auth_required = false makes every caller an admin; it is refused on {}, which is \
+             not loopback-only (listen on 127.0.0.1 or ::1, or require tokens)",
+            config.addr
+        );
+    }
+    tracing::warn!(
+        addr = %config.addr,
+        "AUTHENTICATION IS OFF (auth_required = false): every local caller is an anonymous admin \
+         who can read and change everything; use this only for local experiments"
+    );
+    Ok(())
+}
+
 /// Opens the store in the configured data directory, builds the engine over it, restores the
 /// installed modules, installs the bundled ones (enabling the default mix on a fresh data
 /// directory) and the module directories named in the configuration.
@@ -189,11 +217,12 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         Arc::new(Catalog::core()),
         config.engine_config(domains),
     ));
+    let mut plugins = PluginHost::new(PluginLimits::default(), Some(Arc::clone(&store)))?;
+    if let Some(shared) = &config.shared_artifacts {
+        plugins = plugins.with_shared_artifacts(shared.clone());
+    }
     let runtimes = Runtimes {
-        wasm: Some(Arc::new(PluginHost::new(
-            PluginLimits::default(),
-            Some(Arc::clone(&store)),
-        )?)),
+        wasm: Some(Arc::new(plugins)),
         rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
     };
     let registry = Registry::open(Arc::clone(&engine), runtimes)
@@ -313,4 +342,33 @@ pub async fn stop_on_signal(handle: ServerHandle, grace: Duration) {
     }
     tracing::info!(grace_secs = grace.as_secs(), "finishing in-flight requests");
     handle.stop(true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_access_is_refused_unless_the_address_is_loopback_only() {
+        let check = |addr: &str, auth_required: bool| {
+            check_open_access(&Config {
+                addr: addr.into(),
+                auth_required,
+                ..Config::default()
+            })
+        };
+        for addr in ["0.0.0.0:8080", "[::]:8080", "10.0.0.1:8080", "192.0.2.1:80"] {
+            let error = check(addr, false).expect_err(addr).to_string();
+            assert!(error.contains("auth_required = false"), "{error}");
+            assert!(check(addr, true).is_ok(), "{addr} with tokens");
+        }
+        for addr in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "127.0.0.2:80",
+            "localhost:8080",
+        ] {
+            assert!(check(addr, false).is_ok(), "{addr}");
+        }
+    }
 }

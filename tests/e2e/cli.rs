@@ -1,0 +1,161 @@
+//! `usm token …` and `usm module …`: the admin command line against a running server.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use usm_tests::{ADMIN_TOKEN, TestServer};
+
+/// Runs the usm binary with `args` against `server` as `token`; returns its JSON output, or its
+/// error output when it fails.
+async fn usm(server: &TestServer, token: &str, args: &[&str]) -> Result<Value, String> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
+    command
+        .args(args)
+        .env("USM_URL", &server.base)
+        .env("USM_TOKEN", token);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_created_listed_and_revoked_from_the_command_line() {
+    let server = TestServer::start().unwrap();
+    let created = usm(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "token",
+            "create",
+            "--name",
+            "cli-agent",
+            "--role",
+            "agent",
+            "--domain",
+            "it",
+        ],
+    )
+    .await
+    .unwrap();
+    let secret = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["domains"], json!(["it"]));
+    let made = server
+        .call_as(
+            Some(&secret),
+            Method::POST,
+            "/api/v1/records",
+            Some(&json!({"kind": "task", "title": "by the cli's token"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    assert_eq!(made.body["created_by"], "cli-agent");
+
+    let listed = usm(&server, ADMIN_TOKEN, &["token", "list"]).await.unwrap();
+    assert!(
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "cli-agent"),
+        "{listed}"
+    );
+    assert!(!listed.to_string().contains(&secret), "no secrets listed");
+
+    // A non-admin token is refused, and says why.
+    let refused = usm(&server, &secret, &["token", "list"]).await.unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+
+    usm(&server, ADMIN_TOKEN, &["token", "revoke", &id])
+        .await
+        .unwrap();
+    let after = server
+        .call_as(Some(&secret), Method::GET, "/api/v1/records", None)
+        .await
+        .unwrap();
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_are_installed_enabled_disabled_and_removed_from_the_command_line() {
+    let server = TestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("module.toml"),
+        "id = \"cli-tagger\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+         [[steps]]\nname = \"tag\"\nhook = \"create\"\nprocess = \"operate\"\nphase = \"before\"\nscript = \"tag.rhai\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tag.rhai"),
+        "fn run(input) { patch(#{ fields: #{ tagged: true } }) }",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let installed = usm(&server, ADMIN_TOKEN, &["module", "install", path])
+        .await
+        .unwrap();
+    assert_eq!(installed["result"]["action"], "installed", "{installed}");
+    let enabled = usm(
+        &server,
+        ADMIN_TOKEN,
+        &["module", "enable", "cli-tagger", "--domain", "it"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(enabled["status"], "enabled");
+    let task = server
+        .create(json!({"kind": "task", "title": "tag me"}))
+        .await
+        .unwrap();
+    assert_eq!(task["fields"]["tagged"], true, "the step runs");
+
+    let listed = usm(&server, ADMIN_TOKEN, &["module", "list"])
+        .await
+        .unwrap();
+    let module = listed["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "cli-tagger")
+        .cloned()
+        .unwrap();
+    assert_eq!(module["domains"], json!(["it"]));
+
+    let disabled = usm(
+        &server,
+        ADMIN_TOKEN,
+        &["module", "disable", "cli-tagger", "--domain", "it"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(disabled["status"], "installed");
+    let untagged = server
+        .create(json!({"kind": "task", "title": "leave me"}))
+        .await
+        .unwrap();
+    assert!(untagged["fields"].get("tagged").is_none());
+
+    usm(&server, ADMIN_TOKEN, &["module", "remove", "cli-tagger"])
+        .await
+        .unwrap();
+    let gone = usm(&server, ADMIN_TOKEN, &["module", "list"])
+        .await
+        .unwrap();
+    assert!(!gone.to_string().contains("cli-tagger"), "{gone}");
+    // A broken module is refused with the server's reason.
+    std::fs::write(dir.path().join("tag.rhai"), "fn run(input) { let = ; }").unwrap();
+    let refused = usm(&server, ADMIN_TOKEN, &["module", "install", path])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("422") && refused.contains("tag.rhai"),
+        "{refused}"
+    );
+}
