@@ -3,9 +3,9 @@
 //! throughput, p99, the server's resident memory and its data directory's size.
 //!
 //! `cargo bench -p usm-tests --bench soak` runs 200,000 creates at 32 clients and again at 64
-//! clients on fresh servers. `USM_SOAK_SECONDS=30` instead runs each for 30 s (what CI runs);
-//! `USM_BENCH_SHORT=1` does the same. `USM_SOAK_RECORDS`, `USM_SOAK_CLIENTS` (comma separated) and `USM_SOAK_WINDOW` (seconds)
-//! change the shape. It fails — exits non-zero — when any request fails, when a bundled step
+//! clients on fresh servers. `USM_SOAK_SECONDS=30` instead runs each for 30 s, and so does
+//! `USM_BENCH_SHORT=1` (what CI runs). `USM_SOAK_RECORDS`, `USM_SOAK_CLIENTS` (comma separated)
+//! and `USM_SOAK_WINDOW` (seconds) change the shape. It fails — exits non-zero — when any request fails, when a bundled step
 //! overran its budget or was suspended, or (on full runs) when a complete window's throughput is
 //! below half the median window's.
 
@@ -82,10 +82,8 @@ fn free_port() -> u16 {
 fn start_server(data: &Path) -> ServerProcess {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
-    // The server reads every USM_* variable as configuration; this benchmark's are not.
-    for (name, _) in std::env::vars()
-        .filter(|(name, _)| name.starts_with("USM_SOAK_") || name.starts_with("USM_BENCH_"))
-    {
+    // The server reads every USM_* variable as configuration; it gets only the ones set here.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_")) {
         command.env_remove(name);
     }
     let child = command
