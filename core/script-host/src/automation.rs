@@ -550,6 +550,9 @@ impl Automations {
 pub struct AutomationWorker(Background);
 
 impl AutomationWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = CONSUMER;
+
     /// Starts running automations.
     pub fn start(automations: Arc<Automations>) -> std::io::Result<Self> {
         let commits = Arc::clone(automations.usm.commits());
