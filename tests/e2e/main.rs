@@ -19,4 +19,6 @@ mod records;
 mod restart;
 mod security;
 mod sla;
+mod strict_input;
+mod webhook_policy;
 mod webhooks;

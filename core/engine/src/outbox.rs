@@ -60,6 +60,9 @@ impl CommitSignal {
 pub struct AfterStepWorker(Background);
 
 impl AfterStepWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = CONSUMER;
+
     /// Starts consuming the outbox from the stored cursor.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());

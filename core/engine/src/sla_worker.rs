@@ -314,6 +314,9 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
 pub struct SlaWorker(Background);
 
 impl SlaWorker {
+    /// The name of its outbox cursor.
+    pub const CONSUMER: &str = CONSUMER;
+
     /// Starts keeping and firing timers.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());
