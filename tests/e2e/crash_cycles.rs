@@ -1,5 +1,7 @@
 //! Kill -9 at random moments under concurrent creates and updates, restart, and check every
-//! acknowledged write is there with its history, and nothing half-written is visible.
+//! acknowledged write is there with its history, and nothing half-written is visible. Every
+//! other cycle also sends concurrent creates with one `Idempotency-Key` and kills right after a
+//! replay is answered: the replayed record must survive, and the key must still replay it.
 
 use std::{
     collections::BTreeMap,
@@ -7,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use usm_tests::{ADMIN_TOKEN, ServerProcess};
@@ -76,6 +79,60 @@ async fn client_loop(
     }
 }
 
+/// Idempotency key → (title sent, record id acknowledged).
+type Keys = Arc<Mutex<BTreeMap<String, (String, String)>>>;
+
+/// Sends three creates with the same key at once, again and again; wakes `replayed` as soon as
+/// a replay is answered.
+async fn same_key_loop(
+    base: String,
+    client: reqwest::Client,
+    acked: Acked,
+    keys: Keys,
+    cycle: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    replayed: Arc<tokio::sync::Notify>,
+) {
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let key = format!("c{cycle}-k{n}");
+        let title = format!("keyed {key}");
+        let mut sends: futures::stream::FuturesUnordered<_> = (0..3)
+            .map(|_| {
+                client
+                    .post(format!("{base}/api/v1/records"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .header("idempotency-key", &key)
+                    .json(&json!({"kind": "task", "title": title}))
+                    .send()
+            })
+            .collect();
+        while let Some(sent) = sends.next().await {
+            let Ok(response) = sent else { return };
+            if response.status() != StatusCode::CREATED {
+                return;
+            }
+            let replay = response.headers().contains_key("idempotent-replayed");
+            let Ok(record) = response.json::<Value>().await else {
+                return;
+            };
+            let id = record["id"].as_str().unwrap_or_default().to_owned();
+            acked
+                .lock()
+                .unwrap()
+                .entry(id.clone())
+                .or_insert((1, title.clone()));
+            keys.lock()
+                .unwrap()
+                .insert(key.clone(), (title.clone(), id));
+            if replay {
+                replayed.notify_one();
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_repeated_sigkills() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,16 +147,18 @@ async fn acknowledged_writes_survive_repeated_sigkills() {
     .unwrap();
     let binary = env!("CARGO_BIN_EXE_usm-under-test");
     let acked: Acked = Arc::default();
+    let keys: Keys = Arc::default();
+    let mut replay_kills = 0;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let mut rng = Lcg(0x5eed_cafe);
     let started = Instant::now();
-    for _ in 0..cycles() {
+    for cycle in 0..cycles() {
         let server = ServerProcess::spawn(binary, &config).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let workers: Vec<_> = (0..4)
+        let mut workers: Vec<_> = (0..4)
             .map(|w| {
                 tokio::spawn(client_loop(
                     server.base.clone(),
@@ -110,7 +169,27 @@ async fn acknowledged_writes_survive_repeated_sigkills() {
                 ))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(50 + rng.next_ms(400))).await;
+        let replayed = Arc::new(tokio::sync::Notify::new());
+        let wait = Duration::from_millis(50 + rng.next_ms(400));
+        if cycle % 2 == 1 {
+            workers.push(tokio::spawn(same_key_loop(
+                server.base.clone(),
+                client.clone(),
+                acked.clone(),
+                keys.clone(),
+                cycle,
+                stop.clone(),
+                replayed.clone(),
+            )));
+            // Kill the moment a replay is answered, while its original may still wait for
+            // its flush.
+            tokio::select! {
+                () = replayed.notified() => replay_kills += 1,
+                () = tokio::time::sleep(wait) => {}
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
         server.kill().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for worker in workers {
@@ -160,6 +239,26 @@ async fn acknowledged_writes_survive_repeated_sigkills() {
             "{id}: one history entry per version, none half-written"
         );
     }
+    // A key whose create was acknowledged still names that record: a retry replays it.
+    let keys = keys.lock().unwrap().clone();
+    assert!(replay_kills > 0, "no cycle was killed right after a replay");
+    for (key, (title, id)) in &keys {
+        let retried = client
+            .post(format!("{}/api/v1/records", server.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"kind": "task", "title": title}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retried.status(), StatusCode::CREATED);
+        assert!(
+            retried.headers().contains_key("idempotent-replayed"),
+            "{key} was acknowledged as {id} but created a new record"
+        );
+        let record: Value = retried.json().await.unwrap();
+        assert_eq!(record["id"], id.as_str(), "{key}");
+    }
     // Every record in the store is whole, acknowledged or not: one history entry per version,
     // and the record is what replaying its history gives.
     let mut cursor: Option<String> = None;
@@ -205,9 +304,11 @@ async fn acknowledged_writes_survive_repeated_sigkills() {
         "every acknowledged record is listed"
     );
     eprintln!(
-        "{} cycles, {} acknowledged records, {:?}",
+        "{} cycles ({replay_kills} killed right after a replay), {} acknowledged records, {} \
+         idempotency keys, {:?}",
         cycles(),
         acked.len(),
+        keys.len(),
         started.elapsed()
     );
 }

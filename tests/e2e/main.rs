@@ -24,4 +24,6 @@ mod restart;
 mod routes;
 mod security;
 mod sla;
+mod strict_input;
+mod webhook_policy;
 mod webhooks;

@@ -98,6 +98,19 @@ impl Store for StallingStore {
     fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError> {
         self.inner.set_cursor(consumer, position)
     }
+    fn prune(
+        &self,
+        consumers: &[String],
+        now: usm_model::Timestamp,
+    ) -> Result<usm_store::Pruned, StoreError> {
+        self.inner.prune(consumers, now)
+    }
+    fn outbox_len(&self) -> Result<usize, StoreError> {
+        self.inner.outbox_len()
+    }
+    fn idempotency_len(&self) -> Result<usize, StoreError> {
+        self.inner.idempotency_len()
+    }
     fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.artifact(key)
     }

@@ -128,7 +128,11 @@ async fn wait_until(mut done: impl FnMut() -> bool, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_are_signed_retried_in_order_and_dead_lettered() {
-    let server = TestServer::start_with(|config| config.webhook_retry_base_ms = 50).unwrap();
+    let server = TestServer::start_with(|config| {
+        config.webhook_retry_base_ms = 50;
+        config.webhook_allowed_networks = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    })
+    .unwrap();
     let state = web::Data::new(Receiver::default());
     *state.fail_first.lock().unwrap() = 2;
     let (url, receiver) = start_receiver(state.clone());

@@ -186,6 +186,7 @@ impl From<usm_engine::webhooks::WebhookError> for ApiError {
             E::Invalid { field, .. } => {
                 Self::new(error.code(), error.to_string()).with_field(*field)
             }
+            E::Refused(_) => Self::new(error.code(), error.to_string()).with_field("/url"),
             E::NotFound(_) => Self::new(error.code(), error.to_string()),
             E::Store(_) => {
                 tracing::error!(%error, "internal error");
@@ -198,9 +199,16 @@ impl From<usm_engine::webhooks::WebhookError> for ApiError {
     }
 }
 
-/// A subscription as listed: the secret is shown only when it is created.
+/// A subscription as listed: the secret is shown only when it is created, a password in the
+/// URL (possible in subscriptions made before URL credentials were refused) never.
 fn redacted(mut subscription: Subscription) -> Subscription {
     subscription.secret = "(hidden)".into();
+    if let Ok(mut url) = url::Url::parse(&subscription.url)
+        && url.password().is_some()
+        && url.set_password(Some("hidden")).is_ok()
+    {
+        subscription.url = url.into();
+    }
     subscription
 }
 
@@ -224,7 +232,8 @@ pub struct DeliveryLog {
 /// `X-Usm-Signature: sha256=<hex>`); the answer shows the signing secret once.
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = NewSubscription,
     responses((status = 201, body = Subscription), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 403, body = Problem, content_type = "application/problem+json")))]
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The destination policy refuses the URL", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_webhook(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -233,7 +242,8 @@ pub async fn create_webhook(
     let services = services.into_inner();
     let subscription = web::block(move || -> Result<_, ApiError> {
         let store = services.engine.store();
-        let subscription = webhooks::create(store.as_ref(), &actor, body.into_inner())?;
+        let policy = &services.config.webhook_policy;
+        let subscription = webhooks::create(store.as_ref(), policy, &actor, body.into_inner())?;
         let shown = serde_json::to_value(redacted(subscription.clone())).ok();
         if let Err(error) = auth::audit(
             store.as_ref(),
@@ -414,4 +424,27 @@ pub async fn automation_runs(
     let automations = services.automations.clone();
     let runs = web::block(move || automations.runs(&id)).await??;
     Ok(HttpResponse::Ok().json(RunList { runs }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_subscriptions_hide_secrets_and_url_passwords() {
+        let subscription = Subscription {
+            id: "abc".into(),
+            url: "https://ops:hunter2@hooks.example.com/in".into(),
+            events: vec![],
+            kinds: vec![],
+            domains: vec![],
+            secret: "s3cret-s3cret-s3cret".into(),
+            max_attempts: 8,
+            created_at: usm_model::Timestamp::now(),
+            created_by: "admin".into(),
+        };
+        let shown = redacted(subscription);
+        assert_eq!(shown.secret, "(hidden)");
+        assert_eq!(shown.url, "https://ops:hidden@hooks.example.com/in");
+    }
 }

@@ -4,6 +4,7 @@
 //! the binary and the end-to-end tests both use it.
 
 mod admin;
+mod body;
 mod headers;
 mod metrics;
 mod modules;
@@ -39,6 +40,10 @@ pub struct ApiConfig {
     pub public_health: bool,
     /// `/metrics` answers without a token.
     pub public_metrics: bool,
+    /// Where webhooks may deliver.
+    pub webhook_policy: usm_engine::webhooks::WebhookPolicy,
+    /// A request body that sends nothing for this long fails with `408`.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +53,8 @@ impl Default for ApiConfig {
             auth_required: true,
             public_health: true,
             public_metrics: false,
+            webhook_policy: usm_engine::webhooks::WebhookPolicy::default(),
+            body_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -180,6 +187,7 @@ impl utoipa::Modify for CommonProblems {
                 common.push(("429", "Rate limited; see Retry-After"));
             }
             if has_body {
+                common.push(("408", "The body stopped arriving"));
                 common.push(("413", "Body too large"));
                 common.push(("415", "Unsupported content type"));
             }
@@ -405,6 +413,27 @@ pub fn configure(config: &mut web::ServiceConfig) {
         );
 }
 
+/// Every error is a problem document: an error response a layer below the handlers made in
+/// another form (actix's own `text/plain` 413, for one) is replaced by the problem for its
+/// status.
+fn as_problem<B: MessageBody + 'static>(
+    response: ServiceResponse<B>,
+) -> ServiceResponse<actix_web::body::BoxBody> {
+    use actix_web::ResponseError as _;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    match problem::problem_for_status(status) {
+        Some(problem) if !is_problem => {
+            let (request, _) = response.into_parts();
+            ServiceResponse::new(request, problem.error_response())
+        }
+        _ => response.map_into_boxed_body(),
+    }
+}
+
 /// Builds the application: routes, extractor limits, error mapping and request logging.
 pub fn create_app(
     services: web::Data<Services>,
@@ -418,6 +447,7 @@ pub fn create_app(
     >,
 > {
     let limit = services.config.max_body_bytes;
+    let body_timeout = services.config.body_timeout;
     let observed = services.clone();
     App::new()
         .app_data(services)
@@ -436,6 +466,14 @@ pub fn create_app(
         )
         .configure(configure)
         .default_service(web::to(route_not_found))
+        .wrap_fn(move |mut request, service| {
+            use actix_web::{HttpMessage as _, dev::Service as _};
+            let payload = body::IdleTimeout::new(request.take_payload(), body_timeout);
+            let stream: std::pin::Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(payload);
+            request.set_payload(actix_web::dev::Payload::from(stream));
+            let response = service.call(request);
+            async move { Ok(as_problem(response.await?)) }
+        })
         .wrap_fn(move |request, service| {
             use actix_web::dev::Service as _;
             let started = Instant::now();

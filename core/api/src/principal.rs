@@ -39,6 +39,20 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
             None => Err(AuthError::Missing),
         };
         result.map_err(|error| {
+            // Guessing tokens costs the guesser's address, not a principal's budget.
+            let address = request
+                .peer_addr()
+                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+            if let Some(retry_after) = services.rate_limiter.check(&format!("\0address {address}"))
+            {
+                return ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{address} sent too many unauthenticated requests; retry in {retry_after} s"
+                    ),
+                )
+                .with_header("Retry-After", retry_after.to_string());
+            }
             ApiError::new(ErrorCode::Unauthorized, error.to_string())
                 .with_header("WWW-Authenticate", "Bearer realm=\"usm\"")
         })?

@@ -60,7 +60,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::UnknownLinkTarget
         | C::IdempotencyKeyReused
         | C::StepRejected
-        | C::ModuleInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+        | C::ModuleInvalid
+        | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict | C::ModuleInUse => StatusCode::CONFLICT,
         C::ModuleNotFound
         | C::WorkflowNotFound
@@ -74,6 +75,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         C::Internal | C::StepFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -112,7 +114,9 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::TokenNotFound => "Token not found",
         C::RateLimited => "Too many requests",
         C::WebhookNotFound => "Webhook not found",
+        C::WebhookDestinationRefused => "Webhook destination refused",
         C::AutomationNotFound => "Automation not found",
+        C::RequestTimeout => "Request body timed out",
         C::Unavailable => "Service unavailable",
         C::Overloaded => "Server overloaded",
         C::Internal => "Internal error",
@@ -247,11 +251,50 @@ pub fn json_error(error: JsonPayloadError) -> ApiError {
             ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {error}"),
         ),
+        JsonPayloadError::Payload(error) => payload_error(&error),
         other => ApiError::new(
             ErrorCode::MalformedJson,
             format!("the body could not be read: {other}"),
         ),
     }
+}
+
+/// Maps failures to read a body to problems.
+pub fn payload_error(error: &actix_web::error::PayloadError) -> ApiError {
+    use actix_web::error::PayloadError as P;
+    match error {
+        P::Overflow => ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large"),
+        P::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            ApiError::new(ErrorCode::RequestTimeout, io.to_string())
+        }
+        other => ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body could not be read: {other}"),
+        ),
+    }
+}
+
+/// The problem for an error response some layer below the handlers made without a body of
+/// ours (e.g. a `Bytes` body over the limit, 413 `text/plain`); `None` for statuses we never
+/// answer that way.
+pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
+    let (code, detail) = match status {
+        StatusCode::BAD_REQUEST => (ErrorCode::InvalidInput, "the request is malformed"),
+        StatusCode::NOT_FOUND => (ErrorCode::RouteNotFound, "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed"),
+        StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the body timed out"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            (ErrorCode::UnsupportedMediaType, "unsupported content type")
+        }
+        StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "try again later"),
+        status if status.is_server_error() => (
+            ErrorCode::Internal,
+            "the server failed to complete the request; it has been logged",
+        ),
+        _ => return None,
+    };
+    Some(ApiError::new(code, detail))
 }
 
 /// Maps query-string failures to problems.

@@ -7,6 +7,7 @@ use usm_model::{Approval, Decision, HistoryEntry, Record};
 
 use crate::{
     Services,
+    body::Object,
     headers::{etag, idempotency_key, if_match, with_etag},
     principal::Principal,
     problem::{ApiError, Problem},
@@ -43,12 +44,12 @@ pub async fn create_record(
     services: web::Data<Services>,
     Principal(actor): Principal,
     request: HttpRequest,
-    body: web::Json<NewRecord>,
+    body: web::Json<Object<NewRecord>>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&request)?;
     let engine = services.engine.clone();
     let created =
-        blocking(move || engine.create(&actor, body.into_inner(), key.as_deref())).await?;
+        blocking(move || engine.create(&actor, body.into_inner().0, key.as_deref())).await?;
     let mut builder = HttpResponse::Created();
     with_etag(&mut builder, &created.record);
     builder.insert_header((
@@ -116,11 +117,12 @@ pub async fn patch_record(
     Principal(actor): Principal,
     request: HttpRequest,
     id: web::Path<String>,
-    body: web::Json<RecordPatch>,
+    body: web::Json<Object<RecordPatch>>,
 ) -> Result<HttpResponse, ApiError> {
     let expected = if_match(&request)?;
     let engine = services.engine.clone();
-    let record = blocking(move || engine.update(&actor, &id, body.into_inner(), expected)).await?;
+    let record =
+        blocking(move || engine.update(&actor, &id, body.into_inner().0, expected)).await?;
     Ok(record_response(actix_web::http::StatusCode::OK, &record))
 }
 

@@ -45,6 +45,10 @@ pub fn unpack(bytes: &[u8]) -> Result<ModuleFiles, String> {
                 "{name}: paths must be relative and stay inside the bundle"
             ));
         }
+        // Which of two entries counts is the unpacker's choice, not the author's: refuse both.
+        if files.contains_key(&name) {
+            return Err(format!("{name}: the bundle holds this path twice"));
+        }
         total += entry.size();
         if files.len() >= MAX_BUNDLE_FILES || total > MAX_BUNDLE_BYTES {
             return Err(format!(
@@ -199,6 +203,26 @@ mod tests {
         }
         let error = unpack(&raw_entry("/etc/module.toml", EntryType::Regular, None)).unwrap_err();
         assert!(error.contains("relative"), "{error}");
+    }
+
+    #[test]
+    fn a_path_given_twice_is_refused() {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, content) in [("module.toml", "id = 'a'"), ("./module.toml", "id = 'b'")] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o644);
+            builder
+                .append_data(&mut header, name, content.as_bytes())
+                .unwrap();
+        }
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let error = unpack(&bytes).unwrap_err();
+        assert!(error.contains("module.toml"), "{error}");
     }
 
     #[test]

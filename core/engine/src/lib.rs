@@ -19,6 +19,7 @@ mod module;
 mod outbox;
 mod pipeline;
 mod registry;
+pub mod retention;
 pub mod sla;
 mod sla_worker;
 mod step;
@@ -422,15 +423,20 @@ impl Engine {
             Err(StoreError::IdempotencyKeyUsed {
                 record_id,
                 request_hash,
+                record,
             }) => {
                 let ours = claim.map(|c| c.request_hash).unwrap_or_default();
                 if request_hash != ours {
                     return Err(EngineError::IdempotencyKeyReused { record_id });
                 }
-                let record = self
-                    .store
-                    .get(&record_id)?
-                    .ok_or_else(|| EngineError::NotFound(record_id.to_string()))?;
+                // The answer the first request got, not what later writes made of the record.
+                let record = match record {
+                    Some(record) => *record,
+                    None => self
+                        .store
+                        .get(&record_id)?
+                        .ok_or_else(|| EngineError::NotFound(record_id.to_string()))?,
+                };
                 Ok(Created {
                     record,
                     replayed: true,
@@ -899,10 +905,8 @@ impl Engine {
     fn check_size(&self, fields: &Map<String, Value>) -> Result<(), EngineError> {
         let limits = &self.config.limits;
         let mut members = 0usize;
-        let mut stack: Vec<(&Value, usize, String)> = fields
-            .iter()
-            .map(|(k, v)| (v, 1, format!("/fields/{k}")))
-            .collect();
+        let mut stack: Vec<(&Value, usize, String)> = Vec::new();
+        push_members(&mut stack, fields, 1, "/fields")?;
         while let Some((value, depth, path)) = stack.pop() {
             members += 1;
             if members > limits.max_field_members {
@@ -924,16 +928,27 @@ impl Engine {
                         format!("longer than {} bytes", limits.max_string_bytes),
                     ));
                 }
+                Value::String(s) if s.contains('\0') => {
+                    return Err(EngineError::invalid(path, "must not contain NUL"));
+                }
+                // JSON integers past i64/u64 arrive as floats, rounded: refuse what cannot be
+                // kept exactly rather than store another number than the one sent.
+                Value::Number(n)
+                    if n.as_f64()
+                        .is_some_and(|f| n.is_f64() && f.abs() >= I64_SPAN) =>
+                {
+                    return Err(EngineError::invalid(
+                        path,
+                        "numbers must lie within ±2^63 (send larger ones as strings)",
+                    ));
+                }
                 Value::Array(items) => stack.extend(
                     items
                         .iter()
                         .enumerate()
                         .map(|(i, v)| (v, depth + 1, format!("{path}/{i}"))),
                 ),
-                Value::Object(map) => stack.extend(
-                    map.iter()
-                        .map(|(k, v)| (v, depth + 1, format!("{path}/{k}"))),
-                ),
+                Value::Object(map) => push_members(&mut stack, map, depth + 1, &path)?,
                 _ => {}
             }
         }
@@ -1134,6 +1149,28 @@ fn visible(actor: &Actor, record: &Record) -> bool {
         && (actor.works_records()
             || record.created_by == actor.name
             || record.fields.get("requester").and_then(Value::as_str) == Some(actor.name.as_str()))
+}
+
+/// 2^63: floats at or past it in magnitude are integers JSON could not carry exactly.
+const I64_SPAN: f64 = 9_223_372_036_854_775_808.0;
+
+/// Queues the members of an object in `fields` for checking; refuses NUL in member names.
+fn push_members<'a>(
+    stack: &mut Vec<(&'a Value, usize, String)>,
+    map: &'a Map<String, Value>,
+    depth: usize,
+    path: &str,
+) -> Result<(), EngineError> {
+    for (key, value) in map {
+        if key.contains('\0') {
+            return Err(EngineError::invalid(
+                path.to_owned(),
+                "member names must not contain NUL",
+            ));
+        }
+        stack.push((value, depth, format!("{path}/{key}")));
+    }
+    Ok(())
 }
 
 /// An id that cannot exist is simply not found; callers need not learn our id syntax.

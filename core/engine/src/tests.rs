@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use usm_model::{Actor, Catalog, Decision, Role};
-use usm_store::MemoryStore;
+use usm_store::{MemoryStore, Store as _};
 
 use crate::{Engine, EngineConfig, EngineError, ListRequest, NewRecord, RecordPatch};
 
@@ -206,6 +206,21 @@ fn idempotent_creates_replay_and_detect_reuse() {
     assert!(!first.replayed);
     assert!(again.replayed);
     assert_eq!(first.record.id, again.record.id);
+    let patch = RecordPatch {
+        title: Some("laptop, 16 GB".into()),
+        ..RecordPatch::default()
+    };
+    engine
+        .update(&agent(), first.record.id.as_str(), patch, Some(1))
+        .unwrap();
+    let later = engine
+        .create(&agent(), new("request", "laptop", json!({})), Some("key-1"))
+        .unwrap();
+    assert!(later.replayed);
+    assert_eq!(
+        later.record, first.record,
+        "a replay answers what the first request got, not the record's current version"
+    );
     let other = engine
         .create(&agent(), new("request", "phone", json!({})), Some("key-1"))
         .unwrap_err();
@@ -1271,4 +1286,70 @@ fn a_module_cannot_be_removed_under_a_write_that_uses_its_kind() {
             .get(&crate::Kind::new("risk").unwrap())
             .is_some()
     );
+}
+
+#[test]
+fn pruning_keeps_events_a_webhook_has_not_passed() {
+    let store = Arc::new(MemoryStore::with_config(usm_store::StoreConfig {
+        outbox_retention: std::time::Duration::ZERO,
+        ..usm_store::StoreConfig::default()
+    }));
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(Catalog::core()),
+        EngineConfig::default(),
+    );
+    for title in ["one", "two", "three"] {
+        engine
+            .create(&agent(), new("task", title, json!({})), None)
+            .unwrap();
+    }
+    store.set_cursor("after-steps", 3).unwrap();
+    let policy = crate::webhooks::WebhookPolicy::new(&["192.0.2.0/24".into()]).unwrap();
+    let new_hook = serde_json::from_value(json!({"url": "http://192.0.2.7/hook"})).unwrap();
+    let hook = crate::webhooks::create(store.as_ref(), &policy, &agent(), new_hook).unwrap();
+    for title in ["four", "five"] {
+        engine
+            .create(&agent(), new("task", title, json!({})), None)
+            .unwrap();
+    }
+    store.set_cursor("after-steps", 5).unwrap();
+    let pruned = crate::retention::prune(&engine, &["after-steps".into()]).unwrap();
+    assert_eq!(pruned.events, 3, "the webhook starts after event 3");
+    store.set_cursor(&hook.consumer(), 5).unwrap();
+    let pruned = crate::retention::prune(&engine, &["after-steps".into()]).unwrap();
+    assert_eq!(pruned.events, 2);
+    assert_eq!(store.outbox_len().unwrap(), 0);
+}
+
+#[test]
+fn webhook_destinations_must_be_public_or_allowed() {
+    let open = crate::webhooks::WebhookPolicy::default();
+    for refused in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/",
+        "http://127.0.0.1:8080/",
+        "http://[::1]/",
+        "http://[fd00::1]/",
+        "http://[fe80::1]/",
+        "http://[::ffff:192.168.1.1]/",
+        "http://0x7f.1/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http://user:pass@93.184.216.34/",
+        "ftp://93.184.216.34/",
+        "file:///etc/passwd",
+    ] {
+        assert!(
+            open.check_url(refused).is_err(),
+            "{refused} must be refused"
+        );
+    }
+    assert!(open.check_url("https://93.184.216.34/hook").is_ok());
+    let loopback =
+        crate::webhooks::WebhookPolicy::new(&["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
+    assert!(loopback.check_url("http://127.0.0.1:8080/").is_ok());
+    assert!(loopback.check_url("http://[::1]/").is_ok());
+    assert!(loopback.check_url("http://10.1.2.3/").is_err());
+    assert!(crate::webhooks::WebhookPolicy::new(&["10.0.0.0/33".into()]).is_err());
 }

@@ -1,7 +1,11 @@
 //! Webhook subscriptions and their delivery logs. The engine stores and matches them; delivering
 //! over HTTP is the server's job (the engine knows no HTTP).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _};
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use url::{Host, Url};
 use usm_model::{Actor, Domain, ErrorCode, Event, EventType, Kind, Timestamp};
 use usm_store::{Store, StoreError};
 
@@ -21,6 +25,9 @@ pub enum WebhookError {
         /// What is wrong.
         message: String,
     },
+    /// The URL is not a destination the policy allows.
+    #[error("/url: {0}")]
+    Refused(DestinationRefused),
     /// No such subscription or delivery.
     #[error("no webhook {0}")]
     NotFound(String),
@@ -34,6 +41,7 @@ impl WebhookError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid { .. } => ErrorCode::InvalidInput,
+            Self::Refused(_) => ErrorCode::WebhookDestinationRefused,
             Self::NotFound(_) => ErrorCode::WebhookNotFound,
             Self::Store(_) => ErrorCode::Internal,
         }
@@ -147,22 +155,158 @@ fn corrupt(what: &'static str, error: &serde_json::Error) -> StoreError {
     }
 }
 
+/// Where webhooks may deliver: public addresses, plus the networks the operator allows.
+/// Loopback, private, link-local, unique-local, shared (CGNAT), multicast, documentation,
+/// unspecified and reserved addresses are internal and refused unless allowed.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookPolicy {
+    allowed: Vec<IpNet>,
+}
+
+/// Why a webhook destination is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DestinationRefused(String);
+
+impl WebhookPolicy {
+    /// A policy allowing `networks` (CIDRs such as `10.0.0.0/8` or `::1/128`) besides public
+    /// addresses.
+    pub fn new(networks: &[String]) -> Result<Self, String> {
+        let allowed = networks
+            .iter()
+            .map(|net| {
+                net.trim()
+                    .parse::<IpNet>()
+                    .map_err(|e| format!("webhook network {net:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allowed })
+    }
+
+    /// Whether events may go to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !internal(ip) || self.allowed.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Checks what the URL says without resolving names: an `http` or `https` URL without
+    /// credentials, whose host, when an address, is allowed.
+    pub fn check_url(&self, url: &str) -> Result<Url, DestinationRefused> {
+        let refuse = |why: &str| DestinationRefused(why.to_owned());
+        let parsed = Url::parse(url).map_err(|e| refuse(&format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(refuse("only http and https URLs"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(refuse(
+                "credentials in the URL are refused; authenticate with the signature",
+            ));
+        }
+        let ip = match parsed.host() {
+            None => return Err(refuse("the URL has no host")),
+            Some(Host::Domain(_)) => None,
+            Some(Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+        };
+        if let Some(ip) = ip
+            && !self.allows(ip)
+        {
+            return Err(self.internal_address(ip));
+        }
+        Ok(parsed)
+    }
+
+    /// Checks the addresses a destination resolved to: every one must be allowed.
+    pub fn check_addresses(
+        &self,
+        host: &str,
+        addresses: &[IpAddr],
+    ) -> Result<(), DestinationRefused> {
+        if addresses.is_empty() {
+            return Err(DestinationRefused(format!("{host} does not resolve")));
+        }
+        match addresses.iter().find(|ip| !self.allows(**ip)) {
+            Some(ip) => Err(self.internal_address(*ip)),
+            None => Ok(()),
+        }
+    }
+
+    fn internal_address(&self, ip: IpAddr) -> DestinationRefused {
+        DestinationRefused(format!(
+            "{ip} is an internal address; the operator has not allowed its network \
+             (webhook_allowed_networks)"
+        ))
+    }
+}
+
+/// Not a public unicast address.
+fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => internal_v6(v6),
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0 // "this network"
+        || a >= 240 // reserved
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+}
+
+fn internal_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    // NAT64 (64:ff9b::/96) and IPv4-compatible addresses carry an IPv4 address.
+    let embedded = || {
+        let [.., hi, lo] = segments;
+        Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+    };
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_unique_local()
+        || ip.is_unicast_link_local()
+        || ip.is_multicast()
+        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_v4(embedded()))
+        || (segments[..6] == [0; 6] && internal_v4(embedded()))
+}
+
 /// Creates a subscription. New subscriptions start at the end of the outbox: they get events
-/// from now on.
+/// from now on. The URL must pass `policy`, with every address its host resolves to now
+/// (deliveries check again, each time).
 pub fn create(
     store: &dyn Store,
+    policy: &WebhookPolicy,
     actor: &Actor,
     new: NewSubscription,
 ) -> Result<Subscription, WebhookError> {
     let url = new.url.trim();
-    if !(url.starts_with("http://") || url.starts_with("https://"))
-        || url.len() > 2000
-        || url.contains(char::is_whitespace)
-    {
+    if url.len() > 2000 || url.contains(char::is_whitespace) {
         return Err(invalid(
             "/url",
             "an http:// or https:// URL of at most 2000 characters",
         ));
+    }
+    let parsed = policy.check_url(url).map_err(WebhookError::Refused)?;
+    if let Some(Host::Domain(name)) = parsed.host() {
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addresses: Vec<IpAddr> = (name, port)
+            .to_socket_addrs()
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+            .unwrap_or_default();
+        policy
+            .check_addresses(name, &addresses)
+            .map_err(WebhookError::Refused)?;
     }
     let kinds = new
         .kinds

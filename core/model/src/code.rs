@@ -65,10 +65,14 @@ pub enum ErrorCode {
     RateLimited,
     /// No webhook subscription (or delivery) with that id.
     WebhookNotFound,
+    /// A webhook URL the destination policy refuses (scheme, credentials, internal address).
+    WebhookDestinationRefused,
     /// No automation with that id.
     AutomationNotFound,
     /// The write lost too many races with concurrent writers; retry it.
     WriteConflict,
+    /// The request body stopped arriving before it was complete.
+    RequestTimeout,
     /// The server is shutting down.
     Unavailable,
     /// More writes arrived than the server can run now; retry after `Retry-After` seconds.
@@ -110,8 +114,10 @@ impl ErrorCode {
             Self::TokenNotFound => "token_not_found",
             Self::RateLimited => "rate_limited",
             Self::WebhookNotFound => "webhook_not_found",
+            Self::WebhookDestinationRefused => "webhook_destination_refused",
             Self::AutomationNotFound => "automation_not_found",
             Self::WriteConflict => "write_conflict",
+            Self::RequestTimeout => "request_timeout",
             Self::Unavailable => "unavailable",
             Self::Overloaded => "overloaded",
             Self::Internal => "internal",

@@ -110,6 +110,18 @@ pub(crate) fn stalled(error: &EvalAltResult) -> bool {
 /// How often (in operations) the progress callback looks at the clock.
 const CLOCK_CHECK_EVERY: u64 = 256;
 
+/// Characters of one `print` or `debug` call that reach the log.
+const MAX_PRINT_CHARS: usize = 2_000;
+
+/// A script's output as it is logged: at most [`MAX_PRINT_CHARS`], and whether it was cut. It
+/// goes out as one field, escaped, so a newline in it cannot forge a log line of its own.
+fn capped(text: &str) -> (&str, bool) {
+    match text.char_indices().nth(MAX_PRINT_CHARS) {
+        Some((end, _)) => (&text[..end], true),
+        None => (text, false),
+    }
+}
+
 /// The single place rhai engines are configured: every limit, no `eval`, and imports only from
 /// `modules` (the module's own scripts, already compiled).
 pub fn hardened_engine(limits: &ScriptLimits, modules: StaticModuleResolver) -> Engine {
@@ -137,9 +149,20 @@ pub fn hardened_engine(limits: &ScriptLimits, modules: StaticModuleResolver) -> 
             Some(BudgetCheck::Within(_)) | None => None,
         }
     });
-    engine.on_print(|text| tracing::info!(target: "usm::script", "{text}"));
+    engine.on_print(|text| {
+        let (output, truncated) = capped(text);
+        tracing::info!(target: "usm::script", output = ?output, truncated, "script printed");
+    });
     engine.on_debug(|text, source, position| {
-        tracing::debug!(target: "usm::script", source = source.unwrap_or(""), %position, "{text}");
+        let (output, truncated) = capped(text);
+        tracing::debug!(
+            target: "usm::script",
+            source = source.unwrap_or(""),
+            %position,
+            output = ?output,
+            truncated,
+            "script debug output"
+        );
     });
     engine.register_fn("reject", |code: &str, message: &str| {
         let mut inner = Map::new();

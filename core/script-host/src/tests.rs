@@ -244,3 +244,58 @@ fn compile_errors_name_file_and_line() {
         Err(ScriptError::NoRun(_))
     ));
 }
+
+/// A log sink for one test: what a human-format subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn print_output_is_one_capped_log_field() {
+    let scripts = module(&[(
+        "noisy.rhai",
+        r#"
+        fn run(input) {
+            print("fine\n2026-01-01T00:00:00.000000Z ERROR usm_engine: forged");
+            let long = "";
+            for i in 0..100 { long += "0123456789012345678901234567890123456789"; }
+            print(long);
+        }
+        "#,
+    )])
+    .unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        run(&scripts, "noisy.rhai", Value::Null, json!({"fields": {}})).unwrap();
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per print: {log}");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.split_whitespace().nth(1) == Some("INFO")),
+        "no line of another level: {log}"
+    );
+    assert!(
+        lines[0].contains(r"fine\n2026"),
+        "the newline is escaped: {log}"
+    );
+    assert!(lines[1].contains("truncated=true"), "{log}");
+    assert!(lines[1].len() < 2_300, "capped: {} bytes", lines[1].len());
+}

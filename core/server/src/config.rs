@@ -33,6 +33,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Seconds a request body may send nothing before the request fails with `408`.
+    pub body_timeout_secs: u64,
     /// Acknowledge writes only once flushed to disk.
     pub durable_acks: bool,
     /// The store's page cache, in MiB (sled counts on-disk bytes; resident memory under write
@@ -56,7 +58,8 @@ pub struct Config {
     pub public_health: bool,
     /// `/metrics` (Prometheus) answers without a token.
     pub public_metrics: bool,
-    /// Requests per second allowed per principal (0: no limit).
+    /// Requests per second allowed per principal, and per client address for requests without
+    /// a valid token (0: no limit).
     pub rate_limit_per_second: u32,
     /// Requests a principal may send at once before the per-second rate applies.
     pub rate_limit_burst: u32,
@@ -81,6 +84,18 @@ pub struct Config {
     pub pipeline_queue: usize,
     /// Longest a write waits for its turn before it is answered `503`, in milliseconds.
     pub pipeline_queue_wait_ms: u64,
+    /// Networks webhooks may deliver to besides public addresses, as CIDRs (`10.0.0.0/8`,
+    /// `::1/128`); `USM_WEBHOOK_ALLOWED_NETWORKS` takes them comma-separated. Loopback, private,
+    /// link-local and unique-local destinations are refused unless listed here.
+    #[serde(deserialize_with = "comma_list")]
+    pub webhook_allowed_networks: Vec<String>,
+    /// Seconds an `Idempotency-Key` stays bound to the record it created; pruned after.
+    pub idempotency_retention_secs: u64,
+    /// Seconds an outbox event is kept once every consumer has passed it (a webhook delivery can
+    /// be redone while its event is kept).
+    pub outbox_retention_secs: u64,
+    /// Seconds between two prunings of consumed outbox events and expired idempotency keys.
+    pub prune_interval_secs: u64,
     /// Module directories to install (or upgrade) at startup, and where to enable them.
     #[serde(default)]
     pub modules: Vec<ModuleConfig>,
@@ -89,6 +104,26 @@ pub struct Config {
     /// servers (the end-to-end tests), never read from a file or the environment.
     #[serde(skip)]
     pub shared_artifacts: Option<usm_plugin_host::SharedArtifacts>,
+}
+
+/// A list given as a TOML array or as one comma-separated string (how environment variables
+/// carry lists).
+fn comma_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Many(items) => items,
+    })
 }
 
 /// A module directory to load at startup.
@@ -113,6 +148,7 @@ impl Default for Config {
             log_level: "info".into(),
             workers: None,
             max_body_bytes: 1024 * 1024,
+            body_timeout_secs: 10,
             durable_acks: true,
             cache_mib: 256,
             domains: vec!["it".into(), "hr".into(), "facilities".into()],
@@ -132,6 +168,10 @@ impl Default for Config {
             pipeline_concurrency: None,
             pipeline_queue: 1024,
             pipeline_queue_wait_ms: 2000,
+            webhook_allowed_networks: Vec::new(),
+            idempotency_retention_secs: 24 * 60 * 60,
+            outbox_retention_secs: 24 * 60 * 60,
+            prune_interval_secs: 60,
             modules: Vec::new(),
             shared_artifacts: None,
         }
@@ -240,6 +280,21 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../usm.example.toml");
         let config = Config::load(Some(Path::new(example)), &ConfigOverrides::default()).unwrap();
         assert_eq!(config.addr, Config::default().addr);
+    }
+
+    #[test]
+    fn lists_come_from_toml_arrays_or_comma_separated_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("list.toml", "webhook_allowed_networks = [\"10.0.0.0/8\"]")?;
+            let config = Config::load(Some(Path::new("list.toml")), &ConfigOverrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.webhook_allowed_networks, ["10.0.0.0/8"]);
+            jail.set_env("USM_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128");
+            let config = Config::load(Some(Path::new("list.toml")), &ConfigOverrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.webhook_allowed_networks, ["127.0.0.0/8", "::1/128"]);
+            Ok(())
+        });
     }
 
     #[test]

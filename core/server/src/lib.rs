@@ -18,6 +18,8 @@ use usm_api::{ApiConfig, HttpMetrics, RateLimiter, Services};
 use usm_engine::{
     AfterStepWorker, Engine, Module, Registry, Runtimes, SlaWorker,
     auth::{NewToken, Tokens},
+    retention::Pruner,
+    webhooks::WebhookPolicy,
 };
 use usm_model::{Catalog, Domain};
 use usm_plugin_host::{PluginHost, PluginLimits};
@@ -39,6 +41,7 @@ pub struct Server {
     sla: SlaWorker,
     webhooks: webhooks::WebhookWorker,
     automations: AutomationWorker,
+    pruner: Pruner,
 }
 
 /// The engine, the module registry and the tokens over one store.
@@ -81,6 +84,8 @@ impl Server {
                 auth_required: config.auth_required,
                 public_health: config.public_health,
                 public_metrics: config.public_metrics,
+                webhook_policy: webhook_policy(config)?,
+                body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
             },
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
@@ -102,10 +107,22 @@ impl Server {
         let webhooks = webhooks::WebhookWorker::start(
             Arc::clone(&engine),
             Duration::from_millis(config.webhook_retry_base_ms),
+            webhook_policy(config)?,
         )
         .context("cannot start the webhook worker")?;
         let automations =
             AutomationWorker::start(automations).context("cannot start the automation worker")?;
+        let consumers = [
+            AfterStepWorker::CONSUMER,
+            SlaWorker::CONSUMER,
+            AutomationWorker::CONSUMER,
+        ];
+        let pruner = Pruner::start(
+            Arc::clone(&engine),
+            consumers.map(str::to_owned).to_vec(),
+            Duration::from_secs(config.prune_interval_secs.max(1)),
+        )
+        .context("cannot start the pruner")?;
         Ok(Self {
             addr,
             server: http.run(),
@@ -114,6 +131,7 @@ impl Server {
             sla,
             webhooks,
             automations,
+            pruner,
         })
     }
 
@@ -131,9 +149,15 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks, automations) =
-            (self.after_steps, self.sla, self.webhooks, self.automations);
+        let (after_steps, sla, webhooks, automations, pruner) = (
+            self.after_steps,
+            self.sla,
+            self.webhooks,
+            self.automations,
+            self.pruner,
+        );
         web::block(move || {
+            pruner.stop();
             automations.stop();
             webhooks.stop();
             sla.stop();
@@ -201,7 +225,8 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         StoreConfig {
             durable_acks: config.durable_acks,
             cache_capacity: config.cache_mib.saturating_mul(1024 * 1024),
-            ..StoreConfig::default()
+            idempotency_ttl: Duration::from_secs(config.idempotency_retention_secs),
+            outbox_retention: Duration::from_secs(config.outbox_retention_secs),
         },
     )?;
     let domains = config
@@ -270,6 +295,11 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         new_admin_token,
         automations: Arc::new(automations),
     })
+}
+
+/// Where webhooks may deliver, from `webhook_allowed_networks`.
+pub fn webhook_policy(config: &Config) -> anyhow::Result<WebhookPolicy> {
+    WebhookPolicy::new(&config.webhook_allowed_networks).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Makes sure an admin can get in: the operator's chosen secret (config, `USM_ADMIN_TOKEN` or a

@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use usm_engine::{
     Background, Engine,
-    webhooks::{self, Delivery, Subscription},
+    webhooks::{self, Delivery, Subscription, WebhookPolicy},
 };
 use usm_model::{Event, Timestamp};
 
@@ -28,8 +29,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct WebhookWorker(Background);
 
 impl WebhookWorker {
-    /// Starts delivering; `retry_base` is the first backoff, doubled per attempt.
-    pub fn start(engine: Arc<Engine>, retry_base: Duration) -> std::io::Result<Self> {
+    /// Starts delivering; `retry_base` is the first backoff, doubled per attempt. Every attempt
+    /// goes only where `policy` allows.
+    pub fn start(
+        engine: Arc<Engine>,
+        retry_base: Duration,
+        policy: WebhookPolicy,
+    ) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());
         Background::spawn("usm-webhooks", commits, move |stop| {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -42,7 +48,7 @@ impl WebhookWorker {
                     return;
                 }
             };
-            runtime.block_on(supervise(engine, retry_base, stop));
+            runtime.block_on(supervise(engine, retry_base, Arc::new(policy), stop));
         })
         .map(Self)
     }
@@ -53,12 +59,44 @@ impl WebhookWorker {
     }
 }
 
-/// Keeps one task per subscription running.
-async fn supervise(engine: Arc<Engine>, retry_base: Duration, stop: Arc<AtomicBool>) {
-    let client = match reqwest::Client::builder()
+/// Resolves a destination's name for a delivery and hands the connection only the addresses
+/// it checked, so a name that resolved to a public address when the subscription was made
+/// cannot be rebound to an internal one later.
+struct CheckedResolver(Arc<WebhookPolicy>);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = Arc::clone(&self.0);
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+            policy.check_addresses(&host, &ips)?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The delivery client: no redirects (a receiver cannot bounce a delivery to an internal
+/// address), no proxy from the environment, names resolved and checked per connection.
+fn client(policy: &Arc<WebhookPolicy>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(CheckedResolver(Arc::clone(policy))))
         .build()
-    {
+}
+
+/// Keeps one task per subscription running.
+async fn supervise(
+    engine: Arc<Engine>,
+    retry_base: Duration,
+    policy: Arc<WebhookPolicy>,
+    stop: Arc<AtomicBool>,
+) {
+    let client = match client(&policy) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the webhook client");
@@ -81,6 +119,7 @@ async fn supervise(engine: Arc<Engine>, retry_base: Duration, stop: Arc<AtomicBo
                         tokio::spawn(follow(
                             Arc::clone(&engine),
                             client.clone(),
+                            Arc::clone(&policy),
                             subscription,
                             retry_base,
                             Arc::clone(&stop),
@@ -101,6 +140,7 @@ async fn supervise(engine: Arc<Engine>, retry_base: Duration, stop: Arc<AtomicBo
 async fn follow(
     engine: Arc<Engine>,
     client: reqwest::Client,
+    policy: Arc<WebhookPolicy>,
     subscription: Subscription,
     retry_base: Duration,
     stop: Arc<AtomicBool>,
@@ -115,7 +155,7 @@ async fn follow(
                 .events_after(seq.saturating_sub(1), 1)
                 .map(|e| e.into_iter().next())
             {
-                deliver(&engine, &client, &subscription, &event, retry_base).await;
+                deliver(&engine, &client, &policy, &subscription, &event, retry_base).await;
             }
             if let Err(error) = store.write_settings(&[], &[key]) {
                 tracing::error!(%error, "cannot dequeue a redelivery");
@@ -139,7 +179,7 @@ async fn follow(
                 return;
             }
             if subscription.wants(&event) {
-                deliver(&engine, &client, &subscription, &event, retry_base).await;
+                deliver(&engine, &client, &policy, &subscription, &event, retry_base).await;
             }
             if let Err(error) = store.set_cursor(&consumer, event.seq) {
                 tracing::error!(%error, "cannot move a webhook cursor");
@@ -184,6 +224,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 async fn deliver(
     engine: &Engine,
     client: &reqwest::Client,
+    policy: &WebhookPolicy,
     subscription: &Subscription,
     event: &Event,
     retry_base: Duration,
@@ -204,17 +245,33 @@ async fn deliver(
     };
     while delivery.attempts < subscription.max_attempts {
         delivery.attempts += 1;
-        let result = client
-            .post(&subscription.url)
-            .header("content-type", "application/cloudevents+json")
-            .header("x-usm-signature", &signature)
-            .header(
-                "x-usm-delivery",
-                format!("{}/{}", subscription.id, event.seq),
-            )
-            .body(body.clone())
-            .send()
-            .await;
+        // Addresses in the URL are checked here (they are never resolved), names by the
+        // client's resolver, both at every attempt.
+        let result = match policy.check_url(&subscription.url) {
+            Ok(url) => client
+                .post(url)
+                .header("content-type", "application/cloudevents+json")
+                .header("x-usm-signature", &signature)
+                .header(
+                    "x-usm-delivery",
+                    format!("{}/{}", subscription.id, event.seq),
+                )
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|error| {
+                    // The resolver's refusal is the error's source; show it, not only "error
+                    // sending request".
+                    let mut message = error.to_string();
+                    let mut source = std::error::Error::source(&error);
+                    while let Some(inner) = source {
+                        message = format!("{message}: {inner}");
+                        source = inner.source();
+                    }
+                    message
+                }),
+            Err(refused) => Err(refused.to_string()),
+        };
         delivery.at = Timestamp::now();
         match result {
             Ok(response) if response.status().is_success() => {
@@ -227,7 +284,7 @@ async fn deliver(
                 delivery.response_status = Some(response.status().as_u16());
                 delivery.error = Some(format!("the receiver answered {}", response.status()));
             }
-            Err(error) => delivery.error = Some(error.to_string()),
+            Err(error) => delivery.error = Some(error),
         }
         if delivery.attempts >= subscription.max_attempts {
             delivery.status = "dead".into();

@@ -39,11 +39,13 @@ pub(crate) enum TreeId {
     Timers,
     /// record id → the keys of its timers (JSON list)
     TimerOwners,
+    /// binding time (ms, u64 BE), idempotency key → empty: the keys in the order they expire
+    IdempotencyExpiry,
 }
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 13] = [
+    pub(crate) const ALL: [TreeId; 14] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -57,6 +59,7 @@ impl TreeId {
         Self::Audit,
         Self::Timers,
         Self::TimerOwners,
+        Self::IdempotencyExpiry,
     ];
 
     /// The tree's name on disk.
@@ -75,6 +78,7 @@ impl TreeId {
             Self::Audit => "audit",
             Self::Timers => "timers",
             Self::TimerOwners => "timer_owners",
+            Self::IdempotencyExpiry => "idempotency_expiry",
         }
     }
 }
@@ -135,6 +139,18 @@ pub(crate) struct IdempotencyEntry {
     record_id: RecordId,
     request_hash: String,
     at: Timestamp,
+    /// The record as the first request created it, which a replay answers with (absent in
+    /// entries written before replays returned it).
+    #[serde(default)]
+    record: Option<Record>,
+}
+
+/// The key of an idempotency key's entry in [`TreeId::IdempotencyExpiry`].
+fn expiry_key(at: Timestamp, key: &[u8]) -> Vec<u8> {
+    let millis = u64::try_from(at.as_millisecond()).unwrap_or(0);
+    let mut expiry = millis.to_be_bytes().to_vec();
+    expiry.extend_from_slice(key);
+    expiry
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -293,6 +309,7 @@ pub(crate) fn apply_write<T: KvTx>(
                     return Err(TxFail::Abort(StoreError::IdempotencyKeyUsed {
                         record_id: entry.record_id,
                         request_hash: entry.request_hash,
+                        record: entry.record.map(Box::new),
                     }));
                 }
             }
@@ -304,8 +321,14 @@ pub(crate) fn apply_write<T: KvTx>(
                     record_id: record.id.clone(),
                     request_hash: claim.request_hash.clone(),
                     at: now,
+                    record: Some(record.clone()),
                 };
                 tx.insert(TreeId::Idempotency, claim.key.as_bytes(), encode(&entry)?)?;
+                tx.insert(
+                    TreeId::IdempotencyExpiry,
+                    &expiry_key(now, claim.key.as_bytes()),
+                    Vec::new(),
+                )?;
             }
             (next_counter(tx, CREATED_COUNTER)?, None)
         }
@@ -719,4 +742,106 @@ pub(crate) fn due_timers<R: KvRead>(
         out.push(decode("timer", &value)?);
     }
     Ok(out)
+}
+
+pub(crate) fn cursor<R: KvRead>(reader: &R, consumer: &str) -> Result<u64, StoreError> {
+    match reader.get(TreeId::Counters, &cursor_key(consumer))? {
+        Some(bytes) => decode_u64("cursor", &bytes),
+        None => Ok(0),
+    }
+}
+
+/// Entries one pruning transaction removes at most, so a long backlog never makes one huge
+/// transaction.
+const PRUNE_BATCH: usize = 512;
+
+/// What one pruning transaction is to remove.
+#[derive(Default)]
+pub(crate) struct PrunePlan {
+    /// Keys of outbox events every consumer has passed.
+    events: Vec<Vec<u8>>,
+    /// Keys of [`TreeId::IdempotencyExpiry`] entries past the retention.
+    expired: Vec<Vec<u8>>,
+}
+
+impl PrunePlan {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.expired.is_empty()
+    }
+}
+
+/// The next batch to prune: outbox events at or below every consumer's cursor (a consumer
+/// without a cursor has read nothing) and older than the outbox retention, and idempotency keys
+/// bound at least their retention before `now`.
+pub(crate) fn prune_plan<R: KvRead>(
+    reader: &R,
+    consumers: &[String],
+    now: Timestamp,
+    config: &crate::StoreConfig,
+) -> Result<PrunePlan, StoreError> {
+    let mut floor = None::<u64>;
+    for consumer in consumers {
+        let position = cursor(reader, consumer)?;
+        floor = Some(floor.map_or(position, |f| f.min(position)));
+    }
+    let floor = floor.unwrap_or(0);
+    let cutoff = |retention: Duration| {
+        let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        now.as_millisecond().saturating_sub(retention)
+    };
+    let events_before = cutoff(config.outbox_retention);
+    let mut events = Vec::new();
+    for (key, bytes) in reader.scan(TreeId::Outbox, &[], &[], PRUNE_BATCH)? {
+        let event: Event = decode("event", &bytes)?;
+        if decode_u64("event key", &key)? > floor || event.at.as_millisecond() > events_before {
+            break;
+        }
+        events.push(key);
+    }
+    let keys_before = u64::try_from(cutoff(config.idempotency_ttl)).unwrap_or(0);
+    let mut expired = Vec::new();
+    for (key, _) in reader.scan(TreeId::IdempotencyExpiry, &[], &[], PRUNE_BATCH)? {
+        if decode_u64("idempotency expiry", &key[..8.min(key.len())])? > keys_before {
+            break;
+        }
+        expired.push(key);
+    }
+    Ok(PrunePlan { events, expired })
+}
+
+/// Removes a planned batch inside a transaction; returns (events, idempotency keys) removed.
+/// An idempotency key bound anew since it was planned keeps its new binding.
+pub(crate) fn apply_prune<T: KvTx>(
+    tx: &T,
+    plan: &PrunePlan,
+) -> Result<(usize, usize), TxFail<T::Error>> {
+    for key in &plan.events {
+        tx.remove(TreeId::Outbox, key)?;
+    }
+    let mut keys = 0;
+    for expiry in &plan.expired {
+        tx.remove(TreeId::IdempotencyExpiry, expiry)?;
+        let key = &expiry[8.min(expiry.len())..];
+        let Some(bytes) = tx.get(TreeId::Idempotency, key)? else {
+            continue;
+        };
+        let entry: IdempotencyEntry = decode("idempotency entry", &bytes)?;
+        if expiry_key(entry.at, key) == *expiry {
+            tx.remove(TreeId::Idempotency, key)?;
+            keys += 1;
+        }
+    }
+    Ok((plan.events.len(), keys))
+}
+
+/// Expiry entries for idempotency keys bound before the expiry tree existed.
+pub(crate) fn expiry_entries<R: KvRead>(reader: &R) -> Result<Vec<Vec<u8>>, StoreError> {
+    reader
+        .scan(TreeId::Idempotency, &[], &[], usize::MAX)?
+        .iter()
+        .map(|(key, bytes)| {
+            let entry: IdempotencyEntry = decode("idempotency entry", bytes)?;
+            Ok(expiry_key(entry.at, key))
+        })
+        .collect()
 }

@@ -41,6 +41,8 @@ pub enum StoreError {
         record_id: RecordId,
         /// Fingerprint of the request that first used the key.
         request_hash: String,
+        /// The record as that request created it (absent for keys bound by older versions).
+        record: Option<Box<Record>>,
     },
     /// The data directory could not be opened.
     #[error("cannot open the store at {path}: {source}")]
@@ -163,15 +165,27 @@ pub struct Timer {
     pub due_at: usm_model::Timestamp,
 }
 
+/// What one [`Store::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Outbox events every consumer had passed.
+    pub events: usize,
+    /// Idempotency keys past their retention.
+    pub idempotency_keys: usize,
+}
+
 /// Tunables of a store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// Acknowledge writes only after they are flushed to disk (default: true).
     pub durable_acks: bool,
-    /// How long an idempotency key stays bound to its record.
+    /// How long an idempotency key stays bound to its record; [`Store::prune`] removes it after.
     pub idempotency_ttl: Duration,
     /// Bytes of page cache for the sled backend.
     pub cache_capacity: u64,
+    /// How long an outbox event is kept after it was written, even once every consumer has
+    /// passed it (a webhook delivery can be redone while its event is kept).
+    pub outbox_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -180,6 +194,7 @@ impl Default for StoreConfig {
             durable_acks: true,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             cache_capacity: 256 * 1024 * 1024,
+            outbox_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -230,7 +245,9 @@ pub trait Store: Send + Sync + 'static {
     /// The current version of a record.
     fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError>;
 
-    /// Applies one write atomically and returns once it is durable.
+    /// Applies one write atomically and returns once it is durable. A create whose idempotency
+    /// key is bound fails with [`StoreError::IdempotencyKeyUsed`], also only once the write that
+    /// bound it is durable: a replay is never acknowledged before the original.
     fn commit(&self, write: Write) -> Result<Committed, StoreError>;
 
     /// How many writes of records of `kind` this process has committed: when it has not moved,
@@ -272,6 +289,19 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a named outbox consumer's position. Not flushed on its own: after a crash a consumer
     /// may see events again (at least once), never miss one.
     fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError>;
+
+    /// Removes what no one needs any more: outbox events at or below the cursor of every named
+    /// consumer (a consumer without a cursor holds back everything; no consumers, no events
+    /// removed) written `outbox_retention` or longer before `now`, and idempotency keys bound
+    /// `idempotency_ttl` or longer before `now`. Works in
+    /// bounded batches; safe to run alongside writes and consumers.
+    fn prune(&self, consumers: &[String], now: usm_model::Timestamp) -> Result<Pruned, StoreError>;
+
+    /// Number of events in the outbox.
+    fn outbox_len(&self) -> Result<usize, StoreError>;
+
+    /// Number of bound idempotency keys.
+    fn idempotency_len(&self) -> Result<usize, StoreError>;
 
     /// A cached artifact (e.g. a compiled WASM component) by its content key.
     fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

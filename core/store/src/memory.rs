@@ -8,7 +8,7 @@ use std::{
 use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
 
 use crate::{
-    Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
+    Committed, ListQuery, Page, Pruned, Store, StoreConfig, StoreError, Write,
     layout::{self, Entry, KvRead, KvTx, TreeId, TxFail},
 };
 
@@ -27,6 +27,15 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store with these tunables (of which it uses the idempotency retention).
+    pub fn with_config(config: StoreConfig) -> Self {
+        Self {
+            trees: Mutex::default(),
+            config,
+            kind_writes: crate::KindWrites::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
@@ -164,10 +173,7 @@ impl Store for MemoryStore {
     }
 
     fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
-        match self.lock()[TreeId::Counters as usize].get(&layout::cursor_key(consumer)) {
-            Some(bytes) => layout::decode_u64("cursor", bytes),
-            None => Ok(0),
-        }
+        layout::cursor(self, consumer)
     }
 
     fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError> {
@@ -176,6 +182,27 @@ impl Store for MemoryStore {
             position.to_be_bytes().to_vec(),
         );
         Ok(())
+    }
+
+    fn prune(&self, consumers: &[String], now: usm_model::Timestamp) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        loop {
+            let plan = layout::prune_plan(self, consumers, now, &self.config)?;
+            if plan.is_empty() {
+                return Ok(pruned);
+            }
+            let (events, keys) = self.transact(|tx| layout::apply_prune(tx, &plan))?;
+            pruned.events += events;
+            pruned.idempotency_keys += keys;
+        }
+    }
+
+    fn outbox_len(&self) -> Result<usize, StoreError> {
+        Ok(self.lock()[TreeId::Outbox as usize].len())
+    }
+
+    fn idempotency_len(&self) -> Result<usize, StoreError> {
+        Ok(self.lock()[TreeId::Idempotency as usize].len())
     }
 
     fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

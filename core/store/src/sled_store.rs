@@ -14,7 +14,7 @@ use sled::{
 use usm_model::{Approval, Event, HistoryEntry, LinkRel, Record, RecordId};
 
 use crate::{
-    Committed, ListQuery, Page, Store, StoreConfig, StoreError, Write,
+    Committed, ListQuery, Page, Pruned, Store, StoreConfig, StoreError, Write,
     layout::{self, Entry, FORMAT_KEY, FORMAT_VERSION, KvRead, KvTx, TreeId, TxFail},
 };
 
@@ -72,15 +72,23 @@ impl SledStore {
                     StoreError::Durability(format!("cannot start the flush thread: {e}"))
                 })?
         };
-        tracing::info!(path = %dir.display(), "store opened");
-        Ok(Self {
+        let store = Self {
             db,
             trees,
             config,
             group_commit,
             flusher: Some(flusher),
             kind_writes: crate::KindWrites::default(),
-        })
+        };
+        let expiry = store.tree(TreeId::IdempotencyExpiry);
+        if expiry.is_empty() && !store.tree(TreeId::Idempotency).is_empty() {
+            // Keys bound before the expiry index existed get their entries, once.
+            for key in layout::expiry_entries(&store)? {
+                expiry.insert(key, &[])?;
+            }
+        }
+        tracing::info!(path = %dir.display(), "store opened");
+        Ok(store)
     }
 
     fn tree(&self, id: TreeId) -> &sled::Tree {
@@ -185,7 +193,15 @@ impl Store for SledStore {
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
         let ttl = self.config.idempotency_ttl;
-        let committed = self.transact(|tx| layout::apply_write(tx, &write, ttl))?;
+        let result = self.transact(|tx| layout::apply_write(tx, &write, ttl));
+        // The write that bound the key may still wait for its flush; a replay answered before
+        // that flush would acknowledge a record a crash can still take away.
+        if let Err(StoreError::IdempotencyKeyUsed { .. }) = &result
+            && self.config.durable_acks
+        {
+            self.group_commit.wait_durable()?;
+        }
+        let committed = result?;
         self.kind_writes.bump(&committed.record.kind);
         Ok(committed)
     }
@@ -230,19 +246,34 @@ impl Store for SledStore {
     }
 
     fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
-        match self
-            .tree(TreeId::Counters)
-            .get(layout::cursor_key(consumer))?
-        {
-            Some(bytes) => layout::decode_u64("cursor", &bytes),
-            None => Ok(0),
-        }
+        layout::cursor(self, consumer)
     }
 
     fn set_cursor(&self, consumer: &str, position: u64) -> Result<(), StoreError> {
         self.tree(TreeId::Counters)
             .insert(layout::cursor_key(consumer), &position.to_be_bytes())?;
         Ok(())
+    }
+
+    fn prune(&self, consumers: &[String], now: usm_model::Timestamp) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        loop {
+            let plan = layout::prune_plan(self, consumers, now, &self.config)?;
+            if plan.is_empty() {
+                return Ok(pruned);
+            }
+            let (events, keys) = self.transact(|tx| layout::apply_prune(tx, &plan))?;
+            pruned.events += events;
+            pruned.idempotency_keys += keys;
+        }
+    }
+
+    fn outbox_len(&self) -> Result<usize, StoreError> {
+        Ok(self.tree(TreeId::Outbox).len())
+    }
+
+    fn idempotency_len(&self) -> Result<usize, StoreError> {
+        Ok(self.tree(TreeId::Idempotency).len())
     }
 
     fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -174,6 +174,7 @@ fn binds_idempotency_keys(store: &dyn Store) {
         StoreError::IdempotencyKeyUsed {
             record_id,
             request_hash,
+            ..
         } => {
             assert_eq!(record_id, first.id);
             assert_eq!(request_hash, "h1");
@@ -243,15 +244,111 @@ fn keeps_approvals_backlinks_and_events(store: &dyn Store) {
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
 }
 
+fn keyed(title: &str, key: &str, at: Timestamp) -> Write {
+    let mut history = entry(Action::Create);
+    history.at = at;
+    Write {
+        record: incident("it", title),
+        history,
+        expected: Expected::Create {
+            prefix: "INC".into(),
+            idempotency: Some(IdempotencyClaim {
+                key: key.into(),
+                request_hash: title.into(),
+            }),
+        },
+    }
+}
+
+fn outbox(store: &dyn Store) -> Vec<u64> {
+    let events = store.events_after(0, 1000).unwrap();
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Retentions of the pruning checks: a day for keys, none for consumed events.
+fn pruning_config() -> StoreConfig {
+    StoreConfig {
+        outbox_retention: Duration::ZERO,
+        ..StoreConfig::default()
+    }
+}
+
+fn prunes_consumed_events_and_expired_keys(store: &dyn Store) {
+    let day = Duration::from_secs(24 * 60 * 60);
+    let now = Timestamp::now();
+    let yesterday = now.checked_sub(day).unwrap();
+    store.commit(keyed("old", "k-old", yesterday)).unwrap();
+    store.commit(keyed("new", "k-new", now)).unwrap();
+    let first = create(store, "it", "plain");
+    store.notify(&first, "ann", 0, json!({"n": 1})).unwrap();
+    assert_eq!(outbox(store), [1, 2, 3, 4]);
+    let consumers = ["a".to_owned(), "b".to_owned()];
+
+    // No consumer named: nothing is known to be consumed. A consumer without a cursor holds
+    // everything back.
+    let pruned = store.prune(&[], now).unwrap();
+    assert_eq!(pruned.events, 0);
+    assert_eq!(pruned.idempotency_keys, 1, "the key bound a day ago");
+    store.set_cursor("a", 3).unwrap();
+    assert_eq!(store.prune(&consumers, now).unwrap().events, 0);
+    store.set_cursor("b", 2).unwrap();
+    assert_eq!(store.prune(&consumers, now).unwrap().events, 2);
+    assert_eq!(outbox(store), [3, 4], "what b has not passed stays");
+    assert_eq!(store.outbox_len().unwrap(), 2);
+
+    // The key pruned can bind anew; the one within its retention still replays.
+    assert!(store.commit(keyed("old", "k-old", now)).is_ok());
+    assert!(matches!(
+        store.commit(keyed("new", "k-new", now)),
+        Err(StoreError::IdempotencyKeyUsed { .. })
+    ));
+    assert_eq!(store.idempotency_len().unwrap(), 2);
+    let tomorrow = now.checked_add(day).unwrap();
+    assert_eq!(
+        store.prune(&consumers, tomorrow).unwrap().idempotency_keys,
+        2
+    );
+    assert_eq!(store.idempotency_len().unwrap(), 0);
+}
+
+fn a_key_bound_anew_survives_its_old_expiry(store: &dyn Store) {
+    let day = Duration::from_secs(24 * 60 * 60);
+    let now = Timestamp::now();
+    store
+        .commit(keyed("first", "k", now.checked_sub(day).unwrap()))
+        .unwrap();
+    // Expired but not pruned yet: a create binds it anew, leaving the old expiry behind.
+    let second = store.commit(keyed("second", "k", now)).unwrap().record;
+    assert_eq!(store.prune(&[], now).unwrap().idempotency_keys, 0);
+    match store.commit(keyed("second", "k", now)) {
+        Err(StoreError::IdempotencyKeyUsed { record_id, .. }) => assert_eq!(record_id, second.id),
+        other => panic!("the new binding must hold, got {other:?}"),
+    }
+}
+
+fn replays_return_the_record_as_created(store: &dyn Store) {
+    let now = Timestamp::now();
+    let created = store.commit(keyed("as created", "k", now)).unwrap().record;
+    transition(store, created.clone(), "in_progress");
+    match store.commit(keyed("as created", "k", now)) {
+        Err(StoreError::IdempotencyKeyUsed { record, .. }) => {
+            assert_eq!(record.as_deref(), Some(&created));
+        }
+        other => panic!("expected a replay, got {other:?}"),
+    }
+}
+
 macro_rules! for_both_backends {
     ($($check:ident),* $(,)?) => {
         mod memory {
-            $(#[test] fn $check() { super::$check(&usm_store::MemoryStore::new()); })*
+            $(#[test] fn $check() {
+                super::$check(&usm_store::MemoryStore::with_config(super::pruning_config()));
+            })*
         }
         mod sled {
             $(#[test] fn $check() {
                 let dir = tempfile::tempdir().unwrap();
-                let store = usm_store::SledStore::open(dir.path(), Default::default()).unwrap();
+                let store = usm_store::SledStore::open(dir.path(), super::pruning_config()).unwrap();
                 super::$check(&store);
             })*
         }
@@ -264,6 +361,9 @@ for_both_backends!(
     lists_through_indexes_with_pagination,
     binds_idempotency_keys,
     keeps_approvals_backlinks_and_events,
+    prunes_consumed_events_and_expired_keys,
+    a_key_bound_anew_survives_its_old_expiry,
+    replays_return_the_record_as_created,
 );
 
 #[test]
@@ -338,4 +438,54 @@ fn expired_idempotency_keys_can_be_reused() {
     };
     store.commit(write.clone()).unwrap();
     assert!(store.commit(write).is_ok(), "a key past its TTL binds anew");
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dir_size(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// A steady stream of events that a consumer follows: with pruning, the data directory stops
+/// growing once freed space is reused (bounded: 16 rounds of 1,000 events of ~1 KiB).
+#[test]
+fn sled_data_directory_levels_off_under_steady_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), pruning_config()).unwrap();
+    let record = create(&store, "it", "busy");
+    let payload = json!({"note": "x".repeat(1000)});
+    let consumers = ["follower".to_owned()];
+    let mut sizes = Vec::new();
+    for _ in 0..16 {
+        let mut last = 0;
+        for _ in 0..1000 {
+            last = store
+                .notify(&record, "ann", 0, payload.clone())
+                .unwrap()
+                .seq;
+        }
+        store.set_cursor("follower", last).unwrap();
+        store.prune(&consumers, Timestamp::now()).unwrap();
+        store.flush().unwrap();
+        sizes.push(dir_size(dir.path()));
+    }
+    let written = 16 * 1000 * 1000;
+    let (middle, last) = (sizes[7], sizes[15]);
+    assert!(
+        last < written / 2 && last < middle + middle / 2,
+        "the directory keeps growing: {sizes:?}"
+    );
+    assert!(
+        store.outbox_len().unwrap() <= 1,
+        "consumed events are pruned"
+    );
 }
