@@ -17,6 +17,7 @@ mod pipelines;
 mod plugins;
 mod records;
 mod restart;
+mod scoping;
 mod security;
 mod sla;
 mod webhooks;

@@ -10,6 +10,7 @@
 pub mod auth;
 mod background;
 pub mod bundle;
+mod catalogs;
 mod cursor;
 mod error;
 pub mod kpis;
@@ -40,6 +41,7 @@ use usm_model::{
 use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreError, Write};
 
 pub use background::Background;
+pub use catalogs::Catalogs;
 pub use error::EngineError;
 pub use module::{
     BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,
@@ -198,8 +200,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     /// The kinds of the engine's construction, before modules add to them.
     base_kinds: Vec<KindDef>,
-    /// The composed catalog in force now; swapped whole when modules change.
-    catalog: RwLock<Arc<Catalog>>,
+    /// The composed catalogs in force now, one per domain; swapped whole when modules change.
+    catalogs: RwLock<Arc<Catalogs>>,
     /// Held shared by every write from its catalog snapshot to its commit, and exclusively by a
     /// catalog change while it checks that no record uses what it drops and swaps: so no write
     /// on the old catalog lands a record of a kind or state that is gone.
@@ -216,7 +218,7 @@ impl Engine {
         Self {
             store,
             base_kinds: catalog.kinds().cloned().collect(),
-            catalog: RwLock::new(catalog),
+            catalogs: RwLock::new(Arc::new(Catalogs::uniform(catalog))),
             catalog_gate: RwLock::new(()),
             config,
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
@@ -254,9 +256,39 @@ impl Engine {
         &self.commits
     }
 
-    /// The kinds in force now: the engine's own plus what installed modules add.
+    /// The catalogs in force now, one per domain.
+    pub fn catalogs(&self) -> Arc<Catalogs> {
+        Arc::clone(&self.catalogs.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Every kind in force in some domain: the engine's own plus what enabled modules add.
     pub fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(self.catalogs().union())
+    }
+
+    /// The kinds in force in `domain`: the engine's own plus what the modules enabled there add.
+    pub fn catalog_in(&self, domain: &Domain) -> Arc<Catalog> {
+        Arc::clone(self.catalogs().domain(domain))
+    }
+
+    /// The kinds `actor` asks for: those in force in `domain` (one of its domains), or every
+    /// kind in force somewhere.
+    pub fn kinds_for(
+        &self,
+        actor: &Actor,
+        domain: Option<&str>,
+    ) -> Result<Arc<Catalog>, EngineError> {
+        let Some(name) = domain else {
+            return Ok(self.catalog());
+        };
+        let domain = self.domain(name)?;
+        if !actor.in_domain(&domain) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not read domain {domain}",
+                actor.name
+            )));
+        }
+        Ok(self.catalog_in(&domain))
     }
 
     /// The engine's own kinds plus what `modules` add, without swapping it in.
@@ -267,6 +299,15 @@ impl Engine {
         Catalog::compose(self.base_kinds.iter().cloned(), modules)
     }
 
+    /// The catalogs of each domain given `modules` (id, additions, domains enabled in), without
+    /// swapping them in.
+    pub fn compose_catalogs(
+        &self,
+        modules: &[(&str, &CatalogAdditions, Vec<Domain>)],
+    ) -> Result<Catalogs, CatalogError> {
+        Catalogs::compose(&self.base_kinds, &self.config.domains, modules)
+    }
+
     /// Waits for writes in flight to commit and holds new ones back until the guard drops; a
     /// catalog change that drops kinds or states checks and swaps under it.
     pub(crate) fn hold_writes(&self) -> RwLockWriteGuard<'_, ()> {
@@ -275,9 +316,12 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Swaps in a newly composed catalog; writes in flight finish on the old one.
-    pub fn set_catalog(&self, catalog: Catalog) {
-        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
+    /// Swaps in newly composed catalogs; writes in flight finish on the old ones.
+    pub fn set_catalogs(&self, catalogs: Catalogs) {
+        *self
+            .catalogs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(catalogs);
     }
 
     /// The configured domains.
@@ -323,8 +367,6 @@ impl Engine {
             .catalog_gate
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let catalog = self.catalog();
-        let def = kind_def(&catalog, &new.kind)?;
         let domain = match &new.domain {
             Some(domain) => self.domain(domain)?,
             None => Domain::default(),
@@ -335,12 +377,14 @@ impl Engine {
                 actor.name
             )));
         }
+        let catalog = self.catalog_in(&domain);
+        let def = kind_def(&catalog, &new.kind)?;
         self.check_size(&new.fields)?;
         let claim = idempotency_key
             .map(|key| self.idempotency_claim(actor, key, &new))
             .transpose()?;
         let title = self.title(&new.title)?;
-        self.check_links(&new.links, None)?;
+        self.check_links(actor, &new.links, None)?;
         let fields = valid_fields(&catalog, def, new.fields)?;
         let now = Timestamp::now();
         let record = Record {
@@ -443,7 +487,7 @@ impl Engine {
                 next.title = title.clone();
             }
             if let Some(links) = &patch.links {
-                self.check_links(links, Some(&current.id))?;
+                self.check_links(actor, links, Some(current))?;
                 next.links = links.clone();
             }
             if let Some(fields_patch) = &patch.fields {
@@ -454,7 +498,7 @@ impl Engine {
                 )
                 .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
                 self.check_size(&next.fields)?;
-                let catalog = self.catalog();
+                let catalog = self.catalog_in(&current.domain);
                 let def = kind_def(&catalog, current.kind.as_str())?;
                 next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
             }
@@ -498,7 +542,7 @@ impl Engine {
             cause,
         };
         self.write(actor, target, |current| {
-            let catalog = self.catalog();
+            let catalog = self.catalog_in(&current.domain);
             let def = kind_def(&catalog, current.kind.as_str())?;
             let lifecycle = &def.lifecycle;
             let unknown = || EngineError::UnknownState {
@@ -563,7 +607,7 @@ impl Engine {
                     "approvals need the agent, automation or admin role".into(),
                 ));
             }
-            let catalog = self.catalog();
+            let catalog = self.catalog_in(&current.domain);
             let def = kind_def(&catalog, current.kind.as_str())?;
             let inactive = def
                 .lifecycle
@@ -770,7 +814,7 @@ impl Engine {
         /// Most linking records handed to steps.
         const MAX_CHILDREN: usize = 200;
         let approvals = self.store.approvals(&current.id)?;
-        let catalog = self.catalog();
+        let catalogs = self.catalogs();
         let mut children = Vec::new();
         for (rel, source) in self
             .store
@@ -781,7 +825,8 @@ impl Engine {
             let Some(child) = self.store.get(&source)? else {
                 continue;
             };
-            let active = catalog
+            let active = catalogs
+                .domain(&child.domain)
                 .get(&child.kind)
                 .and_then(|def| def.lifecycle.state(&child.state))
                 .is_none_or(|state| state.category != StateCategory::Inactive);
@@ -824,8 +869,8 @@ impl Engine {
         }
         .run(proposed, |mut candidate| {
             candidate.title = self.title(&candidate.title)?;
-            self.check_links(&candidate.links, previous.map(|p| &p.id))?;
-            let catalog = self.catalog();
+            self.check_links(actor, &candidate.links, previous)?;
+            let catalog = self.catalog_in(&candidate.domain);
             let def = kind_def(&catalog, candidate.kind.as_str())?;
             candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;
             Ok(candidate)
@@ -927,7 +972,16 @@ impl Engine {
         }
     }
 
-    fn check_links(&self, links: &[Link], own_id: Option<&RecordId>) -> Result<(), EngineError> {
+    /// Checks a record's links. A new link to a record the actor cannot see answers exactly as
+    /// one to a record that does not exist, so links tell nothing about other domains or other
+    /// people's records (links the record already had stay, whoever works it now).
+    fn check_links(
+        &self,
+        actor: &Actor,
+        links: &[Link],
+        previous: Option<&Record>,
+    ) -> Result<(), EngineError> {
+        let own_id = previous.map(|p| &p.id);
         let max = self.config.limits.max_links;
         if links.len() > max {
             return Err(EngineError::invalid(
@@ -949,7 +1003,14 @@ impl Engine {
                     "a record cannot link to itself",
                 ));
             }
-            if self.store.get(&link.to)?.is_none() {
+            if previous.is_some_and(|p| p.links.contains(link)) {
+                continue;
+            }
+            let seen = self
+                .store
+                .get(&link.to)?
+                .is_some_and(|target| visible(actor, &target));
+            if !seen {
                 return Err(EngineError::UnknownLinkTarget {
                     field,
                     target: link.to.clone(),
