@@ -65,8 +65,25 @@ async fn a_module_adds_a_kind_typed_fields_and_a_state() {
         .unwrap();
     assert_eq!(refused.body["code"], "unknown_kind");
 
+    // Installed, the module changes nothing anywhere: its additions come with enablement.
     let installed = upload(&server, &risk_register()).await;
     assert_eq!(installed.status, StatusCode::CREATED, "{}", installed.body);
+    assert!(kind(&server, "risk").await.is_none());
+    assert!(!states(&kind(&server, "change").await.unwrap()).contains(&"scheduled"));
+    let refused = server
+        .post("/api/v1/records", &json!({"kind": "risk", "title": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.body["code"], "unknown_kind", "{}", refused.body);
+
+    let enabled = server
+        .post(
+            "/api/v1/modules/risk-register/enable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
     let risk = kind(&server, "risk").await.unwrap();
     assert_eq!(risk["prefix"], "RSK");
     assert_eq!(risk["process"], "improve");
@@ -79,28 +96,46 @@ async fn a_module_adds_a_kind_typed_fields_and_a_state() {
         json!([])
     );
 
-    // Kinds come with installation; the scoring step runs where the module is enabled.
-    let unscored = server
+    // Where it is enabled, the kind exists and its step scores.
+    let first = server
         .create(json!({"kind": "risk", "title": "Single data centre", "fields": {"likelihood": 2, "consequence": 5}}))
         .await
         .unwrap();
-    assert_eq!(unscored["id"], "RSK-1");
-    assert_eq!(unscored["state"], "identified");
-    assert!(unscored["fields"].get("score").is_none());
-    let enabled = server
-        .post(
-            "/api/v1/modules/risk-register/enable",
-            &json!({"domains": ["it"]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    assert_eq!(first["id"], "RSK-1");
+    assert_eq!(first["state"], "identified");
+    assert_eq!(first["fields"]["score"], 10);
     let scored = server
         .create(json!({"kind": "risk", "title": "Vendor lock-in", "fields": {"likelihood": 4, "consequence": 5}}))
         .await
         .unwrap();
     assert_eq!(scored["id"], "RSK-2");
     assert_eq!(scored["fields"]["score"], 20);
+
+    // Elsewhere it does not: hr has neither the kind, nor the field, nor the state.
+    let elsewhere = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "risk", "domain": "hr", "title": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.body["code"], "unknown_kind", "{}", elsewhere.body);
+    let hr = server.get("/api/v1/kinds?domain=hr").await.unwrap().body;
+    let hr_change = hr["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "change")
+        .unwrap();
+    assert!(!states(hr_change).contains(&"scheduled"));
+    assert_eq!(hr_change["modules"], json!([]));
+    assert!(
+        hr["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["name"] != "risk")
+    );
 
     // The added fields are typed.
     let bad = server
@@ -165,6 +200,14 @@ async fn what_records_use_cannot_be_removed() {
         upload(&server, &risk_register()).await.status,
         StatusCode::CREATED
     );
+    let enabled = server
+        .post(
+            "/api/v1/modules/risk-register/enable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
     server
         .create(json!({"kind": "risk", "title": "r"}))
         .await
@@ -207,7 +250,7 @@ async fn what_records_use_cannot_be_removed() {
         .unwrap();
     assert_eq!(gone.body["code"], "unknown_state", "{}", gone.body);
 
-    // Removing the module would orphan RSK-1.
+    // A module enabled somewhere cannot be removed: the answer names the domains.
     let removal = server
         .call(
             reqwest::Method::DELETE,
@@ -218,10 +261,28 @@ async fn what_records_use_cannot_be_removed() {
         .await
         .unwrap();
     assert_eq!(removal.status, StatusCode::CONFLICT, "{}", removal.body);
+    assert_eq!(removal.body["code"], "module_in_use");
     assert!(
-        removal.body["detail"].as_str().unwrap().contains("RSK-1"),
+        removal.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("enabled in it"),
         "{}",
         removal.body
+    );
+    // Disabling it in it would orphan RSK-1 there.
+    let disable = server
+        .post(
+            "/api/v1/modules/risk-register/disable",
+            &json!({"domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(disable.status, StatusCode::CONFLICT, "{}", disable.body);
+    assert!(
+        disable.body["detail"].as_str().unwrap().contains("RSK-1"),
+        "{}",
+        disable.body
     );
     assert!(kind(&server, "risk").await.is_some());
 }

@@ -22,6 +22,7 @@ mod process;
 mod records;
 mod restart;
 mod routes;
+mod scoping;
 mod security;
 mod sla;
 mod strict_input;

@@ -157,14 +157,37 @@ async fn tokens_are_created_listed_used_and_revoked() {
     assert!(revoke["at"].is_string());
 }
 
-/// Who may do what, where: each role against each endpoint, in and out of its domain.
+/// Creates a token as the bootstrap admin; returns its (id, secret).
+async fn token_with_id(server: &TestServer, body: Value) -> (String, String) {
+    let created = server.post("/api/v1/tokens", &body).await.unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let field = |name: &str| created.body[name].as_str().unwrap().to_owned();
+    (field("id"), field("token"))
+}
+
+/// Who may do what, where: each role against each endpoint, in and out of its domain. The
+/// admin column is an admin of `hr` only: admin acts within its domains like every role, and
+/// what is server-wide (module bundles, workflows) needs a global admin.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_role_endpoint_domain_matrix() {
     let server = TestServer::start().unwrap();
-    let agent_it = server
-        .token("ivan", &["agent"], Some(&["it"]))
+    let triage =
+        usm_engine::Module::read_dir(&usm_tests::repo_path("scripts/examples/triage")).unwrap();
+    let installed = server
+        .upload_module(usm_engine::bundle::pack(&triage).unwrap())
         .await
         .unwrap();
+    assert_eq!(installed.status, StatusCode::CREATED, "{}", installed.body);
+    let enabled = server
+        .post("/api/v1/modules/triage/enable", &json!({"domains": ["it"]}))
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    let (agent_it_id, agent_it) = token_with_id(
+        &server,
+        json!({"name": "ivan", "roles": ["agent"], "domains": ["it"]}),
+    )
+    .await;
     let automation_it = server
         .token("robot", &["automation"], Some(&["it"]))
         .await
@@ -207,128 +230,278 @@ async fn the_role_endpoint_domain_matrix() {
         assert_eq!(create(token, "hr", "x").await.status, StatusCode::FORBIDDEN);
     }
 
+    // What a global admin set up in it: a webhook and an automation.
+    let it_hook = server
+        .post(
+            "/api/v1/webhooks",
+            &json!({"url": "https://93.184.215.14/usm", "events": ["sla.breach"], "domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(it_hook.status, StatusCode::CREATED, "{}", it_hook.body);
+    let it_hook = it_hook.body["id"].as_str().unwrap().to_owned();
+    let it_job = server
+        .post(
+            "/api/v1/automations",
+            &json!({"id": "it-nightly", "trigger": {"type": "manual"}, "script": "fn run(ctx) { 1 }", "domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(it_job.status, StatusCode::CREATED, "{}", it_job.body);
+
     struct Case {
-        token: &'static str,
         method: Method,
-        path: &'static str,
+        path: String,
         body: Value,
         expect: [StatusCode; 4], // agent(it), automation(it), requester(it), admin(hr)
     }
     use StatusCode as S;
+    // Admin routes: 403 for the other roles; for the hr admin, 403 where the route exists for
+    // admins but not for its domains, 404 for an object outside them.
+    let admin_only = |method: Method, path: &str, body: Value, admin_hr: StatusCode| Case {
+        method,
+        path: path.to_owned(),
+        body,
+        expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, admin_hr],
+    };
+    let webhook = |domains: Value| json!({"url": "https://93.184.215.14/usm", "events": ["sla.breach"], "domains": domains});
+    let automation = |id: &str, domains: Value| json!({"id": id, "trigger": {"type": "manual"}, "script": "fn run(ctx) { 1 }", "domains": domains});
+    let scoped_admin_cases = [
+        admin_only(
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "root2", "roles": ["admin"]}),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "it-desk", "roles": ["agent"], "domains": ["it", "hr"]}),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "hr-desk", "roles": ["agent"], "domains": ["hr"]}),
+            S::CREATED,
+        ),
+        admin_only(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{agent_it_id}"),
+            Value::Null,
+            S::NOT_FOUND,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/modules/triage/disable",
+            json!({"domains": ["it"]}),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/modules/triage/enable",
+            json!({"domains": ["hr"]}),
+            S::OK,
+        ),
+        // Grants bind the module in it too.
+        admin_only(
+            Method::POST,
+            "/api/v1/modules/triage/enable",
+            json!({"domains": ["hr"], "grant": ["records:read"]}),
+            S::FORBIDDEN,
+        ),
+        admin_only(Method::POST, "/api/v1/modules", json!({}), S::FORBIDDEN),
+        admin_only(
+            Method::DELETE,
+            "/api/v1/modules/triage",
+            Value::Null,
+            S::FORBIDDEN,
+        ),
+        admin_only(Method::POST, "/api/v1/workflows", json!({}), S::FORBIDDEN),
+        admin_only(
+            Method::POST,
+            "/api/v1/webhooks",
+            webhook(json!(["it"])),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/webhooks",
+            webhook(json!([])),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/webhooks",
+            webhook(json!(["hr"])),
+            S::CREATED,
+        ),
+        admin_only(
+            Method::GET,
+            &format!("/api/v1/webhooks/{it_hook}/deliveries"),
+            Value::Null,
+            S::NOT_FOUND,
+        ),
+        admin_only(
+            Method::DELETE,
+            &format!("/api/v1/webhooks/{it_hook}"),
+            Value::Null,
+            S::NOT_FOUND,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/automations",
+            automation("it-too", json!(["it"])),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/automations",
+            automation("everywhere", json!([])),
+            S::FORBIDDEN,
+        ),
+        // Replacing the it automation under its id.
+        admin_only(
+            Method::POST,
+            "/api/v1/automations",
+            automation("it-nightly", json!(["hr"])),
+            S::FORBIDDEN,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/automations",
+            automation("hr-nightly", json!(["hr"])),
+            S::CREATED,
+        ),
+        admin_only(
+            Method::POST,
+            "/api/v1/automations/it-nightly/run",
+            Value::Null,
+            S::NOT_FOUND,
+        ),
+        admin_only(
+            Method::GET,
+            "/api/v1/automations/it-nightly/runs",
+            Value::Null,
+            S::NOT_FOUND,
+        ),
+        Case {
+            method: Method::POST,
+            path: "/api/v1/records".into(),
+            body: json!({"kind": "agreement", "domain": "it", "title": "it SLA"}),
+            expect: [S::CREATED, S::CREATED, S::CREATED, S::FORBIDDEN],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/records".into(),
+            body: json!({"kind": "agreement", "domain": "hr", "title": "hr SLA"}),
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::CREATED],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/kinds?domain=it".into(),
+            body: Value::Null,
+            expect: [S::OK, S::OK, S::OK, S::FORBIDDEN],
+        },
+    ];
     let cases = [
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records/REQ-1",
+            path: "/api/v1/records/REQ-1".into(),
             body: Value::Null,
             expect: [S::OK, S::OK, S::NOT_FOUND, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records/REQ-2",
+            path: "/api/v1/records/REQ-2".into(),
             body: Value::Null,
             expect: [S::OK, S::OK, S::OK, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records/REQ-3",
+            path: "/api/v1/records/REQ-3".into(),
             body: Value::Null,
             expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records/REQ-3/history",
+            path: "/api/v1/records/REQ-3/history".into(),
             body: Value::Null,
             expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records/REQ-1/approvals",
+            path: "/api/v1/records/REQ-1/approvals".into(),
             body: Value::Null,
             expect: [S::OK, S::OK, S::NOT_FOUND, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::PATCH,
-            path: "/api/v1/records/REQ-2",
+            path: "/api/v1/records/REQ-2".into(),
             body: json!({"fields": {"category": "x"}}),
             expect: [S::OK, S::OK, S::FORBIDDEN, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::PATCH,
-            path: "/api/v1/records/REQ-3",
+            path: "/api/v1/records/REQ-3".into(),
             body: json!({"fields": {"category": "x"}}),
             expect: [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::OK],
         },
         Case {
-            token: "",
             method: Method::POST,
-            path: "/api/v1/records/REQ-1/approvals",
+            path: "/api/v1/records/REQ-1/approvals".into(),
             body: json!({"decision": "approve"}),
             expect: [S::CREATED, S::CREATED, S::NOT_FOUND, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::POST,
-            path: "/api/v1/records/REQ-2/approvals",
+            path: "/api/v1/records/REQ-2/approvals".into(),
             body: json!({"decision": "approve"}),
             expect: [S::CREATED, S::CREATED, S::FORBIDDEN, S::NOT_FOUND],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/modules",
+            path: "/api/v1/modules".into(),
             body: Value::Null,
             expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/tokens",
+            path: "/api/v1/tokens".into(),
             body: Value::Null,
             expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/audit",
+            path: "/api/v1/audit".into(),
             body: Value::Null,
             expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
         },
         Case {
-            token: "",
             method: Method::POST,
-            path: "/api/v1/workflows",
+            path: "/api/v1/workflows".into(),
             body: json!({}),
-            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::BAD_REQUEST],
+            expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/workflows",
+            path: "/api/v1/workflows".into(),
             body: Value::Null,
             expect: [S::OK, S::OK, S::OK, S::OK],
         },
         Case {
-            token: "",
             method: Method::GET,
-            path: "/api/v1/records?domain=hr",
+            path: "/api/v1/records?domain=hr".into(),
             body: Value::Null,
             expect: [S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK],
         },
     ];
     let tokens = [&agent_it, &automation_it, &requester, &admin_hr];
-    for case in &cases {
-        let _ = case.token;
+    for case in cases.iter().chain(&scoped_admin_cases) {
         for (token, expect) in tokens.iter().zip(case.expect) {
             let body = (!case.body.is_null()).then_some(&case.body);
             let reply = server
-                .call_as(Some(token), case.method.clone(), case.path, body)
+                .call_as(Some(token), case.method.clone(), &case.path, body)
                 .await
                 .unwrap();
             assert_eq!(
@@ -357,6 +530,70 @@ async fn the_role_endpoint_domain_matrix() {
     };
     assert_eq!(cancel("REQ-1").await, StatusCode::NOT_FOUND);
     assert_eq!(cancel("REQ-2").await, StatusCode::OK);
+
+    // What the hr admin lists is hr's alone.
+    let as_hana = |path: &'static str| {
+        let admin_hr = admin_hr.clone();
+        let server = &server;
+        async move {
+            let reply = server
+                .call_as(Some(&admin_hr), Method::GET, path, None)
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+            reply.body
+        }
+    };
+    let names = |list: &Value, key: &str, member: &str| -> Vec<String> {
+        list[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[member].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&as_hana("/api/v1/tokens").await, "tokens", "name"),
+        ["hana", "hr-desk"]
+    );
+    let hooks = as_hana("/api/v1/webhooks").await;
+    assert_eq!(hooks["webhooks"].as_array().unwrap().len(), 1);
+    assert_eq!(hooks["webhooks"][0]["domains"], json!(["hr"]));
+    assert_eq!(
+        names(&as_hana("/api/v1/automations").await, "automations", "id"),
+        ["hr-nightly"]
+    );
+    let audit = as_hana("/api/v1/audit?limit=1000").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().all(|e| e["domains"] == json!(["hr"])),
+        "{audit}"
+    );
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "token.create",
+        "module.enable",
+        "webhook.create",
+        "automation.define",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    // The global admin sees everything, the server-wide install included.
+    let all = server.get("/api/v1/audit?limit=1000").await.unwrap().body;
+    let everything = all["entries"].as_array().unwrap();
+    assert!(everything.len() > entries.len());
+    assert!(everything.iter().any(|e| e["action"] == "module.install"));
+    assert_eq!(
+        server.get("/api/v1/tokens").await.unwrap().body["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6,
+        "admin, ivan, robot, rita, hana, hr-desk"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,6 +24,8 @@ fn with_escalation() -> TestServer {
             domains: vec!["it".into()],
             grant: vec![],
         }];
+        // The warning test's webhook receiver listens on loopback.
+        config.webhook_allowed_networks = vec!["127.0.0.0/8".into()];
     })
     .unwrap()
 }

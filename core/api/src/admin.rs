@@ -1,8 +1,9 @@
-//! `/api/v1/tokens` and `/api/v1/audit`: admin-only.
+//! `/api/v1/tokens`, `/api/v1/audit`, `/api/v1/webhooks` and `/api/v1/automations`: for admins,
+//! each within its domains (the engine's `auth` decides what a scoped admin may see and do).
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use usm_engine::auth::{self, AuditEntry, NewToken, TokenError, TokenInfo};
+use usm_engine::auth::{self, AuditEntry, Forbidden, NewToken, TokenError, TokenInfo};
 use usm_model::ErrorCode;
 
 use crate::{
@@ -11,12 +12,22 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
+impl From<Forbidden> for ApiError {
+    fn from(error: Forbidden) -> Self {
+        Self::new(ErrorCode::Forbidden, error.0)
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> Self {
         match &error {
             TokenError::Invalid { field, .. } => {
                 Self::new(error.code(), error.to_string()).with_field(*field)
             }
+            TokenError::NameTaken(_) => {
+                Self::new(error.code(), error.to_string()).with_field("/name")
+            }
+            TokenError::Forbidden(_) => Self::new(error.code(), error.to_string()),
             TokenError::Store(_) => {
                 tracing::error!(%error, "internal error");
                 Self::new(
@@ -32,8 +43,6 @@ impl From<TokenError> for ApiError {
 /// A created token: its secret is shown here once.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedToken {
-    /// The token's id.
-    pub id: String,
     /// The secret for `Authorization: Bearer …`; not retrievable later.
     pub token: String,
     /// The token's details.
@@ -44,14 +53,15 @@ pub struct CreatedToken {
 /// The tokens.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenList {
-    /// Every token, without secrets.
+    /// The tokens whose domains lie within the caller's, without secrets.
     pub tokens: Vec<TokenInfo>,
 }
 
-/// Creates an API token.
+/// Creates an API token; a scoped admin only within its domains (never an unscoped token).
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 403, body = Problem, content_type = "application/problem+json")))]
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "Another token has that name", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_token(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -63,30 +73,25 @@ pub async fn create_token(
         audit(
             &services,
             &actor,
-            "token.create",
-            &info.id,
+            ("token.create", &info),
             None,
             serde_json::to_value(&info).ok(),
         );
-        Ok(CreatedToken {
-            id: info.id.clone(),
-            token,
-            info,
-        })
+        Ok(CreatedToken { token, info })
     })
     .await??;
     Ok(HttpResponse::Created().json(result))
 }
 
-/// Lists the API tokens (without their secrets).
+/// Lists the API tokens whose domains lie within the caller's (without their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
-pub async fn list_tokens(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
+pub async fn list_tokens(services: web::Data<Services>, Admin(actor): Admin) -> HttpResponse {
     HttpResponse::Ok().json(TokenList {
-        tokens: services.tokens.list(),
+        tokens: services.tokens.list(&actor),
     })
 }
 
-/// Revokes an API token; it stops working at once.
+/// Revokes an API token whose domains lie within the caller's; it stops working at once.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
     responses((status = 200, body = TokenInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_token(
@@ -96,12 +101,11 @@ pub async fn revoke_token(
 ) -> Result<HttpResponse, ApiError> {
     let services = services.into_inner();
     let info = web::block(move || -> Result<_, ApiError> {
-        let info = services.tokens.revoke(&id)?;
+        let info = services.tokens.revoke(&actor, &id)?;
         audit(
             &services,
             &actor,
-            "token.revoke",
-            &info.id,
+            ("token.revoke", &info),
             serde_json::to_value(&info).ok(),
             None,
         );
@@ -111,20 +115,21 @@ pub async fn revoke_token(
     Ok(HttpResponse::Ok().json(info))
 }
 
+/// Audits a token action; it concerns the token's domains.
 fn audit(
     services: &Services,
     actor: &usm_model::Actor,
-    action: &str,
-    id: &str,
+    (action, token): (&str, &TokenInfo),
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
 ) {
-    let target = format!("token:{id}");
+    let target = format!("token:{}", token.id);
     if let Err(error) = auth::audit(
         services.engine.store().as_ref(),
         actor,
         action,
         &target,
+        token.domains.as_ref(),
         before,
         after,
     ) {
@@ -150,12 +155,13 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
 }
 
-/// Lists admin actions: module and token changes, workflow imports, with before and after.
+/// Lists admin actions: module and token changes, webhooks, automations, workflow imports, with
+/// before and after. A scoped admin sees the entries that concern only its domains.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
     responses((status = 200, body = AuditPage), (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn audit_log(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
     params: web::Query<AuditParams>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = params.limit.unwrap_or(100);
@@ -167,7 +173,7 @@ pub async fn audit_log(
     }
     let store = services.engine.store().clone();
     let after = params.after;
-    let entries = web::block(move || auth::audit_entries(store.as_ref(), after, limit))
+    let entries = web::block(move || auth::audit_entries(store.as_ref(), &actor, after, limit))
         .await?
         .map_err(|error| {
             tracing::error!(%error, "cannot read the audit log");
@@ -187,7 +193,7 @@ impl From<usm_engine::webhooks::WebhookError> for ApiError {
                 Self::new(error.code(), error.to_string()).with_field(*field)
             }
             E::Refused(_) => Self::new(error.code(), error.to_string()).with_field("/url"),
-            E::NotFound(_) => Self::new(error.code(), error.to_string()),
+            E::NotFound(_) | E::Forbidden(_) => Self::new(error.code(), error.to_string()),
             E::Store(_) => {
                 tracing::error!(%error, "internal error");
                 Self::new(
@@ -250,6 +256,7 @@ pub async fn create_webhook(
             &actor,
             "webhook.create",
             &format!("webhook:{}", subscription.id),
+            auth::scope_of(&subscription.domains).as_ref(),
             None,
             shown,
         ) {
@@ -261,14 +268,14 @@ pub async fn create_webhook(
     Ok(HttpResponse::Created().json(subscription))
 }
 
-/// Lists the webhook subscriptions.
+/// Lists the webhook subscriptions whose domains lie within the caller's.
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
 pub async fn list_webhooks(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
 ) -> Result<HttpResponse, ApiError> {
     let store = services.engine.store().clone();
-    let list = web::block(move || webhooks::list(store.as_ref())).await??;
+    let list = web::block(move || webhooks::list_visible(store.as_ref(), &actor)).await??;
     Ok(HttpResponse::Ok().json(WebhookList {
         webhooks: list.into_iter().map(redacted).collect(),
     }))
@@ -284,12 +291,13 @@ pub async fn delete_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let store = services.engine.store().clone();
     let deleted = web::block(move || -> Result<_, ApiError> {
-        let deleted = redacted(webhooks::delete(store.as_ref(), &id)?);
+        let deleted = redacted(webhooks::delete(store.as_ref(), &actor, &id)?);
         if let Err(error) = auth::audit(
             store.as_ref(),
             &actor,
             "webhook.delete",
             &format!("webhook:{id}"),
+            auth::scope_of(&deleted.domains).as_ref(),
             serde_json::to_value(&deleted).ok(),
             None,
         ) {
@@ -307,11 +315,12 @@ pub async fn delete_webhook(
     responses((status = 200, body = DeliveryLog), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn webhook_deliveries(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let store = services.engine.store().clone();
-    let deliveries = web::block(move || webhooks::deliveries(store.as_ref(), &id)).await??;
+    let deliveries =
+        web::block(move || webhooks::deliveries(store.as_ref(), &actor, &id)).await??;
     Ok(HttpResponse::Ok().json(DeliveryLog { deliveries }))
 }
 
@@ -321,12 +330,12 @@ pub async fn webhook_deliveries(
     responses((status = 202, description = "Queued"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn redeliver(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
     let store = services.engine.store().clone();
     let (id, event) = path.into_inner();
-    web::block(move || webhooks::request_redelivery(store.as_ref(), &id, event)).await??;
+    web::block(move || webhooks::request_redelivery(store.as_ref(), &actor, &id, event)).await??;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"status": "queued"})))
 }
 
@@ -339,6 +348,7 @@ impl From<AutomationError> for ApiError {
             AutomationError::NotFound(_) => {
                 Self::new(ErrorCode::AutomationNotFound, error.to_string())
             }
+            AutomationError::Forbidden(_) => Self::new(ErrorCode::Forbidden, error.to_string()),
             AutomationError::Store(_) => {
                 tracing::error!(%error, "internal error");
                 Self::new(
@@ -364,17 +374,19 @@ pub struct RunList {
     pub runs: Vec<RunLog>,
 }
 
-/// Lists the automations.
+/// Lists the automations whose domains lie within the caller's.
 #[utoipa::path(get, path = "/api/v1/automations", tag = "automations", responses((status = 200, body = AutomationList)))]
-pub async fn list_automations(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
+pub async fn list_automations(services: web::Data<Services>, Admin(actor): Admin) -> HttpResponse {
     HttpResponse::Ok().json(AutomationList {
-        automations: services.automations.list(),
+        automations: services.automations.list(&actor),
     })
 }
 
-/// Defines or replaces an automation (the script must compile and define `fn run(ctx)`).
+/// Defines or replaces an automation (the script must compile and define `fn run(ctx)`); a
+/// scoped admin only within its domains.
 #[utoipa::path(post, path = "/api/v1/automations", tag = "automations", request_body = AutomationSpec,
-    responses((status = 201, body = AutomationSpec), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = AutomationSpec), (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn define_automation(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -382,13 +394,19 @@ pub async fn define_automation(
 ) -> Result<HttpResponse, ApiError> {
     let services = services.into_inner();
     let spec = web::block(move || -> Result<_, ApiError> {
-        let spec = services.automations.define(body.into_inner())?;
+        let spec = services.automations.define(&actor, body.into_inner())?;
         let target = format!("automation:{}", spec.id);
+        let domains: Vec<usm_model::Domain> = spec
+            .domains
+            .iter()
+            .filter_map(|d| usm_model::Domain::new(d.as_str()).ok())
+            .collect();
         if let Err(error) = auth::audit(
             services.engine.store().as_ref(),
             &actor,
             "automation.define",
             &target,
+            auth::scope_of(&domains).as_ref(),
             None,
             serde_json::to_value(&spec).ok(),
         ) {
@@ -405,11 +423,11 @@ pub async fn define_automation(
     responses((status = 200, body = RunLog), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn run_automation(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let automations = services.automations.clone();
-    let run = web::block(move || automations.run(&id, "manual", None)).await??;
+    let run = web::block(move || automations.run_manually(&actor, &id)).await??;
     Ok(HttpResponse::Ok().json(run))
 }
 
@@ -418,11 +436,11 @@ pub async fn run_automation(
     responses((status = 200, body = RunList), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn automation_runs(
     services: web::Data<Services>,
-    _admin: Admin,
+    Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let automations = services.automations.clone();
-    let runs = web::block(move || automations.runs(&id)).await??;
+    let runs = web::block(move || automations.runs(&actor, &id)).await??;
     Ok(HttpResponse::Ok().json(RunList { runs }))
 }
 

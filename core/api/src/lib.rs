@@ -279,11 +279,27 @@ pub struct KindList {
     pub kinds: Vec<KindView>,
 }
 
+/// Query parameters of the kinds listing.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KindsParams {
+    /// Only the kinds in force in this domain, as the modules enabled there shape them.
+    pub domain: Option<String>,
+}
+
 /// Lists the record kinds: the USM core's and those modules add, with the fields and lifecycle
-/// states modules add to them.
-#[utoipa::path(get, path = "/api/v1/kinds", tag = "records", responses((status = 200, body = KindList)))]
-async fn kinds(services: web::Data<Services>, _principal: principal::Principal) -> HttpResponse {
-    let catalog = services.engine.catalog();
+/// states modules add to them. A module's additions exist only in the domains where it is
+/// enabled: with `domain`, the kinds of that domain; without, every kind in force somewhere.
+#[utoipa::path(get, path = "/api/v1/kinds", tag = "records", params(KindsParams),
+    responses((status = 200, body = KindList), (status = 403, body = Problem, content_type = "application/problem+json")))]
+async fn kinds(
+    services: web::Data<Services>,
+    principal::Principal(actor): principal::Principal,
+    params: web::Query<KindsParams>,
+) -> Result<HttpResponse, ApiError> {
+    let catalog = services
+        .engine
+        .kinds_for(&actor, params.domain.as_deref())?;
     let kinds = catalog
         .kinds()
         .map(|def| KindView {
@@ -295,7 +311,7 @@ async fn kinds(services: web::Data<Services>, _principal: principal::Principal) 
             modules: catalog.contributors(&def.name).to_vec(),
         })
         .collect();
-    HttpResponse::Ok().json(KindList { kinds })
+    Ok(HttpResponse::Ok().json(KindList { kinds }))
 }
 
 async fn openapi_json() -> HttpResponse {

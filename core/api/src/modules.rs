@@ -94,6 +94,7 @@ pub async fn get_module(
     responses(
         (status = 201, description = "Installed or upgraded", body = InstallResult),
         (status = 200, description = "The same bundle was already installed", body = InstallResult),
+        (status = 403, description = "Needs a global admin (a token without a domain restriction)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not newer than the installed version, or the upgrade drops a kind or state records use", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid bundle; `field` names the file, key or line", body = Problem, content_type = "application/problem+json"),
@@ -103,6 +104,8 @@ pub async fn install_module(
     Admin(actor): Admin,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // Decided again by the registry; checked first so a scoped admin's upload is not read.
+    usm_engine::auth::global_admin(&actor, "installing or upgrading a module")?;
     let body = payload
         .to_bytes_limited(MAX_BUNDLE_UPLOAD)
         .await
@@ -128,10 +131,14 @@ pub async fn install_module(
     Ok(response.json(InstallResult { module, result }))
 }
 
-/// Enables a module in domains: its steps join those domains' pipelines at once.
+/// Enables a module in domains: its steps and catalog additions join those domains at once.
+/// A scoped admin enables only in its domains, and changes grants only of a module enabled
+/// nowhere else.
 #[utoipa::path(post, path = "/api/v1/modules/{id}/enable", tag = "modules",
     params(("id" = String, Path)), request_body = DomainsRequest,
-    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller does not administer those domains", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another module's additions need a kind this domain would not have", body = Problem, content_type = "application/problem+json")))]
 pub async fn enable_module(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -144,10 +151,12 @@ pub async fn enable_module(
     Ok(HttpResponse::Ok().json(info))
 }
 
-/// Disables a module in domains: its steps leave those domains' pipelines at once.
+/// Disables a module in domains: its steps and catalog additions leave those domains at once.
 #[utoipa::path(post, path = "/api/v1/modules/{id}/disable", tag = "modules",
     params(("id" = String, Path)), request_body = DomainsRequest,
-    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller does not administer those domains", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Records of those domains still use a kind or state the module adds", body = Problem, content_type = "application/problem+json")))]
 pub async fn disable_module(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -160,11 +169,12 @@ pub async fn disable_module(
     Ok(HttpResponse::Ok().json(info))
 }
 
-/// Removes a module everywhere.
+/// Removes a module that is enabled nowhere.
 #[utoipa::path(delete, path = "/api/v1/modules/{id}", tag = "modules",
     params(("id" = String, Path)),
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Records still use a kind or state the module adds", body = Problem, content_type = "application/problem+json")))]
+        (status = 403, description = "Needs a global admin (a token without a domain restriction)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The module is enabled in some domains (named), or another module extends a kind it adds", body = Problem, content_type = "application/problem+json")))]
 pub async fn remove_module(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -207,10 +217,13 @@ pub async fn get_workflow(
     Ok(HttpResponse::Ok().json(document))
 }
 
-/// Imports a USM-WIF document; members the format does not define are ignored.
+/// Imports a USM-WIF document; members the format does not define are ignored. Replacing a
+/// module's template of the same slug needs `workflow.version`.
 #[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
     request_body = WifDocument,
-    responses((status = 201, body = WorkflowSummary), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = WorkflowSummary), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs a global admin (a token without a domain restriction)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The slug is a module's template and the import gives no version", body = Problem, content_type = "application/problem+json")))]
 pub async fn import_workflow(
     services: web::Data<Services>,
     Admin(actor): Admin,

@@ -59,7 +59,7 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
     } else {
         Actor::new("anonymous", [Role::Admin])
     };
-    if let Some(retry_after) = services.rate_limiter.check(&actor.name) {
+    if let Some(retry_after) = services.rate_limiter.check(&actor.id) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             format!(

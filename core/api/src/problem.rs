@@ -62,7 +62,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
-        C::ModuleVersionConflict | C::ModuleInUse => StatusCode::CONFLICT,
+        C::ModuleVersionConflict | C::ModuleInUse | C::WorkflowConflict | C::TokenNameTaken => {
+            StatusCode::CONFLICT
+        }
         C::ModuleNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
@@ -108,10 +110,12 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleInvalid => "Invalid module",
         C::ModuleNotFound => "Module not found",
         C::ModuleVersionConflict => "Not a newer version of the installed module",
-        C::ModuleInUse => "Records still use what the module defines",
+        C::ModuleInUse => "The module is in use",
+        C::WorkflowConflict => "The workflow would replace a module's template",
         C::WorkflowNotFound => "Workflow not found",
         C::Unauthorized => "Authentication required",
         C::TokenNotFound => "Token not found",
+        C::TokenNameTaken => "Token name taken",
         C::RateLimited => "Too many requests",
         C::WebhookNotFound => "Webhook not found",
         C::WebhookDestinationRefused => "Webhook destination refused",

@@ -1,6 +1,14 @@
-//! API tokens and the audit log. Tokens are stored as SHA-256 hashes (the secret is shown once,
-//! at creation) with a name, roles, domains and an optional expiry; every admin action leaves an
-//! audit entry with actor, time and before/after.
+//! Who may administer what, API tokens and the audit log.
+//!
+//! Every role, admin included, acts within its token's domains. An admin manages what lies
+//! within its domains (tokens, module enablement, webhooks, automations, the audit entries that
+//! concern them); only a global admin — a token without a domain restriction — manages what is
+//! server-wide (module bundles, workflows). The decisions live here, so every route and every
+//! caller of the engine applies the same rules.
+//!
+//! Tokens are stored as SHA-256 hashes (the secret is shown once, at creation) with a unique
+//! name, roles, domains and an optional expiry; every admin action leaves an audit entry with
+//! actor, time, the domains it concerns and before/after.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,6 +38,87 @@ pub enum AuthError {
     Expired,
 }
 
+/// Why an actor may not do what it asked: the route exists for its role, not for its domains
+/// or not without the admin role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
+fn domain_list(domains: &BTreeSet<Domain>) -> String {
+    let names: Vec<&str> = domains.iter().map(Domain::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The scope of an object that applies to `domains`, where none means every domain.
+pub fn scope_of<'a>(domains: impl IntoIterator<Item = &'a Domain>) -> Option<BTreeSet<Domain>> {
+    let domains: BTreeSet<Domain> = domains.into_iter().cloned().collect();
+    (!domains.is_empty()).then_some(domains)
+}
+
+/// Allows `actor` to administer what concerns `scope` (`None`: every domain, the whole server):
+/// it holds the admin role and its domains include all of `scope`.
+pub fn admin_over(actor: &Actor, scope: Option<&BTreeSet<Domain>>) -> Result<(), Forbidden> {
+    if !actor.has_role(Role::Admin) {
+        return Err(Forbidden("this needs the admin role".into()));
+    }
+    if actor.covers(scope) {
+        return Ok(());
+    }
+    let own = actor.domains.as_ref().map(domain_list).unwrap_or_default();
+    Err(Forbidden(match scope {
+        None => format!(
+            "{} administers only domains {own}; name domains among them",
+            actor.name
+        ),
+        Some(scope) => format!(
+            "{} administers only domains {own}, not {}",
+            actor.name,
+            domain_list(
+                &scope
+                    .iter()
+                    .filter(|d| !actor.in_domain(d))
+                    .cloned()
+                    .collect()
+            )
+        ),
+    }))
+}
+
+/// Allows only a global admin (no domain restriction) to change what is server-wide: module
+/// bundles, workflows, settings.
+pub fn global_admin(actor: &Actor, what: &str) -> Result<(), Forbidden> {
+    if !actor.has_role(Role::Admin) {
+        return Err(Forbidden("this needs the admin role".into()));
+    }
+    if !actor.is_global() {
+        return Err(Forbidden(format!(
+            "{what} is server-wide: it needs an admin token without a domain restriction"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether an admin listing or reading shows `actor` an object of `scope`.
+pub fn admin_sees(actor: &Actor, scope: Option<&BTreeSet<Domain>>) -> bool {
+    admin_over(actor, scope).is_ok()
+}
+
+/// Token names the server's own actors use; no token can be minted with one of them, so
+/// history and audit entries naming them cannot be forged.
+fn reserved_name(name: &str) -> bool {
+    matches!(name, "system" | BOOTSTRAP_NAME | "config" | "anonymous")
+        || name.starts_with("module:")
+        || name.starts_with("automation:")
+}
+
+/// The name of the bootstrap admin token (`admin_token`, `USM_ADMIN_TOKEN` or the one printed
+/// at first start); no other token can take it.
+pub const BOOTSTRAP_NAME: &str = "admin";
+
 /// Why a token operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -41,9 +130,15 @@ pub enum TokenError {
         /// What is wrong.
         message: String,
     },
-    /// No token with that id.
+    /// No token with that id (or none the caller may see).
     #[error("no token {0}")]
     NotFound(String),
+    /// Another token has that name.
+    #[error("a token named {0:?} exists; token names are unique")]
+    NameTaken(String),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -55,6 +150,8 @@ impl TokenError {
         match self {
             Self::Invalid { .. } => ErrorCode::InvalidInput,
             Self::NotFound(_) => ErrorCode::TokenNotFound,
+            Self::NameTaken(_) => ErrorCode::TokenNameTaken,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Store(_) => ErrorCode::Internal,
         }
     }
@@ -65,7 +162,9 @@ impl TokenError {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewToken {
-    /// The principal the token acts as, recorded in history (e.g. `alice`, `monitoring`).
+    /// The principal the token acts as, recorded in history (e.g. `alice`, `monitoring`);
+    /// unique among tokens. `system`, `admin`, `config`, `anonymous`, `module:…` and
+    /// `automation:…` are the server's own.
     pub name: String,
     /// Its roles.
     pub roles: Vec<Role>,
@@ -179,42 +278,57 @@ impl Tokens {
             .is_empty()
     }
 
-    /// Resolves a bearer secret to the actor it stands for.
+    /// Resolves a bearer secret to the actor it stands for: the token's id and name, roles and
+    /// domains.
     pub fn authenticate(&self, secret: &str) -> Result<Actor, AuthError> {
         let tokens = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
         let record = tokens.get(&hash(secret)).ok_or(AuthError::Invalid)?;
         if record.expires_at.is_some_and(|at| at <= Timestamp::now()) {
             return Err(AuthError::Expired);
         }
-        let mut actor = Actor::new(record.name.clone(), record.roles.clone());
+        let mut actor =
+            Actor::new(record.name.clone(), record.roles.clone()).with_id(record.id.clone());
         actor.domains = record.domains.clone();
         Ok(actor)
     }
 
-    /// Creates a token with a fresh random secret; returns the secret, which is never shown again.
+    /// Creates a token with a fresh random secret; returns the secret, which is never shown
+    /// again. `by` must be an admin whose domains include all of the new token's.
     pub fn create(&self, by: &Actor, new: NewToken) -> Result<(TokenInfo, String), TokenError> {
         let id = hex(&random_bytes::<6>()?);
-        let secret = format!("usm_{id}_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?));
-        let info = self.insert(by, new, id, &secret)?;
+        let secret = random_secret(&id)?;
+        let info = self.insert(by, new, id, &secret, Minting::Api)?;
         Ok((info, secret))
     }
 
-    /// Creates a token with a secret the operator chose (e.g. `USM_ADMIN_TOKEN`).
-    pub fn create_with_secret(
-        &self,
-        by: &Actor,
-        new: NewToken,
-        secret: &str,
-    ) -> Result<TokenInfo, TokenError> {
-        if secret.len() < 32 || secret.len() > 512 || !secret.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(TokenError::Invalid {
-                field: "token",
-                message: "an operator-chosen token must be 32 to 512 printable ASCII characters"
-                    .into(),
-            });
-        }
-        self.insert(by, new, hex(&random_bytes::<6>()?), secret)
+    /// Makes `secret` (the operator's choice, or a fresh random one when `None`) the bootstrap
+    /// admin token, replacing an earlier one: the token named `admin`, global, never expiring.
+    /// Returns the secret.
+    pub fn bootstrap(&self, by: &Actor, secret: Option<&str>) -> Result<String, TokenError> {
+        let id = hex(&random_bytes::<6>()?);
+        let secret = match secret {
+            Some(secret) => {
+                let printable = secret.bytes().all(|b| b.is_ascii_graphic());
+                if secret.len() < 32 || secret.len() > 512 || !printable {
+                    return Err(TokenError::Invalid {
+                        field: "token",
+                        message:
+                            "an operator-chosen token must be 32 to 512 printable ASCII characters"
+                                .into(),
+                    });
+                }
+                secret.to_owned()
+            }
+            None => random_secret(&id)?,
+        };
+        let admin = NewToken {
+            name: BOOTSTRAP_NAME.into(),
+            roles: vec![Role::Admin],
+            domains: None,
+            expires_at: None,
+        };
+        self.insert(by, admin, id, &secret, Minting::Bootstrap)?;
+        Ok(secret)
     }
 
     fn insert(
@@ -223,6 +337,7 @@ impl Tokens {
         new: NewToken,
         id: String,
         secret: &str,
+        minting: Minting,
     ) -> Result<TokenInfo, TokenError> {
         let name = new.name.trim();
         let name_ok = (1..=100).contains(&name.len())
@@ -233,6 +348,12 @@ impl Tokens {
             return Err(TokenError::Invalid {
                 field: "/name",
                 message: "1-100 letters, digits or . _ - @ :".into(),
+            });
+        }
+        if minting == Minting::Api && reserved_name(name) {
+            return Err(TokenError::Invalid {
+                field: "/name",
+                message: format!("{name:?} is reserved for the server's own actors"),
             });
         }
         if new.roles.is_empty() {
@@ -264,6 +385,9 @@ impl Tokens {
                 message: "must be in the future".into(),
             });
         }
+        if minting == Minting::Api {
+            admin_over(by, domains.as_ref())?;
+        }
         let record = TokenRecord {
             id,
             name: name.to_owned(),
@@ -278,35 +402,52 @@ impl Tokens {
             what: "token",
             detail: e.to_string(),
         })?;
-        self.store
-            .write_settings(&[(format!("{TOKEN_PREFIX}{}", record.id), encoded)], &[])?;
+        // Held across the check and the write, so two requests cannot both take a name.
+        let mut tokens = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+        let same_name = tokens
+            .values()
+            .find(|t| t.name == record.name)
+            .map(|t| (t.id.clone(), t.hash.clone()));
+        let replaced = match (same_name, minting) {
+            (Some(_), Minting::Api) => return Err(TokenError::NameTaken(record.name)),
+            (Some((id, hash)), Minting::Bootstrap) => vec![(format!("{TOKEN_PREFIX}{id}"), hash)],
+            (None, _) => Vec::new(),
+        };
+        let deletes: Vec<String> = replaced.iter().map(|(key, _)| key.clone()).collect();
+        self.store.write_settings(
+            &[(format!("{TOKEN_PREFIX}{}", record.id), encoded)],
+            &deletes,
+        )?;
+        for (_, hash) in &replaced {
+            tokens.remove(hash);
+        }
         let info = TokenInfo::from(&record);
-        self.by_hash
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(record.hash.clone(), record);
+        tokens.insert(record.hash.clone(), record);
         Ok(info)
     }
 
-    /// Every token, without secrets, by creation time.
-    pub fn list(&self) -> Vec<TokenInfo> {
+    /// The tokens `by` may see — those whose domains lie within its own — without secrets, by
+    /// creation time.
+    pub fn list(&self, by: &Actor) -> Vec<TokenInfo> {
         let mut all: Vec<TokenInfo> = self
             .by_hash
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
+            .filter(|t| admin_sees(by, t.domains.as_ref()))
             .map(TokenInfo::from)
             .collect();
         all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         all
     }
 
-    /// Revokes a token: it stops working at once.
-    pub fn revoke(&self, id: &str) -> Result<TokenInfo, TokenError> {
+    /// Revokes a token `by` may see: it stops working at once. A token outside `by`'s domains
+    /// is not found, like one that does not exist.
+    pub fn revoke(&self, by: &Actor, id: &str) -> Result<TokenInfo, TokenError> {
         let mut tokens = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
         let hash = tokens
             .values()
-            .find(|t| t.id == id)
+            .find(|t| t.id == id && admin_sees(by, t.domains.as_ref()))
             .map(|t| t.hash.clone())
             .ok_or_else(|| TokenError::NotFound(id.chars().take(64).collect()))?;
         self.store
@@ -318,11 +459,28 @@ impl Tokens {
     }
 }
 
+/// How a token comes to be: through the API (checked against the caller's rights, reserved
+/// names refused) or as the bootstrap admin token (which replaces its predecessor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Minting {
+    Api,
+    Bootstrap,
+}
+
+/// A fresh secret; it starts with the token's id, so a leaked secret names its token.
+fn random_secret(id: &str) -> Result<String, TokenError> {
+    Ok(format!(
+        "usm_{id}_{}",
+        URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
+    ))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One audit entry: who did what to what, when, with the state before and after.
+/// One audit entry: who did what to what, when, in which domains, with the state before and
+/// after.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
@@ -332,12 +490,20 @@ pub struct AuditEntry {
     /// When.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
-    /// Who.
+    /// Who: the principal's name.
     pub actor: String,
+    /// Who: the principal's id (a token's id, or the name of a server actor).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor_id: String,
     /// What, e.g. `module.install`, `module.enable`, `token.create`.
     pub action: String,
     /// The object, e.g. `module:itil4`, `token:3fa2c1`.
     pub target: String,
+    /// The domains the action concerns; absent for a server-wide action, which only global
+    /// admins see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    pub domains: Option<BTreeSet<Domain>>,
     /// The state before, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
@@ -348,12 +514,13 @@ pub struct AuditEntry {
     pub after: Option<Value>,
 }
 
-/// Appends an audit entry (durably).
+/// Appends an audit entry (durably) for an action concerning `scope` (`None`: server-wide).
 pub fn audit(
     store: &dyn Store,
     actor: &Actor,
     action: &str,
     target: &str,
+    scope: Option<&BTreeSet<Domain>>,
     before: Option<Value>,
     after: Option<Value>,
 ) -> Result<(), StoreError> {
@@ -361,8 +528,10 @@ pub fn audit(
         seq: 0,
         at: Timestamp::now(),
         actor: actor.name.clone(),
+        actor_id: actor.id.clone(),
         action: action.to_owned(),
         target: target.to_owned(),
+        domains: scope.cloned(),
         before,
         after,
     };
@@ -374,22 +543,138 @@ pub fn audit(
     Ok(())
 }
 
-/// Audit entries after `after`, oldest first.
+/// The audit entries after `after` that `actor` may see (those whose domains lie within its
+/// own), oldest first, at most `limit`.
 pub fn audit_entries(
     store: &dyn Store,
+    actor: &Actor,
     after: u64,
     limit: usize,
 ) -> Result<Vec<AuditEntry>, StoreError> {
-    store
-        .audit_after(after, limit)?
-        .into_iter()
-        .map(|(seq, bytes)| {
-            serde_json::from_slice::<AuditEntry>(&bytes)
+    /// Entries read at once while skipping those the actor may not see.
+    const BATCH: usize = 1000;
+    let mut entries = Vec::new();
+    let mut position = after;
+    while entries.len() < limit {
+        let batch = store.audit_after(position, BATCH)?;
+        let exhausted = batch.len() < BATCH;
+        for (seq, bytes) in batch {
+            position = seq;
+            let entry = serde_json::from_slice::<AuditEntry>(&bytes)
                 .map(|entry| AuditEntry { seq, ..entry })
                 .map_err(|e| StoreError::Corrupt {
                     what: "audit entry",
                     detail: e.to_string(),
-                })
-        })
-        .collect()
+                })?;
+            if admin_sees(actor, entry.domains.as_ref()) {
+                entries.push(entry);
+                if entries.len() == limit {
+                    break;
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use usm_store::MemoryStore;
+
+    use super::*;
+
+    fn domains(names: &[&str]) -> BTreeSet<Domain> {
+        names.iter().map(|n| Domain::new(*n).unwrap()).collect()
+    }
+
+    fn hr_admin() -> Actor {
+        Actor::new("hana", [Role::Admin]).in_domains(domains(&["hr"]))
+    }
+
+    fn new_token(name: &str, scope: Option<&[&str]>) -> NewToken {
+        NewToken {
+            name: name.into(),
+            roles: vec![Role::Agent],
+            domains: scope.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_scoped_admin_administers_only_within_its_domains() {
+        let root = Actor::new("root", [Role::Admin]);
+        let hana = hr_admin();
+        let agent = Actor::new("ann", [Role::Agent]);
+        let (hr, it_hr) = (domains(&["hr"]), domains(&["it", "hr"]));
+        assert!(admin_over(&root, None).is_ok());
+        assert!(admin_over(&hana, Some(&hr)).is_ok());
+        assert!(admin_over(&hana, Some(&domains(&[]))).is_ok());
+        let denied = admin_over(&hana, Some(&it_hr)).unwrap_err();
+        assert!(denied.0.ends_with("not it"), "{denied}");
+        assert!(admin_over(&hana, None).is_err(), "every domain is not hr");
+        assert!(admin_over(&agent, None).is_err(), "the role is needed");
+        assert!(global_admin(&root, "x").is_ok());
+        assert!(global_admin(&hana, "x").is_err());
+        assert!(global_admin(&agent, "x").is_err());
+    }
+
+    #[test]
+    fn tokens_are_minted_listed_and_revoked_within_the_callers_domains() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let tokens = Tokens::open(store, domains(&["it", "hr"]).into_iter().collect()).unwrap();
+        let root = Actor::new("root", [Role::Admin]);
+        let hana = hr_admin();
+        let (it_agent, _) = tokens
+            .create(&root, new_token("ivan", Some(&["it"])))
+            .unwrap();
+        assert!(matches!(
+            tokens.create(&hana, new_token("x", None)),
+            Err(TokenError::Forbidden(_))
+        ));
+        assert!(matches!(
+            tokens.create(&hana, new_token("x", Some(&["it"]))),
+            Err(TokenError::Forbidden(_))
+        ));
+        let (hr_agent, _) = tokens
+            .create(&hana, new_token("hal", Some(&["hr"])))
+            .unwrap();
+        assert!(matches!(
+            tokens.create(&root, new_token("hal", Some(&["it"]))),
+            Err(TokenError::NameTaken(_))
+        ));
+        for reserved in ["system", "admin", "module:x", "automation:y"] {
+            assert!(
+                matches!(
+                    tokens.create(&root, new_token(reserved, None)),
+                    Err(TokenError::Invalid { field: "/name", .. })
+                ),
+                "{reserved}"
+            );
+        }
+        let seen: Vec<String> = tokens.list(&hana).into_iter().map(|t| t.name).collect();
+        assert_eq!(seen, ["hal"]);
+        assert_eq!(tokens.list(&root).len(), 2);
+        assert!(matches!(
+            tokens.revoke(&hana, &it_agent.id),
+            Err(TokenError::NotFound(_))
+        ));
+        assert!(tokens.revoke(&hana, &hr_agent.id).is_ok());
+
+        // The bootstrap token may take its reserved name, and a new one replaces the old.
+        let first = tokens.bootstrap(&root, None).unwrap();
+        let second = tokens
+            .bootstrap(&root, Some("an-operator-chosen-secret-of-32-chars"))
+            .unwrap();
+        assert_eq!(tokens.authenticate(&first), Err(AuthError::Invalid));
+        let admin = tokens.authenticate(&second).unwrap();
+        assert_eq!(admin.name, BOOTSTRAP_NAME);
+        assert!(admin.is_global());
+        assert_ne!(
+            admin.id, admin.name,
+            "a token's actor carries the token's id"
+        );
+    }
 }

@@ -66,8 +66,9 @@ pub enum EngineError {
     /// The actor may not perform the operation.
     #[error("{0}")]
     Forbidden(String),
-    /// A link names a record that does not exist.
-    #[error("{field}: record {target} does not exist")]
+    /// A link names a record that does not exist, or one the actor may not see (the answer is
+    /// the same, so it tells nothing).
+    #[error("{field}: record {target} is not found")]
     UnknownLinkTarget {
         /// JSON pointer of the link.
         field: String,

@@ -109,7 +109,7 @@ impl Engine {
             ..ListQuery::default()
         };
         let store = self.store().as_ref();
-        let catalog = self.catalog();
+        let catalogs = self.catalogs();
         'pages: loop {
             let page = store.list(&query)?;
             for record in &page.records {
@@ -121,7 +121,8 @@ impl Engine {
                     continue;
                 }
                 kpis.records += 1;
-                let category = catalog
+                let category = catalogs
+                    .domain(&record.domain)
                     .get(&record.kind)
                     .and_then(|def| def.lifecycle.state(&record.state))
                     .map(|s| s.category);

@@ -12,6 +12,7 @@ pub mod auth;
 mod background;
 pub mod budget;
 pub mod bundle;
+mod catalogs;
 mod cursor;
 mod error;
 pub mod kpis;
@@ -44,6 +45,7 @@ use usm_store::{Committed, Expected, IdempotencyClaim, ListQuery, Store, StoreEr
 
 pub use admission::AdmissionConfig;
 pub use background::Background;
+pub use catalogs::Catalogs;
 pub use error::EngineError;
 pub use module::{
     BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, Module, ModuleError, ModuleFiles,
@@ -210,8 +212,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     /// The kinds of the engine's construction, before modules add to them.
     base_kinds: Vec<KindDef>,
-    /// The composed catalog in force now; swapped whole when modules change.
-    catalog: RwLock<Arc<Catalog>>,
+    /// The composed catalogs in force now, one per domain; swapped whole when modules change.
+    catalogs: RwLock<Arc<Catalogs>>,
     /// Held shared by every write from its catalog snapshot to its commit, and exclusively by a
     /// catalog change while it checks that no record uses what it drops and swaps: so no write
     /// on the old catalog lands a record of a kind or state that is gone.
@@ -229,7 +231,7 @@ impl Engine {
         Self {
             store,
             base_kinds: catalog.kinds().cloned().collect(),
-            catalog: RwLock::new(catalog),
+            catalogs: RwLock::new(Arc::new(Catalogs::uniform(catalog))),
             catalog_gate: RwLock::new(()),
             admission: admission::Admission::new(config.admission),
             config,
@@ -278,9 +280,39 @@ impl Engine {
         &self.commits
     }
 
-    /// The kinds in force now: the engine's own plus what installed modules add.
+    /// The catalogs in force now, one per domain.
+    pub fn catalogs(&self) -> Arc<Catalogs> {
+        Arc::clone(&self.catalogs.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Every kind in force in some domain: the engine's own plus what enabled modules add.
     pub fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(self.catalogs().union())
+    }
+
+    /// The kinds in force in `domain`: the engine's own plus what the modules enabled there add.
+    pub fn catalog_in(&self, domain: &Domain) -> Arc<Catalog> {
+        Arc::clone(self.catalogs().domain(domain))
+    }
+
+    /// The kinds `actor` asks for: those in force in `domain` (one of its domains), or every
+    /// kind in force somewhere.
+    pub fn kinds_for(
+        &self,
+        actor: &Actor,
+        domain: Option<&str>,
+    ) -> Result<Arc<Catalog>, EngineError> {
+        let Some(name) = domain else {
+            return Ok(self.catalog());
+        };
+        let domain = self.domain(name)?;
+        if !actor.in_domain(&domain) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not read domain {domain}",
+                actor.name
+            )));
+        }
+        Ok(self.catalog_in(&domain))
     }
 
     /// The engine's own kinds plus what `modules` add, without swapping it in.
@@ -291,6 +323,15 @@ impl Engine {
         Catalog::compose(self.base_kinds.iter().cloned(), modules)
     }
 
+    /// The catalogs of each domain given `modules` (id, additions, domains enabled in), without
+    /// swapping them in.
+    pub fn compose_catalogs(
+        &self,
+        modules: &[(&str, &CatalogAdditions, Vec<Domain>)],
+    ) -> Result<Catalogs, CatalogError> {
+        Catalogs::compose(&self.base_kinds, &self.config.domains, modules)
+    }
+
     /// Waits for writes in flight to commit and holds new ones back until the guard drops; a
     /// catalog change that drops kinds or states checks and swaps under it.
     pub(crate) fn hold_writes(&self) -> RwLockWriteGuard<'_, ()> {
@@ -299,9 +340,12 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Swaps in a newly composed catalog; writes in flight finish on the old one.
-    pub fn set_catalog(&self, catalog: Catalog) {
-        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(catalog);
+    /// Swaps in newly composed catalogs; writes in flight finish on the old ones.
+    pub fn set_catalogs(&self, catalogs: Catalogs) {
+        *self
+            .catalogs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(catalogs);
     }
 
     /// The configured domains.
@@ -347,8 +391,6 @@ impl Engine {
             .catalog_gate
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let catalog = self.catalog();
-        let def = kind_def(&catalog, &new.kind)?;
         let domain = match &new.domain {
             Some(domain) => self.domain(domain)?,
             None => Domain::default(),
@@ -359,12 +401,14 @@ impl Engine {
                 actor.name
             )));
         }
+        let catalog = self.catalog_in(&domain);
+        let def = kind_def(&catalog, &new.kind)?;
         self.check_size(&new.fields)?;
         let claim = idempotency_key
             .map(|key| self.idempotency_claim(actor, key, &new))
             .transpose()?;
         let title = self.title(&new.title)?;
-        self.check_links(&new.links, None)?;
+        self.check_links(actor, &new.links, None)?;
         let fields = valid_fields(&catalog, def, new.fields)?;
         let now = Timestamp::now();
         let record = Record {
@@ -479,7 +523,7 @@ impl Engine {
                 next.title = title.clone();
             }
             if let Some(links) = &patch.links {
-                self.check_links(links, Some(&current.id))?;
+                self.check_links(actor, links, Some(current))?;
                 next.links = links.clone();
             }
             if let Some(fields_patch) = &patch.fields {
@@ -490,7 +534,7 @@ impl Engine {
                 )
                 .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
                 self.check_size(&next.fields)?;
-                let catalog = self.catalog();
+                let catalog = self.catalog_in(&current.domain);
                 let def = kind_def(&catalog, current.kind.as_str())?;
                 next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
             }
@@ -534,7 +578,7 @@ impl Engine {
             cause,
         };
         self.write(actor, target, |current| {
-            let catalog = self.catalog();
+            let catalog = self.catalog_in(&current.domain);
             let def = kind_def(&catalog, current.kind.as_str())?;
             let lifecycle = &def.lifecycle;
             let unknown = || EngineError::UnknownState {
@@ -599,7 +643,7 @@ impl Engine {
                     "approvals need the agent, automation or admin role".into(),
                 ));
             }
-            let catalog = self.catalog();
+            let catalog = self.catalog_in(&current.domain);
             let def = kind_def(&catalog, current.kind.as_str())?;
             let inactive = def
                 .lifecycle
@@ -813,7 +857,7 @@ impl Engine {
         /// Most linking records handed to steps.
         const MAX_CHILDREN: usize = 200;
         let approvals = self.store.approvals(&current.id)?;
-        let catalog = self.catalog();
+        let catalogs = self.catalogs();
         let mut children = Vec::new();
         for (rel, source) in self
             .store
@@ -824,7 +868,8 @@ impl Engine {
             let Some(child) = self.store.get(&source)? else {
                 continue;
             };
-            let active = catalog
+            let active = catalogs
+                .domain(&child.domain)
                 .get(&child.kind)
                 .and_then(|def| def.lifecycle.state(&child.state))
                 .is_none_or(|state| state.category != StateCategory::Inactive);
@@ -876,8 +921,8 @@ impl Engine {
         }
         .run(proposed, |mut candidate| {
             candidate.title = self.title(&candidate.title)?;
-            self.check_links(&candidate.links, previous.map(|p| &p.id))?;
-            let catalog = self.catalog();
+            self.check_links(actor, &candidate.links, previous)?;
+            let catalog = self.catalog_in(&candidate.domain);
             let def = kind_def(&catalog, candidate.kind.as_str())?;
             candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;
             Ok(candidate)
@@ -988,7 +1033,16 @@ impl Engine {
         }
     }
 
-    fn check_links(&self, links: &[Link], own_id: Option<&RecordId>) -> Result<(), EngineError> {
+    /// Checks a record's links. A new link to a record the actor cannot see answers exactly as
+    /// one to a record that does not exist, so links tell nothing about other domains or other
+    /// people's records (links the record already had stay, whoever works it now).
+    fn check_links(
+        &self,
+        actor: &Actor,
+        links: &[Link],
+        previous: Option<&Record>,
+    ) -> Result<(), EngineError> {
+        let own_id = previous.map(|p| &p.id);
         let max = self.config.limits.max_links;
         if links.len() > max {
             return Err(EngineError::invalid(
@@ -1010,7 +1064,14 @@ impl Engine {
                     "a record cannot link to itself",
                 ));
             }
-            if self.store.get(&link.to)?.is_none() {
+            if previous.is_some_and(|p| p.links.contains(link)) {
+                continue;
+            }
+            let seen = self
+                .store
+                .get(&link.to)?
+                .is_some_and(|target| visible(actor, &target));
+            if !seen {
                 return Err(EngineError::UnknownLinkTarget {
                     field,
                     target: link.to.clone(),

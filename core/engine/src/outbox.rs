@@ -137,7 +137,7 @@ fn process(engine: &Engine, event: &Event) {
     let Some(hook) = hook_of(event.event_type) else {
         return;
     };
-    let catalog = engine.catalog();
+    let catalog = engine.catalog_in(&event.domain);
     let Some(def) = catalog.get(&event.kind) else {
         return;
     };

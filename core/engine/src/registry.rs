@@ -15,7 +15,10 @@ use usm_model::{
 use usm_store::{ListQuery, StoreError};
 
 use crate::{
-    Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes, bundle, workflow::WifDocument,
+    Catalogs, Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes,
+    auth::{self, Forbidden},
+    bundle,
+    workflow::WifDocument,
 };
 
 const MODULE_PREFIX: &str = "module/";
@@ -83,9 +86,15 @@ pub enum RegistryError {
     #[error("{0}")]
     InvalidWorkflow(String),
     /// Removing or upgrading the module would drop a kind or state records use, or a kind
-    /// another module extends.
+    /// another module extends; or the module is still enabled somewhere.
     #[error("{0}")]
     InUse(String),
+    /// An import would replace a module's workflow template without naming a version.
+    #[error("{0}")]
+    WorkflowConflict(String),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -99,6 +108,8 @@ impl RegistryError {
             Self::NotFound(_) => ErrorCode::ModuleNotFound,
             Self::NotNewer { .. } => ErrorCode::ModuleVersionConflict,
             Self::InUse(_) => ErrorCode::ModuleInUse,
+            Self::WorkflowConflict(_) => ErrorCode::WorkflowConflict,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::UnknownDomain(_) | Self::InvalidWorkflow(_) => ErrorCode::InvalidInput,
             Self::WorkflowNotFound(_) => ErrorCode::WorkflowNotFound,
             Self::Store(_) => ErrorCode::Internal,
@@ -240,10 +251,11 @@ impl Registry {
         };
         {
             let modules = registry.lock();
-            let catalog = registry
+            let catalogs = registry
                 .next_catalog(&modules, "", None)
+                .and_then(|_| registry.next_catalogs(&modules, "", None))
                 .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
-            registry.swap(&modules, Some(catalog));
+            registry.swap(&modules, catalogs);
         }
         Ok(registry)
     }
@@ -252,8 +264,9 @@ impl Registry {
         self.modules.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The catalog the installed modules compose, with `replacement` in place of module `id`
-    /// (`None`: without it).
+    /// The catalog every installed module composes, enabled or not, with `replacement` in
+    /// place of module `id` (`None`: without it). Installed modules must compose together, so
+    /// any set of them can be enabled in a domain.
     fn next_catalog(
         &self,
         modules: &BTreeMap<String, Entry>,
@@ -270,26 +283,56 @@ impl Registry {
         self.engine.compose_catalog(all)
     }
 
-    /// Refuses a catalog that drops a kind or a state some record still has.
-    fn check_in_use(&self, next: &Catalog) -> Result<(), RegistryError> {
-        for def in self.engine.catalog().kinds() {
-            let Some(next_def) = next.get(&def.name) else {
-                if let Some(id) = self.first_record(&def.name, None)? {
-                    return Err(RegistryError::InUse(format!(
-                        "records of kind {} exist (e.g. {id}); the kind cannot go",
-                        def.name
-                    )));
-                }
-                continue;
-            };
-            for state in def.lifecycle.states() {
-                if next_def.lifecycle.state(&state.name).is_none()
-                    && let Some(id) = self.first_record(&def.name, Some(&state.name))?
-                {
-                    return Err(RegistryError::InUse(format!(
-                        "records of kind {} are in state {} (e.g. {id}); the state cannot go",
-                        def.name, state.name
-                    )));
+    /// The catalogs of each domain from the modules enabled there, with module `id` enabled in
+    /// `replacement`'s domains with its additions (`None`: without it).
+    fn next_catalogs(
+        &self,
+        modules: &BTreeMap<String, Entry>,
+        id: &str,
+        replacement: Option<(&CatalogAdditions, &BTreeSet<Domain>)>,
+    ) -> Result<Catalogs, CatalogError> {
+        let enabled = |domains: &BTreeSet<Domain>| domains.iter().cloned().collect::<Vec<_>>();
+        let mut all: Vec<(&str, &CatalogAdditions, Vec<Domain>)> = modules
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .map(|(other, entry)| {
+                (
+                    other.as_str(),
+                    &entry.module.catalog,
+                    enabled(&entry.record.domains),
+                )
+            })
+            .chain(replacement.map(|(additions, domains)| (id, additions, enabled(domains))))
+            .collect();
+        all.sort_by_key(|(id, ..)| *id);
+        self.engine.compose_catalogs(&all)
+    }
+
+    /// Refuses catalogs that drop, in some domain, a kind or a state a record of that domain
+    /// still has.
+    fn check_in_use(&self, next: &Catalogs) -> Result<(), RegistryError> {
+        let current = self.engine.catalogs();
+        for domain in self.engine.domains() {
+            let next = next.domain(domain);
+            for def in current.domain(domain).kinds() {
+                let Some(next_def) = next.get(&def.name) else {
+                    if let Some(id) = self.first_record(&def.name, None, domain)? {
+                        return Err(RegistryError::InUse(format!(
+                            "records of kind {} exist in {domain} (e.g. {id}); the kind cannot go there",
+                            def.name
+                        )));
+                    }
+                    continue;
+                };
+                for state in def.lifecycle.states() {
+                    if next_def.lifecycle.state(&state.name).is_none()
+                        && let Some(id) = self.first_record(&def.name, Some(&state.name), domain)?
+                    {
+                        return Err(RegistryError::InUse(format!(
+                            "records of kind {} are in state {} in {domain} (e.g. {id}); the state cannot go there",
+                            def.name, state.name
+                        )));
+                    }
                 }
             }
         }
@@ -300,11 +343,12 @@ impl Registry {
         &self,
         kind: &Kind,
         state: Option<&State>,
+        domain: &Domain,
     ) -> Result<Option<RecordId>, StoreError> {
         let page = self.engine.store().list(&ListQuery {
             kind: Some(kind.clone()),
             state: state.cloned(),
-            domain: None,
+            domain: Some(domain.clone()),
             within: None,
             owner: None,
             after: None,
@@ -313,11 +357,9 @@ impl Registry {
         Ok(page.records.into_iter().next().map(|record| record.id))
     }
 
-    /// Swaps in `catalog` (when the kinds changed), then the pipelines of the enabled modules.
-    fn swap(&self, modules: &BTreeMap<String, Entry>, catalog: Option<Catalog>) {
-        if let Some(catalog) = catalog {
-            self.engine.set_catalog(catalog);
-        }
+    /// Swaps in `catalogs`, then the pipelines of the enabled modules.
+    fn swap(&self, modules: &BTreeMap<String, Entry>, catalogs: Catalogs) {
+        self.engine.set_catalogs(catalogs);
         let enabled =
             modules.values().flat_map(|entry| {
                 entry.record.domains.iter().flat_map(move |domain| {
@@ -367,12 +409,14 @@ impl Registry {
         self.lock().get(id).map(|e| Arc::clone(&e.module))
     }
 
-    /// Installs an uploaded `.tar.gz` bundle.
+    /// Installs an uploaded `.tar.gz` bundle; module bundles are server-wide code, so `actor`
+    /// must be a global admin.
     pub fn install_bundle(
         &self,
         actor: &Actor,
         bytes: &[u8],
     ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        auth::global_admin(actor, "installing or upgrading a module")?;
         let files = bundle::unpack(bytes).map_err(|message| {
             RegistryError::Invalid(ModuleError {
                 location: "bundle".into(),
@@ -410,6 +454,7 @@ impl Registry {
         files: ModuleFiles,
         replace_same_version: bool,
     ) -> Result<(ModuleInfo, Installed), RegistryError> {
+        auth::global_admin(actor, "installing or upgrading a module")?;
         let packed = bundle::pack(&files).map_err(|message| {
             RegistryError::Invalid(ModuleError {
                 location: "bundle".into(),
@@ -447,11 +492,14 @@ impl Registry {
         };
         let module =
             Module::build(files, &self.runtimes, &grants).map_err(RegistryError::Invalid)?;
-        let catalog = self
+        let catalogs = self
             .next_catalog(&modules, &manifest.id, Some(&module.catalog))
+            .and_then(|_| {
+                self.next_catalogs(&modules, &manifest.id, Some((&module.catalog, &domains)))
+            })
             .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
         let _writes_held = self.engine.hold_writes();
-        self.check_in_use(&catalog)?;
+        self.check_in_use(&catalogs)?;
         let record = ModuleRecord {
             id: module.manifest.id.clone(),
             version: module.manifest.version.to_string(),
@@ -478,7 +526,7 @@ impl Registry {
         if let Some(previous) = previous {
             self.forget_bundle(&modules, &previous.record.digest);
         }
-        self.swap(&modules, Some(catalog));
+        self.swap(&modules, catalogs);
         let info = Self::info(&modules[&manifest.id]);
         tracing::info!(module = %manifest.id, version = %manifest.version, ?action, actor = %actor.name, "module installed");
         let verb = if before.is_some() {
@@ -486,11 +534,19 @@ impl Registry {
         } else {
             "module.install"
         };
-        self.audit(actor, verb, &manifest.id, before.as_ref(), Some(&info));
+        self.audit(
+            actor,
+            (verb, None),
+            &manifest.id,
+            before.as_ref(),
+            Some(&info),
+        );
         Ok((info, action))
     }
 
-    /// Enables a module in more domains, optionally replacing its capability grants.
+    /// Enables a module in more domains, optionally replacing its capability grants. `actor`
+    /// must administer those domains; grants bind the module wherever it runs, so changing
+    /// them also needs every domain the module is enabled in.
     pub fn enable(
         &self,
         actor: &Actor,
@@ -499,20 +555,21 @@ impl Registry {
         grants: Option<Vec<String>>,
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
-        self.change(actor, id, "module.enable", |record| {
-            record.domains.extend(domains);
+        auth::admin_over(actor, Some(&domains))?;
+        self.change(actor, id, ("module.enable", &domains), |record| {
+            record.domains.extend(domains.iter().cloned());
             match grants {
-                Some(grants) => {
-                    let changed = record.grants != grants;
+                Some(grants) if record.grants != grants => {
+                    auth::admin_over(actor, Some(&record.domains))?;
                     record.grants = grants;
-                    changed
+                    Ok(true)
                 }
-                None => false,
+                _ => Ok(false),
             }
         })
     }
 
-    /// Disables a module in some domains.
+    /// Disables a module in some domains, which `actor` must administer.
     pub fn disable(
         &self,
         actor: &Actor,
@@ -520,23 +577,34 @@ impl Registry {
         domains: &[String],
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
-        self.change(actor, id, "module.disable", |record| {
+        auth::admin_over(actor, Some(&domains))?;
+        self.change(actor, id, ("module.disable", &domains), |record| {
             record.domains.retain(|d| !domains.contains(d));
-            false
+            Ok(false)
         })
     }
 
-    /// Removes a module and its pipelines.
+    /// Removes a module and its pipelines; server-wide, so `actor` must be a global admin. A
+    /// module still enabled somewhere is refused: disable it first.
     pub fn remove(&self, actor: &Actor, id: &str) -> Result<ModuleInfo, RegistryError> {
+        auth::global_admin(actor, "removing a module")?;
         let mut modules = self.lock();
-        if !modules.contains_key(id) {
+        let Some(entry) = modules.get(id) else {
             return Err(RegistryError::NotFound(id.to_owned()));
+        };
+        if !entry.record.domains.is_empty() {
+            let domains: Vec<&str> = entry.record.domains.iter().map(Domain::as_str).collect();
+            return Err(RegistryError::InUse(format!(
+                "module {id} is enabled in {}; disable it there first",
+                domains.join(", ")
+            )));
         }
-        let catalog = self
+        let catalogs = self
             .next_catalog(&modules, id, None)
+            .and_then(|_| self.next_catalogs(&modules, id, None))
             .map_err(|error| RegistryError::InUse(error.to_string()))?;
         let _writes_held = self.engine.hold_writes();
-        self.check_in_use(&catalog)?;
+        self.check_in_use(&catalogs)?;
         let entry = modules
             .remove(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
@@ -549,10 +617,10 @@ impl Registry {
             return Err(error.into());
         }
         self.forget_bundle(&modules, &entry.record.digest);
-        self.swap(&modules, Some(catalog));
+        self.swap(&modules, catalogs);
         tracing::info!(module = %id, actor = %actor.name, "module removed");
         let info = Self::info(&entry);
-        self.audit(actor, "module.remove", id, Some(&info), None);
+        self.audit(actor, ("module.remove", None), id, Some(&info), None);
         Ok(info)
     }
 
@@ -562,8 +630,8 @@ impl Registry {
         &self,
         actor: &Actor,
         id: &str,
-        verb: &str,
-        edit: impl FnOnce(&mut ModuleRecord) -> bool,
+        (verb, scope): (&str, &BTreeSet<Domain>),
+        edit: impl FnOnce(&mut ModuleRecord) -> Result<bool, RegistryError>,
     ) -> Result<ModuleInfo, RegistryError> {
         let mut modules = self.lock();
         let entry = modules
@@ -571,7 +639,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         let before = Self::info(entry);
         let mut record = entry.record.clone();
-        let regrant = edit(&mut record);
+        let regrant = edit(&mut record)?;
         let module = if regrant {
             let bundle = self
                 .engine
@@ -591,23 +659,31 @@ impl Registry {
         } else {
             Arc::clone(&entry.module)
         };
+        // Its catalog additions follow where it is enabled: a domain it leaves must not keep
+        // records of a kind or state only it adds.
+        let catalogs = self
+            .next_catalogs(&modules, id, Some((&module.catalog, &record.domains)))
+            .map_err(|error| RegistryError::InUse(error.to_string()))?;
+        let _writes_held = self.engine.hold_writes();
+        self.check_in_use(&catalogs)?;
         self.engine
             .store()
             .write_settings(&[(format!("{MODULE_PREFIX}{id}"), encode(&record)?)], &[])?;
         tracing::info!(module = %id, domains = ?record.domains, grants = ?record.grants, actor = %actor.name, "module enablement changed");
         modules.insert(id.to_owned(), Entry { record, module });
-        self.swap(&modules, None);
+        self.swap(&modules, catalogs);
         let after = Self::info(&modules[id]);
-        self.audit(actor, verb, id, Some(&before), Some(&after));
+        self.audit(actor, (verb, Some(scope)), id, Some(&before), Some(&after));
         Ok(after)
     }
 
-    /// Records an admin action; the action has happened, so a failure to audit is logged loudly
-    /// rather than reported as the action failing.
+    /// Records an admin action concerning `scope` (`None`: server-wide); the action has
+    /// happened, so a failure to audit is logged loudly rather than reported as the action
+    /// failing.
     fn audit(
         &self,
         actor: &Actor,
-        verb: &str,
+        (verb, scope): (&str, Option<&BTreeSet<Domain>>),
         id: &str,
         before: Option<&ModuleInfo>,
         after: Option<&ModuleInfo>,
@@ -618,6 +694,7 @@ impl Registry {
             actor,
             verb,
             &format!("module:{id}"),
+            scope,
             json(before),
             json(after),
         ) {
@@ -685,13 +762,31 @@ impl Registry {
             .ok_or_else(|| RegistryError::WorkflowNotFound(slug.chars().take(64).collect()))
     }
 
-    /// Imports a USM-WIF document (members the format does not define are dropped).
+    /// Imports a USM-WIF document (members the format does not define are dropped). Workflows
+    /// are server-wide, so `actor` must be a global admin; replacing a module's template of the
+    /// same slug needs the document to give its `version`.
     pub fn import_workflow(
         &self,
         actor: &Actor,
         bytes: &[u8],
     ) -> Result<WorkflowSummary, RegistryError> {
+        auth::global_admin(actor, "importing a workflow")?;
         let document = crate::workflow::parse(bytes).map_err(RegistryError::InvalidWorkflow)?;
+        let slug = &document.workflow.slug;
+        if document.workflow.version.is_none()
+            && let Some(module) = self.lock().values().find(|entry| {
+                entry
+                    .module
+                    .workflows
+                    .iter()
+                    .any(|template| &template.workflow.slug == slug)
+            })
+        {
+            return Err(RegistryError::WorkflowConflict(format!(
+                "workflow {slug} is a template of module {}; give /workflow/version to replace it",
+                module.record.id
+            )));
+        }
         let encoded = serde_json::to_vec(&document)
             .map_err(|e| RegistryError::InvalidWorkflow(e.to_string()))?;
         self.engine.store().write_settings(
@@ -707,6 +802,7 @@ impl Registry {
             actor,
             "workflow.import",
             &format!("workflow:{}", document.workflow.slug),
+            None,
             None,
             serde_json::to_value(&document).ok(),
         ) {

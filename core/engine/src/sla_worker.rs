@@ -261,7 +261,7 @@ fn rearm_domain(engine: &Engine, domain: &Domain, stop: &AtomicBool) -> Result<b
             return Ok(false);
         }
         let page = store.list(&query)?;
-        let catalog = engine.catalog();
+        let catalog = engine.catalog_in(domain);
         for record in &page.records {
             let finished = catalog
                 .get(&record.kind)

@@ -1220,7 +1220,7 @@ impl crate::StepBuilder for PausingSteps {
 }
 
 #[test]
-fn a_module_cannot_be_removed_under_a_write_that_uses_its_kind() {
+fn a_module_cannot_be_disabled_under_a_write_that_uses_its_kind() {
     let engine = Arc::new(engine());
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
@@ -1264,8 +1264,8 @@ fn a_module_cannot_be_removed_under_a_write_that_uses_its_kind() {
         // A create of the module's kind, paused inside its pipeline: it has its catalog.
         let creating = scope.spawn(|| engine.create(&agent(), new("risk", "r", json!({})), None));
         entered.recv().unwrap();
-        // The removal waits for that write instead of checking before it lands.
-        let removing = scope.spawn(|| registry.remove(&admin, "risk"));
+        // Disabling it in that domain waits for that write instead of checking before it lands.
+        let removing = scope.spawn(|| registry.disable(&admin, "risk", &["it".into()]));
         let waited = std::time::Instant::now();
         while !removing.is_finished() && waited.elapsed() < std::time::Duration::from_millis(300) {
             std::thread::yield_now();
@@ -1277,7 +1277,7 @@ fn a_module_cannot_be_removed_under_a_write_that_uses_its_kind() {
             Err(crate::RegistryError::InUse(detail)) => {
                 assert!(detail.contains("RSK-1"), "{detail}")
             }
-            other => panic!("the removal should find RSK-1, got {other:?}"),
+            other => panic!("disabling should find RSK-1, got {other:?}"),
         }
     });
     assert!(
@@ -1307,7 +1307,8 @@ fn pruning_keeps_events_a_webhook_has_not_passed() {
     store.set_cursor("after-steps", 3).unwrap();
     let policy = crate::webhooks::WebhookPolicy::new(&["192.0.2.0/24".into()]).unwrap();
     let new_hook = serde_json::from_value(json!({"url": "http://192.0.2.7/hook"})).unwrap();
-    let hook = crate::webhooks::create(store.as_ref(), &policy, &agent(), new_hook).unwrap();
+    let admin = Actor::new("root", [Role::Admin]);
+    let hook = crate::webhooks::create(store.as_ref(), &policy, &admin, new_hook).unwrap();
     for title in ["four", "five"] {
         engine
             .create(&agent(), new("task", title, json!({})), None)

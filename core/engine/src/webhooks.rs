@@ -9,6 +9,8 @@ use url::{Host, Url};
 use usm_model::{Actor, Domain, ErrorCode, Event, EventType, Kind, Timestamp};
 use usm_store::{Store, StoreError};
 
+use crate::auth::{Forbidden, admin_over, admin_sees, scope_of};
+
 const SUBSCRIPTION_PREFIX: &str = "webhook/";
 const DELIVERY_PREFIX: &str = "delivery/";
 /// Delivery log entries kept per subscription.
@@ -28,9 +30,12 @@ pub enum WebhookError {
     /// The URL is not a destination the policy allows.
     #[error("/url: {0}")]
     Refused(DestinationRefused),
-    /// No such subscription or delivery.
+    /// No such subscription or delivery (or none the caller may see).
     #[error("no webhook {0}")]
     NotFound(String),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -43,6 +48,7 @@ impl WebhookError {
             Self::Invalid { .. } => ErrorCode::InvalidInput,
             Self::Refused(_) => ErrorCode::WebhookDestinationRefused,
             Self::NotFound(_) => ErrorCode::WebhookNotFound,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Store(_) => ErrorCode::Internal,
         }
     }
@@ -281,8 +287,9 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (segments[..6] == [0; 6] && internal_v4(embedded()))
 }
 
-/// Creates a subscription. New subscriptions start at the end of the outbox: they get events
-/// from now on. The URL must pass `policy`, with every address its host resolves to now
+/// Creates a subscription for `actor`, an admin whose domains include all the subscription's
+/// (a scoped admin must name them). New subscriptions start at the end of the outbox: they get
+/// events from now on. The URL must pass `policy`, with every address its host resolves to now
 /// (deliveries check again, each time).
 pub fn create(
     store: &dyn Store,
@@ -290,6 +297,12 @@ pub fn create(
     actor: &Actor,
     new: NewSubscription,
 ) -> Result<Subscription, WebhookError> {
+    let domains = new
+        .domains
+        .iter()
+        .map(|d| Domain::new(d.as_str()).map_err(|e| invalid("/domains", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    admin_over(actor, scope_of(&domains).as_ref())?;
     let url = new.url.trim();
     if url.len() > 2000 || url.contains(char::is_whitespace) {
         return Err(invalid(
@@ -312,11 +325,6 @@ pub fn create(
         .kinds
         .iter()
         .map(|k| Kind::new(k.as_str()).map_err(|e| invalid("/kinds", e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let domains = new
-        .domains
-        .iter()
-        .map(|d| Domain::new(d.as_str()).map_err(|e| invalid("/domains", e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let secret = match new.secret {
         Some(secret) if (16..=256).contains(&secret.len()) => secret,
@@ -358,6 +366,23 @@ pub fn list(store: &dyn Store) -> Result<Vec<Subscription>, WebhookError> {
         .collect()
 }
 
+/// The subscriptions `actor` may see: those whose domains lie within its own.
+pub fn list_visible(store: &dyn Store, actor: &Actor) -> Result<Vec<Subscription>, WebhookError> {
+    let mut all = list(store)?;
+    all.retain(|subscription| admin_sees(actor, scope_of(&subscription.domains).as_ref()));
+    Ok(all)
+}
+
+/// One subscription `actor` may see; one outside its domains is not found.
+fn visible(store: &dyn Store, actor: &Actor, id: &str) -> Result<Subscription, WebhookError> {
+    let subscription = get(store, id)?;
+    if admin_sees(actor, scope_of(&subscription.domains).as_ref()) {
+        Ok(subscription)
+    } else {
+        Err(WebhookError::NotFound(id.chars().take(64).collect()))
+    }
+}
+
 /// One subscription.
 pub fn get(store: &dyn Store, id: &str) -> Result<Subscription, WebhookError> {
     let bytes = store
@@ -366,9 +391,9 @@ pub fn get(store: &dyn Store, id: &str) -> Result<Subscription, WebhookError> {
     serde_json::from_slice(&bytes).map_err(|e| WebhookError::Store(corrupt("webhook", &e)))
 }
 
-/// Deletes a subscription and its delivery log.
-pub fn delete(store: &dyn Store, id: &str) -> Result<Subscription, WebhookError> {
-    let subscription = get(store, id)?;
+/// Deletes a subscription `actor` may see, and its delivery log.
+pub fn delete(store: &dyn Store, actor: &Actor, id: &str) -> Result<Subscription, WebhookError> {
+    let subscription = visible(store, actor, id)?;
     let mut keys: Vec<String> = store
         .settings(&format!("{DELIVERY_PREFIX}{id}/"))?
         .into_iter()
@@ -403,9 +428,13 @@ pub fn log_delivery(
     )
 }
 
-/// A subscription's delivery log, newest first.
-pub fn deliveries(store: &dyn Store, subscription: &str) -> Result<Vec<Delivery>, WebhookError> {
-    get(store, subscription)?;
+/// The delivery log of a subscription `actor` may see, newest first.
+pub fn deliveries(
+    store: &dyn Store,
+    actor: &Actor,
+    subscription: &str,
+) -> Result<Vec<Delivery>, WebhookError> {
+    visible(store, actor, subscription)?;
     let mut log: Vec<Delivery> = store
         .settings(&format!("{DELIVERY_PREFIX}{subscription}/"))?
         .iter()
@@ -419,13 +448,15 @@ pub fn deliveries(store: &dyn Store, subscription: &str) -> Result<Vec<Delivery>
 
 const REDELIVER_PREFIX: &str = "redeliver/";
 
-/// Queues an event for delivery again (the worker picks it up within a second).
+/// Queues an event for delivery again to a subscription `actor` may see (the worker picks it up
+/// within a second).
 pub fn request_redelivery(
     store: &dyn Store,
+    actor: &Actor,
     subscription: &str,
     event: u64,
 ) -> Result<(), WebhookError> {
-    get(store, subscription)?;
+    visible(store, actor, subscription)?;
     if store
         .events_after(event.saturating_sub(1), 1)?
         .first()

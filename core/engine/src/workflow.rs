@@ -25,6 +25,10 @@ pub struct Workflow {
     pub slug: String,
     /// Display name.
     pub name: String,
+    /// The workflow's own version, e.g. `2`; an import that replaces a module's template of
+    /// the same slug must give one, so a template is never overwritten by accident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Position among the eight USM workflows, for the templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
@@ -91,6 +95,13 @@ pub fn check(document: &WifDocument) -> Result<(), String> {
     }
     if workflow.name.trim().is_empty() || workflow.name.len() > 200 {
         return Err("/workflow/name: 1-200 characters".into());
+    }
+    if workflow
+        .version
+        .as_ref()
+        .is_some_and(|v| v.trim().is_empty() || v.len() > 64 || v.contains(char::is_control))
+    {
+        return Err("/workflow/version: 1-64 printable characters".into());
     }
     if workflow.steps.is_empty() || workflow.steps.len() > MAX_ITEMS {
         return Err(format!("/workflow/steps: 1 to {MAX_ITEMS} steps"));

@@ -53,14 +53,19 @@ pub enum ErrorCode {
     ModuleNotFound,
     /// The upload does not upgrade the installed module (same or older version).
     ModuleVersionConflict,
-    /// Removing or upgrading the module would drop a kind or state that records still use.
+    /// Removing or upgrading the module would drop a kind or state that records still use, or
+    /// the module is still enabled in some domains.
     ModuleInUse,
+    /// An import would replace a module's workflow template without naming a version.
+    WorkflowConflict,
     /// No workflow template with that slug.
     WorkflowNotFound,
     /// The request carries no valid token.
     Unauthorized,
     /// No token with that id.
     TokenNotFound,
+    /// Another token has that name; names are unique.
+    TokenNameTaken,
     /// Too many requests from this token; retry after the `Retry-After` seconds.
     RateLimited,
     /// No webhook subscription (or delivery) with that id.
@@ -109,9 +114,11 @@ impl ErrorCode {
             Self::ModuleNotFound => "module_not_found",
             Self::ModuleVersionConflict => "module_version_conflict",
             Self::ModuleInUse => "module_in_use",
+            Self::WorkflowConflict => "workflow_conflict",
             Self::WorkflowNotFound => "workflow_not_found",
             Self::Unauthorized => "unauthorized",
             Self::TokenNotFound => "token_not_found",
+            Self::TokenNameTaken => "token_name_taken",
             Self::RateLimited => "rate_limited",
             Self::WebhookNotFound => "webhook_not_found",
             Self::WebhookDestinationRefused => "webhook_destination_refused",

@@ -204,9 +204,14 @@ pub enum Role {
     Automation,
 }
 
-/// Who performs an operation: a principal name, its roles and the domains they apply in.
+/// Who performs an operation: the principal's id and name, its roles and the domains they
+/// apply in. A token's actor carries the token's id and its (unique) name; the server's own
+/// actors (`system`, `module:<id>`, `automation:<id>`) use their name as id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
+    /// The principal's stable identity: a token's id, or the name of a server actor.
+    #[serde(default)]
+    pub id: String,
     /// The principal's stable name, recorded in history (`created_by`, approvals, …).
     pub name: String,
     /// The roles this actor holds.
@@ -217,10 +222,12 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// An actor with the given name and roles, in every domain.
+    /// An actor with the given name (also its id) and roles, in every domain.
     pub fn new(name: impl Into<String>, roles: impl Into<Vec<Role>>) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            id: name.clone(),
+            name,
             roles: roles.into(),
             domains: None,
         }
@@ -231,6 +238,28 @@ impl Actor {
     pub fn in_domains(mut self, domains: impl IntoIterator<Item = Domain>) -> Self {
         self.domains = Some(domains.into_iter().collect());
         self
+    }
+
+    /// The same actor with the id of the token it authenticated with.
+    #[must_use]
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Whether the actor's roles apply in every domain (no domain restriction).
+    pub fn is_global(&self) -> bool {
+        self.domains.is_none()
+    }
+
+    /// Whether the actor's roles apply in every domain of `scope` (`None`: the whole server,
+    /// which only a global actor covers).
+    pub fn covers(&self, scope: Option<&std::collections::BTreeSet<Domain>>) -> bool {
+        match (&self.domains, scope) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(own), Some(scope)) => scope.is_subset(own),
+        }
     }
 
     /// Whether the actor holds `role`.

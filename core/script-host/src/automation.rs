@@ -14,7 +14,7 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use rhai::{AST, Dynamic, EvalAltResult, Map, Scope, module_resolvers::StaticModuleResolver};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use usm_engine::{Background, Engine, ListRequest, NewRecord, RecordPatch, kpis::KpiRequest};
+use usm_engine::{Background, Engine, ListRequest, NewRecord, RecordPatch, auth, kpis::KpiRequest};
 use usm_model::{Actor, Domain, EventType, Role};
 use usm_store::StoreError;
 
@@ -105,9 +105,12 @@ pub enum AutomationError {
     /// The definition is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// No such automation.
+    /// No such automation (or none the caller may see).
     #[error("no automation {0}")]
     NotFound(String),
+    /// The caller may not do this.
+    #[error(transparent)]
+    Forbidden(#[from] usm_engine::auth::Forbidden),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -363,9 +366,18 @@ impl Automations {
             .insert(compiled.spec.id.clone(), Arc::new(compiled));
     }
 
-    /// Defines (or replaces) an automation, compiled first; persisted.
-    pub fn define(&self, spec: AutomationSpec) -> Result<AutomationSpec, AutomationError> {
+    /// Defines (or replaces) an automation for `by`, an admin whose domains include all the
+    /// automation's (and all the replaced one's); compiled first; persisted.
+    pub fn define(
+        &self,
+        by: &Actor,
+        spec: AutomationSpec,
+    ) -> Result<AutomationSpec, AutomationError> {
         let compiled = self.compile(spec)?;
+        auth::admin_over(by, compiled.actor.domains.as_ref())?;
+        if let Ok(replaced) = self.get(&compiled.spec.id) {
+            auth::admin_over(by, replaced.actor.domains.as_ref())?;
+        }
         let encoded = serde_json::to_vec(&compiled.spec)
             .map_err(|e| AutomationError::Invalid(e.to_string()))?;
         self.usm.store().write_settings(
@@ -377,14 +389,29 @@ impl Automations {
         Ok(spec)
     }
 
-    /// The automations, by id.
-    pub fn list(&self) -> Vec<AutomationSpec> {
+    /// The automations `by` may see (those whose domains lie within its own), by id.
+    pub fn list(&self, by: &Actor) -> Vec<AutomationSpec> {
         self.compiled
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
+            .filter(|c| auth::admin_sees(by, c.actor.domains.as_ref()))
             .map(|c| c.spec.clone())
             .collect()
+    }
+
+    /// An automation `by` may see; one outside its domains is not found.
+    fn visible(&self, by: &Actor, id: &str) -> Result<Arc<Compiled>, AutomationError> {
+        self.get(id)
+            .ok()
+            .filter(|c| auth::admin_sees(by, c.actor.domains.as_ref()))
+            .ok_or_else(|| AutomationError::NotFound(id.chars().take(64).collect()))
+    }
+
+    /// Runs an automation `by` may see now, on its demand.
+    pub fn run_manually(&self, by: &Actor, id: &str) -> Result<RunLog, AutomationError> {
+        self.visible(by, id)?;
+        self.run(id, "manual", None)
     }
 
     fn get(&self, id: &str) -> Result<Arc<Compiled>, AutomationError> {
@@ -474,9 +501,9 @@ impl Automations {
         Ok(())
     }
 
-    /// The runs of an automation, newest first.
-    pub fn runs(&self, id: &str) -> Result<Vec<RunLog>, AutomationError> {
-        self.get(id)?;
+    /// The runs of an automation `by` may see, newest first.
+    pub fn runs(&self, by: &Actor, id: &str) -> Result<Vec<RunLog>, AutomationError> {
+        self.visible(by, id)?;
         let mut runs: Vec<RunLog> = self
             .usm
             .store()

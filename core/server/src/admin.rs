@@ -35,7 +35,7 @@ pub enum ModuleCommand {
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
     },
-    /// Remove a module.
+    /// Remove a module that is enabled nowhere (disable it first).
     Remove {
         /// The module id.
         id: String,

@@ -144,18 +144,22 @@ struct AutomationFile {
 pub fn define_automations(
     automations: &usm_script_host::automation::Automations,
 ) -> anyhow::Result<()> {
+    let system = usm_model::Actor::new("system", [usm_model::Role::Admin]);
     for (id, definition, script) in BUNDLED_AUTOMATIONS {
         let file: AutomationFile =
             toml::from_str(definition).map_err(|e| anyhow::anyhow!("automation {id}: {e}"))?;
         automations
-            .define(usm_script_host::automation::AutomationSpec {
-                id: (*id).to_owned(),
-                description: file.description,
-                trigger: file.trigger,
-                script: (*script).to_owned(),
-                domains: file.domains,
-                config: serde_json::from_value(serde_json::to_value(file.config)?)?,
-            })
+            .define(
+                &system,
+                usm_script_host::automation::AutomationSpec {
+                    id: (*id).to_owned(),
+                    description: file.description,
+                    trigger: file.trigger,
+                    script: (*script).to_owned(),
+                    domains: file.domains,
+                    config: serde_json::from_value(serde_json::to_value(file.config)?)?,
+                },
+            )
             .map_err(|e| anyhow::anyhow!("automation {id}: {e}"))?;
     }
     Ok(())

@@ -16,10 +16,8 @@ use actix_web::{HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use usm_api::{ApiConfig, HttpMetrics, RateLimiter, Services};
 use usm_engine::{
-    AfterStepWorker, Engine, Module, Registry, Runtimes, SlaWorker,
-    auth::{NewToken, Tokens},
-    retention::Pruner,
-    webhooks::WebhookPolicy,
+    AfterStepWorker, Engine, Module, Registry, Runtimes, SlaWorker, auth::Tokens,
+    retention::Pruner, webhooks::WebhookPolicy,
 };
 use usm_model::{Catalog, Domain};
 use usm_plugin_host::{PluginHost, PluginLimits};
@@ -303,16 +301,10 @@ pub fn webhook_policy(config: &Config) -> anyhow::Result<WebhookPolicy> {
 }
 
 /// Makes sure an admin can get in: the operator's chosen secret (config, `USM_ADMIN_TOKEN` or a
-/// file) becomes an admin token on first use; a fresh data directory without one gets a random
-/// admin token, returned to be shown once.
+/// file) becomes the bootstrap admin token (a changed secret replaces the earlier one); a fresh
+/// data directory without one gets a random admin token, returned to be shown once.
 fn bootstrap_admin(tokens: &Tokens, config: &Config) -> anyhow::Result<Option<String>> {
     let system = usm_model::Actor::new("system", [usm_model::Role::Admin]);
-    let admin = || NewToken {
-        name: "admin".into(),
-        roles: vec![usm_model::Role::Admin],
-        domains: None,
-        expires_at: None,
-    };
     let chosen = match (&config.admin_token, &config.admin_token_file) {
         (Some(secret), _) => Some(secret.trim().to_owned()),
         (None, Some(path)) => Some(
@@ -327,15 +319,15 @@ fn bootstrap_admin(tokens: &Tokens, config: &Config) -> anyhow::Result<Option<St
         Some(secret) => {
             if tokens.authenticate(&secret).is_err() {
                 tokens
-                    .create_with_secret(&system, admin(), &secret)
+                    .bootstrap(&system, Some(&secret))
                     .context("cannot create the admin token")?;
-                tracing::info!("admin token created from the configured secret");
+                tracing::info!("admin token set from the configured secret");
             }
             Ok(None)
         }
         None if tokens.is_empty() => {
-            let (_, secret) = tokens
-                .create(&system, admin())
+            let secret = tokens
+                .bootstrap(&system, None)
                 .context("cannot create the admin token")?;
             Ok(Some(secret))
         }
