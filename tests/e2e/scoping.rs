@@ -17,23 +17,37 @@ async fn upload(server: &TestServer, files: &ModuleFiles) -> Reply {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_names_are_unique_and_the_servers_own_cannot_be_minted() {
+async fn the_token_create_answer_has_each_member_once() {
     let server = TestServer::start().unwrap();
-    // The answer carries each member once (a repeated "id" key is invalid for strict parsers).
+    // A repeated "id" key is invalid for strict JSON parsers.
     let response = server
         .client()
         .post(format!("{}/api/v1/tokens", server.base))
-        .json(&json!({"name": "hana", "roles": ["admin"], "domains": ["hr"]}))
+        .json(&json!({"name": "ann", "roles": ["agent"]}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let text = response.text().await.unwrap();
     assert_eq!(text.matches("\"id\":").count(), 1, "{text}");
-    let created: Value = serde_json::from_str(&text).unwrap();
-    let hana_id = created["id"].as_str().unwrap().to_owned();
-    let hana = created["token"].as_str().unwrap().to_owned();
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn token_names_are_unique_and_the_servers_own_cannot_be_minted() {
+    let server = TestServer::start().unwrap();
+    let created = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "hana", "roles": ["admin"], "domains": ["hr"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let hana_id = created.body["id"].as_str().unwrap().to_owned();
+    let hana = created.body["token"].as_str().unwrap().to_owned();
+
+    // Each name is checked before failing, so a failure lists every name wrongly minted.
+    let mut wrong = Vec::new();
     let again = server
         .post(
             "/api/v1/tokens",
@@ -41,23 +55,26 @@ async fn token_names_are_unique_and_the_servers_own_cannot_be_minted() {
         )
         .await
         .unwrap();
-    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
-    assert_eq!(again.body["code"], "token_name_taken");
-    assert_eq!(again.body["field"], "/name");
-
+    if (again.status, &again.body["code"], &again.body["field"])
+        != (
+            StatusCode::CONFLICT,
+            &json!("token_name_taken"),
+            &json!("/name"),
+        )
+    {
+        wrong.push(format!("a second hana: {} {}", again.status, again.body));
+    }
     for name in ["system", "admin", "module:itil4", "automation:escalate"] {
         let reserved = server
             .post("/api/v1/tokens", &json!({"name": name, "roles": ["agent"]}))
             .await
             .unwrap();
-        assert_eq!(
-            reserved.status,
-            StatusCode::BAD_REQUEST,
-            "{name}: {}",
-            reserved.body
-        );
-        assert_eq!(reserved.body["field"], "/name", "{name}");
+        if (reserved.status, &reserved.body["field"]) != (StatusCode::BAD_REQUEST, &json!("/name"))
+        {
+            wrong.push(format!("{name}: {} {}", reserved.status, reserved.body));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
     // An actor is its token: the audit names the token's id beside its name.
     let minted = server
@@ -320,6 +337,36 @@ async fn catalog_additions_exist_only_where_the_module_is_enabled() {
         "{}",
         disable.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_enabled_somewhere_is_disabled_before_it_is_removed() {
+    let server = TestServer::start().unwrap();
+    upload(&server, &abandon_module()).await;
+    let domains = json!({"domains": ["hr", "facilities"]});
+    let enabled = server
+        .post("/api/v1/modules/abandon/enable", &domains)
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    let remove = || server.call(Method::DELETE, "/api/v1/modules/abandon", None, &[]);
+    let refused = remove().await.unwrap();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.body["code"], "module_in_use");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("enabled in facilities, hr"),
+        "{}",
+        refused.body
+    );
+    let disabled = server
+        .post("/api/v1/modules/abandon/disable", &domains)
+        .await
+        .unwrap();
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
+    assert_eq!(remove().await.unwrap().status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread")]

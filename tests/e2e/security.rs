@@ -497,20 +497,24 @@ async fn the_role_endpoint_domain_matrix() {
         },
     ];
     let tokens = [&agent_it, &automation_it, &requester, &admin_hr];
+    // Every cell is checked before failing, so a failure lists all the wrong cells.
+    let mut wrong = Vec::new();
     for case in cases.iter().chain(&scoped_admin_cases) {
-        for (token, expect) in tokens.iter().zip(case.expect) {
+        for (column, (token, expect)) in tokens.iter().zip(case.expect).enumerate() {
             let body = (!case.body.is_null()).then_some(&case.body);
             let reply = server
                 .call_as(Some(token), case.method.clone(), &case.path, body)
                 .await
                 .unwrap();
-            assert_eq!(
-                reply.status, expect,
-                "{} {} as {token}: {}",
-                case.method, case.path, reply.body
-            );
+            if reply.status != expect {
+                wrong.push(format!(
+                    "{} {} as column {column}: {} instead of {expect}: {}",
+                    case.method, case.path, reply.status, reply.body
+                ));
+            }
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Requesters may cancel their own record through its lifecycle, not someone else's.
     let cancel = |id: &'static str| {
         let requester = requester.clone();
