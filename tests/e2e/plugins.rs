@@ -70,9 +70,12 @@ fn the_deadline_is_obeyed_and_enforced() {
         run(&step, incident(json!({"spin": 1000}))).unwrap(),
         StepOutput::Continue
     );
-    assert_eq!(
-        run(&step, incident(json!({}))).unwrap_err(),
-        StepError::Timeout(50)
+    // The loop ends on its CPU budget; on a machine so loaded that the thread gets under a
+    // twentieth of a core, the wall-clock backstop ends it first. Either way it ends.
+    let ended = run(&step, incident(json!({}))).unwrap_err();
+    assert!(
+        matches!(ended, StepError::Timeout(50) | StepError::Stalled(_)),
+        "{ended:?}"
     );
     // The instance is fresh for every call: a timeout leaves nothing behind.
     assert_eq!(

@@ -608,71 +608,32 @@ impl AutomationWorker {
     }
 }
 
-/// A five-field cron expression.
+/// A five-field cron expression in UTC, parsed and matched by `croner` (vixie-cron rules: a
+/// restricted day of month and day of week match when either does).
 #[derive(Debug, Clone)]
-struct Cron {
-    fields: [Vec<u8>; 5],
-}
+struct Cron(croner::Cron);
 
 impl Cron {
     fn parse(text: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = text.split_whitespace().collect();
-        let [minute, hour, day, month, weekday] = parts[..] else {
-            return Err(format!(
-                "schedule {text:?}: five fields (minute hour day month weekday)"
-            ));
-        };
-        let field = |spec: &str, low: u8, high: u8| -> Result<Vec<u8>, String> {
-            let mut values = Vec::new();
-            for part in spec.split(',') {
-                let (range, step) = match part.split_once('/') {
-                    Some((range, step)) => (
-                        range,
-                        step.parse::<u8>()
-                            .map_err(|_| format!("bad step in {part:?}"))?,
-                    ),
-                    None => (part, 1),
-                };
-                let (from, to) = match range {
-                    "*" => (low, high),
-                    _ => match range.split_once('-') {
-                        Some((a, b)) => (
-                            a.parse().map_err(|_| format!("bad range {part:?}"))?,
-                            b.parse().map_err(|_| format!("bad range {part:?}"))?,
-                        ),
-                        None => {
-                            let v = range.parse().map_err(|_| format!("bad value {part:?}"))?;
-                            (v, v)
-                        }
-                    },
-                };
-                if from < low || to > high || from > to || step == 0 {
-                    return Err(format!("{part:?} is outside {low}-{high}"));
-                }
-                values.extend((from..=to).step_by(usize::from(step)));
-            }
-            Ok(values)
-        };
-        Ok(Self {
-            fields: [
-                field(minute, 0, 59)?,
-                field(hour, 0, 23)?,
-                field(day, 1, 31)?,
-                field(month, 1, 12)?,
-                field(weekday, 0, 7)?,
-            ],
-        })
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(text)
+            .map(Self)
+            .map_err(|error| format!("schedule {text:?}: {error}"))
     }
 
+    /// Whether the minute `at` falls in is one of the schedule's.
     fn matches(&self, at: DateTime) -> bool {
-        let weekday = u8::try_from(at.weekday().to_sunday_zero_offset()).unwrap_or(0);
-        let [minute, hour, day, month, weekdays] = &self.fields;
-        let has = |set: &Vec<u8>, v: i8| u8::try_from(v).is_ok_and(|v| set.contains(&v));
-        has(minute, at.minute())
-            && has(hour, at.hour())
-            && has(day, at.day())
-            && has(month, at.month())
-            && (weekdays.contains(&weekday) || (weekday == 0 && weekdays.contains(&7)))
+        // croner speaks jiff 0.2; the civil minute crosses over field by field.
+        let minute = jiff_croner::civil::date(at.year(), at.month(), at.day()).at(
+            at.hour(),
+            at.minute(),
+            0,
+            0,
+        );
+        self.0.is_time_matching(&minute).unwrap_or(false)
     }
 }
 
@@ -699,5 +660,23 @@ mod cron_tests {
         assert!(!every_quarter.matches(date(2026, 1, 1).at(3, 46, 0, 0)));
         assert!(Cron::parse("* * *").is_err());
         assert!(Cron::parse("61 * * * *").is_err());
+        assert!(
+            Cron::parse("0 * * * * *").is_err(),
+            "seconds are not a cron field here"
+        );
+        // Day of month and day of week restricted together: either matches (vixie cron).
+        let first_or_monday = Cron::parse("0 9 1 * 1").unwrap();
+        assert!(
+            first_or_monday.matches(date(2026, 12, 1).at(9, 0, 0, 0)),
+            "the 1st, a Tuesday"
+        );
+        assert!(
+            first_or_monday.matches(date(2026, 12, 7).at(9, 0, 0, 0)),
+            "a Monday"
+        );
+        assert!(!first_or_monday.matches(date(2026, 12, 8).at(9, 0, 0, 0)));
+        let named = Cron::parse("30 6 * JAN-MAR MON-FRI").unwrap();
+        assert!(named.matches(date(2026, 2, 2).at(6, 30, 0, 0)));
+        assert!(!named.matches(date(2026, 4, 1).at(6, 30, 0, 0)));
     }
 }
