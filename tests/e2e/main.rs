@@ -8,6 +8,7 @@ mod bad_input;
 mod catalog;
 mod cli;
 mod concurrency;
+mod controls;
 mod crash;
 mod crash_cycles;
 mod frameworks;

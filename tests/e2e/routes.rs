@@ -16,6 +16,7 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/records/{id}/history"),
     ("GET", "/api/v1/records/{id}/approvals"),
     ("POST", "/api/v1/records/{id}/approvals"),
+    ("POST", "/api/v1/records/{id}/confirmation"),
     ("GET", "/api/v1/pipelines"),
     ("GET", "/api/v1/kinds"),
     ("GET", "/api/v1/kpis"),

@@ -393,3 +393,53 @@ async fn an_import_replaces_a_template_only_with_a_version() {
     assert_eq!(now["workflow"]["name"], "Our incident flow");
     assert_eq!(now["workflow"]["version"], "2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_admin_sees_modules_only_in_its_own_domains() {
+    let server = TestServer::start_with(|config| config.bundled_modules = true).unwrap();
+    let global = server.get("/api/v1/modules/usm-core").await.unwrap();
+    assert_eq!(global.status, StatusCode::OK, "{}", global.body);
+    let everywhere = global.body["domains"].as_array().unwrap().clone();
+    assert!(
+        everywhere.len() > 1,
+        "usm-core is enabled in several domains: {everywhere:?}"
+    );
+    let hana = server
+        .token("hana", &["admin"], Some(&["hr"]))
+        .await
+        .unwrap();
+    let listed = server
+        .call_as(Some(&hana), Method::GET, "/api/v1/modules", None)
+        .await
+        .unwrap();
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let mut wrong = Vec::new();
+    for module in listed.body["modules"].as_array().unwrap() {
+        let domains = module["domains"].as_array().unwrap();
+        if domains.iter().any(|d| d != "hr") {
+            wrong.push(format!("{} shows {domains:?}", module["id"]));
+        }
+        if domains.is_empty() && module["status"] != "installed" {
+            wrong.push(format!(
+                "{} is {} with no hr domain",
+                module["id"], module["status"]
+            ));
+        }
+        let one = server
+            .call_as(
+                Some(&hana),
+                Method::GET,
+                &format!("/api/v1/modules/{}", module["id"].as_str().unwrap()),
+                None,
+            )
+            .await
+            .unwrap();
+        if one.body["domains"] != module["domains"] {
+            wrong.push(format!(
+                "{} alone shows {}",
+                module["id"], one.body["domains"]
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

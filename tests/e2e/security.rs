@@ -451,13 +451,14 @@ async fn the_role_endpoint_domain_matrix() {
             method: Method::POST,
             path: "/api/v1/records/REQ-1/approvals".into(),
             body: json!({"decision": "approve"}),
-            expect: [S::CREATED, S::CREATED, S::NOT_FOUND, S::NOT_FOUND],
+            // Automations do not approve.
+            expect: [S::CREATED, S::FORBIDDEN, S::NOT_FOUND, S::NOT_FOUND],
         },
         Case {
             method: Method::POST,
             path: "/api/v1/records/REQ-2/approvals".into(),
             body: json!({"decision": "approve"}),
-            expect: [S::CREATED, S::CREATED, S::FORBIDDEN, S::NOT_FOUND],
+            expect: [S::CREATED, S::FORBIDDEN, S::FORBIDDEN, S::NOT_FOUND],
         },
         Case {
             method: Method::GET,
@@ -686,6 +687,41 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
             .unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_public_routes_are_charged_to_the_callers_address() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 5;
+        config.public_health = true;
+    })
+    .unwrap();
+    let mut statuses = Vec::new();
+    for path in ["/healthz", "/openapi.json"].iter().cycle().take(20) {
+        let reply = server.call_as(None, Method::GET, path, None).await.unwrap();
+        statuses.push((path, reply.status, reply.body["code"].clone()));
+    }
+    assert!(
+        statuses[..4]
+            .iter()
+            .all(|(_, status, _)| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    // Twenty requests at one a second with a burst of five: unless they took fifteen seconds,
+    // some were refused.
+    assert!(
+        statuses
+            .iter()
+            .any(|(_, status, code)| *status == StatusCode::TOO_MANY_REQUESTS
+                && code == "rate_limited"),
+        "{statuses:?}"
+    );
+    // A principal's own budget is untouched by the anonymous traffic from the same address.
+    assert_eq!(
+        server.get("/api/v1/records").await.unwrap().status,
+        StatusCode::OK
+    );
 }
 
 /// `/metrics` as text, sent with `token`.

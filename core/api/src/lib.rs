@@ -92,6 +92,7 @@ pub struct Services {
         records::record_history,
         records::create_approval,
         records::list_approvals,
+        records::confirm_resolution,
         pipelines,
         kinds,
         modules::list_modules,
@@ -226,12 +227,15 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz(services: web::Data<Services>, request: actix_web::HttpRequest) -> HttpResponse {
     use actix_web::{FromRequest as _, ResponseError as _};
-    if !services.config.public_health
-        && let Err(error) = principal::Principal::extract(&request).await
-    {
-        return error.error_response();
+    let allowed = if services.config.public_health {
+        principal::limit_address(&services, &request)
+    } else {
+        principal::Principal::extract(&request).await.map(drop)
+    };
+    match allowed {
+        Ok(()) => HttpResponse::Ok().json(Health { status: "ok" }),
+        Err(error) => error.error_response(),
     }
-    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// The composed pipelines in force.
@@ -314,8 +318,22 @@ async fn kinds(
     Ok(HttpResponse::Ok().json(KindList { kinds }))
 }
 
-async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+async fn openapi_json(
+    services: web::Data<Services>,
+    request: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    // Public, so built once and charged to the caller's address like any anonymous request.
+    static DOCUMENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    principal::limit_address(&services, &request)?;
+    let document = DOCUMENT.get_or_init(|| {
+        serde_json::to_vec(&ApiDoc::openapi()).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot serialise the OpenAPI document");
+            Vec::new()
+        })
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(document.clone()))
 }
 
 async fn route_not_found(request: actix_web::HttpRequest) -> HttpResponse {
@@ -425,6 +443,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     resource("/records/{id}/approvals")
                         .route(web::post().to(records::create_approval))
                         .route(web::get().to(records::list_approvals)),
+                )
+                .service(
+                    resource("/records/{id}/confirmation")
+                        .route(web::post().to(records::confirm_resolution)),
                 ),
         );
 }

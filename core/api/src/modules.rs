@@ -68,10 +68,24 @@ pub struct DomainsRequest {
 
 /// Lists installed modules with their version, framework, status and domains.
 #[utoipa::path(get, path = "/api/v1/modules", tag = "modules", responses((status = 200, body = ModuleList)))]
-pub async fn list_modules(services: web::Data<Services>, _admin: Admin) -> HttpResponse {
-    HttpResponse::Ok().json(ModuleList {
-        modules: services.registry.list(),
-    })
+pub async fn list_modules(services: web::Data<Services>, admin: Admin) -> HttpResponse {
+    let modules = services
+        .registry
+        .list()
+        .into_iter()
+        .map(|module| scoped(module, &admin.0))
+        .collect();
+    HttpResponse::Ok().json(ModuleList { modules })
+}
+
+/// A module as an admin sees it: the domains it is enabled in, among the admin's own, so a
+/// domain admin learns nothing about the others' set-up.
+fn scoped(mut module: ModuleInfo, admin: &usm_model::Actor) -> ModuleInfo {
+    module.domains.retain(|domain| admin.in_domain(domain));
+    if module.domains.is_empty() {
+        module.status = "installed";
+    }
+    module
 }
 
 /// Shows one installed module.
@@ -80,10 +94,10 @@ pub async fn list_modules(services: web::Data<Services>, _admin: Admin) -> HttpR
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_module(
     services: web::Data<Services>,
-    _admin: Admin,
+    admin: Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(services.registry.get(&id)?))
+    Ok(HttpResponse::Ok().json(scoped(services.registry.get(&id)?, &admin.0)))
 }
 
 /// Installs a module from a `.tar.gz` bundle (the body), or upgrades the installed module of

@@ -14,6 +14,22 @@ use usm_model::{Actor, ErrorCode, Role};
 
 use crate::{Services, problem::ApiError};
 
+/// Charges a request without a principal to its peer address: unauthenticated requests, and
+/// the public routes, share one budget per address.
+pub fn limit_address(services: &Services, request: &HttpRequest) -> Result<(), ApiError> {
+    let address = request
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    match services.rate_limiter.check(&format!("\0address {address}")) {
+        None => Ok(()),
+        Some(retry_after) => Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!("{address} sent too many unauthenticated requests; retry in {retry_after} s"),
+        )
+        .with_header("Retry-After", retry_after.to_string())),
+    }
+}
+
 /// The authenticated caller of a request.
 pub struct Principal(pub Actor);
 
@@ -40,21 +56,10 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
         };
         result.map_err(|error| {
             // Guessing tokens costs the guesser's address, not a principal's budget.
-            let address = request
-                .peer_addr()
-                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
-            if let Some(retry_after) = services.rate_limiter.check(&format!("\0address {address}"))
-            {
-                return ApiError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "{address} sent too many unauthenticated requests; retry in {retry_after} s"
-                    ),
-                )
-                .with_header("Retry-After", retry_after.to_string());
-            }
-            ApiError::new(ErrorCode::Unauthorized, error.to_string())
-                .with_header("WWW-Authenticate", "Bearer realm=\"usm\"")
+            limit_address(services, request).err().unwrap_or_else(|| {
+                ApiError::new(ErrorCode::Unauthorized, error.to_string())
+                    .with_header("WWW-Authenticate", "Bearer realm=\"usm\"")
+            })
         })?
     } else {
         Actor::new("anonymous", [Role::Admin])

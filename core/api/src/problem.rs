@@ -45,6 +45,10 @@ pub struct Problem {
     /// The rejecting step's own reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who writes the field, for `field_not_writable`: `requester`, `agent`, `module:<id>` or
+    /// `system`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The HTTP status of each error code.
@@ -61,6 +65,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::IdempotencyKeyReused
         | C::StepRejected
         | C::ModuleInvalid
+        | C::FieldNotWritable
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict | C::ModuleInUse | C::WorkflowConflict | C::TokenNameTaken => {
             StatusCode::CONFLICT
@@ -72,7 +77,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::AutomationNotFound => StatusCode::NOT_FOUND,
         C::Unauthorized => StatusCode::UNAUTHORIZED,
         C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        C::IllegalTransition | C::RecordInactive | C::WriteConflict => StatusCode::CONFLICT,
+        C::IllegalTransition
+        | C::RecordInactive
+        | C::WriteConflict
+        | C::ConfirmationNotExpected => StatusCode::CONFLICT,
         C::TransitionForbidden | C::Forbidden => StatusCode::FORBIDDEN,
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -112,6 +120,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleVersionConflict => "Not a newer version of the installed module",
         C::ModuleInUse => "The module is in use",
         C::WorkflowConflict => "The workflow would replace a module's template",
+        C::FieldNotWritable => "The field is not the caller's to write",
+        C::ConfirmationNotExpected => "The record is not waiting for a confirmation",
         C::WorkflowNotFound => "Workflow not found",
         C::Unauthorized => "Authentication required",
         C::TokenNotFound => "Token not found",
@@ -148,6 +158,7 @@ impl ApiError {
                 module: None,
                 step: None,
                 reason: None,
+                owner: None,
             }),
             Vec::new(),
         )
@@ -223,6 +234,7 @@ impl From<EngineError> for ApiError {
                 api.0.module = Some(module);
                 api.0.step = Some(step);
             }
+            EngineError::FieldNotWritable { owner, .. } => api.0.owner = Some(owner.to_string()),
             _ => {}
         }
         api

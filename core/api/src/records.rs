@@ -290,8 +290,8 @@ pub struct ApprovalRequest {
 pub struct ApprovalList {
     /// The record.
     pub record_id: String,
-    /// Approvals, oldest first.
-    pub approvals: Vec<Approval>,
+    /// Approvals, oldest first, each with whether it still holds (`current`).
+    pub approvals: Vec<usm_engine::controls::ApprovalStatus>,
 }
 
 /// Records an approval decision by the caller.
@@ -343,6 +343,45 @@ pub async fn list_approvals(
         record_id,
         approvals,
     }))
+}
+
+/// The requester's answer to a resolution.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationRequest {
+    /// `true` accepts the resolution and closes the record; `false` rejects it and reopens it.
+    pub accept: bool,
+    /// Why, in the requester's words.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// The record's requester confirms or rejects its resolution. Accepting closes the record and
+/// sets `customer_confirmed`; rejecting reopens it and clears the resolution.
+#[utoipa::path(
+    post, path = "/api/v1/records/{id}/confirmation", tag = "records",
+    request_body = ConfirmationRequest,
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = Record, headers(("ETag" = String, description = "The record's new version"))),
+        (status = 403, description = "The caller is not the record's requester", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is not waiting for a confirmation", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A pipeline step refused the answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm_resolution(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    body: web::Json<ConfirmationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let ConfirmationRequest { accept, comment } = body.into_inner();
+    let record = blocking(move || engine.confirm(&actor, &id, accept, comment)).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(record.version)))
+        .json(record))
 }
 
 /// Query parameters of the KPIs.

@@ -1,4 +1,4 @@
-use usm_model::{ErrorCode, FieldError, RecordId, Role, State};
+use usm_model::{ErrorCode, FieldError, RecordId, Role, State, Writer};
 use usm_store::StoreError;
 
 /// Why an engine operation was refused or failed.
@@ -30,6 +30,24 @@ pub enum EngineError {
         field: String,
         /// What is wrong.
         message: String,
+    },
+    /// The caller may not write the field.
+    #[error("{field} is not yours to write: {}", who_writes(.owner))]
+    FieldNotWritable {
+        /// JSON pointer of the field, e.g. `/fields/priority`.
+        field: String,
+        /// Who writes it.
+        owner: Writer,
+    },
+    /// The record is not in the state where its requester answers a resolution.
+    #[error("{id} is {state}; a resolution is confirmed or rejected only in {expected}")]
+    ConfirmationNotExpected {
+        /// The record.
+        id: RecordId,
+        /// Its state.
+        state: State,
+        /// Where confirmations are taken, if the kind takes them at all.
+        expected: String,
     },
     /// The state is not part of the kind's lifecycle.
     #[error("{state} is not a state of {kind}; states: {}", .states.iter().map(State::as_str).collect::<Vec<_>>().join(", "))]
@@ -170,6 +188,8 @@ impl EngineError {
             Self::NotFound(_) => ErrorCode::RecordNotFound,
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
             Self::InvalidFields { .. } => ErrorCode::InvalidFields,
+            Self::FieldNotWritable { .. } => ErrorCode::FieldNotWritable,
+            Self::ConfirmationNotExpected { .. } => ErrorCode::ConfirmationNotExpected,
             Self::InvalidInput { .. } => ErrorCode::InvalidInput,
             Self::UnknownState { .. } => ErrorCode::UnknownState,
             Self::IllegalTransition { .. } => ErrorCode::IllegalTransition,
@@ -198,9 +218,9 @@ impl EngineError {
         match self {
             Self::UnknownKind { .. } => Some("/kind".into()),
             Self::InvalidFields { errors, .. } => errors.first().map(|e| e.field.clone()),
-            Self::InvalidInput { field, .. } | Self::UnknownLinkTarget { field, .. } => {
-                Some(field.clone())
-            }
+            Self::InvalidInput { field, .. }
+            | Self::UnknownLinkTarget { field, .. }
+            | Self::FieldNotWritable { field, .. } => Some(field.clone()),
             Self::UnknownState { .. } => Some("/to".into()),
             Self::BadCursor(_) => Some("cursor".into()),
             _ => None,
@@ -226,5 +246,16 @@ impl EngineError {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+fn who_writes(owner: &Writer) -> String {
+    match owner {
+        Writer::Requester => {
+            "a requester sets it only when creating a record; agents write it after".into()
+        }
+        Writer::Agent => "agents, automations and admins write it".into(),
+        Writer::Module(id) => format!("only the steps of module {id} write it"),
+        Writer::System => "the server derives it; no client writes it".into(),
     }
 }

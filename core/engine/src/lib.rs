@@ -13,6 +13,7 @@ mod background;
 pub mod budget;
 pub mod bundle;
 mod catalogs;
+pub mod controls;
 mod cursor;
 mod error;
 pub mod kpis;
@@ -409,6 +410,12 @@ impl Engine {
             .transpose()?;
         let title = self.title(&new.title)?;
         self.check_links(actor, &new.links, None)?;
+        let write = controls::ClientWrite {
+            actor,
+            before: None,
+            domain_admin: false,
+        };
+        controls::check_client(def, &write, &new.fields)?;
         let fields = valid_fields(&catalog, def, new.fields)?;
         let now = Timestamp::now();
         let record = Record {
@@ -446,6 +453,7 @@ impl Engine {
             approval: None,
             steps,
             cause,
+            stale_approvals: Vec::new(),
         };
         let write = Write {
             record,
@@ -536,6 +544,15 @@ impl Engine {
                 self.check_size(&next.fields)?;
                 let catalog = self.catalog_in(&current.domain);
                 let def = kind_def(&catalog, current.kind.as_str())?;
+                let write = controls::ClientWrite {
+                    actor,
+                    before: Some(&current.fields),
+                    domain_admin: auth::admin_sees(
+                        actor,
+                        Some(&std::collections::BTreeSet::from([current.domain.clone()])),
+                    ),
+                };
+                controls::check_client(def, &write, &next.fields)?;
                 next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
             }
             Ok(Proposal {
@@ -606,9 +623,78 @@ impl Engine {
                 })?;
             let mut next = current.clone();
             next.state = target;
+            controls::on_transition(def, actor, current, &mut next);
             let context = serde_json::json!({"transition": {
                 "from": current.state, "to": next.state, "comment": comment,
             }});
+            Ok(Proposal {
+                record: next,
+                comment: comment.clone(),
+                approval: None,
+                context,
+            })
+        })
+        .map(|committed| committed.record)
+    }
+
+    /// The requester's answer to a resolution: accepting closes the record (and records the
+    /// confirmation), rejecting reopens it (and clears the resolution). Only the record's
+    /// requester answers, and only while the record waits in its kind's resolved state.
+    #[instrument(skip_all, fields(record = %id, accept))]
+    pub fn confirm(
+        &self,
+        actor: &Actor,
+        id: &str,
+        accept: bool,
+        comment: Option<String>,
+    ) -> Result<Record, EngineError> {
+        let comment = self.comment(comment)?;
+        let target = WriteTarget {
+            id,
+            if_match: None,
+            action: Action::Transition,
+            cause: None,
+        };
+        self.write(actor, target, |current| {
+            let catalog = self.catalog_in(&current.domain);
+            let def = kind_def(&catalog, current.kind.as_str())?;
+            let Some(confirmation) = &def.confirmation else {
+                return Err(EngineError::ConfirmationNotExpected {
+                    id: current.id.clone(),
+                    state: current.state.clone(),
+                    expected: format!("no state: {} takes no confirmations", def.name),
+                });
+            };
+            let requester = controls::requester_of(current);
+            if requester != actor.name {
+                return Err(EngineError::Forbidden(format!(
+                    "only {}'s requester, {requester}, confirms or rejects its resolution",
+                    current.id
+                )));
+            }
+            if current.state != confirmation.state {
+                return Err(EngineError::ConfirmationNotExpected {
+                    id: current.id.clone(),
+                    state: current.state.clone(),
+                    expected: confirmation.state.to_string(),
+                });
+            }
+            let to = if accept {
+                &confirmation.accept
+            } else {
+                &confirmation.reject
+            };
+            let mut next = current.clone();
+            next.state = to.clone();
+            controls::on_transition(def, actor, current, &mut next);
+            if accept {
+                next.fields
+                    .insert("customer_confirmed".into(), Value::Bool(true));
+            }
+            let context = serde_json::json!({
+                "transition": {"from": current.state, "to": next.state, "comment": comment},
+                "confirmation": {"accept": accept},
+            });
             Ok(Proposal {
                 record: next,
                 comment: comment.clone(),
@@ -638,9 +724,9 @@ impl Engine {
         let committed = self.write(actor, target, |current| {
             // Checked once the record is known to be visible: a record the actor cannot see is
             // not found, whatever the role.
-            if !actor.works_records() {
+            if !(actor.has_role(usm_model::Role::Agent) || actor.has_role(usm_model::Role::Admin)) {
                 return Err(EngineError::Forbidden(
-                    "approvals need the agent, automation or admin role".into(),
+                    "an approval is a person's decision: it needs the agent or admin role, and automations do not approve".into(),
                 ));
             }
             let catalog = self.catalog_in(&current.domain);
@@ -664,6 +750,7 @@ impl Engine {
                 at: Timestamp::now(),
                 state: current.state.clone(),
                 record_version: 0,
+                content: controls::material_digest(def, current),
             };
             let context = serde_json::json!({"approval": approval});
             Ok(Proposal {
@@ -683,9 +770,25 @@ impl Engine {
     }
 
     /// The approvals of a record, oldest first.
-    pub fn approvals(&self, actor: &Actor, id: &str) -> Result<Vec<Approval>, EngineError> {
+    pub fn approvals(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<Vec<controls::ApprovalStatus>, EngineError> {
         let record = self.get(actor, id)?;
-        Ok(self.store.approvals(&record.id)?)
+        let catalog = self.catalog_in(&record.domain);
+        let digest = kind_def(&catalog, record.kind.as_str())
+            .ok()
+            .and_then(|def| controls::material_digest(def, &record));
+        Ok(self
+            .store
+            .approvals(&record.id)?
+            .into_iter()
+            .map(|approval| controls::ApprovalStatus {
+                current: controls::is_current(&approval, digest.as_ref()),
+                approval,
+            })
+            .collect())
     }
 
     /// The history of a record after version `after`, oldest first.
@@ -815,6 +918,7 @@ impl Engine {
                 context,
                 cause.is_none(),
             )?;
+            let stale_approvals = self.staled_approvals(&current, &record)?;
             let history = HistoryEntry {
                 version: current.version + 1,
                 at: now,
@@ -825,6 +929,7 @@ impl Engine {
                 approval,
                 steps,
                 cause: cause.clone(),
+                stale_approvals,
             };
             let write = Write {
                 record,
@@ -851,13 +956,47 @@ impl Engine {
         })
     }
 
+    /// The approvals that held for `current` and no longer hold for `next`: a material field
+    /// changed under them.
+    fn staled_approvals(&self, current: &Record, next: &Record) -> Result<Vec<u64>, EngineError> {
+        let catalog = self.catalog_in(&current.domain);
+        let Ok(def) = kind_def(&catalog, current.kind.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let before = controls::material_digest(def, current);
+        let after = controls::material_digest(def, next);
+        if before == after {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .store
+            .approvals(&current.id)?
+            .into_iter()
+            .filter(|a| a.content.is_some() && a.content == before)
+            .map(|a| a.seq)
+            .collect())
+    }
+
     /// Adds what rules about transitions and approvals need to see: the record's approvals so
-    /// far, and the records linking to it (`children`, with whether each is still active).
+    /// far, each with whether it still holds (`current`), and the records linking to it
+    /// (`children`, with whether each is still active).
     fn add_relations(&self, current: &Record, context: &mut Value) -> Result<(), EngineError> {
         /// Most linking records handed to steps.
         const MAX_CHILDREN: usize = 200;
-        let approvals = self.store.approvals(&current.id)?;
         let catalogs = self.catalogs();
+        let digest = catalogs
+            .domain(&current.domain)
+            .get(&current.kind)
+            .and_then(|def| controls::material_digest(def, current));
+        let approvals: Vec<controls::ApprovalStatus> = self
+            .store
+            .approvals(&current.id)?
+            .into_iter()
+            .map(|approval| controls::ApprovalStatus {
+                current: controls::is_current(&approval, digest.as_ref()),
+                approval,
+            })
+            .collect();
         let mut children = Vec::new();
         for (rel, source) in self
             .store
@@ -919,11 +1058,12 @@ impl Engine {
             max_patch_depth: self.config.limits.max_patch_depth,
             breaker: &self.config.breaker,
         }
-        .run(proposed, |mut candidate| {
+        .run(proposed, |module, before, mut candidate| {
             candidate.title = self.title(&candidate.title)?;
             self.check_links(actor, &candidate.links, previous)?;
             let catalog = self.catalog_in(&candidate.domain);
             let def = kind_def(&catalog, candidate.kind.as_str())?;
+            controls::check_step(def, module, &before.fields, &candidate.fields)?;
             candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;
             Ok(candidate)
         })

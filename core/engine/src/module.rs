@@ -8,8 +8,8 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use usm_model::{
-    CatalogAdditions, Kind, KindDef, Lifecycle, Process, Role, State, StateAddition, StateCategory,
-    StateDef, TransitionDef, WORKERS, kind_schema,
+    CatalogAdditions, FieldPolicies, Kind, KindDef, Lifecycle, Process, Role, State, StateAddition,
+    StateCategory, StateDef, TransitionDef, WORKERS, Writer, kind_schema,
 };
 
 use crate::{
@@ -109,14 +109,24 @@ impl TransitionDecl {
     }
 }
 
-/// Typed fields added to a kind (`[[fields]]`).
+/// Typed fields added to a kind, and who writes them (`[[fields]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldsDecl {
     /// The kind (of the core or added by a module).
     pub kind: Kind,
     /// Field properties, name → JSON Schema; a field the kind already types must match.
+    #[serde(default)]
     pub properties: toml::Table,
+    /// Fields only this module's steps write; a client writing one gets `field_not_writable`.
+    #[serde(default)]
+    pub owns: Vec<String>,
+    /// Fields a requester may set when creating a record (others are agents' to write).
+    #[serde(default)]
+    pub requester: Vec<String>,
+    /// Fields (or `title`) an approval is bound to: editing one makes earlier approvals stale.
+    #[serde(default)]
+    pub material: Vec<String>,
 }
 
 /// A lifecycle state added to a kind (`[[states]]`).
@@ -451,13 +461,27 @@ fn catalog_additions(manifest: &Manifest) -> Result<CatalogAdditions, ModuleErro
             process: decl.process,
             schema: kind_schema(json_properties(&decl.fields, key("fields"))?),
             lifecycle,
+            writers: BTreeMap::from([("requester".to_owned(), Writer::System)]),
+            material: Vec::new(),
+            actor_fields: BTreeMap::new(),
+            confirmation: None,
         });
     }
     for (index, decl) in manifest.fields.iter().enumerate() {
         let key = format!("module.toml: fields[{index}].properties");
-        additions
-            .fields
-            .push((decl.kind.clone(), json_properties(&decl.properties, key)?));
+        if !decl.properties.is_empty() {
+            additions
+                .fields
+                .push((decl.kind.clone(), json_properties(&decl.properties, key)?));
+        }
+        if !(decl.owns.is_empty() && decl.requester.is_empty() && decl.material.is_empty()) {
+            additions.policies.push(FieldPolicies {
+                kind: decl.kind.clone(),
+                owns: decl.owns.clone(),
+                requester: decl.requester.clone(),
+                material: decl.material.clone(),
+            });
+        }
     }
     for decl in &manifest.states {
         additions.states.push(StateAddition {

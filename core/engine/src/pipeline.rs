@@ -357,7 +357,7 @@ impl BeforeRun<'_> {
     pub(crate) fn run(
         self,
         proposed: Record,
-        check: impl Fn(Record) -> Result<Record, EngineError>,
+        check: impl Fn(&str, &Record, Record) -> Result<Record, EngineError>,
     ) -> Result<(Record, Vec<StepRun>), EngineError> {
         let kind = proposed.kind.clone();
         let steps: Vec<&Arc<BoundStep>> =
@@ -390,6 +390,7 @@ impl BeforeRun<'_> {
             let verdict = match step.call(self.breaker, &input) {
                 Ok(StepOutput::Continue) => Verdict::Continue,
                 Ok(StepOutput::Patch(patch)) => {
+                    let check = |candidate| check(&step.module, &record, candidate);
                     match patched(&record, &current, &patch, self.max_patch_depth, &check) {
                         Ok((value, candidate)) => Verdict::Patched(value, Box::new(candidate)),
                         Err(error) => Verdict::Failed(error),

@@ -238,6 +238,21 @@ pub struct Policy {
     pub kinds: BTreeSet<Kind>,
     /// The service it covers; every service when absent.
     pub service: Option<String>,
+    /// The first day it covers records created on (`fields.valid_from`).
+    pub valid_from: Option<jiff::civil::Date>,
+    /// The last day it covers records created on (`fields.valid_to`).
+    pub valid_to: Option<jiff::civil::Date>,
+}
+
+fn date(
+    fields: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<jiff::civil::Date>, String> {
+    fields
+        .get(key)
+        .and_then(Value::as_str)
+        .map(|text| text.parse().map_err(|e| format!("{key}: {e}")))
+        .transpose()
 }
 
 fn states(names: &[&str]) -> BTreeSet<State> {
@@ -308,12 +323,29 @@ impl Policy {
                 .get("service")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            valid_from: date(fields, "valid_from")?,
+            valid_to: date(fields, "valid_to")?,
         })
+    }
+
+    /// Whether the agreement is one with a customer: operational level agreements and
+    /// underpinning contracts bind suppliers and teams, and run no customer's clocks.
+    pub fn is_customer_agreement(record: &Record) -> bool {
+        !matches!(
+            record.fields.get("agreement_type").and_then(Value::as_str),
+            Some("ola" | "uc")
+        )
     }
 
     /// Whether the policy covers `record`.
     pub fn covers(&self, record: &Record) -> bool {
+        let created = record
+            .created_at
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .date();
         self.kinds.contains(&record.kind)
+            && self.valid_from.is_none_or(|from| from <= created)
+            && self.valid_to.is_none_or(|to| created <= to)
             && self.service.as_deref().is_none_or(|service| {
                 record.fields.get("service").and_then(Value::as_str) == Some(service)
             })

@@ -59,7 +59,11 @@ impl SlaPolicies {
         };
         loop {
             let page = store.list(&query)?;
-            for agreement in &page.records {
+            for agreement in page
+                .records
+                .iter()
+                .filter(|a| Policy::is_customer_agreement(a))
+            {
                 match Policy::from_agreement(agreement) {
                     Ok(policy) => by_domain
                         .entry(agreement.domain.clone())
@@ -80,8 +84,9 @@ impl SlaPolicies {
         Ok(loaded)
     }
 
-    /// The policy covering `record`: the agreement named in `fields.sla.agreement` when active,
-    /// else one for the record's service, else a general one of its domain.
+    /// The policy covering `record`: an active customer agreement of its domain valid on the
+    /// day it was created, for its service if one is, else a general one. The engine chooses;
+    /// nothing a client writes in the record does.
     pub fn policy_for(
         &self,
         store: &dyn Store,
@@ -91,22 +96,9 @@ impl SlaPolicies {
         let Some(candidates) = policies.get(&record.domain) else {
             return Ok(None);
         };
-        let named = record
-            .fields
-            .get("sla")
-            .and_then(|s| s.get("agreement"))
-            .and_then(Value::as_str);
-        let chosen = named
-            .and_then(|id| {
-                candidates
-                    .iter()
-                    .find(|p| p.agreement.as_str() == id && p.kinds.contains(&record.kind))
-            })
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .find(|p| p.service.is_some() && p.covers(record))
-            })
+        let chosen = candidates
+            .iter()
+            .find(|p| p.service.is_some() && p.covers(record))
             .or_else(|| {
                 candidates
                     .iter()

@@ -23,6 +23,118 @@ pub struct KindDef {
     pub schema: Value,
     /// The kind's state machine.
     pub lifecycle: Lifecycle,
+    /// Who writes each field; a field not named is written by agents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
+    pub writers: BTreeMap<String, Writer>,
+    /// The fields (and `title`) an approval is bound to: changing one after an approval makes
+    /// the approval stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub material: Vec<String>,
+    /// State → field: the principal who moves a record into the state is recorded in the field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
+    pub actor_fields: BTreeMap<State, String>,
+    /// How the requester confirms or rejects a resolution, for kinds that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<Confirmation>,
+}
+
+/// Who may write a field: the policy a client's write (or a step's patch) is checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Writer {
+    /// Requesters may set it when they create a record; agents may write it any time.
+    Requester,
+    /// Agents, automations and admins.
+    Agent,
+    /// Only the steps of the named module (an owned field).
+    Module(String),
+    /// Only the engine: identities, stamps and computed values.
+    System,
+}
+
+impl Writer {
+    /// Whether a client (not a step) acting as `actor` may write the field, `creating` a record
+    /// or changing one.
+    pub fn admits_client(&self, actor: &crate::Actor, creating: bool) -> bool {
+        match self {
+            Self::Requester => creating || actor.works_records(),
+            Self::Agent => actor.works_records(),
+            Self::Module(_) | Self::System => false,
+        }
+    }
+
+    /// Whether a step of `module` may write the field: steps work records, so everything but
+    /// another module's fields and the engine's own.
+    pub fn admits_module(&self, module: &str) -> bool {
+        match self {
+            Self::Requester | Self::Agent => true,
+            Self::Module(owner) => owner == module,
+            Self::System => false,
+        }
+    }
+}
+
+impl fmt::Display for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Requester => f.write_str("requester"),
+            Self::Agent => f.write_str("agent"),
+            Self::Module(id) => write!(f, "module:{id}"),
+            Self::System => f.write_str("system"),
+        }
+    }
+}
+
+impl From<Writer> for String {
+    fn from(writer: Writer) -> Self {
+        writer.to_string()
+    }
+}
+
+impl TryFrom<String> for Writer {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "requester" => Ok(Self::Requester),
+            "agent" => Ok(Self::Agent),
+            "system" => Ok(Self::System),
+            _ => match text.strip_prefix("module:") {
+                Some(id) if !id.is_empty() => Ok(Self::Module(id.to_owned())),
+                _ => Err(format!(
+                    "writer {text:?}: requester, agent, module:<id> or system"
+                )),
+            },
+        }
+    }
+}
+
+/// The requester's answer to a resolution: from `state`, accepting moves the record to
+/// `accept`, rejecting to `reject`; leaving `state` other than by accepting clears `clears`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Confirmation {
+    /// The resolved state the requester answers in, e.g. `resolved`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub state: State,
+    /// Where accepting leads, e.g. `closed`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub accept: State,
+    /// Where rejecting leads, e.g. `in_progress`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub reject: State,
+    /// Resolution data a reopening clears.
+    pub clears: Vec<String>,
+}
+
+impl KindDef {
+    /// Who writes `field`.
+    pub fn writer(&self, field: &str) -> &Writer {
+        self.writers.get(field).unwrap_or(&Writer::Agent)
+    }
 }
 
 /// Why a catalog could not be built.
@@ -71,6 +183,16 @@ pub enum CatalogError {
         /// What is wrong.
         detail: String,
     },
+    /// A field another module (or the engine) already owns.
+    #[error("field {field} of kind {kind} is already written only by {owner}")]
+    FieldOwned {
+        /// The kind.
+        kind: Kind,
+        /// The field's name.
+        field: String,
+        /// Who writes it.
+        owner: Writer,
+    },
     /// An addition of one module failed.
     #[error("module {module}: {source}")]
     Module {
@@ -101,12 +223,31 @@ pub struct CatalogAdditions {
     pub fields: Vec<(Kind, Map<String, Value>)>,
     /// States added to kinds' lifecycles.
     pub states: Vec<StateAddition>,
+    /// Write policies and material fields the module sets on kinds.
+    pub policies: Vec<FieldPolicies>,
+}
+
+/// What a module says about a kind's fields: which it owns (only its steps write them), which
+/// requesters may set at create, which an approval is bound to.
+#[derive(Debug, Clone)]
+pub struct FieldPolicies {
+    /// The kind.
+    pub kind: Kind,
+    /// Fields only the module's steps write.
+    pub owns: Vec<String>,
+    /// Fields requesters may set when they create a record.
+    pub requester: Vec<String>,
+    /// Fields (or `title`) approvals are bound to.
+    pub material: Vec<String>,
 }
 
 impl CatalogAdditions {
     /// Whether the module adds nothing.
     pub fn is_empty(&self) -> bool {
-        self.kinds.is_empty() && self.fields.is_empty() && self.states.is_empty()
+        self.kinds.is_empty()
+            && self.fields.is_empty()
+            && self.states.is_empty()
+            && self.policies.is_empty()
     }
 }
 
@@ -239,6 +380,15 @@ impl Catalog {
                     contributors.push((*module).to_owned());
                 }
             }
+            for policies in &additions.policies {
+                let (def, contributors) = defs
+                    .get_mut(&policies.kind)
+                    .ok_or_else(|| fail(CatalogError::UnknownKind(policies.kind.clone())))?;
+                add_policies(def, module, policies).map_err(fail)?;
+                if !contributors.iter().any(|c| c == module) {
+                    contributors.push((*module).to_owned());
+                }
+            }
         }
         let mut contributors: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
         let mut plain = Vec::with_capacity(defs.len());
@@ -332,6 +482,44 @@ fn add_properties(def: &mut KindDef, properties: &Map<String, Value>) -> Result<
             None => {
                 existing.insert(field.clone(), schema.clone());
             }
+        }
+    }
+    Ok(())
+}
+
+fn add_policies(
+    def: &mut KindDef,
+    module: &str,
+    policies: &FieldPolicies,
+) -> Result<(), CatalogError> {
+    let kind = def.name.clone();
+    let owned = |field: &String, owner: &Writer| CatalogError::FieldOwned {
+        kind: kind.clone(),
+        field: field.clone(),
+        owner: owner.clone(),
+    };
+    for field in &policies.owns {
+        match def.writer(field).clone() {
+            Writer::Module(owner) if owner == module => {}
+            owner @ (Writer::Module(_) | Writer::System) => return Err(owned(field, &owner)),
+            Writer::Requester | Writer::Agent => {
+                def.writers
+                    .insert(field.clone(), Writer::Module(module.to_owned()));
+            }
+        }
+    }
+    for field in &policies.requester {
+        match def.writer(field).clone() {
+            Writer::Requester => {}
+            Writer::Agent => {
+                def.writers.insert(field.clone(), Writer::Requester);
+            }
+            owner => return Err(owned(field, &owner)),
+        }
+    }
+    for field in &policies.material {
+        if !def.material.contains(field) {
+            def.material.push(field.clone());
         }
     }
     Ok(())
@@ -438,12 +626,47 @@ fn kind_def(
     properties: Value,
     lifecycle: Lifecycle,
 ) -> KindDef {
+    // What a requester tells when asking for something; the rest is agents' work or the
+    // engine's (who the requester is).
+    let mut writers: BTreeMap<String, Writer> = ["description", "category", "service", "tags"]
+        .into_iter()
+        .map(|field| (field.to_owned(), Writer::Requester))
+        .collect();
+    writers.insert("requester".into(), Writer::System);
     KindDef {
         name: Kind::new(name).unwrap_or_else(|e| panic!("built-in kind {name}: {e}")),
         prefix: prefix.to_owned(),
         process,
         schema: schema(properties),
         lifecycle,
+        writers,
+        material: Vec::new(),
+        actor_fields: BTreeMap::new(),
+        confirmation: None,
+    }
+}
+
+impl KindDef {
+    fn with_writers(mut self, writer: Writer, fields: &[&str]) -> Self {
+        for field in fields {
+            self.writers.insert((*field).to_owned(), writer.clone());
+        }
+        self
+    }
+
+    fn with_actor_field(mut self, entered: &str, field: &str) -> Self {
+        self.actor_fields.insert(state(entered), field.to_owned());
+        self
+    }
+
+    fn with_confirmation(mut self, resolved: &str, clears: &[&str]) -> Self {
+        self.confirmation = Some(Confirmation {
+            state: state(resolved),
+            accept: state("closed"),
+            reject: state("in_progress"),
+            clears: clears.iter().map(|f| (*f).to_owned()).collect(),
+        });
+        self
     }
 }
 
@@ -524,7 +747,8 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("accepted", "closed", WORKERS),
                 ],
             ),
-        ),
+        )
+        .with_writers(Writer::Requester, &["wish_type"]),
         kind_def(
             "change",
             "CHG",
@@ -535,8 +759,10 @@ pub fn core_kinds() -> Vec<KindDef> {
                 "implementer": text(200),
                 "planned_start": datetime,
                 "planned_end": datetime,
+                "plan": text(20_000),
                 "backout_plan": text(20_000),
                 "outcome": {"type": "string", "enum": ["successful", "failed", "partially_successful"]},
+                "review": text(20_000),
             }),
             lifecycle(
                 &[
@@ -558,7 +784,9 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("assess", "cancelled", WORKERS),
                 ],
             ),
-        ),
+        )
+        .with_writers(Writer::System, &["implementer"])
+        .with_actor_field("implement", "implementer"),
         kind_def(
             "incident",
             "INC",
@@ -585,12 +813,22 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("new", "in_progress", WORKERS),
                     ("new", "cancelled", ANYONE),
                     ("in_progress", "on_hold", WORKERS),
+                    ("in_progress", "cancelled", WORKERS),
                     ("on_hold", "in_progress", WORKERS),
+                    ("on_hold", "resolved", WORKERS),
+                    ("on_hold", "cancelled", WORKERS),
                     ("in_progress", "resolved", WORKERS),
-                    ("resolved", "closed", ANYONE),
-                    ("resolved", "in_progress", ANYONE),
+                    ("resolved", "closed", WORKERS),
+                    ("resolved", "in_progress", WORKERS),
+                    ("resolved", "cancelled", WORKERS),
                 ],
             ),
+        )
+        .with_writers(Writer::Requester, &["impact", "urgency"])
+        .with_writers(Writer::System, &["customer_confirmed"])
+        .with_confirmation(
+            "resolved",
+            &["resolution", "resolution_code", "customer_confirmed"],
         ),
         kind_def(
             "request",
@@ -611,12 +849,22 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("new", "in_progress", WORKERS),
                     ("new", "cancelled", ANYONE),
                     ("in_progress", "on_hold", WORKERS),
+                    ("in_progress", "cancelled", WORKERS),
                     ("on_hold", "in_progress", WORKERS),
+                    ("on_hold", "fulfilled", WORKERS),
+                    ("on_hold", "cancelled", WORKERS),
                     ("in_progress", "fulfilled", WORKERS),
-                    ("fulfilled", "closed", ANYONE),
-                    ("fulfilled", "in_progress", ANYONE),
+                    ("fulfilled", "closed", WORKERS),
+                    ("fulfilled", "in_progress", WORKERS),
+                    ("fulfilled", "cancelled", WORKERS),
                 ],
             ),
+        )
+        .with_writers(Writer::Requester, &["request_type", "due"])
+        .with_writers(Writer::System, &["customer_confirmed"])
+        .with_confirmation(
+            "fulfilled",
+            &["resolution", "resolution_code", "customer_confirmed"],
         ),
         kind_def(
             "task",
@@ -666,6 +914,7 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("planned", "in_progress", WORKERS),
                     ("planned", "cancelled", WORKERS),
                     ("in_progress", "done", WORKERS),
+                    ("in_progress", "cancelled", WORKERS),
                 ],
             ),
         ),
@@ -673,7 +922,7 @@ pub fn core_kinds() -> Vec<KindDef> {
             "problem",
             "PRB",
             Process::Improve,
-            json!({"root_cause": text(20_000), "workaround": text(20_000), "known_error": {"type": "boolean"}}),
+            json!({"root_cause": text(20_000), "workaround": text(20_000)}),
             lifecycle(
                 &[
                     ("new", Initial),
@@ -688,9 +937,12 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("new", "cancelled", WORKERS),
                     ("investigate", "known_error", WORKERS),
                     ("investigate", "resolved", WORKERS),
+                    ("investigate", "cancelled", WORKERS),
                     ("known_error", "resolved", WORKERS),
+                    ("known_error", "cancelled", WORKERS),
                     ("resolved", "closed", WORKERS),
                     ("resolved", "investigate", WORKERS),
+                    ("resolved", "cancelled", WORKERS),
                 ],
             ),
         ),
@@ -828,6 +1080,10 @@ mod tests {
                 ],
                 &[("identified", "closed", WORKERS)],
             ),
+            writers: BTreeMap::new(),
+            material: Vec::new(),
+            actor_fields: BTreeMap::new(),
+            confirmation: None,
         }
     }
 
@@ -865,6 +1121,7 @@ mod tests {
                     .unwrap(),
             )],
             states: vec![scheduled_change()],
+            policies: Vec::new(),
         };
         // A second module extends the kind the first adds.
         let score = CatalogAdditions {
@@ -1000,5 +1257,46 @@ mod tests {
             })
             .is_err()
         );
+    }
+    fn owns(kind_name: &str, fields: &[&str]) -> CatalogAdditions {
+        CatalogAdditions {
+            policies: vec![FieldPolicies {
+                kind: kind(kind_name),
+                owns: fields.iter().map(|f| (*f).to_owned()).collect(),
+                requester: Vec::new(),
+                material: vec!["title".into()],
+            }],
+            ..CatalogAdditions::default()
+        }
+    }
+
+    #[test]
+    fn a_field_has_one_owner() {
+        let itil = owns("incident", &["priority"]);
+        let catalog = Catalog::compose(core_kinds(), [("itil4", &itil)]).unwrap();
+        let incident = catalog.get(&kind("incident")).unwrap();
+        assert_eq!(incident.writer("priority"), &Writer::Module("itil4".into()));
+        assert_eq!(incident.writer("impact"), &Writer::Requester);
+        assert_eq!(incident.writer("anything"), &Writer::Agent);
+        assert_eq!(incident.material, ["title"]);
+        assert_eq!(catalog.contributors(&kind("incident")), ["itil4"]);
+        // A second owner, or an owner of what the engine derives, is refused.
+        let other = owns("incident", &["priority"]);
+        let error = Catalog::compose(core_kinds(), [("itil4", &itil), ("mine", &other)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("written only by module:itil4"), "{error}");
+        let identity = owns("incident", &["requester"]);
+        let error = Catalog::compose(core_kinds(), [("mine", &identity)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("written only by system"), "{error}");
+        // Writers round-trip through their names.
+        for text in ["requester", "agent", "system", "module:itil4"] {
+            let writer = Writer::try_from(text.to_owned()).unwrap();
+            assert_eq!(writer.to_string(), text);
+        }
+        assert!(Writer::try_from("module:".to_owned()).is_err());
+        assert!(Writer::try_from("root".to_owned()).is_err());
     }
 }

@@ -19,6 +19,11 @@ pub enum ErrorCode {
     UnknownKind,
     /// The record's `fields` violate the kind's JSON Schema.
     InvalidFields,
+    /// The caller may not write this field: another module owns it, the engine derives it, or
+    /// it is not the caller's to set (`owner` says who writes it).
+    FieldNotWritable,
+    /// The record is not waiting for its requester to confirm a resolution.
+    ConfirmationNotExpected,
     /// The state is not a state of the kind's lifecycle.
     UnknownState,
     /// The lifecycle has no transition from the current state to the requested one.
@@ -96,6 +101,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UnknownKind => "unknown_kind",
             Self::InvalidFields => "invalid_fields",
+            Self::FieldNotWritable => "field_not_writable",
+            Self::ConfirmationNotExpected => "confirmation_not_expected",
             Self::UnknownState => "unknown_state",
             Self::IllegalTransition => "illegal_transition",
             Self::TransitionForbidden => "transition_forbidden",

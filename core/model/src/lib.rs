@@ -12,8 +12,8 @@ mod patch;
 mod record;
 
 pub use catalog::{
-    Catalog, CatalogAdditions, CatalogError, FieldError, KindDef, StateAddition, WORKERS,
-    core_kinds, kind_schema,
+    Catalog, CatalogAdditions, CatalogError, Confirmation, FieldError, FieldPolicies, KindDef,
+    StateAddition, WORKERS, Writer, core_kinds, kind_schema,
 };
 pub use code::ErrorCode;
 pub use diff::{Change, diff_record_values, diff_records};

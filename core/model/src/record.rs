@@ -189,6 +189,9 @@ pub struct HistoryEntry {
     /// The after-step whose effect made this write, when a step made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// Approvals (by `seq`) this write made stale by changing the content they approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_approvals: Vec<u64>,
 }
 
 /// The after-step effect that caused a write: answers "why does this record exist?".
@@ -240,6 +243,10 @@ pub struct Approval {
     pub state: State,
     /// The record version the approver saw.
     pub record_version: u64,
+    /// A digest of the material content (the kind's material fields) the approver approved;
+    /// an edit of any of them makes the approval stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// What happened to a record; the outbox carries these to after-steps, webhooks and SLAs.

@@ -20,9 +20,9 @@ include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 /// COBIT 2019; `facilities` runs USM with the facilities module.
 pub const DEFAULT_MIX: &[(&str, &[&str], &[&str])] = &[
     ("usm-core", &["it", "hr", "facilities"], &[]),
-    ("itil4", &["it"], &[]),
+    ("itil4", &["it"], &["records:read"]),
     ("cobit2019", &["it", "hr"], &[]),
-    ("iso20000", &["it"], &["records:read"]),
+    ("iso20000", &["it"], &[]),
     ("hr", &["hr"], &[]),
     ("facilities", &["facilities"], &[]),
 ];

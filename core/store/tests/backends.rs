@@ -43,6 +43,7 @@ fn entry(action: Action) -> HistoryEntry {
         approval: None,
         steps: vec![],
         cause: None,
+        stale_approvals: vec![],
     }
 }
 
@@ -227,6 +228,7 @@ fn keeps_approvals_backlinks_and_events(store: &dyn Store) {
         at: Timestamp::now(),
         state: parent.state.clone(),
         record_version: 0,
+        content: None,
     });
     let approved = store
         .commit(Write {

@@ -2,13 +2,12 @@
 //! - `resolution-data` (8.6.1 incident management, 8.6.2 service request management): an
 //!   incident or request is not resolved (fulfilled) without classification (`category`) and
 //!   resolution data (`resolution_code`, `resolution`).
-//! - `customer-confirmation`: it is not closed without the customer's confirmation
-//!   (`customer_confirmed = true`).
-//! - `sla-targets` (8.3.3 service level management): on creation, the targets of the domain's
-//!   active agreement for the record's service are recorded in `fields.sla` (needs the
-//!   `records:read` capability).
+//!
+//! 8.6.1 asks that incidents be recorded, classified, prioritised, resolved and closed with the
+//! record updated with the actions taken; it does not ask for the customer's confirmation (usm's
+//! own requester confirmation, `POST /api/v1/records/{id}/confirmation`, is not an ISO rule).
 
-use usm_sdk::{Error, Hook, Input, Output, Step, Value, export_step, host, json};
+use usm_sdk::{Error, Hook, Input, Output, Step, Value, export_step};
 
 struct Iso20000;
 
@@ -52,64 +51,19 @@ fn resolution_data(input: &Input) -> Result<Output, Error> {
     ))
 }
 
-fn customer_confirmation(input: &Input) -> Result<Output, Error> {
-    if input.transition_to() != Some("closed")
-        || input.field("customer_confirmed") == Some(&json!(true))
-    {
-        return Ok(Output::proceed());
-    }
-    Ok(Output::reject(
-        "customer_confirmation_required",
-        "ISO/IEC 20000-1 8.6: set customer_confirmed = true once the customer confirms, then close",
-    ))
-}
-
-fn sla_targets(input: &Input) -> Result<Output, Error> {
-    if input.field("sla").is_some() {
-        return Ok(Output::proceed());
-    }
-    let agreements =
-        match host::query(&json!({"kind": "agreement", "state": "active", "limit": 100})) {
-            Ok(agreements) => agreements,
-            Err(error) => {
-                host::log(
-                    host::Level::Warn,
-                    &format!("cannot read agreements: {error}"),
-                );
-                return Ok(Output::proceed());
-            }
-        };
-    let service = input.field_str("service");
-    let for_service = |a: &&Value| service.is_some() && a["fields"]["service"].as_str() == service;
-    let general = |a: &&Value| a["fields"].get("service").is_none();
-    let Some(agreement) = agreements
-        .iter()
-        .find(for_service)
-        .or_else(|| agreements.iter().find(general))
-    else {
-        return Ok(Output::proceed());
-    };
-    Ok(Output::set_fields(json!({"sla": {
-        "agreement": agreement["id"],
-        "targets": agreement["fields"]["targets"],
-    }})))
-}
-
 impl Step for Iso20000 {
     const NAME: &'static str = "iso20000";
-    const VERSION: &'static str = "1.0.0";
-    const HOOKS: &'static [Hook] = &[Hook::Create, Hook::Transition];
+    const VERSION: &'static str = "1.1.0";
+    const HOOKS: &'static [Hook] = &[Hook::Transition];
     const CONFIG_SCHEMA: Option<&'static str> = Some(
         r#"{"type": "object", "required": ["rule"], "properties": {
-            "rule": {"enum": ["resolution-data", "customer-confirmation", "sla-targets"]},
+            "rule": {"enum": ["resolution-data"]},
             "states": {"type": "array", "items": {"type": "string"}}}}"#,
     );
 
     fn run(input: Input) -> Result<Output, Error> {
         match input.config["rule"].as_str() {
             Some("resolution-data") => resolution_data(&input),
-            Some("customer-confirmation") => customer_confirmation(&input),
-            Some("sla-targets") => sla_targets(&input),
             other => Err(Error(format!("unknown rule {other:?}"))),
         }
     }
