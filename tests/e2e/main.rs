@@ -29,3 +29,4 @@ mod sla;
 mod strict_input;
 mod webhook_policy;
 mod webhooks;
+mod workflows;

@@ -378,20 +378,21 @@ async fn an_import_replaces_a_template_only_with_a_version() {
     )
     .await;
     let mut document = server.get("/api/v1/workflows/incident").await.unwrap().body;
-    document["workflow"]["name"] = json!("Our incident flow");
+    document["name"] = json!("Our incident flow");
     let refused = server.post("/api/v1/workflows", &document).await.unwrap();
     assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
     assert_eq!(refused.body["code"], "workflow_conflict");
     let template = server.get("/api/v1/workflows/incident").await.unwrap().body;
-    assert_ne!(template["workflow"]["name"], "Our incident flow");
+    assert_eq!(refused.body["field"], "/workflow-version");
+    assert_ne!(template["name"], "Our incident flow");
 
-    document["workflow"]["version"] = json!("2");
+    document["workflow-version"] = json!("2");
     let replaced = server.post("/api/v1/workflows", &document).await.unwrap();
     assert_eq!(replaced.status, StatusCode::CREATED, "{}", replaced.body);
     assert_eq!(replaced.body["source"], "imported");
     let now = server.get("/api/v1/workflows/incident").await.unwrap().body;
-    assert_eq!(now["workflow"]["name"], "Our incident flow");
-    assert_eq!(now["workflow"]["version"], "2");
+    assert_eq!(now["name"], "Our incident flow");
+    assert_eq!(now["workflow-version"], "2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

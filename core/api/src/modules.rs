@@ -1,8 +1,15 @@
 //! `/api/v1/modules` and `/api/v1/workflows`: the admin surface of the module registry.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{
+    HttpMessage as _, HttpRequest, HttpResponse,
+    http::header::{self, Header as _},
+    web,
+};
 use serde::{Deserialize, Serialize};
-use usm_engine::{Installed, ModuleInfo, RegistryError, WorkflowSummary, workflow::WifDocument};
+use usm_engine::{
+    Installed, ModuleInfo, RegistryError, WorkflowSummary,
+    workflow::{DocumentType, WifDocument},
+};
 
 use crate::{
     Services,
@@ -20,12 +27,14 @@ impl From<RegistryError> for ApiError {
                 "the server failed to complete the request; it has been logged",
             );
         }
-        let location = error.location().map(str::to_owned);
-        let api = Self::new(code, error.to_string());
-        match location {
-            Some(location) => api.with_field(location),
-            None => api,
+        let mut api = Self::new(code, error.to_string());
+        if let Some(location) = error.location() {
+            api = api.with_field(location);
         }
+        if let Some(reason) = error.reason() {
+            api = api.with_reason(reason);
+        }
+        api
     }
 }
 
@@ -217,33 +226,110 @@ pub async fn list_workflows(
     Ok(HttpResponse::Ok().json(WorkflowList { workflows }))
 }
 
-/// Exports one workflow as a USM-WIF document.
+const JSON: &str = "application/json";
+
+/// The media type to answer with: the document's own, unless the client's `Accept` prefers (or
+/// only takes) `application/json`. An `Accept` that takes neither is disregarded, as RFC 9110
+/// (12.5.1) allows, rather than answered with 406.
+fn negotiate(request: &HttpRequest, own: &'static str) -> &'static str {
+    let Ok(accept) = header::Accept::parse(request) else {
+        return own;
+    };
+    // The quality of the most specific range that matches (exact, type/*, */*), if one does.
+    let quality = |media_type: &str| {
+        let (kind, _) = media_type.split_once('/').unwrap_or((media_type, ""));
+        accept
+            .iter()
+            .filter_map(|range| {
+                let essence = range.item.essence_str();
+                let specificity = if essence == media_type {
+                    2
+                } else if range.item.subtype() == "*" && range.item.type_() == kind {
+                    1
+                } else if essence == "*/*" {
+                    0
+                } else {
+                    return None;
+                };
+                Some((specificity, range.quality))
+            })
+            .max_by_key(|(specificity, _)| *specificity)
+            .map(|(_, quality)| quality)
+    };
+    let zero = header::Quality::ZERO;
+    match (quality(own), quality(JSON)) {
+        (Some(mine), json) if mine > zero && json.is_none_or(|json| mine >= json) => own,
+        (_, Some(json)) if json > zero => JSON,
+        _ => own,
+    }
+}
+
+/// Exports one workflow as a USM-WIF 1.0.0 document (a draft-shaped import is exported
+/// converted), as `application/x-usm-workflow-template` or `application/x-usm-workflow` after
+/// its `type`, or as `application/json` for a client whose `Accept` prefers that.
 #[utoipa::path(get, path = "/api/v1/workflows/{slug}", tag = "workflows",
     params(("slug" = String, Path)),
-    responses((status = 200, body = WifDocument), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The document; `Vary: Accept`",
+            content((WifDocument = "application/x-usm-workflow-template"), (WifDocument = "application/x-usm-workflow"), (WifDocument = "application/json"))),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_workflow(
     services: web::Data<Services>,
     _principal: Principal,
+    request: HttpRequest,
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let registry = services.registry.clone();
     let document = blocking(move || registry.workflow(&slug)).await?;
-    Ok(HttpResponse::Ok().json(document))
+    let media_type = negotiate(&request, document.document_type.media_type());
+    Ok(HttpResponse::Ok()
+        .content_type(media_type)
+        .insert_header((header::VARY, "Accept"))
+        .json(document))
 }
 
-/// Imports a USM-WIF document; members the format does not define are ignored. Replacing a
-/// module's template of the same slug needs `workflow.version`.
+/// The type the request's media type names: `None` for `application/json`.
+fn declared_type(request: &HttpRequest) -> Result<Option<DocumentType>, ApiError> {
+    let mime = request.mime_type().ok().flatten();
+    match mime.as_ref().map(|m| m.essence_str()) {
+        Some(JSON) => Ok(None),
+        Some(essence) if let Some(declared) = DocumentType::from_media_type(essence) => {
+            Ok(Some(declared))
+        }
+        _ => Err(ApiError::new(
+            usm_model::ErrorCode::UnsupportedMediaType,
+            format!(
+                "send a workflow as {}, {} or {JSON}",
+                DocumentType::Workflow.media_type(),
+                DocumentType::WorkflowTemplate.media_type()
+            ),
+        )),
+    }
+}
+
+/// Imports a USM-WIF 1.0.0 document. Members the format does not define are kept and exported
+/// again. A `type` the media type contradicts is refused; with `application/json` the document
+/// must give its `type`. The deprecated draft shape (`usm_wif`, `workflow`) is still read as
+/// `application/json`, converted to a 1.0.0 template, for this release only. Replacing a module's
+/// template of the same slug needs `workflow-version`.
 #[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows",
-    request_body = WifDocument,
-    responses((status = 201, body = WorkflowSummary), (status = 400, body = Problem, content_type = "application/problem+json"),
+    request_body(content((WifDocument = "application/x-usm-workflow-template"), (WifDocument = "application/x-usm-workflow"), (WifDocument = "application/json"))),
+    responses((status = 201, body = WorkflowSummary),
+        (status = 400, description = "Not JSON (`malformed_json`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs a global admin (a token without a domain restriction)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The slug is a module's template and the import gives no version", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The slug is a module's template and the import gives no `workflow-version`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not one of the three media types", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`workflow_invalid`: `field` is the JSON pointer of the member, `reason` the rule (wrong_type, required, unsupported_version, unknown_value, type_mismatch, invalid_slug, invalid_length, invalid_timestamp, invalid_letter, duplicate_id, unknown_profile, too_many)", body = Problem, content_type = "application/problem+json")))]
 pub async fn import_workflow(
     services: web::Data<Services>,
     Admin(actor): Admin,
+    request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // Decided again by the registry; checked first so a scoped admin learns nothing else.
+    usm_engine::auth::global_admin(&actor, "importing a workflow")?;
+    let declared = declared_type(&request)?;
     let registry = services.registry.clone();
-    let summary = blocking(move || registry.import_workflow(&actor, &body)).await?;
+    let summary = blocking(move || registry.import_workflow(&actor, &body, declared)).await?;
     Ok(HttpResponse::Created().json(summary))
 }

@@ -42,7 +42,7 @@ pub struct Problem {
     /// The step that rejected or failed the write.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
-    /// The rejecting step's own reason code.
+    /// The rejecting step's own reason code; for `workflow_invalid`, the USM-WIF rule broken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Who writes the field, for `field_not_writable`: `requester`, `agent`, `module:<id>` or
@@ -66,6 +66,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid
         | C::FieldNotWritable
+        | C::WorkflowInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict | C::ModuleInUse | C::WorkflowConflict | C::TokenNameTaken => {
             StatusCode::CONFLICT
@@ -123,6 +124,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::FieldNotWritable => "The field is not the caller's to write",
         C::ConfirmationNotExpected => "The record is not waiting for a confirmation",
         C::WorkflowNotFound => "Workflow not found",
+        C::WorkflowInvalid => "Invalid USM-WIF document",
         C::Unauthorized => "Authentication required",
         C::TokenNotFound => "Token not found",
         C::TokenNameTaken => "Token name taken",
@@ -173,6 +175,12 @@ impl ApiError {
     /// Names the offending member.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.0.field = Some(field.into());
+        self
+    }
+
+    /// Names the rule broken.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.0.reason = Some(reason.into());
         self
     }
 

@@ -420,8 +420,8 @@ impl Module {
                 )
             })?;
             workflows.push(
-                crate::workflow::parse(bytes)
-                    .map_err(|message| ModuleError::new(file.clone(), message))?,
+                crate::workflow::parse(bytes, None)
+                    .map_err(|e| ModuleError::new(format!("{file}#{}", e.pointer), e.message))?,
             );
         }
         let catalog = catalog_additions(&manifest)?;

@@ -18,7 +18,7 @@ use crate::{
     Catalogs, Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes,
     auth::{self, Forbidden},
     bundle,
-    workflow::WifDocument,
+    workflow::{DocumentType, Reason, WifDocument, WifError},
 };
 
 const MODULE_PREFIX: &str = "module/";
@@ -30,8 +30,11 @@ const WORKFLOW_PREFIX: &str = "workflow/";
 pub struct WorkflowSummary {
     /// Identifier in URLs.
     pub slug: String,
-    /// Display name.
+    /// Display name (the slug for a template without one).
     pub name: String,
+    /// `workflow-template` or `workflow`.
+    #[serde(rename = "type")]
+    pub document_type: DocumentType,
     /// Position among the eight USM workflows, for the templates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
@@ -46,13 +49,27 @@ pub struct WorkflowSummary {
 
 fn summary(document: &WifDocument, source: String) -> WorkflowSummary {
     WorkflowSummary {
-        slug: document.workflow.slug.clone(),
-        name: document.workflow.name.clone(),
-        number: document.workflow.number,
-        trigger: document.workflow.trigger.clone(),
+        slug: document.slug.clone(),
+        name: document
+            .name
+            .clone()
+            .unwrap_or_else(|| document.slug.clone()),
+        document_type: document.document_type,
+        number: document.number,
+        trigger: document.trigger.clone(),
         source,
-        steps: document.workflow.steps.len(),
+        steps: document.steps.len(),
     }
+}
+
+/// An imported workflow as stored: always 1.0.0 since this release, the draft shape before.
+fn stored_workflow(bytes: &[u8]) -> Result<WifDocument, RegistryError> {
+    crate::workflow::parse(bytes, None).map_err(|e| {
+        RegistryError::Store(StoreError::Corrupt {
+            what: "workflow",
+            detail: e.to_string(),
+        })
+    })
 }
 
 /// Why a module operation was refused.
@@ -83,8 +100,8 @@ pub enum RegistryError {
     #[error("no workflow {0}")]
     WorkflowNotFound(String),
     /// A USM-WIF document that does not parse or check.
-    #[error("{0}")]
-    InvalidWorkflow(String),
+    #[error(transparent)]
+    InvalidWorkflow(WifError),
     /// Removing or upgrading the module would drop a kind or state records use, or a kind
     /// another module extends; or the module is still enabled somewhere.
     #[error("{0}")]
@@ -110,7 +127,9 @@ impl RegistryError {
             Self::InUse(_) => ErrorCode::ModuleInUse,
             Self::WorkflowConflict(_) => ErrorCode::WorkflowConflict,
             Self::Forbidden(_) => ErrorCode::Forbidden,
-            Self::UnknownDomain(_) | Self::InvalidWorkflow(_) => ErrorCode::InvalidInput,
+            Self::UnknownDomain(_) => ErrorCode::InvalidInput,
+            Self::InvalidWorkflow(e) if e.reason == Reason::NotJson => ErrorCode::MalformedJson,
+            Self::InvalidWorkflow(_) => ErrorCode::WorkflowInvalid,
             Self::WorkflowNotFound(_) => ErrorCode::WorkflowNotFound,
             Self::Store(_) => ErrorCode::Internal,
         }
@@ -121,6 +140,16 @@ impl RegistryError {
         match self {
             Self::Invalid(error) => Some(&error.location),
             Self::UnknownDomain(_) => Some("/domains"),
+            Self::InvalidWorkflow(e) if e.reason != Reason::NotJson => Some(&e.pointer),
+            Self::WorkflowConflict(_) => Some("/workflow-version"),
+            _ => None,
+        }
+    }
+
+    /// Which USM-WIF rule a refused workflow broke.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidWorkflow(e) if e.reason != Reason::NotJson => Some(e.reason.as_str()),
             _ => None,
         }
     }
@@ -721,21 +750,14 @@ impl Registry {
         for entry in self.lock().values() {
             for document in &entry.module.workflows {
                 all.insert(
-                    document.workflow.slug.clone(),
+                    document.slug.clone(),
                     summary(document, format!("module:{}", entry.record.id)),
                 );
             }
         }
         for (_, bytes) in self.engine.store().settings(WORKFLOW_PREFIX)? {
-            let document: WifDocument =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    what: "workflow",
-                    detail: e.to_string(),
-                })?;
-            all.insert(
-                document.workflow.slug.clone(),
-                summary(&document, "imported".into()),
-            );
+            let document = stored_workflow(&bytes)?;
+            all.insert(document.slug.clone(), summary(&document, "imported".into()));
         }
         Ok(all.into_values().collect())
     }
@@ -747,64 +769,66 @@ impl Registry {
             .store()
             .setting(&format!("{WORKFLOW_PREFIX}{slug}"))?
         {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                RegistryError::Store(StoreError::Corrupt {
-                    what: "workflow",
-                    detail: e.to_string(),
-                })
-            });
+            return stored_workflow(&bytes);
         }
         self.lock()
             .values()
             .flat_map(|entry| entry.module.workflows.iter())
-            .find(|document| document.workflow.slug == slug)
+            .find(|document| document.slug == slug)
             .cloned()
             .ok_or_else(|| RegistryError::WorkflowNotFound(slug.chars().take(64).collect()))
     }
 
-    /// Imports a USM-WIF document (members the format does not define are dropped). Workflows
-    /// are server-wide, so `actor` must be a global admin; replacing a module's template of the
-    /// same slug needs the document to give its `version`.
+    /// Imports a USM-WIF document (1.0.0, or the deprecated draft shape, converted), keeping the
+    /// members the format does not define. `declared` is the type the media type names.
+    /// Workflows are server-wide, so `actor` must be a global admin; replacing a module's
+    /// template of the same slug needs the document to give its `workflow-version`.
     pub fn import_workflow(
         &self,
         actor: &Actor,
         bytes: &[u8],
+        declared: Option<DocumentType>,
     ) -> Result<WorkflowSummary, RegistryError> {
         auth::global_admin(actor, "importing a workflow")?;
-        let document = crate::workflow::parse(bytes).map_err(RegistryError::InvalidWorkflow)?;
-        let slug = &document.workflow.slug;
-        if document.workflow.version.is_none()
+        let document =
+            crate::workflow::parse(bytes, declared).map_err(RegistryError::InvalidWorkflow)?;
+        let slug = &document.slug;
+        if document.workflow_version.is_none()
             && let Some(module) = self.lock().values().find(|entry| {
                 entry
                     .module
                     .workflows
                     .iter()
-                    .any(|template| &template.workflow.slug == slug)
+                    .any(|template| &template.slug == slug)
             })
         {
             return Err(RegistryError::WorkflowConflict(format!(
-                "workflow {slug} is a template of module {}; give /workflow/version to replace it",
+                "workflow {slug} is a template of module {}; give /workflow-version to replace it",
                 module.record.id
             )));
         }
-        let encoded = serde_json::to_vec(&document)
-            .map_err(|e| RegistryError::InvalidWorkflow(e.to_string()))?;
+        let after = serde_json::to_value(&document).map_err(|e| {
+            RegistryError::Store(StoreError::Corrupt {
+                what: "workflow",
+                detail: e.to_string(),
+            })
+        })?;
         self.engine.store().write_settings(
             &[(
-                format!("{WORKFLOW_PREFIX}{}", document.workflow.slug),
-                encoded,
+                format!("{WORKFLOW_PREFIX}{slug}"),
+                after.to_string().into_bytes(),
             )],
             &[],
         )?;
-        tracing::info!(workflow = %document.workflow.slug, actor = %actor.name, "workflow imported");
+        tracing::info!(workflow = %slug, actor = %actor.name, "workflow imported");
         if let Err(error) = crate::auth::audit(
             self.engine.store().as_ref(),
             actor,
             "workflow.import",
-            &format!("workflow:{}", document.workflow.slug),
+            &format!("workflow:{slug}"),
             None,
             None,
-            serde_json::to_value(&document).ok(),
+            Some(after),
         ) {
             tracing::error!(%error, "cannot write the audit entry");
         }

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     WorkflowConflict,
     /// No workflow template with that slug.
     WorkflowNotFound,
+    /// A USM-WIF document breaks a rule of the format; `field` points at the member, `reason`
+    /// names the rule.
+    WorkflowInvalid,
     /// The request carries no valid token.
     Unauthorized,
     /// No token with that id.
@@ -123,6 +126,7 @@ impl ErrorCode {
             Self::ModuleInUse => "module_in_use",
             Self::WorkflowConflict => "workflow_conflict",
             Self::WorkflowNotFound => "workflow_not_found",
+            Self::WorkflowInvalid => "workflow_invalid",
             Self::Unauthorized => "unauthorized",
             Self::TokenNotFound => "token_not_found",
             Self::TokenNameTaken => "token_name_taken",
