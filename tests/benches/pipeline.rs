@@ -51,6 +51,23 @@ fn fields() -> Map<String, Value> {
     fields
 }
 
+/// The person and group the benchmark incident is assigned to, over HTTP.
+async fn assignees(server: &usm_tests::TestServer) {
+    for (path, body) in [
+        (
+            "/api/v1/people",
+            json!({"id": "ann.lee", "name": "Ann Lee"}),
+        ),
+        (
+            "/api/v1/groups",
+            json!({"id": "team-network", "name": "Network", "domain": "it", "members": ["ann.lee"]}),
+        ),
+    ] {
+        let reply = server.post(path, &body).await.unwrap();
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    }
+}
+
 fn record() -> Value {
     json!({"id": "INC-1", "kind": "incident", "process": "recover", "domain": "it", "state": "new",
            "title": "Mail unreachable from floor 3", "fields": fields(), "links": [], "version": 1})
@@ -235,6 +252,18 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
     engine.set_pipelines(Pipelines::compose(
         loaded.iter().flat_map(|m| m.steps.iter().map(|s| (&it, s))),
     ));
+    let admin = Actor::new("admin", [Role::Admin]);
+    let person: usm_directory::NewPerson =
+        serde_json::from_value(json!({"id": "ann.lee", "name": "Ann Lee"})).unwrap();
+    engine
+        .directory()
+        .create_person(&admin, person, |_| false)
+        .unwrap();
+    let group: usm_directory::NewGroup = serde_json::from_value(
+        json!({"id": "team-network", "name": "Network", "domain": "it", "members": ["ann.lee"]}),
+    )
+    .unwrap();
+    engine.directory().create_group(&admin, group).unwrap();
     let actor = Actor::new("bench", [Role::Agent]);
     let new = || -> NewRecord {
         serde_json::from_value(json!({"kind": "incident", "title": "Mail unreachable from floor 3", "fields": fields()})).unwrap()
@@ -318,6 +347,7 @@ fn creates_over_http(modules: &[std::path::PathBuf], records: usize, clients: us
         .build()
         .unwrap();
     runtime.block_on(async {
+        assignees(&server).await;
         let body = json!({"kind": "incident", "title": "Mail unreachable from floor 3", "fields": fields()});
         let started = Instant::now();
         let tasks = (0..clients).map(|_| {
@@ -441,6 +471,7 @@ fn hostile_neighbour() {
             .build()
             .unwrap();
         runtime.block_on(async {
+            assignees(&server).await;
             let stop = std::sync::atomic::AtomicBool::new(false);
             let hr_load = async {
                 let mut failures = 0usize;

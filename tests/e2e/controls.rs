@@ -26,10 +26,30 @@ struct Desk {
 impl Desk {
     async fn open() -> Self {
         let server = bundled();
-        let ann = server.token("ann", &["agent"], None).await.unwrap();
-        let bo = server.token("bo", &["agent"], None).await.unwrap();
-        let cy = server.token("cy", &["agent"], None).await.unwrap();
-        let rob = server.token("rob", &["requester"], None).await.unwrap();
+        // People, each acting through a token of their own.
+        let mut secrets = Vec::new();
+        for (id, role) in [
+            ("ann", "agent"),
+            ("bo", "agent"),
+            ("cy", "agent"),
+            ("rob", "requester"),
+        ] {
+            let added = server
+                .post("/api/v1/people", &json!({"id": id, "name": id}))
+                .await
+                .unwrap();
+            assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+            let token = server
+                .post(
+                    "/api/v1/tokens",
+                    &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
+            secrets.push(token.body["token"].as_str().unwrap().to_owned());
+        }
+        let [ann, bo, cy, rob] = <[String; 4]>::try_from(secrets).unwrap();
         let bot = server.token("bot", &["automation"], None).await.unwrap();
         Self {
             server,
@@ -166,6 +186,41 @@ async fn a_requester_sets_what_they_tell_and_nothing_the_desk_decides() {
         )
         .await;
     assert_not_writable(&someone_else, "/fields/requester", "system");
+    // The kinds say who writes what, per domain.
+    let kinds = desk
+        .server
+        .get("/api/v1/kinds?domain=it")
+        .await
+        .unwrap()
+        .body;
+    let incident = kinds["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "incident")
+        .unwrap();
+    assert_eq!(
+        incident["writers"]["priority"], "module:itil4",
+        "{incident}"
+    );
+    assert_eq!(incident["writers"]["impact"], "requester", "{incident}");
+    assert_eq!(incident["writers"]["requester"], "system", "{incident}");
+    let kinds = desk
+        .server
+        .get("/api/v1/kinds?domain=facilities")
+        .await
+        .unwrap()
+        .body;
+    let incident = kinds["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "incident")
+        .unwrap();
+    assert!(
+        incident["writers"].get("priority").is_none(),
+        "no itil4 in facilities: {incident}"
+    );
     // What a requester tells: the priority follows from it, and P1 suggests a major incident.
     let told = desk
         .created(
@@ -697,4 +752,49 @@ async fn lifecycles_cancel_from_every_active_state() {
         assert_ok(&desk.move_to(&desk.ann, id, to).await);
     }
     assert_eq!(desk.record(id).await["state"], "resolved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emergency_change_is_authorised_by_the_change_authority_group() {
+    let desk = Desk::open().await;
+    let change = desk
+        .created(&desk.ann, json!({"kind": "change", "title": "Patch the VPN now", "fields": {
+            "change_type": "emergency", "risk": "high", "plan": "patch", "backout_plan": "roll back"}}))
+        .await;
+    let id = change["id"].as_str().unwrap();
+    // An agent's approval, or the bootstrap admin's, is not the change authority's.
+    assert_ok(&desk.decide(&desk.bo, id, "approve").await);
+    let by_admin = desk
+        .server
+        .post(
+            &format!("/api/v1/records/{id}/approvals"),
+            &json!({"decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    assert_ok(&by_admin);
+    assert_rejected(
+        &desk.move_to(&desk.ann, id, "implement").await,
+        "itil4",
+        "emergency_approval_required",
+    );
+    // cy joins the domain's change authority; her approval records the group and carries it.
+    let joined = desk
+        .server
+        .patch(
+            "/api/v1/groups/change-authority",
+            &json!({"members": ["cy"]}),
+        )
+        .await
+        .unwrap();
+    assert_ok(&joined);
+    let approval = desk.decide(&desk.cy, id, "approve").await;
+    assert_ok(&approval);
+    assert_eq!(
+        approval.body["groups"],
+        json!(["change-authority"]),
+        "{}",
+        approval.body
+    );
+    assert_ok(&desk.move_to(&desk.ann, id, "implement").await);
 }

@@ -11,6 +11,7 @@ mod concurrency;
 mod controls;
 mod crash;
 mod crash_cycles;
+mod directory;
 mod frameworks;
 mod isolation;
 mod limits;

@@ -16,7 +16,8 @@ fn priority_module(dir: &std::path::Path) -> std::path::PathBuf {
     .unwrap()
 }
 
-fn server_with_example_modules() -> (TestServer, tempfile::TempDir) {
+/// The example modules in `it`, with the groups the triage example routes to.
+async fn server_with_example_modules() -> (TestServer, tempfile::TempDir) {
     let modules = tempfile::tempdir().unwrap();
     let priority = priority_module(modules.path());
     let server = TestServer::start_with(move |config| {
@@ -34,12 +35,22 @@ fn server_with_example_modules() -> (TestServer, tempfile::TempDir) {
         ];
     })
     .unwrap();
+    for group in ["team-network", "team-messaging", "service-desk"] {
+        let made = server
+            .post(
+                "/api/v1/groups",
+                &json!({"id": group, "name": group, "domain": "it"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    }
     (server, modules)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wasm_and_rhai_steps_shape_a_create_in_order() {
-    let (server, _modules) = server_with_example_modules();
+    let (server, _modules) = server_with_example_modules().await;
     let incident = server
         .create(json!({"kind": "incident", "title": "Core switch down",
                        "fields": {"impact": "high", "urgency": "high", "category": "network"}}))
@@ -92,7 +103,7 @@ async fn wasm_and_rhai_steps_shape_a_create_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rhai_rejection_names_module_and_step_and_leaves_no_trace() {
-    let (server, _modules) = server_with_example_modules();
+    let (server, _modules) = server_with_example_modules().await;
     server
         .create(
             json!({"kind": "incident", "title": "Mail bounces", "fields": {"category": "mail"}}),
@@ -138,7 +149,7 @@ async fn a_rhai_rejection_names_module_and_step_and_leaves_no_trace() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelines_endpoint_shows_the_composition() {
-    let (server, _modules) = server_with_example_modules();
+    let (server, _modules) = server_with_example_modules().await;
     let reply = server.get("/api/v1/pipelines").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     let pipelines = reply.body["pipelines"].as_array().unwrap();

@@ -22,6 +22,11 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/kpis"),
     ("GET", "/api/v1/workflows"),
     ("GET", "/api/v1/workflows/{slug}"),
+    // Agents read the directory.
+    ("GET", "/api/v1/people"),
+    ("GET", "/api/v1/people/{id}"),
+    ("GET", "/api/v1/groups"),
+    ("GET", "/api/v1/groups/{id}"),
 ];
 
 /// Every (method, path template) of the served API description, with the path's parameters

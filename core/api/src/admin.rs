@@ -27,6 +27,9 @@ impl From<TokenError> for ApiError {
             TokenError::NameTaken(_) => {
                 Self::new(error.code(), error.to_string()).with_field("/name")
             }
+            TokenError::Reference { field, .. } => {
+                Self::new(error.code(), error.to_string()).with_field(*field)
+            }
             TokenError::Forbidden(_) => Self::new(error.code(), error.to_string()),
             TokenError::Store(_) => {
                 tracing::error!(%error, "internal error");

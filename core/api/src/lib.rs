@@ -5,6 +5,7 @@
 
 mod admin;
 mod body;
+mod directory;
 mod headers;
 mod metrics;
 mod modules;
@@ -105,6 +106,16 @@ pub struct Services {
         modules::get_workflow,
         modules::import_workflow,
         admin::create_token,
+        directory::create_person,
+        directory::list_people,
+        directory::get_person,
+        directory::patch_person,
+        directory::delete_person,
+        directory::create_group,
+        directory::list_groups,
+        directory::get_group,
+        directory::patch_group,
+        directory::delete_group,
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
@@ -128,6 +139,7 @@ pub struct Services {
         (name = "modules", description = "Framework modules: install, enable per domain, upgrade, remove"),
         (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
         (name = "tokens", description = "API tokens (admin)"),
+        (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
         (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
@@ -274,6 +286,12 @@ pub struct KindView {
     pub lifecycle: usm_model::Lifecycle,
     /// Modules that added the kind or extended it; empty for an unextended core kind.
     pub modules: Vec<String>,
+    /// Who writes each field (`requester`, `agent`, `module:<id>`, `system`); a field not
+    /// listed is written by agents.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub writers: std::collections::BTreeMap<String, usm_model::Writer>,
+    /// The fields (and `title`) approvals are bound to.
+    pub material: Vec<String>,
 }
 
 /// The record kinds in force.
@@ -313,6 +331,8 @@ async fn kinds(
             schema: def.schema.clone(),
             lifecycle: def.lifecycle.clone(),
             modules: catalog.contributors(&def.name).to_vec(),
+            writers: def.writers.clone(),
+            material: def.material.clone(),
         })
         .collect();
     Ok(HttpResponse::Ok().json(KindList { kinds }))
@@ -395,6 +415,28 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route(web::get().to(admin::list_tokens)),
                 )
                 .service(resource("/tokens/{id}").route(web::delete().to(admin::revoke_token)))
+                .service(
+                    resource("/people")
+                        .route(web::post().to(directory::create_person))
+                        .route(web::get().to(directory::list_people)),
+                )
+                .service(
+                    resource("/people/{id}")
+                        .route(web::get().to(directory::get_person))
+                        .route(web::patch().to(directory::patch_person))
+                        .route(web::delete().to(directory::delete_person)),
+                )
+                .service(
+                    resource("/groups")
+                        .route(web::post().to(directory::create_group))
+                        .route(web::get().to(directory::list_groups)),
+                )
+                .service(
+                    resource("/groups/{id}")
+                        .route(web::get().to(directory::get_group))
+                        .route(web::patch().to(directory::patch_group))
+                        .route(web::delete().to(directory::delete_group)),
+                )
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(resource("/kpis").route(web::get().to(records::kpis)))
                 .service(

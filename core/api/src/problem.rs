@@ -66,12 +66,17 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid
         | C::FieldNotWritable
+        | C::UnknownReference
         | C::WorkflowInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
-        C::ModuleVersionConflict | C::ModuleInUse | C::WorkflowConflict | C::TokenNameTaken => {
-            StatusCode::CONFLICT
-        }
+        C::ModuleVersionConflict
+        | C::ModuleInUse
+        | C::WorkflowConflict
+        | C::TokenNameTaken
+        | C::DirectoryIdTaken => StatusCode::CONFLICT,
         C::ModuleNotFound
+        | C::PersonNotFound
+        | C::GroupNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
         | C::WebhookNotFound
@@ -122,6 +127,10 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleInUse => "The module is in use",
         C::WorkflowConflict => "The workflow would replace a module's template",
         C::FieldNotWritable => "The field is not the caller's to write",
+        C::PersonNotFound => "Person not found",
+        C::GroupNotFound => "Group not found",
+        C::DirectoryIdTaken => "The id is taken",
+        C::UnknownReference => "A person or group named does not exist here",
         C::ConfirmationNotExpected => "The record is not waiting for a confirmation",
         C::WorkflowNotFound => "Workflow not found",
         C::WorkflowInvalid => "Invalid USM-WIF document",

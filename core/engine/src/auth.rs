@@ -36,6 +36,9 @@ pub enum AuthError {
     /// The token has expired.
     #[error("the token has expired")]
     Expired,
+    /// The token's person was deactivated.
+    #[error("the token's person is inactive")]
+    Inactive,
 }
 
 /// Why an actor may not do what it asked: the route exists for its role, not for its domains
@@ -133,9 +136,17 @@ pub enum TokenError {
     /// No token with that id (or none the caller may see).
     #[error("no token {0}")]
     NotFound(String),
-    /// Another token has that name.
-    #[error("a token named {0:?} exists; token names are unique")]
+    /// Another token (or a person, whose id is their tokens' principal) has that name.
+    #[error("a token or person named {0:?} exists; principals' names are unique")]
     NameTaken(String),
+    /// The person named is not an active person (or not of the token's domains).
+    #[error("{field}: {message}")]
+    Reference {
+        /// The member.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The caller may not do this.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
@@ -151,6 +162,7 @@ impl TokenError {
             Self::Invalid { .. } => ErrorCode::InvalidInput,
             Self::NotFound(_) => ErrorCode::TokenNotFound,
             Self::NameTaken(_) => ErrorCode::TokenNameTaken,
+            Self::Reference { .. } => ErrorCode::UnknownReference,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Store(_) => ErrorCode::Internal,
         }
@@ -175,12 +187,19 @@ pub struct NewToken {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<Timestamp>,
+    /// The person the token belongs to: the actor is then that person (history, approvals,
+    /// requester, assignee), and the token stops working when the person is deactivated. A
+    /// person may hold several tokens; `name` then only labels the token.
+    #[serde(default)]
+    pub person: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TokenRecord {
     id: String,
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    person: Option<String>,
     roles: Vec<Role>,
     domains: Option<BTreeSet<Domain>>,
     expires_at: Option<Timestamp>,
@@ -195,8 +214,11 @@ struct TokenRecord {
 pub struct TokenInfo {
     /// The token's id (not its secret).
     pub id: String,
-    /// The principal it acts as.
+    /// Its label, and the principal it acts as unless it belongs to a person.
     pub name: String,
+    /// The person it belongs to and acts as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
     /// Its roles.
     pub roles: Vec<Role>,
     /// Its domains; every domain when absent.
@@ -219,6 +241,7 @@ impl From<&TokenRecord> for TokenInfo {
         Self {
             id: record.id.clone(),
             name: record.name.clone(),
+            person: record.person.clone(),
             roles: record.roles.clone(),
             domains: record.domains.clone(),
             expires_at: record.expires_at,
@@ -248,12 +271,17 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], TokenError> {
 pub struct Tokens {
     store: Arc<dyn Store>,
     domains: Vec<Domain>,
+    directory: Arc<usm_directory::Directory>,
     by_hash: RwLock<HashMap<String, TokenRecord>>,
 }
 
 impl Tokens {
     /// Loads the stored tokens; `domains` are the server's domains (token scopes must be among them).
-    pub fn open(store: Arc<dyn Store>, domains: Vec<Domain>) -> Result<Self, StoreError> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        domains: Vec<Domain>,
+        directory: Arc<usm_directory::Directory>,
+    ) -> Result<Self, StoreError> {
         let mut by_hash = HashMap::new();
         for (key, bytes) in store.settings(TOKEN_PREFIX)? {
             let record: TokenRecord =
@@ -266,8 +294,19 @@ impl Tokens {
         Ok(Self {
             store,
             domains,
+            directory,
             by_hash: RwLock::new(by_hash),
         })
+    }
+
+    /// Whether a token acts under `name` of its own (not as a person): a person may not take
+    /// that id, or the two principals would be one in history.
+    pub fn principal_named(&self, name: &str) -> bool {
+        self.by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|t| t.person.is_none() && t.name == name)
     }
 
     /// Whether any token exists (a fresh data directory has none).
@@ -286,8 +325,15 @@ impl Tokens {
         if record.expires_at.is_some_and(|at| at <= Timestamp::now()) {
             return Err(AuthError::Expired);
         }
-        let mut actor =
-            Actor::new(record.name.clone(), record.roles.clone()).with_id(record.id.clone());
+        let principal = match &record.person {
+            Some(person) => self
+                .directory
+                .active_person(person)
+                .map(|p| p.id)
+                .ok_or(AuthError::Inactive)?,
+            None => record.name.clone(),
+        };
+        let mut actor = Actor::new(principal, record.roles.clone()).with_id(record.id.clone());
         actor.domains = record.domains.clone();
         Ok(actor)
     }
@@ -326,6 +372,7 @@ impl Tokens {
             roles: vec![Role::Admin],
             domains: None,
             expires_at: None,
+            person: None,
         };
         self.insert(by, admin, id, &secret, Minting::Bootstrap)?;
         Ok(secret)
@@ -385,12 +432,20 @@ impl Tokens {
                 message: "must be in the future".into(),
             });
         }
+        let domains = match &new.person {
+            Some(person) => self.person_scope(person, domains)?,
+            None if self.directory.has_person(name) => {
+                return Err(TokenError::NameTaken(name.to_owned()));
+            }
+            None => domains,
+        };
         if minting == Minting::Api {
             admin_over(by, domains.as_ref())?;
         }
         let record = TokenRecord {
             id,
             name: name.to_owned(),
+            person: new.person,
             roles: new.roles,
             domains,
             expires_at: new.expires_at,
@@ -424,6 +479,33 @@ impl Tokens {
         let info = TokenInfo::from(&record);
         tokens.insert(record.hash.clone(), record);
         Ok(info)
+    }
+
+    /// The domains of a token of `person`: within the person's own (theirs when none are given).
+    fn person_scope(
+        &self,
+        person: &str,
+        domains: Option<BTreeSet<Domain>>,
+    ) -> Result<Option<BTreeSet<Domain>>, TokenError> {
+        let person = self
+            .directory
+            .active_person(person)
+            .ok_or_else(|| TokenError::Reference {
+                field: "/person",
+                message: format!(
+                    "{} is not an active person",
+                    person.chars().take(64).collect::<String>()
+                ),
+            })?;
+        match (domains, person.domains) {
+            (domains, None) => Ok(domains),
+            (None, own) => Ok(own),
+            (Some(asked), Some(own)) if asked.is_subset(&own) => Ok(Some(asked)),
+            (Some(_), Some(own)) => Err(TokenError::Reference {
+                field: "/domains",
+                message: format!("{} works only in {}", person.id, domain_list(&own)),
+            }),
+        }
     }
 
     /// The tokens `by` may see — those whose domains lie within its own — without secrets, by
@@ -600,6 +682,7 @@ mod tests {
             roles: vec![Role::Agent],
             domains: scope.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
             expires_at: None,
+            person: None,
         }
     }
 
@@ -624,7 +707,12 @@ mod tests {
     #[test]
     fn tokens_are_minted_listed_and_revoked_within_the_callers_domains() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let tokens = Tokens::open(store, domains(&["it", "hr"]).into_iter().collect()).unwrap();
+        let all: Vec<Domain> = domains(&["it", "hr"]).into_iter().collect();
+        let directory = Arc::new(usm_directory::Directory::new(
+            Arc::clone(&store),
+            all.clone(),
+        ));
+        let tokens = Tokens::open(store, all, directory).unwrap();
         let root = Actor::new("root", [Role::Admin]);
         let hana = hr_admin();
         let (it_agent, _) = tokens

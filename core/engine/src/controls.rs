@@ -159,6 +159,35 @@ pub struct ApprovalStatus {
     pub current: bool,
 }
 
+/// Refuses an assignment to a group that is not of the record's domain, or to someone who is
+/// not an active person of the domain (and, with a group, one of its members). Only a changed
+/// assignment is checked: a person deactivated later leaves their records as they were.
+pub fn check_assignment(
+    directory: &usm_directory::Directory,
+    previous: Option<&Record>,
+    record: &Record,
+) -> Result<(), EngineError> {
+    let get = |r: &Record, field: &str| {
+        r.fields
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let group = get(record, "assignment_group");
+    let assignee = get(record, "assignee");
+    let changed = previous
+        .is_none_or(|p| get(p, "assignment_group") != group || get(p, "assignee") != assignee);
+    if !changed || (group.is_none() && assignee.is_none()) {
+        return Ok(());
+    }
+    directory
+        .check_assignment(&record.domain, group.as_deref(), assignee.as_deref())
+        .map_err(|(field, message)| EngineError::UnknownReference {
+            field: field.to_owned(),
+            message,
+        })
+}
+
 /// What entering a state does to a record besides the state: the principal who moved it is
 /// recorded where the kind says, and leaving a resolution other than by accepting it clears
 /// the resolution data.

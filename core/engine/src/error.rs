@@ -39,6 +39,15 @@ pub enum EngineError {
         /// Who writes it.
         owner: Writer,
     },
+    /// The input names a person or group that does not exist, is inactive or is of another
+    /// domain.
+    #[error("{field}: {message}")]
+    UnknownReference {
+        /// JSON pointer of the member.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The record is not in the state where its requester answers a resolution.
     #[error("{id} is {state}; a resolution is confirmed or rejected only in {expected}")]
     ConfirmationNotExpected {
@@ -189,6 +198,7 @@ impl EngineError {
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
             Self::InvalidFields { .. } => ErrorCode::InvalidFields,
             Self::FieldNotWritable { .. } => ErrorCode::FieldNotWritable,
+            Self::UnknownReference { .. } => ErrorCode::UnknownReference,
             Self::ConfirmationNotExpected { .. } => ErrorCode::ConfirmationNotExpected,
             Self::InvalidInput { .. } => ErrorCode::InvalidInput,
             Self::UnknownState { .. } => ErrorCode::UnknownState,
@@ -220,7 +230,8 @@ impl EngineError {
             Self::InvalidFields { errors, .. } => errors.first().map(|e| e.field.clone()),
             Self::InvalidInput { field, .. }
             | Self::UnknownLinkTarget { field, .. }
-            | Self::FieldNotWritable { field, .. } => Some(field.clone()),
+            | Self::FieldNotWritable { field, .. }
+            | Self::UnknownReference { field, .. } => Some(field.clone()),
             Self::UnknownState { .. } => Some("/to".into()),
             Self::BadCursor(_) => Some("cursor".into()),
             _ => None,

@@ -224,13 +224,17 @@ pub struct Engine {
     commits: Arc<CommitSignal>,
     sla_policies: SlaPolicies,
     admission: admission::Admission,
+    directory: Arc<usm_directory::Directory>,
 }
 
 impl Engine {
     /// An engine over `store` with the kinds of `catalog`.
     pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, config: EngineConfig) -> Self {
+        let directory = Arc::new(usm_directory::Directory::new(
+            Arc::clone(&store),
+            config.domains.clone(),
+        ));
         Self {
-            store,
             base_kinds: catalog.kinds().cloned().collect(),
             catalogs: RwLock::new(Arc::new(Catalogs::uniform(catalog))),
             catalog_gate: RwLock::new(()),
@@ -239,7 +243,14 @@ impl Engine {
             pipelines: RwLock::new(Arc::new(Pipelines::default())),
             commits: Arc::new(CommitSignal::default()),
             sla_policies: SlaPolicies::default(),
+            directory,
+            store,
         }
+    }
+
+    /// The people and groups records are assigned to and approvals resolve to.
+    pub fn directory(&self) -> &Arc<usm_directory::Directory> {
+        &self.directory
     }
 
     /// When misbehaving steps are suspended.
@@ -751,6 +762,7 @@ impl Engine {
                 state: current.state.clone(),
                 record_version: 0,
                 content: controls::material_digest(def, current),
+                groups: self.directory.groups_of(&actor.name, &current.domain),
             };
             let context = serde_json::json!({"approval": approval});
             Ok(Proposal {
@@ -1066,6 +1078,11 @@ impl Engine {
             controls::check_step(def, module, &before.fields, &candidate.fields)?;
             candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;
             Ok(candidate)
+        })
+        .and_then(|(record, steps)| {
+            // Checked on the final record: whoever set the assignment, a client or a routing step.
+            controls::check_assignment(&self.directory, previous, &record)?;
+            Ok((record, steps))
         })
     }
 

@@ -74,6 +74,15 @@ pub enum ErrorCode {
     TokenNotFound,
     /// Another token has that name; names are unique.
     TokenNameTaken,
+    /// No person with that id (or none the caller may see).
+    PersonNotFound,
+    /// No group with that id (or none the caller may see).
+    GroupNotFound,
+    /// Another person or group (or a token's principal) has that id.
+    DirectoryIdTaken,
+    /// A person or group the input names does not exist, is inactive, or is not of the
+    /// record's domain (an assignee, a group member, a manager, a token's person).
+    UnknownReference,
     /// Too many requests from this token; retry after the `Retry-After` seconds.
     RateLimited,
     /// No webhook subscription (or delivery) with that id.
@@ -130,6 +139,10 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::TokenNotFound => "token_not_found",
             Self::TokenNameTaken => "token_name_taken",
+            Self::PersonNotFound => "person_not_found",
+            Self::GroupNotFound => "group_not_found",
+            Self::DirectoryIdTaken => "directory_id_taken",
+            Self::UnknownReference => "unknown_reference",
             Self::RateLimited => "rate_limited",
             Self::WebhookNotFound => "webhook_not_found",
             Self::WebhookDestinationRefused => "webhook_destination_refused",

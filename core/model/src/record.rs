@@ -247,6 +247,10 @@ pub struct Approval {
     /// an edit of any of them makes the approval stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// The approver's groups in the record's domain at the time: an authority (say a change
+    /// authority) is a group, not a token's name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// What happened to a record; the outbox carries these to after-steps, webhooks and SLAs.

@@ -79,6 +79,48 @@ pub fn install(
     Ok(())
 }
 
+/// The teams the bundled modules and automations assign records to, by domain: created (without
+/// members) on a fresh data directory, since an assignment must name a group of the record's
+/// domain. Admins add the people.
+pub const DEFAULT_GROUPS: &[(&str, &str, &str)] = &[
+    ("service-desk", "it", "Service desk"),
+    ("major-incident-team", "it", "Major incident team"),
+    ("change-authority", "it", "Change authority"),
+    ("facilities-helpdesk", "facilities", "Facilities helpdesk"),
+    ("site-hq", "facilities", "HQ site team"),
+    ("site-lab", "facilities", "Lab site team"),
+    ("site-logistics", "facilities", "Warehouse site team"),
+];
+
+/// The settings key recording that the default groups were created.
+const GROUPS_CREATED: &str = "bundled/groups-created";
+
+/// Creates the default groups of the configured domains, once per data directory.
+pub fn default_groups(engine: &usm_engine::Engine, domains: &[String]) -> anyhow::Result<()> {
+    let store = engine.store();
+    if store.setting(GROUPS_CREATED)?.is_some() {
+        return Ok(());
+    }
+    let system = Actor::new("system", [usm_model::Role::Admin]);
+    for (id, domain, name) in DEFAULT_GROUPS {
+        if !domains.iter().any(|d| d == domain) {
+            continue;
+        }
+        let new = usm_directory::NewGroup {
+            id: (*id).to_owned(),
+            name: (*name).to_owned(),
+            domain: (*domain).to_owned(),
+            members: Vec::new(),
+        };
+        match engine.directory().create_group(&system, new) {
+            Ok(_) | Err(usm_directory::DirectoryError::Taken(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    store.write_settings(&[(GROUPS_CREATED.to_owned(), b"1".to_vec())], &[])?;
+    Ok(())
+}
+
 /// The settings key recording that the default agreements were created.
 const AGREEMENTS_CREATED: &str = "bundled/agreements-created";
 

@@ -253,6 +253,8 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     if config.bundled_modules {
         bundled::install(&registry, store.as_ref(), &config.domains)
             .context("cannot install the bundled modules")?;
+        bundled::default_groups(&engine, &config.domains)
+            .context("cannot create the default groups")?;
     }
     if config.default_agreements {
         bundled::default_agreements(&engine, &config.domains)
@@ -274,8 +276,12 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
             )
             .with_context(|| format!("module {}", info.id))?;
     }
-    let tokens = Tokens::open(Arc::clone(&store), engine.domains().to_vec())
-        .context("cannot load the API tokens")?;
+    let tokens = Tokens::open(
+        Arc::clone(&store),
+        engine.domains().to_vec(),
+        Arc::clone(engine.directory()),
+    )
+    .context("cannot load the API tokens")?;
     let new_admin_token = bootstrap_admin(&tokens, config)?;
     let automations = Automations::new(
         Arc::clone(&engine),

@@ -229,6 +229,7 @@ fn keeps_approvals_backlinks_and_events(store: &dyn Store) {
         state: parent.state.clone(),
         record_version: 0,
         content: None,
+        groups: vec![],
     });
     let approved = store
         .commit(Write {

@@ -143,24 +143,35 @@ fn change_approval(input: &Input) -> Result<Output, Error> {
     }
     let approvers: Vec<&&Value> = decisions.values().collect();
     if change_type == "emergency" {
-        let roles: Vec<&str> = input.config["emergency_roles"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_else(|| vec!["admin"]);
-        let authorised = approvers.iter().any(|a| {
-            a["roles"].as_array().is_some_and(|r| {
-                r.iter()
-                    .any(|role| role.as_str().is_some_and(|role| roles.contains(&role)))
+        let listed = |key: &str| -> Vec<&str> {
+            input.config[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        };
+        let (groups, roles) = (listed("emergency_groups"), listed("emergency_roles"));
+        let holds = |approval: &Value, key: &str, wanted: &[&str]| {
+            approval[key].as_array().is_some_and(|held| {
+                held.iter()
+                    .any(|h| h.as_str().is_some_and(|h| wanted.contains(&h)))
             })
-        });
+        };
+        let authorised = approvers
+            .iter()
+            .any(|a| holds(a, "groups", &groups) || holds(a, "roles", &roles));
         if authorised {
             return Ok(Output::proceed());
         }
         return Ok(Output::reject(
             "emergency_approval_required",
             format!(
-                "an emergency change needs an approval by one holding the role {} before implement",
-                roles.join(" or ")
+                "an emergency change needs an approval by a member of {} before implement",
+                groups
+                    .iter()
+                    .chain(&roles)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         ));
     }
@@ -243,6 +254,7 @@ impl Step for Itil4 {
             "matrix": {"type": "object", "additionalProperties": {"type": "object",
                 "additionalProperties": {"type": "string", "pattern": "^P[1-5]$"}}},
             "min_approvals": {"type": "integer", "minimum": 1},
+            "emergency_groups": {"type": "array", "items": {"type": "string"}},
             "emergency_roles": {"type": "array", "items": {"type": "string"}}}}"#,
     );
 
