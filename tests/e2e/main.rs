@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod concurrency;
 mod controls;
+mod conversation;
 mod crash;
 mod crash_cycles;
 mod directory;

@@ -17,6 +17,8 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/records/{id}/approvals"),
     ("POST", "/api/v1/records/{id}/approvals"),
     ("POST", "/api/v1/records/{id}/confirmation"),
+    ("POST", "/api/v1/records/{id}/comments"),
+    ("GET", "/api/v1/records/{id}/comments"),
     ("GET", "/api/v1/pipelines"),
     ("GET", "/api/v1/kinds"),
     ("GET", "/api/v1/kpis"),

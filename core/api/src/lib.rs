@@ -94,6 +94,8 @@ pub struct Services {
         records::create_approval,
         records::list_approvals,
         records::confirm_resolution,
+        records::add_comment,
+        records::list_comments,
         pipelines,
         kinds,
         modules::list_modules,
@@ -489,6 +491,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     resource("/records/{id}/confirmation")
                         .route(web::post().to(records::confirm_resolution)),
+                )
+                .service(
+                    resource("/records/{id}/comments")
+                        .route(web::post().to(records::add_comment))
+                        .route(web::get().to(records::list_comments)),
                 ),
         );
 }

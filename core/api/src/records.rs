@@ -384,6 +384,78 @@ pub async fn confirm_resolution(
         .json(record))
 }
 
+/// A record's conversation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommentList {
+    /// The record.
+    pub record_id: String,
+    /// Oldest first; a requester gets the public ones.
+    pub comments: Vec<usm_engine::conversation::Comment>,
+}
+
+/// Paging of a conversation.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CommentParams {
+    /// Only comments that made a record version after this one.
+    pub after: Option<u64>,
+    /// Page size.
+    pub limit: Option<usize>,
+}
+
+/// Adds a comment: requesters write public comments on their own records, agents public
+/// comments and internal notes. Each is a history entry; a requester's reply to a record held
+/// `awaiting_customer` puts it back in progress.
+#[utoipa::path(
+    post, path = "/api/v1/records/{id}/comments", tag = "records",
+    request_body = usm_engine::conversation::NewComment,
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, body = usm_engine::conversation::Comment, headers(("ETag" = String, description = "The record's new version"))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A requester's internal note", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn add_comment(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    body: web::Json<usm_engine::conversation::NewComment>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let comment = blocking(move || engine.add_comment(&actor, &id, body.into_inner())).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, etag(comment.version)))
+        .json(comment))
+}
+
+/// A record's conversation, oldest first.
+#[utoipa::path(
+    get, path = "/api/v1/records/{id}/comments", tag = "records",
+    params(("id" = String, Path), CommentParams),
+    responses(
+        (status = 200, body = CommentList),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_comments(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+    params: web::Query<CommentParams>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let record_id = id.clone();
+    let CommentParams { after, limit } = params.into_inner();
+    let comments =
+        blocking(move || engine.comments(&actor, &id, after.unwrap_or(0), limit)).await?;
+    Ok(HttpResponse::Ok().json(CommentList {
+        record_id,
+        comments,
+    }))
+}
+
 /// Query parameters of the KPIs.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -192,6 +192,10 @@ pub fn check_assignment(
 /// recorded where the kind says, and leaving a resolution other than by accepting it clears
 /// the resolution data.
 pub fn on_transition(def: &KindDef, actor: &Actor, current: &Record, next: &mut Record) {
+    // A hold reason holds while the record is on hold.
+    if current.state.as_str() == "on_hold" && next.state != current.state {
+        next.fields.remove(crate::conversation::HOLD_REASON);
+    }
     if let Some(field) = def.actor_fields.get(&next.state) {
         next.fields
             .insert(field.clone(), Value::String(actor.name.clone()));

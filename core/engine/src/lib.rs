@@ -14,6 +14,7 @@ pub mod budget;
 pub mod bundle;
 mod catalogs;
 pub mod controls;
+pub mod conversation;
 mod cursor;
 mod error;
 pub mod kpis;
@@ -464,6 +465,7 @@ impl Engine {
             approval: None,
             steps,
             cause,
+            visibility: None,
             stale_approvals: Vec::new(),
         };
         let write = Write {
@@ -571,6 +573,7 @@ impl Engine {
                 comment: None,
                 approval: None,
                 context: Value::Null,
+                visibility: None,
             })
         })
         .map(|committed| committed.record)
@@ -643,6 +646,7 @@ impl Engine {
                 comment: comment.clone(),
                 approval: None,
                 context,
+                visibility: None,
             })
         })
         .map(|committed| committed.record)
@@ -711,6 +715,7 @@ impl Engine {
                 comment: comment.clone(),
                 approval: None,
                 context,
+                visibility: None,
             })
         })
         .map(|committed| committed.record)
@@ -770,6 +775,7 @@ impl Engine {
                 comment: None,
                 approval: Some(approval),
                 context,
+                visibility: None,
             })
         })?;
         let approval = committed.history.approval.ok_or_else(|| {
@@ -813,7 +819,9 @@ impl Engine {
     ) -> Result<Vec<HistoryEntry>, EngineError> {
         let record = self.get(actor, id)?;
         let limit = self.page_size(limit, self.config.limits.max_history_page)?;
-        Ok(self.store.history(&record.id, after, limit)?)
+        let mut entries = self.store.history(&record.id, after, limit)?;
+        entries.retain(|entry| conversation::can_read(actor, entry));
+        Ok(entries)
     }
 
     /// A page of the records matching the filters that the actor may see.
@@ -880,10 +888,12 @@ impl Engine {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let attempts = self.config.limits.write_attempts;
+        // A comment runs no pipeline: rules govern the record, not the conversation about it.
         let hook = match action {
-            Action::Create | Action::Update => Hook::Update,
-            Action::Transition => Hook::Transition,
-            Action::Approval => Hook::Approval,
+            Action::Create | Action::Update => Some(Hook::Update),
+            Action::Transition => Some(Hook::Transition),
+            Action::Approval => Some(Hook::Approval),
+            Action::Comment => None,
         };
         let pipelines = self.pipelines();
         for _ in 0..attempts {
@@ -911,25 +921,31 @@ impl Engine {
                 comment,
                 approval,
                 mut context,
+                visibility,
             } = propose(&current)?;
-            let has_steps = !pipelines
-                .steps(&current.domain, current.process, hook, Phase::Before)
-                .is_empty();
-            if has_steps && matches!(hook, Hook::Transition | Hook::Approval) {
-                self.add_relations(&current, &mut context)?;
-            }
             let now = Timestamp::now();
             record.updated_at = now;
             record.updated_by = actor.name.clone();
-            let (record, steps) = self.run_before(
-                &pipelines,
-                hook,
-                actor,
-                record,
-                Some(&current),
-                context,
-                cause.is_none(),
-            )?;
+            let (record, steps) = match hook {
+                Some(hook) => {
+                    let has_steps = !pipelines
+                        .steps(&current.domain, current.process, hook, Phase::Before)
+                        .is_empty();
+                    if has_steps && matches!(hook, Hook::Transition | Hook::Approval) {
+                        self.add_relations(&current, &mut context)?;
+                    }
+                    self.run_before(
+                        &pipelines,
+                        hook,
+                        actor,
+                        record,
+                        Some(&current),
+                        context,
+                        cause.is_none(),
+                    )?
+                }
+                None => (record, Vec::new()),
+            };
             let stale_approvals = self.staled_approvals(&current, &record)?;
             let history = HistoryEntry {
                 version: current.version + 1,
@@ -941,6 +957,7 @@ impl Engine {
                 approval,
                 steps,
                 cause: cause.clone(),
+                visibility,
                 stale_approvals,
             };
             let write = Write {
@@ -1292,6 +1309,8 @@ struct Proposal {
     approval: Option<Approval>,
     /// Hook details for the pipeline steps.
     context: Value,
+    /// Who reads the comment, for a comment.
+    visibility: Option<usm_model::Visibility>,
 }
 
 /// Which record a write changes, and how.

@@ -22,7 +22,7 @@ pub use lifecycle::{Lifecycle, LifecycleError, StateCategory, StateDef, Transiti
 pub use patch::{MergePatchError, merge_patch};
 pub use record::{
     Action, Approval, Cause, Decision, Event, EventType, HistoryEntry, Link, LinkRel, Process,
-    Record, StepRun,
+    Record, StepRun, Visibility,
 };
 
 /// Re-exported so that every crate agrees on one timestamp type.

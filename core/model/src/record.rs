@@ -143,6 +143,20 @@ pub enum Action {
     Transition,
     /// An approval decision was recorded.
     Approval,
+    /// A comment was added to the record's conversation.
+    Comment,
+}
+
+/// Who reads a comment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Visibility {
+    /// The requester and the agents.
+    #[default]
+    Public,
+    /// Agents only (a work note).
+    Internal,
 }
 
 /// The outcome of one pipeline step during a write, kept in history.
@@ -189,6 +203,9 @@ pub struct HistoryEntry {
     /// The after-step whose effect made this write, when a step made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// For `comment` entries, who reads it; the body is `comment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
     /// Approvals (by `seq`) this write made stale by changing the content they approved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_approvals: Vec<u64>,
@@ -269,6 +286,9 @@ pub enum EventType {
     /// An approval was recorded.
     #[serde(rename = "record.approval")]
     ApprovalRecorded,
+    /// A comment was added.
+    #[serde(rename = "record.commented")]
+    RecordCommented,
     /// A step asked for a notification about the record.
     #[serde(rename = "notification")]
     Notification,
@@ -287,6 +307,7 @@ impl From<Action> for EventType {
             Action::Update => Self::RecordUpdated,
             Action::Transition => Self::RecordTransitioned,
             Action::Approval => Self::ApprovalRecorded,
+            Action::Comment => Self::RecordCommented,
         }
     }
 }

@@ -43,6 +43,7 @@ fn entry(action: Action) -> HistoryEntry {
         approval: None,
         steps: vec![],
         cause: None,
+        visibility: None,
         stale_approvals: vec![],
     }
 }
