@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests panic on failure, like the tests
 
+mod attachments;
 mod automations;
 mod bad_input;
 mod catalog;

@@ -19,6 +19,10 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("POST", "/api/v1/records/{id}/confirmation"),
     ("POST", "/api/v1/records/{id}/comments"),
     ("GET", "/api/v1/records/{id}/comments"),
+    ("POST", "/api/v1/records/{id}/attachments"),
+    ("GET", "/api/v1/records/{id}/attachments"),
+    ("GET", "/api/v1/records/{id}/attachments/{attachment}"),
+    ("DELETE", "/api/v1/records/{id}/attachments/{attachment}"),
     ("GET", "/api/v1/pipelines"),
     ("GET", "/api/v1/kinds"),
     ("GET", "/api/v1/kpis"),
@@ -45,7 +49,8 @@ async fn described_routes(server: &TestServer) -> Vec<(Method, String, String)> 
             let path = template
                 .replace("{id}", "INC-1")
                 .replace("{slug}", "none")
-                .replace("{event}", "1");
+                .replace("{event}", "1")
+                .replace("{attachment}", "1");
             assert!(
                 !path.contains('{'),
                 "a parameter this test cannot fill: {template}"

@@ -236,6 +236,11 @@ impl TestServer {
         &self.client
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Sends a request as the holder of `token` (no token when `None`).
     pub async fn call_as(
         &self,

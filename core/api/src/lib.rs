@@ -4,6 +4,7 @@
 //! the binary and the end-to-end tests both use it.
 
 mod admin;
+mod attachments;
 mod body;
 mod directory;
 mod headers;
@@ -45,6 +46,8 @@ pub struct ApiConfig {
     pub webhook_policy: usm_engine::webhooks::WebhookPolicy,
     /// A request body that sends nothing for this long fails with `408`.
     pub body_timeout: std::time::Duration,
+    /// Largest attachment, in bytes.
+    pub attachment_max_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +59,7 @@ impl Default for ApiConfig {
             public_metrics: false,
             webhook_policy: usm_engine::webhooks::WebhookPolicy::default(),
             body_timeout: std::time::Duration::from_secs(10),
+            attachment_max_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Services {
     pub http_metrics: metrics::HttpMetrics,
     /// HTTP settings.
     pub config: ApiConfig,
+    /// Attachment contents.
+    pub blobs: usm_blobs::BlobStore,
 }
 
 /// The OpenAPI description of the API.
@@ -96,6 +102,10 @@ pub struct Services {
         records::confirm_resolution,
         records::add_comment,
         records::list_comments,
+        attachments::upload,
+        attachments::list,
+        attachments::download,
+        attachments::remove,
         pipelines,
         kinds,
         modules::list_modules,
@@ -496,6 +506,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     resource("/records/{id}/comments")
                         .route(web::post().to(records::add_comment))
                         .route(web::get().to(records::list_comments)),
+                )
+                .service(
+                    resource("/records/{id}/attachments")
+                        .route(web::post().to(attachments::upload))
+                        .route(web::get().to(attachments::list)),
+                )
+                .service(
+                    resource("/records/{id}/attachments/{attachment}")
+                        .route(web::get().to(attachments::download))
+                        .route(web::delete().to(attachments::remove)),
                 ),
         );
 }

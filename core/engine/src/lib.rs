@@ -8,6 +8,7 @@
 //! client's to resolve (412); without, the engine recomputes on the fresh record.
 
 mod admission;
+pub mod attachments;
 pub mod auth;
 mod background;
 pub mod budget;
@@ -69,6 +70,10 @@ pub struct Limits {
     pub max_title_chars: usize,
     /// Longest transition or approval comment, in characters.
     pub max_comment_chars: usize,
+    /// Most attachments one record holds.
+    pub max_attachments_per_record: usize,
+    /// Most bytes one record's attachments hold in all.
+    pub max_attachment_bytes_per_record: u64,
     /// Most links on one record.
     pub max_links: usize,
     /// Deepest nesting of a merge patch.
@@ -96,6 +101,8 @@ impl Default for Limits {
         Self {
             max_title_chars: 500,
             max_comment_chars: 10_000,
+            max_attachments_per_record: 100,
+            max_attachment_bytes_per_record: 250 * 1024 * 1024,
             max_links: 100,
             max_patch_depth: 16,
             max_page: 500,
@@ -893,7 +900,7 @@ impl Engine {
             Action::Create | Action::Update => Some(Hook::Update),
             Action::Transition => Some(Hook::Transition),
             Action::Approval => Some(Hook::Approval),
-            Action::Comment => None,
+            Action::Comment | Action::Attachment => None,
         };
         let pipelines = self.pipelines();
         for _ in 0..attempts {

@@ -461,7 +461,10 @@ fn catalog_additions(manifest: &Manifest) -> Result<CatalogAdditions, ModuleErro
             process: decl.process,
             schema: kind_schema(json_properties(&decl.fields, key("fields"))?),
             lifecycle,
-            writers: BTreeMap::from([("requester".to_owned(), Writer::System)]),
+            writers: BTreeMap::from([
+                ("requester".to_owned(), Writer::System),
+                ("attachments".to_owned(), Writer::System),
+            ]),
             material: Vec::new(),
             actor_fields: BTreeMap::new(),
             confirmation: None,

@@ -128,7 +128,7 @@ fn hook_of(event: EventType) -> Option<Hook> {
         EventType::RecordTransitioned => Some(Hook::Transition),
         EventType::ApprovalRecorded => Some(Hook::Approval),
         EventType::SlaWarning | EventType::SlaBreach => Some(Hook::Sla),
-        EventType::Notification | EventType::RecordCommented => None,
+        EventType::Notification | EventType::RecordCommented | EventType::AttachmentChanged => None,
     }
 }
 

@@ -31,12 +31,16 @@ pub fn prune(engine: &Engine, consumers: &[String]) -> Result<Pruned, StoreError
 /// The background pruner. Stops when dropped.
 pub struct Pruner(Background);
 
+/// Other housekeeping the pruner runs at each turn (say, collecting unreferenced blobs).
+pub type Chore = Box<dyn Fn(&Engine) + Send>;
+
 impl Pruner {
     /// Prunes every `every` for the outbox `consumers` (see [`prune`]).
     pub fn start(
         engine: Arc<Engine>,
         consumers: Vec<String>,
         every: Duration,
+        chores: Vec<Chore>,
     ) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());
         Background::spawn("usm-pruner", commits, move |stop| {
@@ -52,6 +56,9 @@ impl Pruner {
                         ),
                         Ok(_) => {}
                         Err(error) => tracing::error!(%error, "cannot prune the store"),
+                    }
+                    for chore in &chores {
+                        chore(&engine);
                     }
                     last = Instant::now();
                     continue;

@@ -601,6 +601,8 @@ fn common_properties() -> Map<String, Value> {
         "tags": {"type": "array", "items": text(100), "maxItems": 50, "uniqueItems": true},
         // Why a record waits, while it is on hold; `awaiting_customer` ends with their reply.
         "hold_reason": text(100),
+        // Written by the engine as files are attached and removed.
+        "attachments": {"type": "array", "items": {"type": "object"}},
     }) else {
         unreachable!("a json! object literal is an object")
     };
@@ -635,6 +637,7 @@ fn kind_def(
         .map(|field| (field.to_owned(), Writer::Requester))
         .collect();
     writers.insert("requester".into(), Writer::System);
+    writers.insert("attachments".into(), Writer::System);
     KindDef {
         name: Kind::new(name).unwrap_or_else(|e| panic!("built-in kind {name}: {e}")),
         prefix: prefix.to_owned(),

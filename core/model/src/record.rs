@@ -145,6 +145,8 @@ pub enum Action {
     Approval,
     /// A comment was added to the record's conversation.
     Comment,
+    /// A file was attached or an attachment removed.
+    Attachment,
 }
 
 /// Who reads a comment.
@@ -289,6 +291,9 @@ pub enum EventType {
     /// A comment was added.
     #[serde(rename = "record.commented")]
     RecordCommented,
+    /// A file was attached or an attachment removed.
+    #[serde(rename = "record.attachment")]
+    AttachmentChanged,
     /// A step asked for a notification about the record.
     #[serde(rename = "notification")]
     Notification,
@@ -308,6 +313,7 @@ impl From<Action> for EventType {
             Action::Transition => Self::RecordTransitioned,
             Action::Approval => Self::ApprovalRecorded,
             Action::Comment => Self::RecordCommented,
+            Action::Attachment => Self::AttachmentChanged,
         }
     }
 }

@@ -31,8 +31,10 @@ pub struct Config {
     pub log_level: String,
     /// HTTP worker threads; one per core when absent.
     pub workers: Option<usize>,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes (attachments have their own limit).
     pub max_body_bytes: usize,
+    /// Largest attachment, in bytes.
+    pub attachment_max_bytes: u64,
     /// Seconds a request body may send nothing before the request fails with `408`.
     pub body_timeout_secs: u64,
     /// Acknowledge writes only once flushed to disk.
@@ -148,6 +150,7 @@ impl Default for Config {
             log_level: "info".into(),
             workers: None,
             max_body_bytes: 1024 * 1024,
+            attachment_max_bytes: 25 * 1024 * 1024,
             body_timeout_secs: 10,
             durable_acks: true,
             cache_mib: 256,

@@ -54,6 +54,8 @@ pub struct Opened {
     pub new_admin_token: Option<String>,
     /// The automations.
     pub automations: Arc<Automations>,
+    /// Attachment contents.
+    pub blobs: usm_blobs::BlobStore,
 }
 
 impl Server {
@@ -66,6 +68,7 @@ impl Server {
             tokens,
             new_admin_token,
             automations,
+            blobs,
         } = open(config)?;
         if let Some(secret) = new_admin_token {
             announce_admin_token(&secret);
@@ -84,7 +87,9 @@ impl Server {
                 public_metrics: config.public_metrics,
                 webhook_policy: webhook_policy(config)?,
                 body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
+                attachment_max_bytes: config.attachment_max_bytes,
             },
+            blobs: blobs.clone(),
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)
@@ -115,10 +120,27 @@ impl Server {
             SlaWorker::CONSUMER,
             AutomationWorker::CONSUMER,
         ];
+        let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
+            // An upload's blob is written before the commit that references it: an hour's grace
+            // keeps the blobs of writes still in flight.
+            match engine.referenced_blobs() {
+                Ok(referenced) => match blobs.collect(&referenced, Duration::from_secs(3600)) {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        tracing::info!(removed, "collected unreferenced attachment blobs")
+                    }
+                    Err(error) => tracing::error!(%error, "cannot collect attachment blobs"),
+                },
+                Err(error) => {
+                    tracing::error!(%error, "cannot list the referenced attachment blobs")
+                }
+            }
+        });
         let pruner = Pruner::start(
             Arc::clone(&engine),
             consumers.map(str::to_owned).to_vec(),
             Duration::from_secs(config.prune_interval_secs.max(1)),
+            vec![collect_blobs],
         )
         .context("cannot start the pruner")?;
         Ok(Self {
@@ -292,12 +314,15 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     if config.bundled_modules {
         bundled::define_automations(&automations)?;
     }
+    let blobs = usm_blobs::BlobStore::open(&config.data_dir.join("attachments"))
+        .context("cannot open the attachment store")?;
     Ok(Opened {
         engine,
         registry: Arc::new(registry),
         tokens: Arc::new(tokens),
         new_admin_token,
         automations: Arc::new(automations),
+        blobs,
     })
 }
 

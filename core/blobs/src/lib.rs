@@ -1,0 +1,259 @@
+//! Attachment contents on disk, content-addressed: a blob's name is the SHA-256 of its bytes, so
+//! the same file attached twice is stored once. A blob is written to a temporary file, fsynced,
+//! renamed into place and its directory fsynced before anyone may reference it, so a crash
+//! leaves at worst an unreferenced blob, which [`BlobStore::collect`] removes, never a reference
+//! to a missing one.
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
+
+use sha2::{Digest, Sha256};
+
+/// Why a blob could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The blob grew past the limit; nothing was kept.
+    #[error("larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The disk failed.
+    #[error("blob store: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Lowercase hex SHA-256 of the contents: the blob's name.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A directory of blobs.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+fn is_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl BlobStore {
+    /// Opens (or creates) the blob directory `dir`, removing uploads a crash left half-written.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let store = Self {
+            dir: dir.to_path_buf(),
+        };
+        fs::create_dir_all(store.tmp())?;
+        for entry in fs::read_dir(store.tmp())? {
+            fs::remove_file(entry?.path())?;
+        }
+        Ok(store)
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Where the blob named `sha256` lives (two-level fan-out keeps directories small); `None`
+    /// for a name that is not a digest, so no caller can reach outside the store.
+    pub fn path(&self, sha256: &str) -> Option<PathBuf> {
+        is_digest(sha256).then(|| self.dir.join(&sha256[..2]).join(sha256))
+    }
+
+    /// Starts a blob of at most `limit` bytes.
+    pub fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.tmp().join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = File::options().write(true).create_new(true).open(&tmp)?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            file: Some(file),
+            tmp,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Removes the blobs not in `referenced` that are older than `grace` (so a blob written for
+    /// a commit still in flight is kept). Returns how many it removed.
+    pub fn collect(&self, referenced: &HashSet<String>, grace: Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for fan in fs::read_dir(&self.dir)? {
+            let fan = fan?;
+            if fan.file_name() == "tmp" || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for blob in fs::read_dir(fan.path())? {
+                let blob = blob?;
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if !is_digest(&name) || referenced.contains(&name) {
+                    continue;
+                }
+                if blob.metadata()?.modified()? < cutoff {
+                    fs::remove_file(blob.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A blob being written: feed it chunks, then [`BlobWriter::finish`]. Dropped unfinished, it
+/// leaves nothing behind.
+pub struct BlobWriter {
+    store: BlobStore,
+    file: Option<File>,
+    tmp: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Appends a chunk; refuses one that would pass the limit.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(BlobError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        match &mut self.file {
+            Some(file) => file.write_all(chunk)?,
+            None => return Err(BlobError::Io(io::Error::other("the blob is finished"))),
+        }
+        Ok(())
+    }
+
+    /// Makes the blob durable under its digest and returns it.
+    pub fn finish(mut self) -> Result<Blob, BlobError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("the blob is finished"))?;
+        file.sync_all()?;
+        drop(file);
+        let sha256 = format!("{:x}", std::mem::take(&mut self.hasher).finalize());
+        let path = self
+            .store
+            .path(&sha256)
+            .ok_or_else(|| io::Error::other("a digest that is not one"))?;
+        let fan = path.parent().unwrap_or(&self.store.dir).to_path_buf();
+        fs::create_dir_all(&fan)?;
+        if path.exists() {
+            // The same bytes are stored already: touch them, so collection keeps them as new.
+            File::options()
+                .append(true)
+                .open(&path)?
+                .set_modified(SystemTime::now())?;
+            fs::remove_file(&self.tmp)?;
+        } else {
+            fs::rename(&self.tmp, &path)?;
+            sync_dir(&fan)?;
+            sync_dir(&self.store.dir)?;
+        }
+        Ok(Blob {
+            sha256,
+            size: self.size,
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some()
+            && let Err(error) = fs::remove_file(&self.tmp)
+        {
+            tracing::warn!(%error, path = %self.tmp.display(), "cannot remove an unfinished blob");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_content_addressed_limited_and_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(10).unwrap();
+        writer.write(b"hello ").unwrap();
+        writer.write(b"you").unwrap();
+        let blob = writer.finish().unwrap();
+        assert_eq!(blob.size, 9);
+        assert_eq!(blob.sha256, format!("{:x}", Sha256::digest(b"hello you")));
+        let path = store.path(&blob.sha256).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"hello you");
+        // The same bytes again are the same blob.
+        let mut again = store.writer(10).unwrap();
+        again.write(b"hello you").unwrap();
+        assert_eq!(again.finish().unwrap(), blob);
+        // Past the limit nothing is kept, and an abandoned writer leaves nothing either.
+        let mut big = store.writer(4).unwrap();
+        assert!(matches!(
+            big.write(b"12345"),
+            Err(BlobError::TooLarge { limit: 4 })
+        ));
+        drop(big);
+        let mut abandoned = store.writer(100).unwrap();
+        abandoned.write(b"half").unwrap();
+        drop(abandoned);
+        assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 0);
+        // Names that are not digests reach nothing.
+        assert!(store.path("../../etc/passwd").is_none());
+        // Collection keeps referenced and recent blobs.
+        let referenced = HashSet::from([blob.sha256.clone()]);
+        let mut other = store.writer(100).unwrap();
+        other.write(b"orphan").unwrap();
+        let orphan = other.finish().unwrap();
+        assert_eq!(
+            store
+                .collect(&referenced, Duration::from_secs(3600))
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.collect(&referenced, Duration::ZERO).unwrap(), 1);
+        assert!(!store.path(&orphan.sha256).unwrap().exists());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_reopen_clears_half_written_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(100).unwrap();
+        writer.write(b"half").unwrap();
+        // A crash: the writer is never dropped.
+        std::mem::forget(writer);
+        assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 1);
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 0);
+    }
+}

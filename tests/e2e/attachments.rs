@@ -1,0 +1,284 @@
+//! Attachments over HTTP: streamed to content-addressed blobs, listed, downloaded safely and
+//! removed by agents; refused uploads and broken-off ones leave nothing referenced.
+
+use std::{
+    io::{Read as _, Write as _},
+    path::Path,
+};
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use usm_tests::{ADMIN_TOKEN, TestServer};
+
+/// The blob files (not the upload scratch space) under the server's attachment store.
+fn blob_files(data: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(fans) = std::fs::read_dir(data.join("attachments")) else {
+        return names;
+    };
+    for fan in fans.flatten() {
+        if fan.file_name() == "tmp" {
+            continue;
+        }
+        for blob in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            names.push(blob.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+fn scratch_files(data: &Path) -> usize {
+    std::fs::read_dir(data.join("attachments").join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn upload(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+    disposition: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/api/v1/records/{id}/attachments", server.base))
+        .bearer_auth(token)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body);
+    if let Some(disposition) = disposition {
+        request = request.header(header::CONTENT_DISPOSITION, disposition);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_attach_download_and_go_with_the_records_rights() {
+    let server = TestServer::start().unwrap();
+    let rob = server.token("rob", &["requester"], None).await.unwrap();
+    let eve = server.token("eve", &["requester"], None).await.unwrap();
+    let created = server
+        .call_as(
+            Some(&rob),
+            Method::POST,
+            "/api/v1/records",
+            Some(&json!({"kind": "incident", "title": "Printer jams"})),
+        )
+        .await
+        .unwrap();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let photo: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (status, attached) = upload(
+        &server,
+        &rob,
+        &id,
+        Some("attachment; filename=\"jam.jpg\""),
+        "image/jpeg",
+        photo.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{attached}");
+    assert_eq!(attached["size"], 200_000);
+    assert_eq!(attached["sha256"], format!("{:x}", Sha256::digest(&photo)));
+    assert_eq!(
+        (&attached["filename"], &attached["created_by"]),
+        (&json!("jam.jpg"), &json!("rob"))
+    );
+    // The same file again (with a UTF-8 name) is a second attachment of one stored blob.
+    let (status, again) = upload(
+        &server,
+        ADMIN_TOKEN,
+        &id,
+        Some("attachment; filename*=UTF-8''jam%20%C3%A9t%C3%A9.jpg"),
+        "image/jpeg",
+        photo.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["filename"], "jam été.jpg");
+    assert_eq!(blob_files(server.data_dir()).len(), 1);
+
+    let listed = server
+        .call_as(
+            Some(&rob),
+            Method::GET,
+            &format!("/api/v1/records/{id}/attachments"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.body["attachments"].as_array().unwrap().len(),
+        2,
+        "{}",
+        listed.body
+    );
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/records/{id}/attachments/1", server.base))
+        .bearer_auth(&rob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(
+        headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment"),
+        "{headers:?}"
+    );
+    assert_eq!(response.bytes().await.unwrap().to_vec(), photo);
+
+    // Another requester sees nothing and stores nothing.
+    let (status, _) = upload(
+        &server,
+        &eve,
+        &id,
+        Some("attachment; filename=\"x.txt\""),
+        "text/plain",
+        b"mine".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let peek = server
+        .call_as(
+            Some(&eve),
+            Method::GET,
+            &format!("/api/v1/records/{id}/attachments/1"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(peek.status, StatusCode::NOT_FOUND);
+    assert_eq!(blob_files(server.data_dir()).len(), 1);
+
+    // Agents remove attachments, requesters do not; history keeps what was removed.
+    let by_rob = server
+        .call_as(
+            Some(&rob),
+            Method::DELETE,
+            &format!("/api/v1/records/{id}/attachments/2"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_rob.status, StatusCode::FORBIDDEN, "{}", by_rob.body);
+    let removed = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/records/{id}/attachments/2"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    let gone = server
+        .get(&format!("/api/v1/records/{id}/attachments/2"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let history = server
+        .get(&format!("/api/v1/records/{id}/history"))
+        .await
+        .unwrap()
+        .body;
+    let last = history["entries"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "attachment", "{last}");
+    // No client writes the attachment list itself.
+    let forged = server
+        .patch(
+            &format!("/api/v1/records/{id}"),
+            &json!({"fields": {"attachments": []}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (forged.status, &forged.body["code"]),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!("field_not_writable")
+        ),
+        "{}",
+        forged.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_and_broken_uploads_leave_nothing_referenced() {
+    let server = TestServer::start_with(|config| config.attachment_max_bytes = 1000).unwrap();
+    let record = server
+        .create(json!({"kind": "task", "title": "t"}))
+        .await
+        .unwrap();
+    let id = record["id"].as_str().unwrap().to_owned();
+    for (disposition, content_type, body, status) in [
+        (None, "text/plain", b"x".to_vec(), StatusCode::BAD_REQUEST),
+        (
+            Some("attachment; filename=\"../../etc/passwd\""),
+            "text/plain",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some("attachment; filename=\"a.txt\""),
+            "not a type",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Some("attachment; filename=\"a.txt\""),
+            "multipart/form-data; boundary=x",
+            b"--x--".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            Some("attachment; filename=\"big.bin\""),
+            "application/octet-stream",
+            vec![7u8; 1001],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let (got, body) = upload(&server, ADMIN_TOKEN, &id, disposition, content_type, body).await;
+        assert_eq!(got, status, "{disposition:?} {content_type}: {body}");
+    }
+    // An upload that breaks off half way: the connection closes before the declared length.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/records/{id}/attachments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"half.txt\"\r\nContent-Length: 900\r\n\r\n{}",
+        "x".repeat(300)
+    )
+    .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let listed = server
+        .get(&format!("/api/v1/records/{id}/attachments"))
+        .await
+        .unwrap();
+    assert_eq!(listed.body["attachments"], json!([]), "{}", listed.body);
+    assert!(blob_files(server.data_dir()).is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while scratch_files(server.data_dir()) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        scratch_files(server.data_dir()),
+        0,
+        "the half upload's scratch file is gone"
+    );
+}
