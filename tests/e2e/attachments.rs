@@ -282,3 +282,44 @@ async fn refused_and_broken_uploads_leave_nothing_referenced() {
         "the half upload's scratch file is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pruner_collects_blobs_no_record_references() {
+    let server = TestServer::start_with(|config| {
+        config.prune_interval_secs = 1;
+        config.attachment_grace_secs = 0;
+    })
+    .unwrap();
+    let record = server
+        .create(json!({"kind": "task", "title": "t"}))
+        .await
+        .unwrap();
+    let id = record["id"].as_str().unwrap().to_owned();
+    for name in ["kept.txt", "dropped.txt"] {
+        let (status, body) = upload(
+            &server,
+            ADMIN_TOKEN,
+            &id,
+            Some(&format!("attachment; filename=\"{name}\"")),
+            "text/plain",
+            name.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/records/{id}/attachments/2"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    let kept = format!("{:x}", Sha256::digest(b"kept.txt"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while blob_files(server.data_dir()).len() > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(blob_files(server.data_dir()), [kept]);
+}

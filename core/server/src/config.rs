@@ -35,6 +35,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest attachment, in bytes.
     pub attachment_max_bytes: u64,
+    /// How old an attachment blob no record references must be before the pruner removes it
+    /// (an upload's blob is written before the write that references it commits).
+    pub attachment_grace_secs: u64,
     /// Seconds a request body may send nothing before the request fails with `408`.
     pub body_timeout_secs: u64,
     /// Acknowledge writes only once flushed to disk.
@@ -151,6 +154,7 @@ impl Default for Config {
             workers: None,
             max_body_bytes: 1024 * 1024,
             attachment_max_bytes: 25 * 1024 * 1024,
+            attachment_grace_secs: 3600,
             body_timeout_secs: 10,
             durable_acks: true,
             cache_mib: 256,

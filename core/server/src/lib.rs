@@ -120,11 +120,12 @@ impl Server {
             SlaWorker::CONSUMER,
             AutomationWorker::CONSUMER,
         ];
+        let grace = Duration::from_secs(config.attachment_grace_secs);
         let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
-            // An upload's blob is written before the commit that references it: an hour's grace
-            // keeps the blobs of writes still in flight.
+            // An upload's blob is written before the commit that references it: the grace keeps
+            // the blobs of writes still in flight.
             match engine.referenced_blobs() {
-                Ok(referenced) => match blobs.collect(&referenced, Duration::from_secs(3600)) {
+                Ok(referenced) => match blobs.collect(&referenced, grace) {
                     Ok(0) => {}
                     Ok(removed) => {
                         tracing::info!(removed, "collected unreferenced attachment blobs")
