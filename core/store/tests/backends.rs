@@ -369,7 +369,10 @@ fn keeps_an_sla_ledger(store: &dyn Store) {
             .is_none(),
         "a timer fires once"
     );
-    assert_eq!(store.sla_ledger(&record.id).unwrap(), [entry.clone()]);
+    assert_eq!(
+        store.sla_ledger(&record.id).unwrap(),
+        std::slice::from_ref(&entry)
+    );
     let lowered = json!({"level": "breach", "agreement": "AGR-1", "target_minutes": 480.0});
     assert!(
         !store

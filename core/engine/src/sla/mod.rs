@@ -277,7 +277,7 @@ pub fn status_in_cycle(
         });
         let run = Run {
             intervals: runs_in(states, end, |s| !stop(s) && !pause(s)),
-            paused: stopped_at.is_none() && current.is_some_and(|s| pause(s)),
+            paused: stopped_at.is_none() && current.is_some_and(&pause),
             stopped_at,
             met: timeline.responded_at.is_some(),
         };
