@@ -422,6 +422,7 @@ fn entry(version: u64, by_agent: bool, to: Option<&str>) -> HistoryEntry {
             Action::Update
         },
         comment: None,
+        visibility: None,
         changes: to
             .map(|to| usm_model::Change {
                 path: "/state".into(),
