@@ -154,8 +154,9 @@ impl Store for StallingStore {
         timer: &Timer,
         record: &Record,
         payload: serde_json::Value,
+        ledger: &serde_json::Value,
     ) -> Result<Option<Event>, StoreError> {
-        self.inner.fire_timer(timer, record, payload)
+        self.inner.fire_timer(timer, record, payload, ledger)
     }
     fn timer_count(&self) -> Result<usize, StoreError> {
         self.inner.timer_count()

@@ -14,6 +14,7 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("PATCH", "/api/v1/records/{id}"),
     ("POST", "/api/v1/records/{id}/transitions"),
     ("GET", "/api/v1/records/{id}/history"),
+    ("GET", "/api/v1/records/{id}/sla"),
     ("GET", "/api/v1/records/{id}/approvals"),
     ("POST", "/api/v1/records/{id}/approvals"),
     ("POST", "/api/v1/records/{id}/confirmation"),

@@ -236,6 +236,25 @@ async fn a_fresh_data_directory_gets_a_default_agreement_per_domain() {
         .body;
     assert_eq!(record["sla"]["resolution"]["target_minutes"], 480.0);
     assert_eq!(record["sla"]["response"]["target_minutes"], 30.0);
+    // P1 runs around the clock: due exactly four hours after creation, whatever the hour.
+    let p1 = server
+        .create(
+            json!({"kind": "incident", "domain": "hr", "title": "y", "fields": {"priority": "P1"}}),
+        )
+        .await
+        .unwrap();
+    let view = server
+        .get(&format!("/api/v1/records/{}", p1["id"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .body;
+    let created: jiff::Timestamp = view["created_at"].as_str().unwrap().parse().unwrap();
+    let due: jiff::Timestamp = view["sla"]["resolution"]["due_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(due, created + jiff::SignedDuration::from_hours(4), "{view}");
     let server = server
         .restart_with(|config| config.default_agreements = true)
         .await
@@ -289,6 +308,8 @@ async fn kpis_come_from_history_as_json_and_csv() {
             server.transition(id, to).await.unwrap();
         }
     }
+    // SLA compliance comes from the ledgers the SLA worker keeps.
+    server.settle().await.unwrap();
     let recover = server
         .get("/api/v1/kpis?process=recover")
         .await
@@ -405,4 +426,393 @@ async fn a_warning_fires_the_sla_hook_before_the_breach() {
         "a warning escalates nothing"
     );
     receiver.stop(true).await;
+}
+
+/// Polls `GET /api/v1/records/{id}/sla` until `done` holds for it.
+async fn sla_until(server: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = server
+            .get(&format!("/api/v1/records/{id}/sla"))
+            .await
+            .unwrap()
+            .body;
+        if done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "never reached: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn entries<'v>(view: &'v Value, clock: &str, level: &str) -> Vec<&'v Value> {
+    view["ledger"]
+        .as_array()
+        .map(|ledger| {
+            ledger
+                .iter()
+                .filter(|e| e["clock"] == clock && e["level"] == level)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// P1 resolves in 1.2 s, P3 in ten hours; no response target; around the clock.
+fn two_priorities() -> Value {
+    json!({"kind": "agreement", "title": "Two speeds", "fields": {
+        "targets": {"P1": {"resolution_minutes": 0.02}, "P3": {"resolution_minutes": 600}},
+        "calendar": {"always": true}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_breach_stays_breached_when_the_priority_is_lowered() {
+    let server = TestServer::start().unwrap();
+    server.create(two_priorities()).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Core down", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    all_timers_fired(&server).await;
+
+    let lowered = server
+        .patch(
+            "/api/v1/records/INC-1",
+            &json!({"fields": {"priority": "P3"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lowered.status, 200, "{}", lowered.body);
+    server.settle().await.unwrap();
+    let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    let resolution = &record["sla"]["resolution"];
+    assert_eq!(
+        resolution["target_minutes"], 600.0,
+        "the P3 target applies now"
+    );
+    assert_eq!(
+        resolution["breached"], true,
+        "but the P1 breach stands: {record}"
+    );
+    assert!(
+        record["fields"].get("sla").is_none(),
+        "records carry no copy: {record}"
+    );
+    let view = server.get("/api/v1/records/INC-1/sla").await.unwrap().body;
+    let breaches = entries(&view, "resolution", "breach");
+    assert_eq!(breaches.len(), 1, "{view}");
+    assert_eq!(breaches[0]["agreement"], "AGR-1");
+    assert_eq!(breaches[0]["priority"], "P1");
+    assert_eq!(breaches[0]["target_minutes"], 0.02);
+    assert_eq!(breaches[0]["cycle"], 1);
+    assert_eq!(view["status"]["resolution"]["breached"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopen_starts_a_new_cycle_that_breaches_again() {
+    let server = with_escalation();
+    server.create(two_priorities()).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Flaky", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    let found = wait_for(&server, 1, Duration::from_secs(20)).await;
+    assert_eq!(found, ["Escalation: resolution target of INC-1 breached"]);
+    server.transition("INC-1", "resolved").await.unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    let found = wait_for(&server, 2, Duration::from_secs(20)).await;
+    assert_eq!(found.len(), 2, "the second cycle breaches too: {found:?}");
+    let view = sla_until(&server, "INC-1", |v| {
+        entries(v, "resolution", "breach").len() == 2
+    })
+    .await;
+    let cycles: Vec<&Value> = entries(&view, "resolution", "breach")
+        .iter()
+        .map(|e| &e["cycle"])
+        .collect();
+    assert_eq!(cycles, [&json!(1), &json!(2)], "{view}");
+    let stops = entries(&view, "resolution", "stop");
+    assert_eq!(stops.len(), 1, "{view}");
+    assert_eq!(stops[0]["within_target"], false);
+    assert_eq!(view["status"]["cycle"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_agreements_breach_still_counts_in_kpis() {
+    let server = TestServer::start().unwrap();
+    server.create(two_priorities()).await.unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Late", "fields": {"priority": "P1"}}))
+        .await
+        .unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "On time", "fields": {"priority": "P3"}}))
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    // Resolved as soon as the clock reads breached, maybe before the timer fired: the breach
+    // is recorded all the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+        if record["sla"]["resolution"]["breached"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{record}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in ["INC-1", "INC-2"] {
+        server.transition(id, "in_progress").await.ok();
+        server.transition(id, "resolved").await.unwrap();
+    }
+    server.settle().await.unwrap();
+    all_timers_fired(&server).await;
+    server.transition("AGR-1", "expired").await.unwrap();
+    server.settle().await.unwrap();
+    let kpis = server
+        .get("/api/v1/kpis?process=recover")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(kpis["sla_measured"], 2, "{kpis}");
+    assert_eq!(kpis["sla_compliance_percent"], 50.0, "{kpis}");
+    assert!(
+        kpis["mean_time_to_resolve_business_minutes"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0),
+        "{kpis}"
+    );
+    assert!(kpis["mean_time_to_resolve_minutes"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rrule_holiday_pauses_the_clock_on_a_later_years_date() {
+    let server = TestServer::start().unwrap();
+    // Today's month and day, recurring yearly since 2020: today is a holiday, this year too.
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let ics = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//usm//e2e//EN\r\nBEGIN:VEVENT\r\nUID:day@usm\r\n\
+         DTSTART;VALUE=DATE:2020{:02}{:02}\r\nRRULE:FREQ=YEARLY\r\nSUMMARY:Founders' day\r\n\
+         END:VEVENT\r\nEND:VCALENDAR\r\n",
+        today.month(),
+        today.day()
+    );
+    let created = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "agreement", "title": "Holidays", "fields": {
+                "targets": {"P2": {"resolution_minutes": 60}},
+                "calendar": {"timezone": "UTC", "always": true, "ical": ics}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    server.transition("AGR-1", "active").await.unwrap();
+    server
+        .create(
+            json!({"kind": "incident", "title": "On the holiday", "fields": {"priority": "P2"}}),
+        )
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let now = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    if now != today {
+        return; // Midnight passed during the test: the day under test is over.
+    }
+    let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    let resolution = &record["sla"]["resolution"];
+    assert_eq!(resolution["elapsed_minutes"], 0.0, "{record}");
+    let due: jiff::Timestamp = resolution["due_at"].as_str().unwrap().parse().unwrap();
+    let tomorrow = today
+        .tomorrow()
+        .unwrap()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp();
+    assert_eq!(
+        due,
+        tomorrow + jiff::SignedDuration::from_mins(60),
+        "{record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agreements_are_validated_when_written_naming_the_field() {
+    let server = TestServer::start().unwrap();
+    let week = json!({"mon": ["08:00-18:00"]});
+    for (fields, pointer) in [
+        (
+            json!({"calendar": {"timezone": "Mars/Olympus", "weekly": week}}),
+            "/fields/calendar/timezone",
+        ),
+        (
+            json!({"calendar": {"weekly": {"tue": ["08:00-12:00", "11:30-17:00"]}}}),
+            "/fields/calendar/weekly/tue/1",
+        ),
+        (
+            json!({"calendar": {"weekly": {"wed": ["17:00-09:00"]}}}),
+            "/fields/calendar/weekly/wed/0",
+        ),
+        (
+            json!({"calendar": {"timezone": "UTC", "weekly": {}}}),
+            "/fields/calendar/weekly",
+        ),
+        (
+            json!({"targets": {"P9": {"resolution_minutes": 60}}}),
+            "/fields/targets/P9",
+        ),
+        (
+            json!({"targets": {"P1": {"resolution_minutes": -5}}}),
+            "/fields/targets/P1/resolution_minutes",
+        ),
+        (
+            json!({"calendar": {"always": true, "ical": "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20200101\r\nRRULE:FREQ=MINUTELY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"}}),
+            "/fields/calendar/ical",
+        ),
+    ] {
+        let reply = server
+            .post(
+                "/api/v1/records",
+                &json!({"kind": "agreement", "title": "Bad", "fields": fields}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 422, "{fields}: {}", reply.body);
+        assert_eq!(reply.body["code"], "invalid_fields", "{}", reply.body);
+        assert_eq!(reply.body["field"], pointer, "{}", reply.body);
+    }
+    let good = server
+        .create(json!({"kind": "agreement", "title": "Good", "fields": {
+            "targets": {"P1": {"resolution_minutes": 60}, "default": {"response_minutes": 30}},
+            "calendar": {"timezone": "Europe/Amsterdam", "weekly": {"mon": ["08:00-12:00", "12:00-17:00"]}}}}))
+        .await
+        .unwrap();
+    let id = good["id"].as_str().unwrap();
+    let broken = server
+        .patch(
+            &format!("/api/v1/records/{id}"),
+            &json!({"fields": {"calendar": {"timezone": "Europe/Atlantis"}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(broken.status, 422, "{}", broken.body);
+    assert_eq!(broken.body["field"], "/fields/calendar/timezone");
+    let stored = server
+        .get(&format!("/api/v1/records/{id}"))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(stored["fields"]["calendar"]["timezone"], "Europe/Amsterdam");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_response_is_met_by_an_agents_action_and_not_by_a_cancel() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(
+            json!({"kind": "agreement", "title": "Answer fast", "fields": {
+            "targets": {"default": {"response_minutes": 600, "resolution_minutes": 6000}},
+            "calendar": {"always": true}}}),
+        )
+        .await
+        .unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    let rob = server.token("rob", &["requester"], None).await.unwrap();
+    let ann = server.token("ann", &["agent"], None).await.unwrap();
+    let raise = |title: &'static str| json!({"kind": "incident", "title": title});
+    for title in ["Printer", "Never mind"] {
+        let reply = server
+            .call_as(
+                Some(&rob),
+                reqwest::Method::POST,
+                "/api/v1/records",
+                Some(&raise(title)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    // The agent's first action is an edit that moves no state: the response is met by it.
+    let edited = server
+        .call_as(
+            Some(&ann),
+            reqwest::Method::PATCH,
+            "/api/v1/records/INC-1",
+            Some(&json!({"title": "Printer on floor 3"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(edited.status, 200, "{}", edited.body);
+    // The requester cancels the other one before anyone answered.
+    let cancelled = server
+        .call_as(
+            Some(&rob),
+            reqwest::Method::POST,
+            "/api/v1/records/INC-2/transitions",
+            Some(&json!({"to": "cancelled"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    server.settle().await.unwrap();
+    let record = server.get("/api/v1/records/INC-1").await.unwrap().body;
+    assert_eq!(record["state"], "new");
+    assert_eq!(record["sla"]["response"]["stopped"], true, "{record}");
+    let record = server.get("/api/v1/records/INC-2").await.unwrap().body;
+    assert_eq!(record["sla"]["response"]["met"], false, "{record}");
+
+    let met = server.get("/api/v1/records/INC-1/sla").await.unwrap().body;
+    let response = &met["status"]["response"];
+    assert_eq!(response["stopped"], true, "{met}");
+    assert_eq!(response["met"], true, "{met}");
+    assert_eq!(met["status"]["resolution"]["stopped"], false);
+    let stop = entries(&met, "response", "stop");
+    assert_eq!(stop.len(), 1, "{met}");
+    assert_eq!(stop[0]["met"], true);
+
+    let unmet = server.get("/api/v1/records/INC-2/sla").await.unwrap().body;
+    let response = &unmet["status"]["response"];
+    assert_eq!(response["stopped"], true, "{unmet}");
+    assert_eq!(response["met"], false, "cancelling answers no one: {unmet}");
+    let stop = entries(&unmet, "response", "stop");
+    assert_eq!(stop.len(), 1, "{unmet}");
+    assert_eq!(stop[0]["met"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_closed_without_an_outcome_count_as_unknown() {
+    let server = TestServer::start().unwrap();
+    for fields in [
+        json!({"outcome": "successful"}),
+        json!({"outcome": "failed"}),
+        json!({}),
+    ] {
+        server
+            .create(json!({"kind": "change", "title": "c", "fields": fields}))
+            .await
+            .unwrap();
+    }
+    for id in ["CHG-1", "CHG-2", "CHG-3"] {
+        for to in ["implement", "review", "closed"] {
+            server.transition(id, to).await.unwrap();
+        }
+    }
+    let kpis = server
+        .get("/api/v1/kpis?process=change")
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(kpis["changes_closed"], 3, "{kpis}");
+    assert_eq!(kpis["changes_outcome_unknown"], 1, "{kpis}");
+    let rate = kpis["change_success_rate_percent"].as_f64().unwrap();
+    assert!((rate - 100.0 / 3.0).abs() < 1e-9, "{kpis}");
 }

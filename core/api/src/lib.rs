@@ -97,6 +97,7 @@ pub struct Services {
         records::patch_record,
         records::transition_record,
         records::record_history,
+        records::record_sla,
         records::create_approval,
         records::list_approvals,
         records::confirm_resolution,
@@ -493,6 +494,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     resource("/records/{id}/history").route(web::get().to(records::record_history)),
                 )
+                .service(resource("/records/{id}/sla").route(web::get().to(records::record_sla)))
                 .service(
                     resource("/records/{id}/approvals")
                         .route(web::post().to(records::create_approval))

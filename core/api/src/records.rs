@@ -206,6 +206,30 @@ pub async fn record_history(
     Ok(HttpResponse::Ok().json(HistoryPage { record_id, entries }))
 }
 
+/// A record's SLA: the clocks computed now from its history and the agreement in force, and its
+/// ledger of every warning, breach and stop with the agreement and target of the moment.
+#[utoipa::path(
+    get, path = "/api/v1/records/{id}/sla", tag = "records",
+    params(("id" = String, Path, description = "Record id, e.g. INC-42")),
+    responses(
+        (status = 200, body = usm_engine::SlaView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn record_sla(
+    services: web::Data<Services>,
+    Principal(actor): Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = services.engine.clone();
+    let view = blocking(move || {
+        let record = engine.get(&actor, &id)?;
+        Ok(engine.sla_view(&record)?)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
 /// Query parameters of the record listing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,6 @@
-//! Improve-process KPIs computed from records and their history: mean time to resolve, SLA
-//! compliance, change success rate, backlog by state, reopen rate.
+//! Improve-process KPIs computed from records, their history and their SLA ledgers: mean time to
+//! resolve (wall clock and business time), SLA compliance, change success rate, backlog by state,
+//! reopen rate.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,10 @@ use serde_json::Value;
 use usm_model::{Actor, Domain, Process, Record, State, StateCategory};
 use usm_store::ListQuery;
 
-use crate::{Engine, EngineError, sla, sla_worker::timeline};
+use crate::{
+    Engine, EngineError,
+    sla_worker::{ledger, timeline},
+};
 
 /// Most records one KPI computation reads.
 pub const MAX_KPI_RECORDS: usize = 100_000;
@@ -39,13 +43,20 @@ pub struct Kpis {
     pub resolved: usize,
     /// Mean wall-clock minutes from creation to first resolution.
     pub mean_time_to_resolve_minutes: Option<f64>,
-    /// Resolved records under an SLA.
+    /// Mean business minutes the resolution clock ran until the first resolution, over the
+    /// records resolved under an SLA (pauses and hours outside the calendar do not count).
+    pub mean_time_to_resolve_business_minutes: Option<f64>,
+    /// Records whose ledger holds a resolution breach or a resolution, under whatever agreement
+    /// was in force then (expired or terminated since or not).
     pub sla_measured: usize,
-    /// Share of those resolved within their resolution target, in percent.
+    /// Share of those with no resolution breach in any cycle, in percent.
     pub sla_compliance_percent: Option<f64>,
-    /// Changes closed with an `outcome`.
+    /// Changes closed.
     pub changes_closed: usize,
-    /// Share of those with outcome `successful`, in percent.
+    /// Closed changes without an `outcome`: neither a success nor a failure.
+    pub changes_outcome_unknown: usize,
+    /// Share of closed changes with outcome `successful`, in percent (unknown outcomes count
+    /// against it).
     pub change_success_rate_percent: Option<f64>,
     /// Open records (initial or active state) by state.
     pub backlog_by_state: BTreeMap<String, usize>,
@@ -92,15 +103,18 @@ impl Engine {
             truncated: false,
             resolved: 0,
             mean_time_to_resolve_minutes: None,
+            mean_time_to_resolve_business_minutes: None,
             sla_measured: 0,
             sla_compliance_percent: None,
             changes_closed: 0,
+            changes_outcome_unknown: 0,
             change_success_rate_percent: None,
             backlog_by_state: BTreeMap::new(),
             reopened: 0,
             reopen_rate_percent: None,
         };
         let (mut resolve_minutes, mut within_sla, mut successful) = (0.0, 0usize, 0usize);
+        let (mut business_minutes, mut business_resolved) = (0.0, 0usize);
         let mut query = ListQuery {
             domain,
             within: actor.domains.clone(),
@@ -132,14 +146,33 @@ impl Engine {
                         .entry(record.state.to_string())
                         .or_default() += 1;
                 }
-                if record.kind.as_str() == "change"
-                    && record.state.as_str() == "closed"
-                    && let Some(outcome) = record.fields.get("outcome").and_then(Value::as_str)
-                {
+                if record.kind.as_str() == "change" && record.state.as_str() == "closed" {
                     kpis.changes_closed += 1;
-                    successful += usize::from(outcome == "successful");
+                    match record.fields.get("outcome").and_then(Value::as_str) {
+                        Some(outcome) => successful += usize::from(outcome == "successful"),
+                        None => kpis.changes_outcome_unknown += 1,
+                    }
                 }
-                let line = timeline(store, &record.id)?;
+                let ledger = ledger(store, &record.id)?;
+                let resolution = |level: &'static str| {
+                    ledger
+                        .iter()
+                        .filter(move |e| e.clock == "resolution" && e.level == level)
+                };
+                let breached = resolution("breach").next().is_some();
+                let resolved_under_sla = resolution("stop").any(|e| e.met == Some(true));
+                if breached || resolved_under_sla {
+                    kpis.sla_measured += 1;
+                    within_sla += usize::from(!breached);
+                }
+                if let Some(minutes) = resolution("stop")
+                    .find(|e| e.cycle == 1 && e.met == Some(true))
+                    .and_then(|e| e.elapsed_minutes)
+                {
+                    business_minutes += minutes;
+                    business_resolved += 1;
+                }
+                let line = timeline(store, &record.id)?.states;
                 let resolved_at = line
                     .iter()
                     .find(|(_, s)| RESOLVED.contains(&s.as_str()))
@@ -153,18 +186,6 @@ impl Engine {
                 if reopened(&line) {
                     kpis.reopened += 1;
                 }
-                if let Some(policy) = self.sla_policies().policy_for(store, record)? {
-                    let until: Vec<(Timestamp, State)> = line
-                        .iter()
-                        .take_while(|(at, _)| *at <= resolved_at)
-                        .cloned()
-                        .collect();
-                    let status = sla::status(&policy, record, &until, resolved_at);
-                    if let Some(clock) = status.resolution {
-                        kpis.sla_measured += 1;
-                        within_sla += usize::from(!clock.breached);
-                    }
-                }
             }
             match page.next {
                 Some(next) => query.after = Some(next),
@@ -173,6 +194,8 @@ impl Engine {
         }
         kpis.mean_time_to_resolve_minutes =
             (kpis.resolved > 0).then(|| resolve_minutes / kpis.resolved as f64);
+        kpis.mean_time_to_resolve_business_minutes =
+            (business_resolved > 0).then(|| business_minutes / business_resolved as f64);
         kpis.sla_compliance_percent = percent(within_sla, kpis.sla_measured);
         kpis.change_success_rate_percent = percent(successful, kpis.changes_closed);
         kpis.reopen_rate_percent = percent(kpis.reopened, kpis.resolved);
@@ -210,12 +233,20 @@ impl Kpis {
             "mean_time_to_resolve_minutes",
             number(self.mean_time_to_resolve_minutes),
         );
+        row(
+            "mean_time_to_resolve_business_minutes",
+            number(self.mean_time_to_resolve_business_minutes),
+        );
         row("sla_measured", self.sla_measured.to_string());
         row(
             "sla_compliance_percent",
             number(self.sla_compliance_percent),
         );
         row("changes_closed", self.changes_closed.to_string());
+        row(
+            "changes_outcome_unknown",
+            self.changes_outcome_unknown.to_string(),
+        );
         row(
             "change_success_rate_percent",
             number(self.change_success_rate_percent),

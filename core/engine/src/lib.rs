@@ -59,7 +59,7 @@ pub use pipeline::{
     BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepView,
 };
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
-pub use sla_worker::{SlaPolicies, SlaWorker, timeline};
+pub use sla_worker::{SlaPolicies, SlaView, SlaWorker, timeline};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
 pub use usm_model::Kind;
 
@@ -462,6 +462,8 @@ impl Engine {
             Value::Null,
             cause.is_none(),
         )?;
+        sla::validate::agreement(&record)?;
+        let by_agent = sla::acts_as_agent(actor, cause.is_some());
         let history = HistoryEntry {
             version: 1,
             at: now,
@@ -474,6 +476,7 @@ impl Engine {
             cause,
             visibility: None,
             stale_approvals: Vec::new(),
+            by_agent,
         };
         let write = Write {
             record,
@@ -953,6 +956,10 @@ impl Engine {
                 }
                 None => (record, Vec::new()),
             };
+            if record.fields != current.fields {
+                // An unchanged agreement can still be expired or terminated.
+                sla::validate::agreement(&record)?;
+            }
             let stale_approvals = self.staled_approvals(&current, &record)?;
             let history = HistoryEntry {
                 version: current.version + 1,
@@ -966,6 +973,7 @@ impl Engine {
                 cause: cause.clone(),
                 visibility,
                 stale_approvals,
+                by_agent: sla::acts_as_agent(actor, cause.is_some()),
             };
             let write = Write {
                 record,

@@ -18,11 +18,12 @@ use usm_store::{ListQuery, Store, StoreError, Timer};
 
 use crate::{
     Background, Engine,
-    sla::{self, Policy, SlaStatus},
+    sla::{self, LedgerEntry, Policy, SlaStatus},
 };
 
 const CONSUMER: &str = SlaWorker::CONSUMER;
-const FIRED_PREFIX: &str = "sla-fired/";
+/// Where fired levels were remembered before the ledger.
+const LEGACY_FIRED_PREFIX: &str = "sla-fired/";
 /// Most history entries read to build a timeline.
 const MAX_TIMELINE: usize = 10_000;
 
@@ -108,14 +109,18 @@ impl SlaPolicies {
     }
 }
 
-/// A record's states over time, from its history.
-pub fn timeline(store: &dyn Store, id: &RecordId) -> Result<Vec<(Timestamp, State)>, StoreError> {
-    let mut line = Vec::new();
+/// What a record's clocks are computed from, read from its history: its states over time and
+/// its first response.
+pub fn timeline(store: &dyn Store, id: &RecordId) -> Result<sla::Timeline, StoreError> {
+    let mut line = sla::Timeline::default();
     let mut after = 0;
     loop {
         let entries = store.history(id, after, 1000)?;
         for entry in &entries {
             after = entry.version;
+            if line.responded_at.is_none() && sla::meets_response(entry) {
+                line.responded_at = Some(entry.at);
+            }
             if let Some(change) = entry.changes.iter().find(|c| c.path == "/state")
                 && let Some(state) = change
                     .to
@@ -123,71 +128,148 @@ pub fn timeline(store: &dyn Store, id: &RecordId) -> Result<Vec<(Timestamp, Stat
                     .and_then(Value::as_str)
                     .and_then(|s| State::new(s).ok())
             {
-                line.push((entry.at, state));
+                line.states.push((entry.at, state));
             }
         }
-        if entries.len() < 1000 || line.len() >= MAX_TIMELINE {
+        if entries.len() < 1000 || line.states.len() >= MAX_TIMELINE {
             return Ok(line);
         }
     }
 }
 
+/// A record's SLA now and its ledger, as `GET /api/v1/records/{id}/sla` shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SlaView {
+    /// The clocks now, when a policy covers the record (computed, never stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<SlaStatus>,
+    /// Every warning, breach and stop recorded, oldest first.
+    pub ledger: Vec<LedgerEntry>,
+}
+
+/// The record's ledger, oldest first (entries that do not decode are skipped with a log line).
+pub(crate) fn ledger(store: &dyn Store, id: &RecordId) -> Result<Vec<LedgerEntry>, StoreError> {
+    let mut entries: Vec<LedgerEntry> = store
+        .sla_ledger(id)?
+        .into_iter()
+        .filter_map(|value| {
+            serde_json::from_value(value)
+                .inspect_err(
+                    |error| tracing::warn!(record = %id, %error, "unreadable SLA ledger entry"),
+                )
+                .ok()
+        })
+        .collect();
+    entries.sort_by_key(|e| (e.at, e.cycle));
+    Ok(entries)
+}
+
 impl Engine {
-    /// The SLA of a record now, when a policy covers it.
+    /// The SLA of a record now, when a policy covers it. A clock whose breach is in the ledger
+    /// for this cycle reads breached, whatever the target now in force says.
     pub fn sla(&self, record: &Record) -> Result<Option<SlaStatus>, StoreError> {
-        let Some(policy) = self
-            .sla_policies()
-            .policy_for(self.store().as_ref(), record)?
-        else {
-            return Ok(None);
+        Ok(self.sla_view(record)?.status)
+    }
+
+    /// The SLA of a record now and its ledger.
+    pub fn sla_view(&self, record: &Record) -> Result<SlaView, StoreError> {
+        let store = self.store().as_ref();
+        let ledger = ledger(store, &record.id)?;
+        let Some(policy) = self.sla_policies().policy_for(store, record)? else {
+            return Ok(SlaView {
+                status: None,
+                ledger,
+            });
         };
-        let line = timeline(self.store().as_ref(), &record.id)?;
-        Ok(Some(sla::status(&policy, record, &line, Timestamp::now())))
+        let line = timeline(store, &record.id)?;
+        let mut status = sla::status(&policy, record, &line, Timestamp::now());
+        let cycle = status.cycle;
+        for (name, clock) in [
+            ("response", status.response.as_mut()),
+            ("resolution", status.resolution.as_mut()),
+        ] {
+            let Some(clock) = clock else { continue };
+            let in_cycle = if name == "response" { 1 } else { cycle };
+            clock.breached |= ledger
+                .iter()
+                .any(|e| e.clock == name && e.level == "breach" && e.cycle == in_cycle);
+        }
+        Ok(SlaView {
+            status: Some(status),
+            ledger,
+        })
     }
 }
 
-/// Written by the store in the transaction that fires the timer: a level fires once.
-fn fired_key(record: &RecordId, clock: &str, level: &str) -> String {
-    format!("{FIRED_PREFIX}{record}/{clock}/{level}")
-}
+const CLOCKS: [&str; 2] = ["response", "resolution"];
 
-/// The timers a status calls for, minus levels that already fired.
-fn timers_for(
+fn recorded(
     store: &dyn Store,
     record: &RecordId,
-    status: &SlaStatus,
-) -> Result<Vec<Timer>, StoreError> {
+    cycle: u32,
+    clock: &str,
+    level: &str,
+) -> Result<bool, StoreError> {
+    // Levels fired before the ledger existed were remembered under `sla-fired/` (first cycle).
+    Ok(store
+        .setting(&usm_store::ledger_key(record, cycle, clock, level))?
+        .is_some()
+        || (cycle == 1 && store.setting(&fired_key(record, clock, level))?.is_some()))
+}
+
+fn fired_key(record: &RecordId, clock: &str, level: &str) -> String {
+    format!("{LEGACY_FIRED_PREFIX}{record}/{clock}/{level}")
+}
+
+/// Brings the ledger and the timers of a record in step with its history: records each cycle's
+/// stops, and arms a timer for every warning and breach not yet recorded — at the moment the
+/// level will be reached, or, when it already was (the worker was behind, the server down),
+/// at once, so it is recorded with the instant it was really reached.
+fn reschedule(engine: &Engine, record: &Record) -> Result<(), StoreError> {
+    let store = engine.store().as_ref();
+    let Some(policy) = engine.sla_policies().policy_for(store, record)? else {
+        return store.schedule_timers(&record.id, &[]);
+    };
+    let line = timeline(store, &record.id)?;
+    let now = Timestamp::now();
     let mut timers = Vec::new();
-    for (name, clock) in [
-        ("response", &status.response),
-        ("resolution", &status.resolution),
-    ] {
-        let Some(clock) = clock else { continue };
-        for (level, at) in [("warning", clock.warning_at), ("breach", clock.due_at)] {
-            let Some(at) = at else { continue };
-            if store.setting(&fired_key(record, name, level))?.is_none() {
-                timers.push(Timer {
-                    record_id: record.clone(),
-                    clock: name.into(),
-                    level: level.into(),
-                    due_at: at,
-                });
+    for cycle in 1..=sla::cycle_count(&policy, &line) {
+        let status = sla::status_in_cycle(&policy, record, &line, now, cycle);
+        for name in CLOCKS {
+            if name == "response" && cycle > 1 {
+                continue;
+            }
+            let Some(clock) = status.clock(name) else {
+                continue;
+            };
+            let in_cycle = if name == "response" { 1 } else { status.cycle };
+            if let Some(entry) = LedgerEntry::reached(&status, name, "stop", now) {
+                let value = serde_json::to_value(&entry).unwrap_or_default();
+                store.append_sla_ledger(&record.id, in_cycle, name, "stop", &value)?;
+            }
+            for (level, reached, due) in [
+                ("warning", clock.warned_at, clock.warning_at),
+                ("breach", clock.breached_at, clock.due_at),
+            ] {
+                let Some(at) = reached.or(due) else { continue };
+                if !recorded(store, &record.id, in_cycle, name, level)? {
+                    timers.push(Timer {
+                        record_id: record.id.clone(),
+                        clock: name.into(),
+                        level: level.into(),
+                        due_at: at,
+                        cycle: in_cycle,
+                    });
+                }
             }
         }
     }
-    Ok(timers)
-}
-
-fn reschedule(engine: &Engine, record: &Record) -> Result<(), StoreError> {
-    let store = engine.store().as_ref();
-    let timers = match engine.sla(record)? {
-        Some(status) => timers_for(store, &record.id, &status)?,
-        None => Vec::new(),
-    };
     store.schedule_timers(&record.id, &timers)
 }
 
-/// Fires due timers whose level the clock really reached (else reschedules the record).
+/// Fires due timers whose level the clock really reached in the timer's cycle, recording it in
+/// the ledger in the same transaction (else reschedules the record).
 fn fire_due(engine: &Engine) -> Result<usize, StoreError> {
     let store = engine.store().as_ref();
     let mut fired = 0;
@@ -196,29 +278,25 @@ fn fire_due(engine: &Engine) -> Result<usize, StoreError> {
             store.schedule_timers(&timer.record_id, &[])?;
             continue;
         };
-        let status = engine.sla(&record)?;
-        let clock = status.as_ref().and_then(|s| {
-            if timer.clock == "response" {
-                s.response.as_ref()
-            } else {
-                s.resolution.as_ref()
-            }
-        });
-        let reached = clock.is_some_and(|c| {
-            let threshold = if timer.level == "breach" {
-                c.target_minutes
-            } else {
-                c.target_minutes * warning_fraction(engine, &record)
-            };
-            !c.stopped && !c.paused && c.elapsed_minutes + 1e-9 >= threshold
-        });
-        if !reached {
+        let Some(policy) = engine.sla_policies().policy_for(store, &record)? else {
             reschedule(engine, &record)?;
             continue;
-        }
-        let payload = json!({"clock": timer.clock, "level": timer.level, "due_at": timer.due_at, "sla": status});
-        if let Some(event) = store.fire_timer(&timer, &record, payload)? {
-            tracing::info!(record = %record.id, clock = %timer.clock, level = %timer.level, event = event.seq, "SLA timer fired");
+        };
+        let line = timeline(store, &record.id)?;
+        let now = Timestamp::now();
+        let cycle = usize::try_from(timer.cycle).unwrap_or(1);
+        let status = sla::status_in_cycle(&policy, &record, &line, now, cycle);
+        let entry = LedgerEntry::reached(&status, &timer.clock, &timer.level, now)
+            .filter(|e| e.cycle == timer.cycle);
+        let Some(entry) = entry else {
+            reschedule(engine, &record)?;
+            continue;
+        };
+        let payload = json!({"clock": timer.clock, "level": timer.level, "due_at": timer.due_at,
+            "reached_at": entry.at, "cycle": entry.cycle, "sla": status});
+        let ledger = serde_json::to_value(&entry).unwrap_or_default();
+        if let Some(event) = store.fire_timer(&timer, &record, payload, &ledger)? {
+            tracing::info!(record = %record.id, clock = %timer.clock, level = %timer.level, cycle = timer.cycle, event = event.seq, "SLA timer fired");
             fired += 1;
         }
     }
@@ -226,15 +304,6 @@ fn fire_due(engine: &Engine) -> Result<usize, StoreError> {
         engine.commits().notify();
     }
     Ok(fired)
-}
-
-fn warning_fraction(engine: &Engine, record: &Record) -> f64 {
-    engine
-        .sla_policies()
-        .policy_for(engine.store().as_ref(), record)
-        .ok()
-        .flatten()
-        .map_or(0.75, |p| p.warning_percent / 100.0)
 }
 
 /// Re-arms the timers of every unfinished record in `domain`, after one of its agreements

@@ -211,6 +211,10 @@ pub struct HistoryEntry {
     /// Approvals (by `seq`) this write made stale by changing the content they approved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_approvals: Vec<u64>,
+    /// Made by a principal holding the agent or admin role, not by a pipeline step's effect:
+    /// the first such write after creation meets a record's response target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_agent: bool,
 }
 
 /// The after-step effect that caused a write: answers "why does this record exist?".

@@ -140,9 +140,9 @@ pub fn default_agreements(engine: &usm_engine::Engine, domains: &[String]) -> an
             "title": format!("Standard service agreement ({domain})"),
             "fields": {
                 "agreement_type": "sla",
-                "description": "Default targets per priority in business hours; adjust or replace.",
+                "description": "Default targets per priority: P1 around the clock, the others in business hours; adjust or replace.",
                 "targets": {
-                    "P1": {"response_minutes": 15, "resolution_minutes": 240},
+                    "P1": {"response_minutes": 15, "resolution_minutes": 240, "around_the_clock": true},
                     "P2": {"response_minutes": 30, "resolution_minutes": 480},
                     "P3": {"response_minutes": 120, "resolution_minutes": 1440},
                     "P4": {"response_minutes": 240, "resolution_minutes": 2880},

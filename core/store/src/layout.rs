@@ -682,12 +682,13 @@ pub(crate) fn apply_schedule<T: KvTx>(
     Ok(())
 }
 
-/// Fires a timer inside a transaction: removes it, appends its event.
+/// Fires a timer inside a transaction: removes it, appends its event, writes its ledger entry.
 pub(crate) fn apply_fire<T: KvTx>(
     tx: &T,
     timer: &crate::Timer,
     record: &Record,
     payload: &serde_json::Value,
+    ledger: &serde_json::Value,
 ) -> Result<Option<Event>, TxFail<T::Error>> {
     let key = timer_key(timer);
     if tx.get(TreeId::Timers, &key)?.is_none() {
@@ -722,9 +723,10 @@ pub(crate) fn apply_fire<T: KvTx>(
         payload: Some(payload.clone()),
     };
     tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
-    // Remembered with the event, so a reschedule never arms a level that already fired.
-    let fired = format!("sla-fired/{}/{}/{}", record.id, timer.clock, timer.level);
-    tx.insert(TreeId::Settings, fired.as_bytes(), b"1".to_vec())?;
+    // Recorded with the event: the ledger keeps the breach whatever later happens to the record,
+    // and a reschedule never arms a level that already fired in this cycle.
+    let key = crate::ledger_key(&record.id, timer.cycle, &timer.clock, &timer.level);
+    tx.insert(TreeId::Settings, key.as_bytes(), encode(ledger)?)?;
     Ok(Some(event))
 }
 

@@ -163,6 +163,23 @@ pub struct Timer {
     pub level: String,
     /// When it fires.
     pub due_at: usm_model::Timestamp,
+    /// The record's SLA cycle the level belongs to: 1 from creation, one more after each reopen.
+    #[serde(default = "first_cycle")]
+    pub cycle: u32,
+}
+
+fn first_cycle() -> u32 {
+    1
+}
+
+/// The settings key prefix of a record's SLA ledger (warnings, breaches and stops of its clocks).
+pub fn ledger_prefix(record: &RecordId) -> String {
+    format!("sla-ledger/{record}/")
+}
+
+/// The settings key of one ledger entry: a level of a clock is reached once per cycle.
+pub fn ledger_key(record: &RecordId, cycle: u32, clock: &str, level: &str) -> String {
+    format!("{}{cycle:06}/{clock}/{level}", ledger_prefix(record))
 }
 
 /// What one [`Store::prune`] removed.
@@ -338,14 +355,51 @@ pub trait Store: Send + Sync + 'static {
     fn due_timers(&self, now: usm_model::Timestamp, limit: usize)
     -> Result<Vec<Timer>, StoreError>;
 
-    /// Fires a timer once: removes it and appends its `sla.warning`/`sla.breach` event in one
+    /// Fires a timer once: removes it, appends its `sla.warning`/`sla.breach` event and writes
+    /// `ledger` as the record's ledger entry for the timer's cycle, clock and level, in one
     /// transaction. `None` when it was already fired or rescheduled.
     fn fire_timer(
         &self,
         timer: &Timer,
         record: &Record,
         payload: serde_json::Value,
+        ledger: &serde_json::Value,
     ) -> Result<Option<Event>, StoreError>;
+
+    /// The entries of a record's SLA ledger, by cycle, clock and level.
+    fn sla_ledger(&self, record: &RecordId) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.settings(&ledger_prefix(record))?
+            .into_iter()
+            .map(|(_, bytes)| {
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    what: "SLA ledger entry",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes a ledger entry unless the level is already recorded for that cycle (the first
+    /// record stands). Returns whether it wrote.
+    fn append_sla_ledger(
+        &self,
+        record: &RecordId,
+        cycle: u32,
+        clock: &str,
+        level: &str,
+        entry: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let key = ledger_key(record, cycle, clock, level);
+        if self.setting(&key)?.is_some() {
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
+            what: "SLA ledger entry",
+            detail: e.to_string(),
+        })?;
+        self.write_settings(&[(key, bytes)], &[])?;
+        Ok(true)
+    }
 
     /// Number of pending timers.
     fn timer_count(&self) -> Result<usize, StoreError>;

@@ -268,8 +268,9 @@ impl Store for MemoryStore {
         timer: &crate::Timer,
         record: &Record,
         payload: serde_json::Value,
+        ledger: &serde_json::Value,
     ) -> Result<Option<Event>, StoreError> {
-        self.transact(|tx| layout::apply_fire(tx, timer, record, &payload))
+        self.transact(|tx| layout::apply_fire(tx, timer, record, &payload, ledger))
     }
 
     fn timer_count(&self) -> Result<usize, StoreError> {

@@ -10,7 +10,7 @@ use usm_model::{
     RecordId, Role, State, Timestamp,
 };
 use usm_store::{
-    Expected, IdempotencyClaim, ListQuery, SledStore, Store, StoreConfig, StoreError, Write,
+    Expected, IdempotencyClaim, ListQuery, SledStore, Store, StoreConfig, StoreError, Timer, Write,
 };
 
 fn incident(domain: &str, title: &str) -> Record {
@@ -45,6 +45,7 @@ fn entry(action: Action) -> HistoryEntry {
         cause: None,
         visibility: None,
         stale_approvals: vec![],
+        by_agent: false,
     }
 }
 
@@ -342,6 +343,53 @@ fn replays_return_the_record_as_created(store: &dyn Store) {
     }
 }
 
+/// A fired timer writes its ledger entry in the same transaction, once; a later entry for the
+/// same cycle, clock and level never replaces the first, and a new cycle has its own.
+fn keeps_an_sla_ledger(store: &dyn Store) {
+    let record = create(store, "it", "Core down");
+    let timer = Timer {
+        record_id: record.id.clone(),
+        clock: "resolution".into(),
+        level: "breach".into(),
+        due_at: Timestamp::UNIX_EPOCH,
+        cycle: 1,
+    };
+    store
+        .schedule_timers(&record.id, std::slice::from_ref(&timer))
+        .unwrap();
+    let entry = json!({"level": "breach", "agreement": "AGR-1", "target_minutes": 240.0});
+    let fired = store
+        .fire_timer(&timer, &record, json!({}), &entry)
+        .unwrap();
+    assert!(fired.is_some());
+    assert!(
+        store
+            .fire_timer(&timer, &record, json!({}), &json!({"level": "again"}))
+            .unwrap()
+            .is_none(),
+        "a timer fires once"
+    );
+    assert_eq!(
+        store.sla_ledger(&record.id).unwrap(),
+        std::slice::from_ref(&entry)
+    );
+    let lowered = json!({"level": "breach", "agreement": "AGR-1", "target_minutes": 480.0});
+    assert!(
+        !store
+            .append_sla_ledger(&record.id, 1, "resolution", "breach", &lowered)
+            .unwrap()
+    );
+    let reopened = json!({"level": "breach", "cycle": 2});
+    assert!(
+        store
+            .append_sla_ledger(&record.id, 2, "resolution", "breach", &reopened)
+            .unwrap()
+    );
+    assert_eq!(store.sla_ledger(&record.id).unwrap(), [entry, reopened]);
+    let other = create(store, "it", "Other");
+    assert!(store.sla_ledger(&other.id).unwrap().is_empty());
+}
+
 macro_rules! for_both_backends {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -368,6 +416,7 @@ for_both_backends!(
     prunes_consumed_events_and_expired_keys,
     a_key_bound_anew_survives_its_old_expiry,
     replays_return_the_record_as_created,
+    keeps_an_sla_ledger,
 );
 
 #[test]

@@ -1,6 +1,8 @@
-use jiff::{Timestamp, civil::date, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, civil::date, tz::TimeZone};
 use serde_json::json;
-use usm_model::{Domain, Kind, Process, Record, RecordId, State};
+use usm_model::{
+    Action, Actor, Domain, HistoryEntry, Kind, Process, Record, RecordId, Role, State,
+};
 
 use super::*;
 
@@ -30,7 +32,8 @@ fn incident(priority: &str, created: &str) -> Record {
     }
 }
 
-/// Mon–Fri 08:00–18:00 UTC; P1: respond in 30 min, resolve in 4 h; P3: 2 h / 8 h.
+/// Mon–Fri 08:00–18:00 UTC; P1: respond in 30 min, resolve in 4 h (explicitly in business
+/// hours); P3: 2 h / 8 h.
 fn policy(holidays: &[jiff::civil::Date]) -> Policy {
     let mut policy = Policy::from_agreement(&Record {
         id: RecordId::parse("AGR-1").unwrap(),
@@ -40,7 +43,7 @@ fn policy(holidays: &[jiff::civil::Date]) -> Policy {
         state: state("active"),
         title: "SLA".into(),
         fields: json!({
-            "targets": {"P1": {"response_minutes": 30, "resolution_minutes": 240},
+            "targets": {"P1": {"response_minutes": 30, "resolution_minutes": 240, "around_the_clock": false},
                         "P3": {"response_minutes": 120, "resolution_minutes": 480}},
             "calendar": {"timezone": "UTC", "weekly": {"mon": ["08:00-18:00"], "tue": ["08:00-18:00"],
                          "wed": ["08:00-18:00"], "thu": ["08:00-18:00"], "fri": ["08:00-18:00"]}},
@@ -61,8 +64,13 @@ fn policy(holidays: &[jiff::civil::Date]) -> Policy {
     policy
 }
 
-fn timeline(entries: &[(&str, &str)]) -> Vec<(Timestamp, State)> {
-    entries.iter().map(|(t, s)| (at(t), state(s))).collect()
+/// The states over time; an agent made the second entry's move (the first response).
+fn timeline(entries: &[(&str, &str)]) -> Timeline {
+    let states: Vec<(Timestamp, State)> = entries.iter().map(|(t, s)| (at(t), state(s))).collect();
+    Timeline {
+        responded_at: states.get(1).map(|(at, _)| *at),
+        states,
+    }
 }
 
 #[test]
@@ -91,7 +99,10 @@ fn a_pause_across_midnight_and_a_holiday_stops_the_clock() {
     assert!((response.elapsed_minutes - 30.0).abs() < 1e-6);
 
     // While paused, nothing is due and the clock reads the same at any later time.
-    let paused_line = &line[..3];
+    let paused_line = &Timeline {
+        states: line.states[..3].to_vec(),
+        responded_at: line.responded_at,
+    };
     let early = super::status(&policy, &record, paused_line, at("2026-12-21T18:00:00Z"))
         .resolution
         .unwrap();
@@ -134,7 +145,11 @@ fn five_pauses_and_resumes_count_only_running_time() {
             if i % 2 == 0 { "on_hold" } else { "in_progress" },
         ));
     }
-    let line: Vec<(Timestamp, State)> = entries.iter().map(|(t, s)| (at(t), state(s))).collect();
+    let states: Vec<(Timestamp, State)> = entries.iter().map(|(t, s)| (at(t), state(s))).collect();
+    let line = Timeline {
+        responded_at: Some(states[1].0),
+        states,
+    };
     let status = status(
         &policy,
         &incident("P1", "2026-12-21T09:00:00Z"),
@@ -194,10 +209,15 @@ fn holidays_come_from_icalendar() {
     let ics = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20261225\r\nSUMMARY:Christmas\r\nEND:VEVENT\r\n\
                BEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20270101\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
     assert_eq!(
-        holidays_from_ical(ics).unwrap(),
+        holidays_from_ical(ics, 2026..=2027).unwrap(),
         vec![date(2026, 12, 25), date(2027, 1, 1)]
     );
-    assert!(holidays_from_ical("DTSTART:garbage").is_err());
+    let garbage =
+        "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART:garbage\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    assert_eq!(
+        holidays_from_ical(garbage, 2026..=2026).unwrap_err().at,
+        "/ical"
+    );
     // A calendar can carry an iCalendar feed directly.
     let spec: CalendarSpec = serde_json::from_value(json!({"always": true, "ical": ics})).unwrap();
     let calendar = Calendar::from_spec(&spec).unwrap();
@@ -213,4 +233,260 @@ fn holidays_come_from_icalendar() {
             .as_secs(),
         86400
     );
+}
+
+const CHRISTMAS_EVERY_YEAR: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//usm//test//EN\r\n\
+    BEGIN:VEVENT\r\nUID:xmas@usm\r\nDTSTART;VALUE=DATE:20201225\r\n\
+    RRULE:FREQ=YEARLY;BYMONTH=12;BYMONTHDAY=25\r\nSUMMARY:Christmas\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+#[test]
+fn a_yearly_rrule_holiday_pauses_the_clock_in_a_later_year() {
+    let spec: CalendarSpec = serde_json::from_value(json!({
+        "timezone": "UTC",
+        "weekly": {"mon": ["08:00-18:00"], "tue": ["08:00-18:00"], "wed": ["08:00-18:00"],
+                   "thu": ["08:00-18:00"], "fri": ["08:00-18:00"]},
+        "ical": CHRISTMAS_EVERY_YEAR,
+    }))
+    .unwrap();
+    let calendar = Calendar::from_spec(&spec).unwrap();
+    // Friday 25 December 2026 (six years after DTSTART) and Monday 25 December 2028.
+    for (day, next) in [("2026-12-25", "2026-12-26"), ("2028-12-25", "2028-12-26")] {
+        let (day, next) = (
+            at(&format!("{day}T00:00:00Z")),
+            at(&format!("{next}T00:00:00Z")),
+        );
+        assert!(calendar.is_holiday(day.to_zoned_datetime(TimeZone::UTC).date()));
+        assert_eq!(calendar.business_time(day, next).as_secs(), 0, "{day}");
+    }
+    // Thursday 24 December 2026 is a working day; with 4 h left at 16:00 it is due Monday 28th.
+    assert_eq!(
+        calendar
+            .business_time(at("2026-12-24T00:00:00Z"), at("2026-12-25T00:00:00Z"))
+            .as_secs(),
+        10 * 3600
+    );
+    assert_eq!(
+        calendar.add_business_time(at("2026-12-24T16:00:00Z"), SignedDuration::from_hours(4)),
+        Some(at("2026-12-28T10:00:00Z"))
+    );
+    assert_eq!(
+        holidays_from_ical(CHRISTMAS_EVERY_YEAR, 2030..=2031).unwrap(),
+        vec![date(2030, 12, 25), date(2031, 12, 25)]
+    );
+}
+
+#[test]
+fn recurring_holidays_are_bounded() {
+    let rule = |rrule: &str, start: &str| {
+        format!(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:{start}\r\nRRULE:{rrule}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+    };
+    // Sub-daily rules make no holidays and are refused, as are starts before 1900.
+    for (rrule, start) in [
+        ("FREQ=HOURLY", "20260101"),
+        ("FREQ=YEARLY", "00010101"),
+        ("FREQ=NONSENSE", "20260101"),
+    ] {
+        let refused = holidays_from_ical(&rule(rrule, start), 2026..=2026).unwrap_err();
+        assert_eq!(refused.at, "/ical", "{rrule}");
+    }
+    // A weekly rule yields at most one year's Mondays per year asked for.
+    let mondays =
+        holidays_from_ical(&rule("FREQ=WEEKLY;BYDAY=MO", "19000101"), 2026..=2026).unwrap();
+    assert_eq!(mondays.len(), 52);
+}
+
+#[test]
+fn calendars_refuse_what_they_cannot_count_naming_the_place() {
+    let refused = |calendar: serde_json::Value| {
+        let spec: CalendarSpec = serde_json::from_value(calendar).unwrap();
+        Calendar::from_spec(&spec).unwrap_err().at
+    };
+    assert_eq!(
+        refused(json!({"timezone": "Mars/Olympus", "always": true})),
+        "/timezone"
+    );
+    assert_eq!(
+        refused(json!({"weekly": {"mon": ["08:00-12:00", "11:00-13:00"]}})),
+        "/weekly/mon/1"
+    );
+    assert_eq!(
+        refused(json!({"weekly": {"tue": ["18:00-08:00"]}})),
+        "/weekly/tue/0"
+    );
+    assert_eq!(
+        refused(json!({"weekly": {"wed": ["8h-12h"]}})),
+        "/weekly/wed/0"
+    );
+    assert_eq!(
+        refused(json!({"weekly": {"someday": ["08:00-12:00"]}})),
+        "/weekly/someday"
+    );
+    assert_eq!(refused(json!({"weekly": {}})), "/weekly");
+    // Adjacent windows are fine, and `always` needs no windows.
+    let spec: CalendarSpec =
+        serde_json::from_value(json!({"weekly": {"mon": ["08:00-12:00", "12:00-13:00"]}})).unwrap();
+    assert!(Calendar::from_spec(&spec).is_ok());
+    assert!(
+        Calendar::from_spec(&CalendarSpec {
+            always: true,
+            ..CalendarSpec::default()
+        })
+        .is_ok()
+    );
+}
+
+#[test]
+fn p1_runs_around_the_clock_unless_the_agreement_says_otherwise() {
+    let mut around = policy(&[]);
+    around.targets.get_mut("P1").unwrap().around_the_clock = None;
+    // Created Friday 17:00 with 4 h to resolve: 21:00 the same night, not Monday.
+    let record = incident("P1", "2026-12-18T17:00:00Z");
+    let line = timeline(&[("2026-12-18T17:00:00Z", "new")]);
+    let due = status(&around, &record, &line, at("2026-12-18T17:00:00Z"))
+        .resolution
+        .unwrap()
+        .due_at;
+    assert_eq!(due, Some(at("2026-12-18T21:00:00Z")));
+    // A P3 on the same policy keeps business hours (8 h: 1 h Friday, 7 h Monday).
+    let p3 = status(
+        &around,
+        &incident("P3", "2026-12-18T17:00:00Z"),
+        &line,
+        at("2026-12-18T17:00:00Z"),
+    );
+    assert_eq!(
+        p3.resolution.unwrap().due_at,
+        Some(at("2026-12-21T15:00:00Z"))
+    );
+}
+
+#[test]
+fn a_breach_is_dated_when_it_happened_however_late_it_is_computed() {
+    // P1 in business hours: 4 h. In progress from Monday 08:00, resolved at 14:00; computed
+    // a week later the breach still happened Monday 12:00 and the clock stopped at 14:00.
+    let policy = policy(&[]);
+    let line = timeline(&[
+        ("2026-12-21T08:00:00Z", "new"),
+        ("2026-12-21T08:10:00Z", "in_progress"),
+        ("2026-12-21T14:00:00Z", "resolved"),
+    ]);
+    let record = incident("P1", "2026-12-21T08:00:00Z");
+    let resolution = status(&policy, &record, &line, at("2026-12-28T09:00:00Z"))
+        .resolution
+        .unwrap();
+    assert_eq!(resolution.breached_at, Some(at("2026-12-21T12:00:00Z")));
+    assert_eq!(resolution.warned_at, Some(at("2026-12-21T11:00:00Z")));
+    assert_eq!(resolution.stopped_at, Some(at("2026-12-21T14:00:00Z")));
+    assert!(resolution.stopped && resolution.met && resolution.due_at.is_none());
+}
+
+#[test]
+fn a_reopen_starts_a_new_resolution_cycle() {
+    let policy = policy(&[]);
+    let line = timeline(&[
+        ("2026-12-21T08:00:00Z", "new"),
+        ("2026-12-21T08:10:00Z", "in_progress"),
+        ("2026-12-21T13:00:00Z", "resolved"),
+        ("2026-12-22T09:00:00Z", "in_progress"),
+    ]);
+    let record = incident("P1", "2026-12-21T08:00:00Z");
+    assert_eq!(cycle_count(&policy, &line), 2);
+    let first = status_in_cycle(&policy, &record, &line, at("2026-12-22T10:00:00Z"), 1);
+    assert_eq!(first.cycle, 1);
+    assert_eq!(
+        first.resolution.unwrap().breached_at,
+        Some(at("2026-12-21T12:00:00Z"))
+    );
+    // The second cycle counts from the reopen: 1 h in, due at 13:00.
+    let second = status(&policy, &record, &line, at("2026-12-22T10:00:00Z"));
+    assert_eq!(second.cycle, 2);
+    let resolution = second.resolution.unwrap();
+    assert!(
+        (resolution.elapsed_minutes - 60.0).abs() < 1e-6,
+        "{resolution:?}"
+    );
+    assert!(resolution.breached_at.is_none() && !resolution.stopped);
+    assert_eq!(resolution.due_at, Some(at("2026-12-22T13:00:00Z")));
+}
+
+fn entry(version: u64, by_agent: bool, to: Option<&str>) -> HistoryEntry {
+    HistoryEntry {
+        version,
+        at: at("2026-12-21T09:00:00Z"),
+        actor: "x".into(),
+        action: if to.is_some() {
+            Action::Transition
+        } else {
+            Action::Update
+        },
+        comment: None,
+        visibility: None,
+        changes: to
+            .map(|to| usm_model::Change {
+                path: "/state".into(),
+                from: Some(json!("new")),
+                to: Some(json!(to)),
+            })
+            .into_iter()
+            .collect(),
+        approval: None,
+        steps: vec![],
+        cause: None,
+        stale_approvals: vec![],
+        by_agent,
+    }
+}
+
+#[test]
+fn the_response_is_an_agents_first_action_and_not_a_cancel() {
+    assert!(meets_response(&entry(2, true, None)), "an agent's update");
+    assert!(meets_response(&entry(2, true, Some("in_progress"))));
+    assert!(
+        !meets_response(&entry(1, true, None)),
+        "creating is not responding"
+    );
+    assert!(
+        !meets_response(&entry(2, false, Some("in_progress"))),
+        "the requester's own move"
+    );
+    assert!(
+        !meets_response(&entry(2, true, Some("cancelled"))),
+        "cancelling answers no one"
+    );
+    let agent = Actor::new("ann", [Role::Agent]);
+    assert!(acts_as_agent(&agent, false));
+    assert!(
+        !acts_as_agent(&agent, true),
+        "a step's effect is not the agent's action"
+    );
+    assert!(!acts_as_agent(
+        &Actor::new("bot", [Role::Automation]),
+        false
+    ));
+    assert!(!acts_as_agent(&Actor::new("rob", [Role::Requester]), false));
+
+    // Cancelled before anyone answered: the response clock stops, unmet.
+    let policy = policy(&[]);
+    let line = Timeline {
+        states: vec![
+            (at("2026-12-21T08:00:00Z"), state("new")),
+            (at("2026-12-21T08:20:00Z"), state("cancelled")),
+        ],
+        responded_at: None,
+    };
+    let response = status(
+        &policy,
+        &incident("P1", "2026-12-21T08:00:00Z"),
+        &line,
+        at("2026-12-21T12:00:00Z"),
+    )
+    .response
+    .unwrap();
+    assert!(
+        response.stopped && !response.met && !response.breached,
+        "{response:?}"
+    );
+    assert!((response.elapsed_minutes - 20.0).abs() < 1e-6);
 }
