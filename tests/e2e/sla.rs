@@ -741,6 +741,20 @@ async fn the_response_is_met_by_an_agents_action_and_not_by_a_cancel() {
             .unwrap();
         assert_eq!(reply.status, 201, "{}", reply.body);
     }
+    // An internal note answers no one: the response clock runs on.
+    let note = server
+        .call_as(
+            Some(&ann),
+            reqwest::Method::POST,
+            "/api/v1/records/INC-1/comments",
+            Some(&json!({"body": "looks like the toner", "visibility": "internal"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(note.status, 201, "{}", note.body);
+    server.settle().await.unwrap();
+    let noted = server.get("/api/v1/records/INC-1/sla").await.unwrap().body;
+    assert_eq!(noted["status"]["response"]["stopped"], false, "{noted}");
     // The agent's first action is an edit that moves no state: the response is met by it.
     let edited = server
         .call_as(

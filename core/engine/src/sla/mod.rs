@@ -99,8 +99,12 @@ pub fn acts_as_agent(actor: &Actor, caused_by_step: bool) -> bool {
 }
 
 /// Whether a history entry meets the response target: an agent's write after creation, unless
-/// it cancels the record (cancelling stops the clock without answering anyone).
+/// it cancels the record (cancelling stops the clock without answering anyone) or is an
+/// internal note (the requester hears nothing of it).
 pub fn meets_response(entry: &HistoryEntry) -> bool {
+    if entry.visibility == Some(usm_model::Visibility::Internal) {
+        return false;
+    }
     let cancels = entry.action == Action::Transition
         && entry.changes.iter().any(|change| {
             change.path == "/state"
