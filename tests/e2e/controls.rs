@@ -798,3 +798,65 @@ async fn an_emergency_change_is_authorised_by_the_change_authority_group() {
     );
     assert_ok(&desk.move_to(&desk.ann, id, "implement").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolution_nobody_answers_closes_after_the_confirmation_period() {
+    // No agreement covers these records, so the period is wall-clock time: 1.2 s.
+    let server = TestServer::start_with(|config| {
+        config.auto_close_after_business_minutes = 0.02;
+    })
+    .unwrap();
+    let rob = server.token("rob", &["requester"], None).await.unwrap();
+    let mut ids = Vec::new();
+    for title in ["answered", "silent"] {
+        let created = server
+            .call_as(
+                Some(&rob),
+                Method::POST,
+                "/api/v1/records",
+                Some(&json!({"kind": "request", "title": title})),
+            )
+            .await
+            .unwrap();
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        for to in ["in_progress", "fulfilled"] {
+            server.transition(&id, to).await.unwrap();
+        }
+        ids.push(id);
+    }
+    // The requester answers one of them at once: reopened, it is not closed on its own.
+    let rejected = server
+        .call_as(
+            Some(&rob),
+            Method::POST,
+            &format!("/api/v1/records/{}/confirmation", ids[0]),
+            Some(&json!({"accept": false})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let silent = loop {
+        let record = server
+            .get(&format!("/api/v1/records/{}", ids[1]))
+            .await
+            .unwrap()
+            .body;
+        if record["state"] == "closed" || std::time::Instant::now() > deadline {
+            break record;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(silent["state"], "closed", "{silent}");
+    assert_eq!(silent["updated_by"], "system", "{silent}");
+    assert!(
+        silent["fields"].get("customer_confirmed").is_none(),
+        "not confirmed: {silent}"
+    );
+    let answered = server
+        .get(&format!("/api/v1/records/{}", ids[0]))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(answered["state"], "in_progress", "{answered}");
+}

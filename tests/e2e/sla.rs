@@ -17,8 +17,15 @@ fn agreement(resolution_minutes: f64) -> Value {
     }})
 }
 
+/// A server whose only timers are SLA clocks' (no automatic close of unconfirmed resolutions),
+/// so "every timer fired" is about the clocks.
+fn clocks_only() -> TestServer {
+    TestServer::start_with(|config| config.auto_close_after_business_minutes = 0.0).unwrap()
+}
+
 fn with_escalation() -> TestServer {
     TestServer::start_with(|config| {
+        config.auto_close_after_business_minutes = 0.0;
         config.modules = vec![ModuleConfig {
             path: repo_path("scripts/examples/sla-escalation"),
             domains: vec!["it".into()],
@@ -466,7 +473,7 @@ fn two_priorities() -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_breach_stays_breached_when_the_priority_is_lowered() {
-    let server = TestServer::start().unwrap();
+    let server = clocks_only();
     server.create(two_priorities()).await.unwrap();
     server.transition("AGR-1", "active").await.unwrap();
     server
@@ -542,7 +549,7 @@ async fn a_reopen_starts_a_new_cycle_that_breaches_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_agreements_breach_still_counts_in_kpis() {
-    let server = TestServer::start().unwrap();
+    let server = clocks_only();
     server.create(two_priorities()).await.unwrap();
     server.transition("AGR-1", "active").await.unwrap();
     server

@@ -55,25 +55,43 @@ async fn blocking<T: Send + 'static>(
     Ok(web::block(work).await??)
 }
 
-fn audit(
-    services: &Services,
-    actor: &Actor,
-    action: &str,
-    target: String,
-    scope: Option<&BTreeSet<Domain>>,
-    after: &impl Serialize,
-) {
-    if let Err(error) = auth::audit(
-        services.engine.store().as_ref(),
-        actor,
-        action,
-        &target,
-        scope,
-        None,
-        serde_json::to_value(after).ok(),
-    ) {
-        tracing::error!(%error, action, "cannot write the audit entry");
-    }
+/// Runs a directory change off the async workers and audits what it made.
+async fn change<T: Serialize + Send + 'static>(
+    services: web::Data<Services>,
+    actor: Actor,
+    action: &'static str,
+    target: fn(&T) -> (String, Option<BTreeSet<Domain>>),
+    work: impl FnOnce(&usm_directory::Directory, &Actor) -> Result<T, DirectoryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let services = services.into_inner();
+    blocking(move || {
+        let made = work(services.engine.directory(), &actor)?;
+        let (name, scope) = target(&made);
+        if let Err(error) = auth::audit(
+            services.engine.store().as_ref(),
+            &actor,
+            action,
+            &name,
+            scope.as_ref(),
+            None,
+            serde_json::to_value(&made).ok(),
+        ) {
+            tracing::error!(%error, action, "cannot write the audit entry");
+        }
+        Ok(made)
+    })
+    .await
+}
+
+fn person_target(person: &Person) -> (String, Option<BTreeSet<Domain>>) {
+    (format!("person:{}", person.id), person.domains.clone())
+}
+
+fn group_target(group: &Group) -> (String, Option<BTreeSet<Domain>>) {
+    (
+        format!("group:{}", group.id),
+        Some(BTreeSet::from([group.domain.clone()])),
+    )
 }
 
 /// A page of people.
@@ -109,24 +127,16 @@ pub async fn create_person(
     Admin(actor): Admin,
     body: web::Json<NewPerson>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let person = blocking(move || {
-        let tokens = std::sync::Arc::clone(&services.tokens);
-        let person =
-            services
-                .engine
-                .directory()
-                .create_person(&actor, body.into_inner(), |id| tokens.principal_named(id))?;
-        audit(
-            &services,
-            &actor,
-            "person.create",
-            format!("person:{}", person.id),
-            person.domains.as_ref(),
-            &person,
-        );
-        Ok(person)
-    })
+    let tokens = std::sync::Arc::clone(&services.tokens);
+    let person = change(
+        services,
+        actor,
+        "person.create",
+        person_target,
+        move |directory, actor| {
+            directory.create_person(actor, body.into_inner(), |id| tokens.principal_named(id))
+        },
+    )
     .await?;
     Ok(HttpResponse::Created().json(person))
 }
@@ -183,22 +193,13 @@ pub async fn patch_person(
     id: web::Path<String>,
     body: web::Json<PersonPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let person = blocking(move || {
-        let person = services
-            .engine
-            .directory()
-            .update_person(&actor, &id, body.into_inner())?;
-        audit(
-            &services,
-            &actor,
-            "person.update",
-            format!("person:{}", person.id),
-            person.domains.as_ref(),
-            &person,
-        );
-        Ok(person)
-    })
+    let person = change(
+        services,
+        actor,
+        "person.update",
+        person_target,
+        move |directory, actor| directory.update_person(actor, &id, body.into_inner()),
+    )
     .await?;
     Ok(HttpResponse::Ok().json(person))
 }
@@ -212,19 +213,13 @@ pub async fn delete_person(
     Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let person = blocking(move || {
-        let person = services.engine.directory().deactivate_person(&actor, &id)?;
-        audit(
-            &services,
-            &actor,
-            "person.deactivate",
-            format!("person:{}", person.id),
-            person.domains.as_ref(),
-            &person,
-        );
-        Ok(person)
-    })
+    let person = change(
+        services,
+        actor,
+        "person.deactivate",
+        person_target,
+        move |directory, actor| directory.deactivate_person(actor, &id),
+    )
     .await?;
     Ok(HttpResponse::Ok().json(person))
 }
@@ -256,22 +251,13 @@ pub async fn create_group(
     Admin(actor): Admin,
     body: web::Json<NewGroup>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let group = blocking(move || {
-        let group = services
-            .engine
-            .directory()
-            .create_group(&actor, body.into_inner())?;
-        audit(
-            &services,
-            &actor,
-            "group.create",
-            format!("group:{}", group.id),
-            Some(&BTreeSet::from([group.domain.clone()])),
-            &group,
-        );
-        Ok(group)
-    })
+    let group = change(
+        services,
+        actor,
+        "group.create",
+        group_target,
+        move |directory, actor| directory.create_group(actor, body.into_inner()),
+    )
     .await?;
     Ok(HttpResponse::Created().json(group))
 }
@@ -321,22 +307,13 @@ pub async fn patch_group(
     id: web::Path<String>,
     body: web::Json<GroupPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let group = blocking(move || {
-        let group = services
-            .engine
-            .directory()
-            .update_group(&actor, &id, body.into_inner())?;
-        audit(
-            &services,
-            &actor,
-            "group.update",
-            format!("group:{}", group.id),
-            Some(&BTreeSet::from([group.domain.clone()])),
-            &group,
-        );
-        Ok(group)
-    })
+    let group = change(
+        services,
+        actor,
+        "group.update",
+        group_target,
+        move |directory, actor| directory.update_group(actor, &id, body.into_inner()),
+    )
     .await?;
     Ok(HttpResponse::Ok().json(group))
 }
@@ -350,19 +327,13 @@ pub async fn delete_group(
     Admin(actor): Admin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    blocking(move || {
-        let group = services.engine.directory().delete_group(&actor, &id)?;
-        audit(
-            &services,
-            &actor,
-            "group.delete",
-            format!("group:{}", group.id),
-            Some(&BTreeSet::from([group.domain.clone()])),
-            &group,
-        );
-        Ok(())
-    })
+    change(
+        services,
+        actor,
+        "group.delete",
+        group_target,
+        move |directory, actor| directory.delete_group(actor, &id),
+    )
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -435,15 +435,20 @@ impl Directory {
     }
 
     fn put_person(&self, entries: &mut Entries, person: Person) -> Result<Person, DirectoryError> {
-        self.store.write_settings(
-            &[(
-                format!("{PERSON_PREFIX}{}", person.id),
-                encode("person", &person)?,
-            )],
-            &[],
-        )?;
+        self.put(&format!("{PERSON_PREFIX}{}", person.id), "person", &person)?;
         entries.people.insert(person.id.clone(), person.clone());
         Ok(person)
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        what: &'static str,
+        value: &impl Serialize,
+    ) -> Result<(), DirectoryError> {
+        Ok(self
+            .store
+            .write_settings(&[(key.to_owned(), encode(what, value)?)], &[])?)
     }
 
     /// A page of the people `by` may read, by id, after `after`.
@@ -610,13 +615,7 @@ impl Directory {
     }
 
     fn put_group(&self, entries: &mut Entries, group: Group) -> Result<Group, DirectoryError> {
-        self.store.write_settings(
-            &[(
-                format!("{GROUP_PREFIX}{}", group.id),
-                encode("group", &group)?,
-            )],
-            &[],
-        )?;
+        self.put(&format!("{GROUP_PREFIX}{}", group.id), "group", &group)?;
         entries.groups.insert(group.id.clone(), group.clone());
         Ok(group)
     }
@@ -665,18 +664,7 @@ impl Directory {
     ) -> Result<Group, DirectoryError> {
         let name = patch.name.as_deref().map(valid_name).transpose()?;
         self.change(|entries| {
-            let mut group = entries
-                .groups
-                .get(id)
-                .filter(|g| by.works_records() && by.in_domain(&g.domain))
-                .cloned()
-                .ok_or_else(|| not_found("group", id))?;
-            if !administers(by, Some(&BTreeSet::from([group.domain.clone()]))) {
-                return Err(DirectoryError::Forbidden(format!(
-                    "changing a group of {} needs the admin role there",
-                    group.domain
-                )));
-            }
+            let mut group = administered_group(entries, by, id, "changing")?;
             if let Some(members) = patch.members {
                 group.members = check_members(entries, &group.domain, members)?;
             }
@@ -691,18 +679,7 @@ impl Directory {
     /// Removes a group. Records that named it keep the name in their history.
     pub fn delete_group(&self, by: &Actor, id: &str) -> Result<Group, DirectoryError> {
         self.change(|entries| {
-            let group = entries
-                .groups
-                .get(id)
-                .filter(|g| by.works_records() && by.in_domain(&g.domain))
-                .cloned()
-                .ok_or_else(|| not_found("group", id))?;
-            if !administers(by, Some(&BTreeSet::from([group.domain.clone()]))) {
-                return Err(DirectoryError::Forbidden(format!(
-                    "removing a group of {} needs the admin role there",
-                    group.domain
-                )));
-            }
+            let group = administered_group(entries, by, id, "removing")?;
             self.store
                 .write_settings(&[], &[format!("{GROUP_PREFIX}{id}")])?;
             entries.groups.remove(id);
@@ -778,6 +755,29 @@ impl Directory {
         }
         Ok(())
     }
+}
+
+/// The group `id` if `by` reads it, and only if `by` also administers its domain (else
+/// forbidden, saying what it was `doing`).
+fn administered_group(
+    entries: &Entries,
+    by: &Actor,
+    id: &str,
+    doing: &str,
+) -> Result<Group, DirectoryError> {
+    let group = entries
+        .groups
+        .get(id)
+        .filter(|g| by.works_records() && by.in_domain(&g.domain))
+        .cloned()
+        .ok_or_else(|| not_found("group", id))?;
+    if !administers(by, Some(&BTreeSet::from([group.domain.clone()]))) {
+        return Err(DirectoryError::Forbidden(format!(
+            "{doing} a group of {} needs the admin role there",
+            group.domain
+        )));
+    }
+    Ok(group)
 }
 
 fn not_found(what: &'static str, id: &str) -> DirectoryError {

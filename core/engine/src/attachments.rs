@@ -78,6 +78,50 @@ fn attachments_of(record: &Record) -> Vec<Attachment> {
 }
 
 impl Engine {
+    /// Writes a record's attachment list through `change`, which returns what it did; the list
+    /// commits with the record's next version.
+    fn change_attachments<T>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        change: impl Fn(&mut Vec<Attachment>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let target = WriteTarget {
+            id,
+            if_match: None,
+            action: Action::Attachment,
+            cause: None,
+        };
+        let outcome = std::sync::Mutex::new(None);
+        self.write(actor, target, |current| {
+            let mut attachments = attachments_of(current);
+            let done = change(&mut attachments)?;
+            *outcome
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(done);
+            let mut next = current.clone();
+            if attachments.is_empty() {
+                next.fields.remove(ATTACHMENTS);
+            } else {
+                next.fields.insert(
+                    ATTACHMENTS.into(),
+                    serde_json::to_value(&attachments).unwrap_or(Value::Null),
+                );
+            }
+            Ok(Proposal {
+                record: next,
+                comment: None,
+                approval: None,
+                context: Value::Null,
+                visibility: None,
+            })
+        })?;
+        outcome
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ok_or_else(|| EngineError::NotFound(format!("{id}: the attachment")))
+    }
+
     /// Attaches a stored blob to a record the actor may see (a requester: their own).
     pub fn attach(
         &self,
@@ -86,14 +130,7 @@ impl Engine {
         new: NewAttachment,
     ) -> Result<Attachment, EngineError> {
         let limits = &self.config.limits;
-        let target = WriteTarget {
-            id,
-            if_match: None,
-            action: Action::Attachment,
-            cause: None,
-        };
-        let committed = self.write(actor, target, |current| {
-            let mut attachments = attachments_of(current);
+        self.change_attachments(actor, id, |attachments| {
             if attachments.len() >= limits.max_attachments_per_record {
                 return Err(EngineError::invalid(
                     "/",
@@ -119,7 +156,7 @@ impl Engine {
                 .max()
                 .unwrap_or(0)
                 + 1;
-            attachments.push(Attachment {
+            let attachment = Attachment {
                 id: next_id.to_string(),
                 filename: new.filename.clone(),
                 size: new.size,
@@ -127,23 +164,10 @@ impl Engine {
                 content_type: new.content_type.clone(),
                 created_by: actor.name.clone(),
                 created_at: Timestamp::now(),
-            });
-            let mut next = current.clone();
-            next.fields.insert(
-                ATTACHMENTS.into(),
-                serde_json::to_value(&attachments).unwrap_or(Value::Null),
-            );
-            Ok(Proposal {
-                record: next,
-                comment: None,
-                approval: None,
-                context: Value::Null,
-                visibility: None,
-            })
-        })?;
-        attachments_of(&committed.record)
-            .pop()
-            .ok_or_else(|| EngineError::NotFound(format!("{id}: the attachment")))
+            };
+            attachments.push(attachment.clone());
+            Ok(attachment)
+        })
     }
 
     /// The attachments of a record the actor may see.
@@ -172,49 +196,18 @@ impl Engine {
         id: &str,
         attachment: &str,
     ) -> Result<Attachment, EngineError> {
-        let target = WriteTarget {
-            id,
-            if_match: None,
-            action: Action::Attachment,
-            cause: None,
-        };
-        let removed = std::sync::Mutex::new(None);
-        self.write(actor, target, |current| {
+        self.change_attachments(actor, id, |attachments| {
             if !actor.works_records() {
                 return Err(EngineError::Forbidden(
                     "removing an attachment needs the agent role".into(),
                 ));
             }
-            let mut attachments = attachments_of(current);
             let at = attachments
                 .iter()
                 .position(|a| a.id == attachment)
                 .ok_or_else(|| EngineError::NotFound(format!("{id}/attachments/{attachment}")))?;
-            let gone = attachments.remove(at);
-            *removed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gone);
-            let mut next = current.clone();
-            if attachments.is_empty() {
-                next.fields.remove(ATTACHMENTS);
-            } else {
-                next.fields.insert(
-                    ATTACHMENTS.into(),
-                    serde_json::to_value(&attachments).unwrap_or(Value::Null),
-                );
-            }
-            Ok(Proposal {
-                record: next,
-                comment: None,
-                approval: None,
-                context: Value::Null,
-                visibility: None,
-            })
-        })?;
-        removed
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .ok_or_else(|| EngineError::NotFound(format!("{id}/attachments/{attachment}")))
+            Ok(attachments.remove(at))
+        })
     }
 
     /// Every blob some record references, for collecting the others.

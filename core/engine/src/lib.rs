@@ -128,6 +128,10 @@ pub struct EngineConfig {
     pub breaker: BreakerPolicy,
     /// How many client writes run their pipelines at once, and how many wait.
     pub admission: AdmissionConfig,
+    /// A resolved record its requester neither confirms nor rejects closes after this many
+    /// minutes of its SLA calendar's business time (wall-clock time without a policy); `None`
+    /// never.
+    pub auto_close_after_business_minutes: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -141,6 +145,8 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             breaker: BreakerPolicy::default(),
             admission: AdmissionConfig::default(),
+            // Five days of eight business hours.
+            auto_close_after_business_minutes: Some(2400.0),
         }
     }
 }

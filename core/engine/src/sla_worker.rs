@@ -204,6 +204,97 @@ impl Engine {
 
 const CLOCKS: [&str; 2] = ["response", "resolution"];
 
+/// The timer that closes a resolved record its requester has not answered.
+const AUTO_CLOSE: &str = "confirmation";
+/// Set when a rule refused an automatic close of a record version, so it is not retried.
+const AUTO_CLOSE_REFUSED: &str = "auto-close-refused/";
+
+/// When a record waiting for its requester's confirmation closes on its own: the configured
+/// business time after it entered the resolved state.
+fn auto_close_timer(
+    engine: &Engine,
+    record: &Record,
+    policy: Option<&sla::Policy>,
+    line: &sla::Timeline,
+) -> Result<Option<Timer>, StoreError> {
+    let Some(minutes) = engine.config.auto_close_after_business_minutes else {
+        return Ok(None);
+    };
+    let catalog = engine.catalog_in(&record.domain);
+    let Some(confirmation) = catalog
+        .get(&record.kind)
+        .and_then(|def| def.confirmation.as_ref())
+    else {
+        return Ok(None);
+    };
+    if record.state != confirmation.state {
+        return Ok(None);
+    }
+    let refused = format!("{AUTO_CLOSE_REFUSED}{}/{}", record.id, record.version);
+    if engine.store().setting(&refused)?.is_some() {
+        return Ok(None);
+    }
+    let Some(resolved_at) = line
+        .states
+        .iter()
+        .rev()
+        .find(|(_, state)| *state == confirmation.state)
+        .map(|(at, _)| *at)
+    else {
+        return Ok(None);
+    };
+    let delay = jiff::SignedDuration::from_secs_f64(minutes * 60.0);
+    let due_at = match policy {
+        Some(policy) => policy.calendar.add_business_time(resolved_at, delay),
+        None => resolved_at.checked_add(delay).ok(),
+    };
+    Ok(due_at.map(|due_at| Timer {
+        record_id: record.id.clone(),
+        clock: AUTO_CLOSE.into(),
+        level: "close".into(),
+        due_at,
+        cycle: 0,
+    }))
+}
+
+/// Closes a record still waiting for its requester's confirmation, as the server. A rule that
+/// refuses (say, a major incident without its review) is logged once for that record version.
+fn auto_close(engine: &Engine, record: &Record) -> Result<(), StoreError> {
+    let catalog = engine.catalog_in(&record.domain);
+    let Some(confirmation) = catalog
+        .get(&record.kind)
+        .and_then(|def| def.confirmation.clone())
+    else {
+        return reschedule(engine, record);
+    };
+    if record.state != confirmation.state {
+        return reschedule(engine, record);
+    }
+    let system = usm_model::Actor::new("system", [usm_model::Role::Admin]);
+    let comment = "closed without the requester's answer within the confirmation period".to_owned();
+    match engine.transition(
+        &system,
+        record.id.as_str(),
+        confirmation.accept.as_str(),
+        Some(comment),
+        Some(record.version),
+    ) {
+        Ok(closed) => {
+            tracing::info!(record = %closed.id, "closed without the requester's confirmation");
+            Ok(())
+        }
+        Err(crate::EngineError::VersionMismatch { .. }) => Ok(()),
+        Err(error) => {
+            tracing::warn!(record = %record.id, %error, "cannot close the unconfirmed record");
+            let refused = format!("{AUTO_CLOSE_REFUSED}{}/{}", record.id, record.version);
+            engine
+                .store()
+                .write_settings(&[(refused, b"1".to_vec())], &[])?;
+            reschedule(engine, record)
+        }
+    }
+}
+
 fn recorded(
     store: &dyn Store,
     record: &RecordId,
@@ -228,12 +319,15 @@ fn fired_key(record: &RecordId, clock: &str, level: &str) -> String {
 /// at once, so it is recorded with the instant it was really reached.
 fn reschedule(engine: &Engine, record: &Record) -> Result<(), StoreError> {
     let store = engine.store().as_ref();
-    let Some(policy) = engine.sla_policies().policy_for(store, record)? else {
-        return store.schedule_timers(&record.id, &[]);
-    };
+    let policy = engine.sla_policies().policy_for(store, record)?;
     let line = timeline(store, &record.id)?;
+    let mut timers: Vec<Timer> = auto_close_timer(engine, record, policy.as_ref(), &line)?
+        .into_iter()
+        .collect();
+    let Some(policy) = policy else {
+        return store.schedule_timers(&record.id, &timers);
+    };
     let now = Timestamp::now();
-    let mut timers = Vec::new();
     for cycle in 1..=sla::cycle_count(&policy, &line) {
         let status = sla::status_in_cycle(&policy, record, &line, now, cycle);
         for name in CLOCKS {
@@ -278,6 +372,10 @@ fn fire_due(engine: &Engine) -> Result<usize, StoreError> {
             store.schedule_timers(&timer.record_id, &[])?;
             continue;
         };
+        if timer.clock == AUTO_CLOSE {
+            auto_close(engine, &record)?;
+            continue;
+        }
         let Some(policy) = engine.sla_policies().policy_for(store, &record)? else {
             reschedule(engine, &record)?;
             continue;
@@ -353,7 +451,11 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
         }
         let writes = matches!(
             event.event_type,
-            EventType::RecordCreated | EventType::RecordUpdated | EventType::RecordTransitioned
+            // A requester's reply can end a hold, so a comment may move the clocks too.
+            EventType::RecordCreated
+                | EventType::RecordUpdated
+                | EventType::RecordTransitioned
+                | EventType::RecordCommented
         );
         if writes {
             if event.kind.as_str() == "agreement" {

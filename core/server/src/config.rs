@@ -35,6 +35,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest attachment, in bytes.
     pub attachment_max_bytes: u64,
+    /// Business minutes (of the record's SLA calendar) after which a resolved record its
+    /// requester has not answered closes; 0 never.
+    pub auto_close_after_business_minutes: f64,
     /// How old an attachment blob no record references must be before the pruner removes it
     /// (an upload's blob is written before the write that references it commits).
     pub attachment_grace_secs: u64,
@@ -154,6 +157,7 @@ impl Default for Config {
             workers: None,
             max_body_bytes: 1024 * 1024,
             attachment_max_bytes: 25 * 1024 * 1024,
+            auto_close_after_business_minutes: 2400.0,
             attachment_grace_secs: 3600,
             body_timeout_secs: 10,
             durable_acks: true,
@@ -226,6 +230,8 @@ impl Config {
                 max_waiting: self.pipeline_queue,
                 max_wait: std::time::Duration::from_millis(self.pipeline_queue_wait_ms),
             },
+            auto_close_after_business_minutes: (self.auto_close_after_business_minutes > 0.0)
+                .then_some(self.auto_close_after_business_minutes),
         }
     }
 
