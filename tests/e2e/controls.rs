@@ -860,3 +860,55 @@ async fn a_resolution_nobody_answers_closes_after_the_confirmation_period() {
         .body;
     assert_eq!(answered["state"], "in_progress", "{answered}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_automatic_close_a_rule_refuses_is_not_retried() {
+    let server = TestServer::start_with(|config| {
+        config.bundled_modules = true;
+        config.default_agreements = false;
+        config.auto_close_after_business_minutes = 0.01;
+    })
+    .unwrap();
+    // A major incident closes only after its review: the server may not close it either.
+    let incident = server
+        .create(
+            json!({"kind": "incident", "title": "Payments down", "fields": {
+            "category": "payments", "major_incident": true, "major_incident_manager": "bo",
+            "resolution_code": "fixed", "resolution": "failover"}}),
+        )
+        .await
+        .unwrap();
+    let id = incident["id"].as_str().unwrap().to_owned();
+    for to in ["in_progress", "resolved"] {
+        server.transition(&id, to).await.unwrap();
+    }
+    let history_len = || async {
+        server
+            .get(&format!("/api/v1/records/{id}/history"))
+            .await
+            .unwrap()
+            .body["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // Well past the 0.6 s period, several worker turns later: still resolved, and no write.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let before = history_len().await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let record = server
+        .get(&format!("/api/v1/records/{id}"))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(record["state"], "resolved", "{record}");
+    assert_eq!(history_len().await, before);
+    assert_eq!(before, 3, "created, in progress, resolved");
+    // The refusal is remembered for this version: no timer is left to try again and again.
+    let metrics = usm_tests::metrics(&server.base).await.unwrap();
+    assert_eq!(
+        usm_tests::metric(&metrics, "usm_sla_timers_pending"),
+        [0.0],
+        "{metrics}"
+    );
+}
