@@ -912,3 +912,95 @@ async fn an_automatic_close_a_rule_refuses_is_not_retried() {
         "{metrics}"
     );
 }
+
+/// itil4 as the bundle ships it, with `config` lines added to its change-approval and priority
+/// steps.
+fn itil4_with(dir: &std::path::Path, approvals: &str, priorities: &str) -> std::path::PathBuf {
+    let manifest = std::fs::read_to_string(usm_tests::repo_path("plugins/itil4/module.toml"))
+        .unwrap()
+        .replace("min_approvals = 1", approvals)
+        .replace(
+            "rule = \"priority\"",
+            &format!("rule = \"priority\"\n{priorities}"),
+        );
+    usm_tests::module_dir(
+        &dir.join("itil4"),
+        &manifest,
+        &[("itil4.wasm", usm_tests::guests::ITIL4)],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_count_distinct_approvers_and_major_criteria_are_configured() {
+    let modules = tempfile::tempdir().unwrap();
+    let itil4 = itil4_with(
+        modules.path(),
+        "min_approvals = 2",
+        "major_priorities = [\"P1\", \"P2\"]",
+    );
+    let server = TestServer::start_with(move |config| {
+        config.modules = vec![usm_server::ModuleConfig {
+            path: itil4,
+            domains: vec!["it".into()],
+            grant: vec!["records:read".into()],
+        }];
+    })
+    .unwrap();
+    let ann = server.token("ann", &["agent"], None).await.unwrap();
+    let bo = server.token("bo", &["agent"], None).await.unwrap();
+    let cy = server.token("cy", &["agent"], None).await.unwrap();
+    let call = |token: &str, path: String, body: Value| {
+        let token = token.to_owned();
+        let server = &server;
+        async move {
+            server
+                .call_as(Some(&token), Method::POST, &path, Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let change = call(
+        &ann,
+        "/api/v1/records".into(),
+        json!({"kind": "change", "title": "Two eyes",
+        "fields": {"risk": "low", "plan": "p", "backout_plan": "b"}}),
+    )
+    .await;
+    let id = change.body["id"].as_str().unwrap().to_owned();
+    let approve = |token: &str| {
+        call(
+            token,
+            format!("/api/v1/records/{id}/approvals"),
+            json!({"decision": "approve"}),
+        )
+    };
+    let implement = || {
+        call(
+            &ann,
+            format!("/api/v1/records/{id}/transitions"),
+            json!({"to": "implement"}),
+        )
+    };
+    // The same approver twice is one approver.
+    assert_ok(&approve(&bo).await);
+    assert_ok(&approve(&bo).await);
+    assert_rejected(&implement().await, "itil4", "approval_required");
+    assert_ok(&approve(&cy).await);
+    assert_ok(&implement().await);
+    // P2 suggests a major incident here, as configured; P3 does not.
+    for (impact, urgency, suggested) in [("medium", "high", true), ("medium", "medium", false)] {
+        let incident = call(
+            &ann,
+            "/api/v1/records".into(),
+            json!({"kind": "incident", "title": "x",
+            "fields": {"impact": impact, "urgency": urgency}}),
+        )
+        .await;
+        assert_eq!(
+            incident.body["fields"]["major_incident_suggested"], suggested,
+            "{}",
+            incident.body
+        );
+    }
+}

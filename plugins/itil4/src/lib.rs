@@ -1,7 +1,8 @@
 //! ITIL 4 practices as usm pipeline rules. One component, several rules; the manifest picks the
 //! rule per step with `config.rule`:
 //! - `priority`: incident priority P1–P5 from impact × urgency (matrix in config); the module
-//!   owns `priority`, so no client sets it. P1 suggests a major incident.
+//!   owns `priority`, so no client sets it. The priorities in `major_priorities` (P1 by
+//!   default) suggest a major incident.
 //! - `major-incident`: an agent declares a major incident (`major_incident`) naming its manager;
 //!   it is not closed without a post-incident review.
 //! - `change-approval`: before `implement`, a change needs what its type needs, counted over
@@ -56,7 +57,11 @@ fn priority(input: &Input) -> Result<Output, Error> {
             format!("the priority matrix has no entry for impact {impact} and urgency {urgency}"),
         ));
     };
-    let suggested = priority == "P1";
+    // Which priorities suggest a major incident is the practice's to configure (P1 by default).
+    let suggested = match input.config["major_priorities"].as_array() {
+        Some(listed) => listed.iter().any(|p| p == priority),
+        None => priority == "P1",
+    };
     if input.field_str("priority") == Some(priority)
         && input.field("major_incident_suggested") == Some(&json!(suggested))
     {
@@ -254,6 +259,7 @@ impl Step for Itil4 {
             "matrix": {"type": "object", "additionalProperties": {"type": "object",
                 "additionalProperties": {"type": "string", "pattern": "^P[1-5]$"}}},
             "min_approvals": {"type": "integer", "minimum": 1},
+            "major_priorities": {"type": "array", "items": {"type": "string", "pattern": "^P[1-5]$"}},
             "emergency_groups": {"type": "array", "items": {"type": "string"}},
             "emergency_roles": {"type": "array", "items": {"type": "string"}}}}"#,
     );
