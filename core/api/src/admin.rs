@@ -64,7 +64,8 @@ pub struct TokenList {
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 409, description = "Another token has that name", body = Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "Another token has that name", body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The person is not an active person of the token's domains", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_token(
     services: web::Data<Services>,
     Admin(actor): Admin,

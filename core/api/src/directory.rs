@@ -185,8 +185,11 @@ pub async fn get_person(
 
 /// Changes a person (`"active": false` deactivates: their tokens stop working, history stays).
 #[utoipa::path(patch, path = "/api/v1/people/{id}", tag = "directory", params(("id" = String, Path)), request_body = PersonPatch,
-    responses((status = 200, body = Person), (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Person),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The manager is not an active person", body = Problem, content_type = "application/problem+json")))]
 pub async fn patch_person(
     services: web::Data<Services>,
     Admin(actor): Admin,
@@ -298,7 +301,9 @@ pub async fn get_group(
 
 /// Renames a group or replaces its members.
 #[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "directory", params(("id" = String, Path)), request_body = GroupPatch,
-    responses((status = 200, body = Group), (status = 403, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Group),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn patch_group(

@@ -388,6 +388,7 @@ pub struct ConfirmationRequest {
     params(("id" = String, Path)),
     responses(
         (status = 200, body = Record, headers(("ETag" = String, description = "The record's new version"))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller is not the record's requester", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The record is not waiting for a confirmation", body = Problem, content_type = "application/problem+json"),
