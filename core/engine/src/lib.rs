@@ -810,10 +810,18 @@ impl Engine {
         id: &str,
     ) -> Result<Vec<controls::ApprovalStatus>, EngineError> {
         let record = self.get(actor, id)?;
+        self.approval_statuses(&record)
+    }
+
+    /// A record's approvals, each with whether it still approves the record's content.
+    fn approval_statuses(
+        &self,
+        record: &Record,
+    ) -> Result<Vec<controls::ApprovalStatus>, EngineError> {
         let catalog = self.catalog_in(&record.domain);
-        let digest = kind_def(&catalog, record.kind.as_str())
-            .ok()
-            .and_then(|def| controls::material_digest(def, &record));
+        let digest = catalog
+            .get(&record.kind)
+            .and_then(|def| controls::material_digest(def, record));
         Ok(self
             .store
             .approvals(&record.id)?
@@ -1034,19 +1042,7 @@ impl Engine {
         /// Most linking records handed to steps.
         const MAX_CHILDREN: usize = 200;
         let catalogs = self.catalogs();
-        let digest = catalogs
-            .domain(&current.domain)
-            .get(&current.kind)
-            .and_then(|def| controls::material_digest(def, current));
-        let approvals: Vec<controls::ApprovalStatus> = self
-            .store
-            .approvals(&current.id)?
-            .into_iter()
-            .map(|approval| controls::ApprovalStatus {
-                current: controls::is_current(&approval, digest.as_ref()),
-                approval,
-            })
-            .collect();
+        let approvals = self.approval_statuses(current)?;
         let mut children = Vec::new();
         for (rel, source) in self
             .store
