@@ -27,6 +27,7 @@ mod records;
 mod restart;
 mod routes;
 mod scoping;
+mod search;
 mod security;
 mod sla;
 mod strict_input;

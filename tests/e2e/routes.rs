@@ -34,6 +34,13 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/people/{id}"),
     ("GET", "/api/v1/groups"),
     ("GET", "/api/v1/groups/{id}"),
+    // Everyone searches what they may see; agents keep queues (requesters get 403 there).
+    ("GET", "/api/v1/search"),
+    ("POST", "/api/v1/queues"),
+    ("GET", "/api/v1/queues"),
+    ("GET", "/api/v1/queues/{id}"),
+    ("DELETE", "/api/v1/queues/{id}"),
+    ("GET", "/api/v1/queues/{id}/records"),
 ];
 
 /// Every (method, path template) of the served API description, with the path's parameters

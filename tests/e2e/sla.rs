@@ -50,6 +50,9 @@ async fn escalations(server: &TestServer) -> Vec<String> {
 /// Waits until no timer is armed and the workers have handled every event the fired timers
 /// wrote: whatever the timers caused has happened by then.
 async fn all_timers_fired(server: &TestServer) {
+    // The SLA worker arms a record's timers when it consumes the record's outbox event; until
+    // then the gauge reads 0 with nothing fired yet.
+    server.settle().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = usm_tests::metrics(&server.base).await.unwrap();

@@ -13,6 +13,7 @@ mod modules;
 mod principal;
 mod problem;
 mod records;
+mod search;
 
 use std::{sync::Arc, time::Instant};
 
@@ -82,6 +83,8 @@ pub struct Services {
     pub config: ApiConfig,
     /// Attachment contents.
     pub blobs: usm_blobs::BlobStore,
+    /// Queues and full-text search.
+    pub search: Arc<usm_search::SearchIndex>,
 }
 
 /// The OpenAPI description of the API.
@@ -129,6 +132,12 @@ pub struct Services {
         directory::get_group,
         directory::patch_group,
         directory::delete_group,
+        search::search,
+        search::create_queue,
+        search::list_queues,
+        search::get_queue,
+        search::delete_queue,
+        search::queue_records,
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
@@ -153,6 +162,7 @@ pub struct Services {
         (name = "workflows", description = "USM workflow templates, imported and exported as USM-WIF"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
+        (name = "search", description = "Full-text search and saved queues, from an index that follows commits"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
         (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
@@ -449,6 +459,20 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route(web::get().to(directory::get_group))
                         .route(web::patch().to(directory::patch_group))
                         .route(web::delete().to(directory::delete_group)),
+                )
+                .service(resource("/search").route(web::get().to(search::search)))
+                .service(
+                    resource("/queues")
+                        .route(web::post().to(search::create_queue))
+                        .route(web::get().to(search::list_queues)),
+                )
+                .service(
+                    resource("/queues/{id}")
+                        .route(web::get().to(search::get_queue))
+                        .route(web::delete().to(search::delete_queue)),
+                )
+                .service(
+                    resource("/queues/{id}/records").route(web::get().to(search::queue_records)),
                 )
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(resource("/kpis").route(web::get().to(records::kpis)))

@@ -65,6 +65,7 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
             usm_engine::AfterStepWorker::CONSUMER,
             usm_engine::SlaWorker::CONSUMER,
             usm_script_host::automation::AutomationWorker::CONSUMER,
+            usm_search::SearchWorker::CONSUMER,
         ]
         .into_iter()
         .map(|name| Ok((name, store.cursor(name)?)))

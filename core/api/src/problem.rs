@@ -55,7 +55,9 @@ pub struct Problem {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as C;
     match code {
-        C::MalformedJson | C::InvalidInput | C::BadCursor => StatusCode::BAD_REQUEST,
+        C::MalformedJson | C::InvalidInput | C::BadCursor | C::SearchSyntax => {
+            StatusCode::BAD_REQUEST
+        }
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         C::UnknownKind
@@ -77,6 +79,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::ModuleNotFound
         | C::PersonNotFound
         | C::GroupNotFound
+        | C::QueueNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
         | C::WebhookNotFound
@@ -92,7 +95,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
         C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        C::Unavailable | C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        C::Unavailable | C::Overloaded | C::SearchRebuilding => StatusCode::SERVICE_UNAVAILABLE,
         C::Internal | C::StepFailed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -129,6 +132,9 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::FieldNotWritable => "The field is not the caller's to write",
         C::PersonNotFound => "Person not found",
         C::GroupNotFound => "Group not found",
+        C::QueueNotFound => "Queue not found",
+        C::SearchSyntax => "Search syntax error",
+        C::SearchRebuilding => "Search index rebuilding",
         C::DirectoryIdTaken => "The id is taken",
         C::UnknownReference => "A person or group named does not exist here",
         C::ConfirmationNotExpected => "The record is not waiting for a confirmation",

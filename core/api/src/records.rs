@@ -240,10 +240,75 @@ pub struct ListParams {
     pub state: Option<String>,
     /// Only records in this domain.
     pub domain: Option<String>,
+    /// Only records assigned to this person (`me`: the caller). A queue filter.
+    pub assignee: Option<String>,
+    /// Only records assigned to this group. A queue filter.
+    pub assignment_group: Option<String>,
+    /// Only records this person requested or created (`me`: the caller). A queue filter.
+    pub requester: Option<String>,
+    /// Only records of this priority. A queue filter.
+    pub priority: Option<String>,
+    /// Only records whose SLA is `breached`, at `warning` or `running`. A queue filter.
+    #[param(value_type = Option<String>)]
+    pub sla: Option<String>,
+    /// Only records written at or after this instant (RFC 3339). A queue filter.
+    pub updated_since: Option<String>,
+    /// `created_at`, `updated_at`, `priority` or `sla_due`, `-` first for descending. A queue
+    /// order.
+    pub sort: Option<String>,
     /// Page size (default 50, max 500).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+impl ListParams {
+    /// The queue filters and order, when any is given: such listings are answered from the
+    /// search index.
+    fn queue(&mut self) -> Result<Option<crate::search::QueueParams>, ApiError> {
+        let queued = self.assignee.is_some()
+            || self.assignment_group.is_some()
+            || self.requester.is_some()
+            || self.priority.is_some()
+            || self.sla.is_some()
+            || self.updated_since.is_some()
+            || self.sort.is_some();
+        if !queued {
+            return Ok(None);
+        }
+        let sla = self
+            .sla
+            .take()
+            .map(|s| s.parse::<usm_search::SlaFilter>())
+            .transpose()?;
+        let updated_since = self
+            .updated_since
+            .take()
+            .map(|at| {
+                at.parse::<usm_model::Timestamp>().map_err(|error| {
+                    ApiError::new(
+                        usm_model::ErrorCode::InvalidInput,
+                        format!("updated_since: not an RFC 3339 instant: {error}"),
+                    )
+                    .with_field("updated_since")
+                })
+            })
+            .transpose()?;
+        Ok(Some(crate::search::QueueParams {
+            filter: usm_search::Filter {
+                kind: self.kind.take(),
+                state: self.state.take(),
+                domain: self.domain.take(),
+                assignee: self.assignee.take(),
+                assignment_group: self.assignment_group.take(),
+                requester: self.requester.take(),
+                priority: self.priority.take(),
+                sla,
+                updated_since,
+            },
+            sort: self.sort.take(),
+        }))
+    }
 }
 
 /// A page of records.
@@ -256,14 +321,20 @@ pub struct RecordPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists records, filtered by kind, state and domain, with keyset pagination.
+/// Lists records the caller may see, with keyset pagination. Filtered by kind, state and
+/// domain only, in creation order, it reads the store and sees every acknowledged write. With a
+/// queue filter (`assignee`, `assignment_group`, `requester`, `priority`, `sla`,
+/// `updated_since`) or a `sort`, it reads the search index, which follows commits within about
+/// a second; each record is read again from the store and shown only if it still matches.
 #[utoipa::path(
     get, path = "/api/v1/records", tag = "records",
     params(ListParams),
     responses(
         (status = 200, body = RecordPage),
-        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown kind or state", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad limit, cursor, sort, sla or updated_since", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A domain outside the caller's domains", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind, state or domain", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The search index is being rebuilt (queue filters only)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_records(
@@ -271,6 +342,11 @@ pub async fn list_records(
     Principal(actor): Principal,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut params = params.into_inner();
+    if let Some(queue) = params.queue()? {
+        return crate::search::list_queue(services, actor, queue, params.limit, params.cursor)
+            .await;
+    }
     let engine = services.engine.clone();
     let ListParams {
         kind,
@@ -278,7 +354,8 @@ pub async fn list_records(
         domain,
         limit,
         cursor,
-    } = params.into_inner();
+        ..
+    } = params;
     let page = blocking(move || {
         engine.list(
             &actor,

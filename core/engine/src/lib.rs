@@ -213,6 +213,17 @@ pub struct ListRequest {
     pub cursor: Option<String>,
 }
 
+/// A listing's kind, state and domain filters, checked against the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilters {
+    /// Only this kind.
+    pub kind: Option<Kind>,
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only this domain.
+    pub domain: Option<Domain>,
+}
+
 /// One page of records.
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -850,32 +861,18 @@ impl Engine {
 
     /// A page of the records matching the filters that the actor may see.
     pub fn list(&self, actor: &Actor, request: ListRequest) -> Result<ListPage, EngineError> {
-        let catalog = self.catalog();
-        let kind = request
-            .kind
-            .as_deref()
-            .map(|k| kind_def(&catalog, k))
-            .transpose()?;
-        let domain = request
-            .domain
-            .as_deref()
-            .map(|d| self.domain(d))
-            .transpose()?;
-        let state = request
-            .state
-            .as_deref()
-            .map(|s| known_state(&catalog, kind, s))
-            .transpose()?;
-        if let Some(domain) = &domain
-            && !actor.in_domain(domain)
-        {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not list domain {domain}",
-                actor.name
-            )));
-        }
+        let ListFilters {
+            kind,
+            state,
+            domain,
+        } = self.list_filters(
+            actor,
+            request.kind.as_deref(),
+            request.state.as_deref(),
+            request.domain.as_deref(),
+        )?;
         let mut query = ListQuery {
-            kind: kind.map(|k| k.name.clone()),
+            kind,
             state,
             domain,
             within: actor.domains.clone(),
@@ -891,6 +888,39 @@ impl Engine {
             records: page.records,
             next_cursor: page.next.map(|after| cursor::encode(&query, after)),
         })
+    }
+
+    /// Checks a listing's kind, state and domain filters: known to the catalog, and a domain the
+    /// actor works in.
+    pub fn list_filters(
+        &self,
+        actor: &Actor,
+        kind: Option<&str>,
+        state: Option<&str>,
+        domain: Option<&str>,
+    ) -> Result<ListFilters, EngineError> {
+        let catalog = self.catalog();
+        let kind = kind.map(|k| kind_def(&catalog, k)).transpose()?;
+        let domain = domain.map(|d| self.domain(d)).transpose()?;
+        let state = state.map(|s| known_state(&catalog, kind, s)).transpose()?;
+        if let Some(domain) = &domain
+            && !actor.in_domain(domain)
+        {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not list domain {domain}",
+                actor.name
+            )));
+        }
+        Ok(ListFilters {
+            kind: kind.map(|k| k.name.clone()),
+            state,
+            domain,
+        })
+    }
+
+    /// The page size of a record listing: `limit`, or the default, within the configured bound.
+    pub fn list_page_size(&self, limit: Option<usize>) -> Result<usize, EngineError> {
+        self.page_size(limit, self.config.limits.max_page)
     }
 
     /// The optimistic write loop shared by update, transition and approval.

@@ -78,6 +78,12 @@ pub enum ErrorCode {
     PersonNotFound,
     /// No group with that id (or none the caller may see).
     GroupNotFound,
+    /// No saved queue with that id (or none the caller may see).
+    QueueNotFound,
+    /// The search text does not parse: an unclosed quote, an unknown `name:` filter, too long.
+    SearchSyntax,
+    /// The search index is being rebuilt from the store; retry after `Retry-After` seconds.
+    SearchRebuilding,
     /// Another person or group (or a token's principal) has that id.
     DirectoryIdTaken,
     /// A person or group the input names does not exist, is inactive, or is not of the
@@ -141,6 +147,9 @@ impl ErrorCode {
             Self::TokenNameTaken => "token_name_taken",
             Self::PersonNotFound => "person_not_found",
             Self::GroupNotFound => "group_not_found",
+            Self::QueueNotFound => "queue_not_found",
+            Self::SearchSyntax => "search_syntax",
+            Self::SearchRebuilding => "search_rebuilding",
             Self::DirectoryIdTaken => "directory_id_taken",
             Self::UnknownReference => "unknown_reference",
             Self::RateLimited => "rate_limited",

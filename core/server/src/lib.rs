@@ -39,6 +39,7 @@ pub struct Server {
     sla: SlaWorker,
     webhooks: webhooks::WebhookWorker,
     automations: AutomationWorker,
+    search: usm_search::SearchWorker,
     pruner: Pruner,
 }
 
@@ -73,6 +74,10 @@ impl Server {
         if let Some(secret) = new_admin_token {
             announce_admin_token(&secret);
         }
+        let search_dir = config.data_dir.join("search");
+        let search = Arc::new(usm_search::SearchIndex::open(&search_dir).with_context(|| {
+            format!("cannot open the search index in {}", search_dir.display())
+        })?);
         let services = web::Data::new(Services {
             engine: engine.clone(),
             registry,
@@ -90,6 +95,7 @@ impl Server {
                 attachment_max_bytes: config.attachment_max_bytes,
             },
             blobs: blobs.clone(),
+            search: Arc::clone(&search),
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)
@@ -115,10 +121,13 @@ impl Server {
         .context("cannot start the webhook worker")?;
         let automations =
             AutomationWorker::start(automations).context("cannot start the automation worker")?;
+        let search = usm_search::SearchWorker::start(Arc::clone(&engine), search)
+            .context("cannot start the search worker")?;
         let consumers = [
             AfterStepWorker::CONSUMER,
             SlaWorker::CONSUMER,
             AutomationWorker::CONSUMER,
+            usm_search::SearchWorker::CONSUMER,
         ];
         let grace = Duration::from_secs(config.attachment_grace_secs);
         let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
@@ -152,6 +161,7 @@ impl Server {
             sla,
             webhooks,
             automations,
+            search,
             pruner,
         })
     }
@@ -170,15 +180,17 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks, automations, pruner) = (
+        let (after_steps, sla, webhooks, automations, search, pruner) = (
             self.after_steps,
             self.sla,
             self.webhooks,
             self.automations,
+            self.search,
             self.pruner,
         );
         web::block(move || {
             pruner.stop();
+            search.stop();
             automations.stop();
             webhooks.stop();
             sla.stop();
