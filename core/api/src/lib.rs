@@ -46,7 +46,7 @@ pub struct ApiConfig {
     pub webhook_policy: usm_engine::webhooks::WebhookPolicy,
     /// A request body that sends nothing for this long fails with `408`.
     pub body_timeout: std::time::Duration,
-    /// Largest attachment, in bytes.
+    /// Largest attachment, in bytes (a record's attachments in all: the engine's `Limits`).
     pub attachment_max_bytes: u64,
 }
 

@@ -55,7 +55,9 @@ pub struct Problem {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as C;
     match code {
-        C::MalformedJson | C::InvalidInput | C::BadCursor => StatusCode::BAD_REQUEST,
+        C::MalformedJson | C::InvalidInput | C::BadCursor | C::MultipartInvalid => {
+            StatusCode::BAD_REQUEST
+        }
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         C::UnknownKind
@@ -70,6 +72,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::WorkflowInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict
+        | C::AttachmentQuotaExceeded
         | C::ModuleInUse
         | C::WorkflowConflict
         | C::TokenNameTaken
@@ -104,6 +107,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::InvalidInput => "Invalid input",
         C::PayloadTooLarge => "Request body too large",
         C::UnsupportedMediaType => "Unsupported media type",
+        C::MultipartInvalid => "Malformed multipart upload",
+        C::AttachmentQuotaExceeded => "The record's attachments are full",
         C::UnknownKind => "Unknown record kind",
         C::InvalidFields => "Fields do not match the kind's schema",
         C::UnknownState => "Unknown state",

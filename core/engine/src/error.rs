@@ -159,6 +159,14 @@ pub enum EngineError {
         /// What went wrong.
         error: crate::StepError,
     },
+    /// The record holds as many attachments, or attachment bytes, as it may.
+    #[error("{id} {message}")]
+    AttachmentQuotaExceeded {
+        /// The record.
+        id: RecordId,
+        /// Which limit, in words.
+        message: String,
+    },
     /// More writes arrived than the server can run; the client should retry later.
     #[error("the server is overloaded: {reason}; retry in {retry_after_secs} s")]
     Overloaded {
@@ -212,6 +220,7 @@ impl EngineError {
             Self::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
             Self::WriteConflict { .. } => ErrorCode::WriteConflict,
             Self::StepRejected { .. } => ErrorCode::StepRejected,
+            Self::AttachmentQuotaExceeded { .. } => ErrorCode::AttachmentQuotaExceeded,
             // A call the host could not finish in time is the server's overload, not the step's.
             Self::StepFailed {
                 error: crate::StepError::Stalled(_),

@@ -374,6 +374,11 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(catalogs);
     }
 
+    /// The bounds on what one request can make the engine do.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
     /// The configured domains.
     pub fn domains(&self) -> &[Domain] {
         &self.config.domains

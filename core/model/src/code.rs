@@ -15,6 +15,11 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request has a content type the route does not accept.
     UnsupportedMediaType,
+    /// A `multipart/form-data` body is broken (no boundary, cut off, malformed) or does not
+    /// carry exactly one part, the file.
+    MultipartInvalid,
+    /// The record holds as many attachments, or as many bytes of them, as it may.
+    AttachmentQuotaExceeded,
     /// The record kind is not defined in the catalog.
     UnknownKind,
     /// The record's `fields` violate the kind's JSON Schema.
@@ -111,6 +116,8 @@ impl ErrorCode {
             Self::InvalidInput => "invalid_input",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MultipartInvalid => "multipart_invalid",
+            Self::AttachmentQuotaExceeded => "attachment_quota_exceeded",
             Self::UnknownKind => "unknown_kind",
             Self::InvalidFields => "invalid_fields",
             Self::FieldNotWritable => "field_not_writable",
