@@ -59,6 +59,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UriTooLong => StatusCode::URI_TOO_LONG,
+        C::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         C::UnknownKind
         | C::InvalidFields
@@ -109,6 +111,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::UnsupportedMediaType => "Unsupported media type",
         C::MultipartInvalid => "Malformed multipart upload",
         C::AttachmentQuotaExceeded => "The record's attachments are full",
+        C::UriTooLong => "Request target too long",
+        C::HeadersTooLarge => "Request headers too large",
         C::UnknownKind => "Unknown record kind",
         C::InvalidFields => "Fields do not match the kind's schema",
         C::UnknownState => "Unknown state",
@@ -322,6 +326,11 @@ pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
         StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed"),
         StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the body timed out"),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the body is too large"),
+        StatusCode::URI_TOO_LONG => (ErrorCode::UriTooLong, "the request target is too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            ErrorCode::HeadersTooLarge,
+            "the request headers are too large",
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             (ErrorCode::UnsupportedMediaType, "unsupported content type")
         }

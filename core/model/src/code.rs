@@ -20,6 +20,10 @@ pub enum ErrorCode {
     MultipartInvalid,
     /// The record holds as many attachments, or as many bytes of them, as it may.
     AttachmentQuotaExceeded,
+    /// The request target (path and query) is longer than the server accepts.
+    UriTooLong,
+    /// The request has more header lines, or more header bytes, than the server accepts.
+    HeadersTooLarge,
     /// The record kind is not defined in the catalog.
     UnknownKind,
     /// The record's `fields` violate the kind's JSON Schema.
@@ -118,6 +122,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MultipartInvalid => "multipart_invalid",
             Self::AttachmentQuotaExceeded => "attachment_quota_exceeded",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::UnknownKind => "unknown_kind",
             Self::InvalidFields => "invalid_fields",
             Self::FieldNotWritable => "field_not_writable",

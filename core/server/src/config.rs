@@ -33,6 +33,12 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Largest accepted request body, in bytes (attachments have their own limit).
     pub max_body_bytes: usize,
+    /// Longest request target (path and query), in bytes; longer is answered `414`.
+    pub max_url_bytes: usize,
+    /// Most request header lines; more are answered `431`.
+    pub max_headers: usize,
+    /// Most request header bytes (names, values, separators); more are answered `431`.
+    pub max_header_bytes: usize,
     /// Largest attachment, in bytes.
     pub attachment_max_bytes: u64,
     /// Most bytes one record's attachments hold in all; an upload past it is answered `409`.
@@ -158,6 +164,9 @@ impl Default for Config {
             log_level: "info".into(),
             workers: None,
             max_body_bytes: 1024 * 1024,
+            max_url_bytes: 8 * 1024,
+            max_headers: 64,
+            max_header_bytes: 32 * 1024,
             attachment_max_bytes: 25 * 1024 * 1024,
             attachment_max_bytes_per_record: 250 * 1024 * 1024,
             auto_close_after_business_minutes: 2400.0,
