@@ -311,7 +311,7 @@ async fn multipart_file(
         (status = 201, body = Attachment, headers(("ETag" = String, description = "The record's new version"))),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "No file name, a bad media type, or a broken multipart body (`multipart_invalid`)"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "The record's attachments are full (`attachment_quota_exceeded`)"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The record's attachments are full (`attachment_quota_exceeded`), or it is read-only: its module is not enabled in its domain (`module_not_enabled`)"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "The file is larger than `attachment_max_bytes`"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "A multipart type other than `multipart/form-data`"),
     )
@@ -328,6 +328,7 @@ pub async fn upload(
         let (engine_ref, actor, id) = (services.engine.clone(), actor.clone(), id.clone());
         engine(move || engine_ref.get(&actor, &id)).await?
     };
+    services.engine.writable(&record)?;
     let room = Room::of(&services, &record)?;
     let media = media_type(request.headers())?;
     let multipart = media.type_() == mime::MULTIPART;
@@ -460,7 +461,8 @@ pub async fn download(
 #[utoipa::path(delete, path = "/api/v1/records/{id}/attachments/{attachment}", tag = "records",
     params(("id" = String, Path), ("attachment" = String, Path)),
     responses((status = 200, body = Attachment), (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn remove(
     services: web::Data<Services>,
     Principal(actor): Principal,

@@ -76,6 +76,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::ModuleVersionConflict
         | C::AttachmentQuotaExceeded
         | C::ModuleInUse
+        | C::ModuleNotEnabled
         | C::WorkflowConflict
         | C::TokenNameTaken
         | C::DirectoryIdTaken => StatusCode::CONFLICT,
@@ -134,6 +135,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleNotFound => "Module not found",
         C::ModuleVersionConflict => "Not a newer version of the installed module",
         C::ModuleInUse => "The module is in use",
+        C::ModuleNotEnabled => "The record's module is not enabled in its domain",
         C::WorkflowConflict => "The workflow would replace a module's template",
         C::FieldNotWritable => "The field is not the caller's to write",
         C::PersonNotFound => "Person not found",
@@ -261,6 +263,7 @@ impl From<EngineError> for ApiError {
                 api.0.step = Some(step);
             }
             EngineError::FieldNotWritable { owner, .. } => api.0.owner = Some(owner.to_string()),
+            EngineError::ModuleNotEnabled { module, .. } => api.0.module = module,
             _ => {}
         }
         api

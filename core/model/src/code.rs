@@ -68,8 +68,12 @@ pub enum ErrorCode {
     /// The upload does not upgrade the installed module (same or older version).
     ModuleVersionConflict,
     /// Removing or upgrading the module would drop a kind or state that records still use, or
-    /// the module is still enabled in some domains.
+    /// the module is still enabled in some domains; disabling it would leave records of its
+    /// kinds or states read-only (`force=true` does).
     ModuleInUse,
+    /// The record is read-only: its domain no longer has its kind or its state, whose module
+    /// was disabled there; `module` names the module to enable again.
+    ModuleNotEnabled,
     /// An import would replace a module's workflow template without naming a version.
     WorkflowConflict,
     /// No workflow template with that slug.
@@ -146,6 +150,7 @@ impl ErrorCode {
             Self::ModuleNotFound => "module_not_found",
             Self::ModuleVersionConflict => "module_version_conflict",
             Self::ModuleInUse => "module_in_use",
+            Self::ModuleNotEnabled => "module_not_enabled",
             Self::WorkflowConflict => "workflow_conflict",
             Self::WorkflowNotFound => "workflow_not_found",
             Self::WorkflowInvalid => "workflow_invalid",
