@@ -360,3 +360,192 @@ async fn conflicting_additions_refuse_the_module_whole() {
         "string"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_disable_leaves_records_readable_and_read_only() {
+    let server = TestServer::start().unwrap();
+    assert_eq!(
+        upload(&server, &risk_register()).await.status,
+        StatusCode::CREATED
+    );
+    let in_it = json!({"domains": ["it"]});
+    let enabled = server
+        .post("/api/v1/modules/risk-register/enable", &in_it)
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    let risk = server
+        .create(json!({"kind": "risk", "title": "Supplier fails", "fields": {"likelihood": 2, "consequence": 3}}))
+        .await
+        .unwrap();
+    let risk = risk["id"].as_str().unwrap().to_owned();
+    let scheduled = server
+        .create(json!({"kind": "change", "title": "Patch the firewall"}))
+        .await
+        .unwrap();
+    let scheduled = scheduled["id"].as_str().unwrap().to_owned();
+    server.transition(&scheduled, "assess").await.unwrap();
+    server.transition(&scheduled, "scheduled").await.unwrap();
+    let plain = server
+        .create(json!({"kind": "change", "title": "Rotate keys"}))
+        .await
+        .unwrap();
+    let plain = plain["id"].as_str().unwrap().to_owned();
+
+    // Without force the disable is refused, and says how many records it would leave.
+    let refused = server
+        .post("/api/v1/modules/risk-register/disable", &in_it)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.body["code"], "module_in_use");
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 record(s) of kind risk") && detail.contains("force=true"),
+        "{detail}"
+    );
+    assert!(kind(&server, "risk").await.is_some());
+
+    let forced = server
+        .post("/api/v1/modules/risk-register/disable?force=true", &in_it)
+        .await
+        .unwrap();
+    assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
+    assert!(kind(&server, "risk").await.is_none());
+
+    // Readable: the record, its history, and listings by its kind and state.
+    let read = server
+        .get(&format!("/api/v1/records/{risk}"))
+        .await
+        .unwrap();
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.body["fields"]["score"], 6);
+    let history = server
+        .get(&format!("/api/v1/records/{risk}/history"))
+        .await
+        .unwrap();
+    assert_eq!(history.status, StatusCode::OK);
+    assert_eq!(history.body["entries"].as_array().unwrap().len(), 1);
+    let risks = server.list_all("kind=risk").await.unwrap();
+    assert_eq!(risks.len(), 1);
+    let in_scheduled = server
+        .list_all("kind=change&state=scheduled")
+        .await
+        .unwrap();
+    assert_eq!(in_scheduled[0]["id"], scheduled.as_str());
+
+    // Read-only: every write names the module to enable again.
+    let writes = [
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/records/{risk}"),
+            json!({"title": "Supplier fails twice"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/records/{risk}/transitions"),
+            json!({"to": "assessed"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/records/{risk}/comments"),
+            json!({"body": "still there?", "visibility": "internal"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/records/{scheduled}/transitions"),
+            json!({"to": "implement"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/records/{scheduled}/approvals"),
+            json!({"decision": "approve"}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/records/{scheduled}"),
+            json!({"title": "Patch the firewall now"}),
+        ),
+    ];
+    for (method, path, body) in &writes {
+        let reply = server
+            .call(method.clone(), path, Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, &reply.body["code"], &reply.body["module"]),
+            (
+                StatusCode::CONFLICT,
+                &json!("module_not_enabled"),
+                &json!("risk-register")
+            ),
+            "{method} {path}: {}",
+            reply.body
+        );
+    }
+    let attach = server
+        .client()
+        .post(format!("{}/api/v1/records/{risk}/attachments", server.base))
+        .header("content-type", "text/plain")
+        .header("content-disposition", "attachment; filename=\"a.txt\"")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attach.status(), StatusCode::CONFLICT);
+    let unchanged = server
+        .get(&format!("/api/v1/records/{risk}"))
+        .await
+        .unwrap();
+    assert_eq!(unchanged.body["version"], read.body["version"]);
+    // Records of what stays in force are untouched; new records of the kind are refused.
+    let patched = server
+        .patch(
+            &format!("/api/v1/records/{plain}"),
+            &json!({"title": "Rotate all keys"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let created = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "risk", "title": "another"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.body["code"], "unknown_kind", "{}", created.body);
+
+    // The module cannot be removed while they exist: nothing could make them writable again.
+    let removal = server
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/modules/risk-register",
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removal.status, StatusCode::CONFLICT, "{}", removal.body);
+    assert_eq!(removal.body["code"], "module_in_use");
+
+    // Enabled again, they are writable again.
+    let again = server
+        .post("/api/v1/modules/risk-register/enable", &in_it)
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    for (method, path, body) in &writes[..2] {
+        let reply = server
+            .call(method.clone(), path, Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{method} {path}: {}",
+            reply.body
+        );
+    }
+    server.transition(&scheduled, "implement").await.unwrap();
+}

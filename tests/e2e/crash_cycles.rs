@@ -356,3 +356,218 @@ fn assert_whole(record: &Value, entries: &[Value]) {
         );
     }
 }
+
+/// Sends the head and the first `first` bytes of a `size`-byte upload named `name` to record
+/// `id` (as `multipart/form-data` or as the raw body), waits until `go` is dropped, then sends
+/// the rest until the connection fails. Returns how many bytes of the file were sent.
+fn stream_upload(
+    addr: &str,
+    id: &str,
+    name: &str,
+    multipart: bool,
+    (first, size): (usize, usize),
+    go: std::sync::mpsc::Receiver<()>,
+) -> usize {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let (content_type, preamble, epilogue) = if multipart {
+        (
+            "multipart/form-data; boundary=b".to_owned(),
+            format!(
+                "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            ),
+            "\r\n--b--\r\n",
+        )
+    } else {
+        ("application/octet-stream".to_owned(), String::new(), "")
+    };
+    let length = preamble.len() + size + epilogue.len();
+    let disposition = format!("Content-Disposition: attachment; filename=\"{name}\"\r\n");
+    let head = format!(
+        "POST /api/v1/records/{id}/attachments HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: {content_type}\r\n{}\
+         Content-Length: {length}\r\n\r\n{preamble}",
+        if multipart { "" } else { disposition.as_str() },
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = vec![b'z'; 64 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        if sent == first {
+            // Hold the rest back until the server is gone: the upload never completes.
+            let _ = go.recv();
+        }
+        let n = chunk.len().min(size - sent);
+        if stream.write_all(&chunk[..n]).is_err() {
+            return sent;
+        }
+        sent += n;
+    }
+    sent
+}
+
+/// The largest upload scratch file of the server with data directory `data`, in bytes.
+fn largest_scratch(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data.join("attachments").join("tmp"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// SIGKILL while a large attachment streams in (as the raw body and as multipart): after each
+/// restart every attachment the record lists has its blob, of the listed size and SHA-256; the
+/// acknowledged uploads are all listed, the interrupted ones are not, and no scratch file stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_killed_mid_stream_leave_every_listed_attachment_whole() {
+    use sha2::{Digest as _, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("usm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nworkers = 2\nbundled_modules = false\ndefault_agreements = false\nadmin_token = {ADMIN_TOKEN:?}\nrate_limit_per_second = 0\nattachment_max_bytes = 67108864\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let binary = env!("CARGO_BIN_EXE_usm-under-test");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let big = 48 * 1024 * 1024;
+    // (file name, SHA-256, size) of every upload the server acknowledged.
+    let mut acked: Vec<(String, String, u64)> = Vec::new();
+    let mut record: Option<String> = None;
+    for cycle in 0..4 {
+        let server = ServerProcess::spawn(binary, &config).unwrap();
+        let id = match &record {
+            Some(id) => id.clone(),
+            None => {
+                let created: Value = client
+                    .post(format!("{}/api/v1/records", server.base))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"kind": "task", "title": "uploads"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = created["id"].as_str().unwrap().to_owned();
+                record = Some(id.clone());
+                id
+            }
+        };
+        let small = format!("small file of cycle {cycle}").into_bytes();
+        let name = format!("small-{cycle}.txt");
+        let response = client
+            .post(format!("{}/api/v1/records/{id}/attachments", server.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "text/plain")
+            .header(
+                "content-disposition",
+                format!("attachment; filename=\"{name}\""),
+            )
+            .body(small.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        acked.push((
+            name,
+            format!("{:x}", Sha256::digest(&small)),
+            small.len() as u64,
+        ));
+
+        let (go, wait) = std::sync::mpsc::channel();
+        let addr = server.base.trim_start_matches("http://").to_owned();
+        let upload = tokio::task::spawn_blocking(move || {
+            stream_upload(
+                &addr,
+                &id,
+                &format!("big-{cycle}.bin"),
+                cycle % 2 == 1,
+                (8 * 1024 * 1024, big),
+                wait,
+            )
+        });
+        // Kill once the server has put a megabyte of it on disk.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while largest_scratch(&data) < 1024 * 1024 {
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: the upload never reached the scratch space"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.kill().unwrap();
+        drop(go);
+        let sent = upload.await.unwrap();
+        assert!(sent < big, "cycle {cycle}: the upload was cut off ({sent})");
+    }
+
+    let server = ServerProcess::spawn(binary, &config).unwrap();
+    assert_eq!(
+        largest_scratch(&data),
+        0,
+        "a restart clears half-written uploads"
+    );
+    let id = record.unwrap();
+    let listed: Value = client
+        .get(format!("{}/api/v1/records/{id}/attachments", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["attachments"].as_array().unwrap();
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|a| a["filename"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = acked.iter().map(|(name, ..)| name.as_str()).collect();
+    assert_eq!(names, expected, "the acknowledged uploads, and only those");
+    for (attachment, (name, sha256, size)) in listed.iter().zip(&acked) {
+        assert_eq!(attachment["sha256"], sha256.as_str(), "{name}");
+        assert_eq!(attachment["size"], *size, "{name}");
+        let blob = data
+            .join("attachments")
+            .join(&sha256[..2])
+            .join(sha256.as_str());
+        assert_eq!(
+            std::fs::metadata(&blob).map(|m| m.len()).ok(),
+            Some(*size),
+            "{name}: its blob is on disk, whole"
+        );
+        let downloaded = client
+            .get(format!(
+                "{}/api/v1/records/{id}/attachments/{}",
+                server.base,
+                attachment["id"].as_str().unwrap()
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            format!("{:x}", Sha256::digest(&downloaded)),
+            *sha256,
+            "{name}"
+        );
+    }
+}

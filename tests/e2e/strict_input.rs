@@ -172,3 +172,126 @@ async fn a_stalled_authenticated_body_times_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(answer.contains("application/problem+json"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_targets_and_headers_are_problem_documents() {
+    let server = TestServer::start().unwrap();
+    let long = format!("/api/v1/records?x={}", "a".repeat(16 * 1024));
+    for token in [Some(ADMIN_TOKEN), None] {
+        // Before authentication: without a token the answer is the same.
+        let reply = server
+            .call_as(token, Method::GET, &long, None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::URI_TOO_LONG, "{}", reply.body);
+        assert!(is_problem(&reply), "{:?}", reply.headers);
+        assert_eq!(reply.body["code"], "uri_too_long");
+    }
+    let filler = "b".repeat(40 * 1024);
+    let reply = server
+        .call(
+            Method::GET,
+            "/api/v1/records",
+            None,
+            &[("x-filler", &filler)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{}",
+        reply.body
+    );
+    assert!(is_problem(&reply), "{:?}", reply.headers);
+    assert_eq!(reply.body["code"], "headers_too_large");
+    let names: Vec<String> = (0..65).map(|n| format!("x-h{n}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let reply = server
+        .call(Method::GET, "/api/v1/records", None, &many)
+        .await
+        .unwrap();
+    assert_eq!(reply.body["code"], "headers_too_large", "{}", reply.body);
+    // Within the bounds a request goes through.
+    let reply = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/records?kind={}", "t".repeat(10)),
+            None,
+            &many[..40],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.body["code"], "unknown_kind", "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_bounds_are_settings() {
+    let server = TestServer::start_with(|config| {
+        config.max_url_bytes = 100;
+        config.max_header_bytes = 1024;
+    })
+    .unwrap();
+    let reply = server
+        .get(&format!("/api/v1/records?x={}", "a".repeat(100)))
+        .await
+        .unwrap();
+    assert_eq!(reply.body["code"], "uri_too_long", "{}", reply.body);
+    let reply = server
+        .call(
+            Method::GET,
+            "/api/v1/records",
+            None,
+            &[("x-filler", &"b".repeat(1024))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.body["code"], "headers_too_large", "{}", reply.body);
+    assert_eq!(
+        server.get("/api/v1/records").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+/// Sends `head` as is and reads the answer until the server closes the connection.
+fn raw_head(server: &TestServer, head: &[u8]) -> String {
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_parsers_own_bounds_the_answer_is_empty() {
+    let server = TestServer::start().unwrap();
+    // More than 96 header lines: actix-http's parser answers before usm sees the request.
+    let mut head = String::from("GET /api/v1/records HTTP/1.1\r\nHost: usm\r\n");
+    for n in 0..100 {
+        head.push_str(&format!("x-h{n}: 1\r\n"));
+    }
+    head.push_str("\r\n");
+    let answer = raw_head(&server, head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(!answer.contains("problem+json"), "{answer:?}");
+    // A malformed request line: an empty 400.
+    let answer = raw_head(&server, b"GET /a b c HTTP/1.1\r\nHost: usm\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(!answer.contains("problem+json"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_over_the_parsers_buffer_gets_its_empty_431() {
+    let server = TestServer::start().unwrap();
+    let head = format!(
+        "GET /api/v1/records HTTP/1.1\r\nHost: usm\r\nx-filler: {}\r\n\r\n",
+        "c".repeat(140 * 1024)
+    );
+    let answer = raw_head(&server, head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(!answer.contains("problem+json"), "{answer:?}");
+}

@@ -2,17 +2,19 @@
 //! memory), made durable, then referenced by the record; streamed back as downloads that a
 //! browser will not run.
 
-use std::str::FromStr as _;
+use std::{pin::Pin, str::FromStr as _};
 
+use actix_multipart::{Multipart, MultipartError};
 use actix_web::{
     HttpMessage as _, HttpRequest, HttpResponse,
-    http::header::{self, ContentDisposition, DispositionParam, DispositionType},
-    web,
+    error::PayloadError,
+    http::header::{self, ContentDisposition, DispositionParam, DispositionType, HeaderMap},
+    web::{self, Bytes},
 };
 use futures_core::Stream;
 use serde::Serialize;
-use usm_blobs::BlobError;
-use usm_engine::attachments::{Attachment, NewAttachment, valid_filename};
+use usm_blobs::{BlobError, BlobWriter};
+use usm_engine::attachments::{Attachment, NewAttachment, attachments_of, valid_filename};
 use usm_model::ErrorCode;
 
 use crate::{
@@ -46,60 +48,272 @@ async fn engine<T: Send + 'static>(
     Ok(web::block(work).await??)
 }
 
-/// The file name a request gives in `Content-Disposition` (`filename*` first).
-fn filename(request: &HttpRequest) -> Result<String, ApiError> {
-    let missing = || {
-        ApiError::new(
-            ErrorCode::InvalidInput,
-            "give the file name: Content-Disposition: attachment; filename=\"…\"",
-        )
-        .with_field("Content-Disposition")
-    };
-    let disposition = request
-        .get_header::<ContentDisposition>()
-        .ok_or_else(missing)?;
+/// Bytes a `multipart/form-data` body may carry besides its file: boundaries and the part's
+/// headers.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+/// The file name a `Content-Disposition` gives (`filename*` first); `None` when it names none.
+fn filename_in(disposition: &ContentDisposition) -> Option<Result<String, ApiError>> {
     let name = match disposition.get_filename_ext() {
-        Some(extended) => String::from_utf8(extended.value.clone()).map_err(|_| missing())?,
-        None => disposition.get_filename().ok_or_else(missing)?.to_owned(),
+        Some(extended) => String::from_utf8(extended.value.clone()).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidInput, "the file name is not UTF-8")
+                .with_field("Content-Disposition")
+        }),
+        None => Ok(disposition.get_filename()?.to_owned()),
     };
-    Ok(valid_filename(&name)?)
+    Some(name.and_then(|name| Ok(valid_filename(&name)?)))
 }
 
-/// The media type a request gives for its file; `application/octet-stream` when none.
-fn media_type(request: &HttpRequest) -> Result<String, ApiError> {
-    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
-        return Ok(mime::APPLICATION_OCTET_STREAM.to_string());
+/// The file name a raw upload gives in its `Content-Disposition` header.
+fn filename(request: &HttpRequest) -> Result<String, ApiError> {
+    request
+        .get_header::<ContentDisposition>()
+        .as_ref()
+        .and_then(filename_in)
+        .unwrap_or_else(|| {
+            Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "give the file name: Content-Disposition: attachment; filename=\"…\"",
+            )
+            .with_field("Content-Disposition"))
+        })
+}
+
+/// The media type `headers` give (a request's or a part's); `application/octet-stream` when
+/// none.
+fn media_type(headers: &HeaderMap) -> Result<mime::Mime, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(mime::APPLICATION_OCTET_STREAM);
     };
-    let parsed = value
+    value
         .to_str()
         .ok()
         .and_then(|text| mime::Mime::from_str(text).ok())
         .ok_or_else(|| {
             ApiError::new(ErrorCode::InvalidInput, "Content-Type is not a media type")
                 .with_field("Content-Type")
-        })?;
-    if parsed.type_() == mime::MULTIPART {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the file itself as the body, with its own Content-Type (multipart bodies are not read)",
-        ));
-    }
-    Ok(parsed.essence_str().to_owned())
+        })
 }
 
-/// Attaches the body (the file, with its `Content-Type` and a `Content-Disposition` naming it)
-/// to a record the caller may see. The file is streamed to disk and made durable first; a
-/// refused or broken upload leaves no attachment.
+/// What room a record has for one more file: the per-file limit, or less when the record's
+/// attachments are near their limit in all.
+struct Room {
+    record: String,
+    per_file: u64,
+    per_record: u64,
+    held: u64,
+}
+
+impl Room {
+    fn of(services: &Services, record: &usm_model::Record) -> Result<Self, ApiError> {
+        let limits = services.engine.limits();
+        let held = attachments_of(record);
+        let room = Self {
+            record: record.id.to_string(),
+            per_file: services.config.attachment_max_bytes,
+            per_record: limits.max_attachment_bytes_per_record,
+            held: held.iter().map(|a| a.size).sum(),
+        };
+        if held.len() >= limits.max_attachments_per_record {
+            return Err(ApiError::new(
+                ErrorCode::AttachmentQuotaExceeded,
+                format!(
+                    "{} holds {} attachments, as many as a record may",
+                    room.record, limits.max_attachments_per_record
+                ),
+            ));
+        }
+        Ok(room)
+    }
+
+    fn left(&self) -> u64 {
+        self.per_record.saturating_sub(self.held)
+    }
+
+    /// The most bytes the file may have.
+    fn limit(&self) -> u64 {
+        self.per_file.min(self.left())
+    }
+
+    /// The answer to a file of `size` bytes (or more) that does not fit: `409` when the
+    /// record's total is what it passes, `413` when it is the per-file limit.
+    fn refuse(&self, size: u64) -> ApiError {
+        if size <= self.per_file {
+            ApiError::new(
+                ErrorCode::AttachmentQuotaExceeded,
+                format!(
+                    "{} holds {} bytes of attachments; its attachments hold at most {} bytes in all",
+                    self.record, self.held, self.per_record
+                ),
+            )
+        } else {
+            BlobError::TooLarge {
+                limit: self.per_file,
+            }
+            .into()
+        }
+    }
+
+    fn blob_error(&self, error: BlobError) -> ApiError {
+        match error {
+            BlobError::TooLarge { limit } => self.refuse(limit.saturating_add(1)),
+            other => other.into(),
+        }
+    }
+}
+
+/// Streams `body` into `writer`, a chunk at a time.
+async fn stream_into<S, E>(
+    body: &mut S,
+    writer: &mut BlobWriter,
+    room: &Room,
+    broken: impl Fn(E) -> ApiError,
+) -> Result<(), ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    while let Some(chunk) = next(body).await {
+        writer
+            .write(&chunk.map_err(&broken)?)
+            .map_err(|error| room.blob_error(error))?;
+    }
+    Ok(())
+}
+
+async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+fn broken_off(error: &PayloadError) -> ApiError {
+    match error {
+        PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            ApiError::new(ErrorCode::RequestTimeout, io.to_string())
+        }
+        other => ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("the upload broke off: {other}"),
+        ),
+    }
+}
+
+fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
+    match error {
+        MultipartError::Payload(PayloadError::Overflow) => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("a multipart upload is at most {limit} bytes"),
+        ),
+        MultipartError::Payload(PayloadError::Io(io))
+            if io.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::new(ErrorCode::RequestTimeout, io.to_string())
+        }
+        MultipartError::Payload(other) => ApiError::new(
+            ErrorCode::MultipartInvalid,
+            format!("the upload broke off: {other}"),
+        ),
+        other => ApiError::new(
+            ErrorCode::MultipartInvalid,
+            format!("the multipart body is malformed: {other}"),
+        ),
+    }
+}
+
+/// A body that fails with `Overflow` once it passes `left` bytes.
+struct Capped<S> {
+    inner: S,
+    left: u64,
+}
+
+impl<S: Stream<Item = Result<Bytes, PayloadError>> + Unpin> Stream for Capped<S> {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            let size = chunk.len() as u64;
+            if size > self.left {
+                self.left = 0;
+                return std::task::Poll::Ready(Some(Err(PayloadError::Overflow)));
+            }
+            self.left -= size;
+        }
+        polled
+    }
+}
+
+/// The file of a `multipart/form-data` body: exactly one part, with a file name, streamed
+/// into `writer`; the name and media type come from the part's own headers.
+async fn multipart_file(
+    request: &HttpRequest,
+    body: web::Payload,
+    writer: &mut BlobWriter,
+    room: &Room,
+) -> Result<(String, String), ApiError> {
+    let limit = room.per_file.saturating_add(MULTIPART_OVERHEAD);
+    let mut multipart = Multipart::new(
+        request.headers(),
+        Capped {
+            inner: body,
+            left: limit,
+        },
+    );
+    let broken = |error| multipart_error(error, limit);
+    let mut part = next(&mut multipart)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MultipartInvalid,
+                "the multipart body has no part; send one, the file",
+            )
+        })?
+        .map_err(broken)?;
+    let filename = part
+        .content_disposition()
+        .and_then(filename_in)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MultipartInvalid,
+                "the part is not a file: its Content-Disposition names no filename",
+            )
+        })??;
+    let content_type = media_type(part.headers())?.essence_str().to_owned();
+    stream_into(&mut part, writer, room, broken).await?;
+    drop(part);
+    match next(&mut multipart).await {
+        None => Ok((filename, content_type)),
+        Some(Ok(_)) => Err(ApiError::new(
+            ErrorCode::MultipartInvalid,
+            "the multipart body has more than one part; send exactly one, the file",
+        )),
+        Some(Err(error)) => Err(broken(error)),
+    }
+}
+
+/// Attaches a file to a record the caller may see: the body is either the file itself, with
+/// its `Content-Type` and a `Content-Disposition` naming it, or `multipart/form-data` with
+/// exactly one part, the file (`curl -F file=@…`), named and typed by the part's own headers.
+/// The file is streamed to disk and made durable first; a refused or broken upload leaves no
+/// attachment.
 #[utoipa::path(
     post, path = "/api/v1/records/{id}/attachments", tag = "records",
     params(("id" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file; `Content-Disposition: attachment; filename=\"…\"` names it"),
+    request_body(
+        description = "The file itself (`Content-Disposition: attachment; filename=\"…\"` names it), or `multipart/form-data` with exactly one part, the file",
+        content(
+            (Vec<u8> = "application/octet-stream"),
+            (UploadForm = "multipart/form-data"),
+        )
+    ),
     responses(
         (status = 201, body = Attachment, headers(("ETag" = String, description = "The record's new version"))),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "No file name, a bad media type, or a broken multipart body (`multipart_invalid`)"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The record's attachments are full (`attachment_quota_exceeded`), or it is read-only: its module is not enabled in its domain (`module_not_enabled`)"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "The file is larger than `attachment_max_bytes`"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "A multipart type other than `multipart/form-data`"),
     )
 )]
 pub async fn upload(
@@ -114,29 +328,35 @@ pub async fn upload(
         let (engine_ref, actor, id) = (services.engine.clone(), actor.clone(), id.clone());
         engine(move || engine_ref.get(&actor, &id)).await?
     };
-    let filename = filename(&request)?;
-    let content_type = media_type(&request)?;
-    let limit = services.config.attachment_max_bytes;
+    services.engine.writable(&record)?;
+    let room = Room::of(&services, &record)?;
+    let media = media_type(request.headers())?;
+    let multipart = media.type_() == mime::MULTIPART;
+    if multipart && media.subtype() != mime::FORM_DATA {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "a multipart upload is multipart/form-data; or send the file itself as the body",
+        ));
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(BlobError::TooLarge { limit }.into());
-    }
-    let mut writer = services.blobs.writer(limit)?;
-    while let Some(chunk) =
-        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await
+    let overhead = if multipart { MULTIPART_OVERHEAD } else { 0 };
+    if let Some(length) = declared
+        && length > room.limit().saturating_add(overhead)
     {
-        let chunk = chunk.map_err(|error| {
-            ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("the upload broke off: {error}"),
-            )
-        })?;
-        writer.write(&chunk)?;
+        return Err(room.refuse(length.saturating_sub(overhead)));
     }
+    let mut writer = services.blobs.writer(room.limit())?;
+    let (filename, content_type) = if multipart {
+        multipart_file(&request, body, &mut writer, &room).await?
+    } else {
+        let named = (filename(&request)?, media.essence_str().to_owned());
+        stream_into(&mut body, &mut writer, &room, |error| broken_off(&error)).await?;
+        named
+    };
     let blob = web::block(move || writer.finish()).await??;
     let engine_ref = services.engine.clone();
     let record_id = record.id.to_string();
@@ -156,6 +376,16 @@ pub async fn upload(
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(record.version + 1)))
         .json(attachment))
+}
+
+/// A `multipart/form-data` upload: one part, the file.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // describes the body for OpenAPI; the handler streams the part itself
+pub struct UploadForm {
+    /// The file; the part's `Content-Disposition` filename names it and its `Content-Type`
+    /// types it.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
 }
 
 /// A record's attachments.
@@ -231,7 +461,8 @@ pub async fn download(
 #[utoipa::path(delete, path = "/api/v1/records/{id}/attachments/{attachment}", tag = "records",
     params(("id" = String, Path), ("attachment" = String, Path)),
     responses((status = 200, body = Attachment), (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn remove(
     services: web::Data<Services>,
     Principal(actor): Principal,

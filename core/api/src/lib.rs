@@ -47,8 +47,78 @@ pub struct ApiConfig {
     pub webhook_policy: usm_engine::webhooks::WebhookPolicy,
     /// A request body that sends nothing for this long fails with `408`.
     pub body_timeout: std::time::Duration,
-    /// Largest attachment, in bytes.
+    /// Largest attachment, in bytes (a record's attachments in all: the engine's `Limits`).
     pub attachment_max_bytes: u64,
+    /// Bounds on a request's head, checked before anything else.
+    pub head: HeadLimits,
+}
+
+/// Bounds on a request's head, checked before routing, authentication or any handler, each
+/// answered with a problem document. actix-http's own bounds lie above them (a head over
+/// 128 KiB or with more than 96 header lines: an empty `431`; a malformed head: an empty `400`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Longest request target (path and query), in bytes; longer is `414`.
+    pub max_url_bytes: usize,
+    /// Most header lines; more is `431`.
+    pub max_headers: usize,
+    /// Most header bytes (names, values and their separators); more is `431`.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        Self {
+            max_url_bytes: 8 * 1024,
+            max_headers: 64,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+impl HeadLimits {
+    /// Refuses a request whose target or headers pass the bounds.
+    fn check(&self, request: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        let uri = request.uri();
+        let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.scheme_str().map_or(0, |s| s.len() + 3);
+        if target > self.max_url_bytes {
+            return Err(ApiError::new(
+                ErrorCode::UriTooLong,
+                format!(
+                    "the request target is {target} bytes long; at most {} are accepted",
+                    self.max_url_bytes
+                ),
+            ));
+        }
+        let headers = request.headers();
+        if headers.len() > self.max_headers {
+            return Err(ApiError::new(
+                ErrorCode::HeadersTooLarge,
+                format!(
+                    "the request has {} header lines; at most {} are accepted",
+                    headers.len(),
+                    self.max_headers
+                ),
+            ));
+        }
+        // Each line as sent: name, ": ", value, CRLF.
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if bytes > self.max_header_bytes {
+            return Err(ApiError::new(
+                ErrorCode::HeadersTooLarge,
+                format!(
+                    "the request headers are {bytes} bytes; at most {} are accepted",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ApiConfig {
@@ -61,6 +131,7 @@ impl Default for ApiConfig {
             webhook_policy: usm_engine::webhooks::WebhookPolicy::default(),
             body_timeout: std::time::Duration::from_secs(10),
             attachment_max_bytes: 25 * 1024 * 1024,
+            head: HeadLimits::default(),
         }
     }
 }
@@ -216,6 +287,8 @@ impl utoipa::Modify for CommonProblems {
             let responses = &mut operation.responses.responses;
             let mut common = vec![
                 ("400", "Invalid parameters or body"),
+                ("414", "Request target too long"),
+                ("431", "Too many or too large request headers"),
                 ("500", "Internal error"),
             ];
             if api {
@@ -581,6 +654,7 @@ pub fn create_app(
 > {
     let limit = services.config.max_body_bytes;
     let body_timeout = services.config.body_timeout;
+    let head_limits = services.config.head;
     let observed = services.clone();
     App::new()
         .app_data(services)
@@ -606,6 +680,21 @@ pub fn create_app(
             request.set_payload(actix_web::dev::Payload::from(stream));
             let response = service.call(request);
             async move { Ok(as_problem(response.await?)) }
+        })
+        // Before routing, authentication and rate limiting: a head past our bounds gets no
+        // further.
+        .wrap_fn(move |request, service| {
+            use actix_web::{ResponseError as _, dev::Service as _};
+            let outcome = match head_limits.check(request.request()) {
+                Ok(()) => Ok(service.call(request)),
+                Err(error) => Err(request.into_response(error.error_response())),
+            };
+            async move {
+                match outcome {
+                    Ok(response) => response.await,
+                    Err(refused) => Ok(refused),
+                }
+            }
         })
         .wrap_fn(move |request, service| {
             use actix_web::dev::Service as _;

@@ -174,21 +174,34 @@ pub async fn enable_module(
     Ok(HttpResponse::Ok().json(info))
 }
 
+/// Query parameters of a disable.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DisableParams {
+    /// Disable even where records of a kind or state only the module adds remain: they stay
+    /// readable and are read-only (`409 module_not_enabled`) until it is enabled there again.
+    pub force: Option<bool>,
+}
+
 /// Disables a module in domains: its steps and catalog additions leave those domains at once.
+/// Where records still use a kind or state only it adds, this is refused (the answer counts
+/// them), unless `force=true`.
 #[utoipa::path(post, path = "/api/v1/modules/{id}/disable", tag = "modules",
-    params(("id" = String, Path)), request_body = DomainsRequest,
+    params(("id" = String, Path), DisableParams), request_body = DomainsRequest,
     responses((status = 200, body = ModuleInfo), (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller does not administer those domains", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Records of those domains still use a kind or state the module adds", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "Records of those domains still use a kind or state the module adds (without `force`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn disable_module(
     services: web::Data<Services>,
     Admin(actor): Admin,
     id: web::Path<String>,
+    params: web::Query<DisableParams>,
     body: web::Json<DomainsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let registry = services.registry.clone();
     let domains = body.into_inner().domains;
-    let info = blocking(move || registry.disable(&actor, &id, &domains)).await?;
+    let force = params.force.unwrap_or(false);
+    let info = blocking(move || registry.disable(&actor, &id, &domains, force)).await?;
     Ok(HttpResponse::Ok().json(info))
 }
 

@@ -55,10 +55,14 @@ pub struct Problem {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as C;
     match code {
-        C::MalformedJson | C::InvalidInput | C::BadCursor | C::SearchSyntax => {
-            StatusCode::BAD_REQUEST
-        }
+        C::MalformedJson
+        | C::InvalidInput
+        | C::BadCursor
+        | C::SearchSyntax
+        | C::MultipartInvalid => StatusCode::BAD_REQUEST,
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UriTooLong => StatusCode::URI_TOO_LONG,
+        C::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         C::UnknownKind
         | C::InvalidFields
@@ -72,7 +76,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::WorkflowInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict
+        | C::AttachmentQuotaExceeded
         | C::ModuleInUse
+        | C::ModuleNotEnabled
         | C::WorkflowConflict
         | C::TokenNameTaken
         | C::DirectoryIdTaken => StatusCode::CONFLICT,
@@ -107,6 +113,10 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::InvalidInput => "Invalid input",
         C::PayloadTooLarge => "Request body too large",
         C::UnsupportedMediaType => "Unsupported media type",
+        C::MultipartInvalid => "Malformed multipart upload",
+        C::AttachmentQuotaExceeded => "The record's attachments are full",
+        C::UriTooLong => "Request target too long",
+        C::HeadersTooLarge => "Request headers too large",
         C::UnknownKind => "Unknown record kind",
         C::InvalidFields => "Fields do not match the kind's schema",
         C::UnknownState => "Unknown state",
@@ -128,6 +138,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleNotFound => "Module not found",
         C::ModuleVersionConflict => "Not a newer version of the installed module",
         C::ModuleInUse => "The module is in use",
+        C::ModuleNotEnabled => "The record's module is not enabled in its domain",
         C::WorkflowConflict => "The workflow would replace a module's template",
         C::FieldNotWritable => "The field is not the caller's to write",
         C::PersonNotFound => "Person not found",
@@ -258,6 +269,7 @@ impl From<EngineError> for ApiError {
                 api.0.step = Some(step);
             }
             EngineError::FieldNotWritable { owner, .. } => api.0.owner = Some(owner.to_string()),
+            EngineError::ModuleNotEnabled { module, .. } => api.0.module = module,
             _ => {}
         }
         api
@@ -323,6 +335,11 @@ pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
         StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed"),
         StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the body timed out"),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the body is too large"),
+        StatusCode::URI_TOO_LONG => (ErrorCode::UriTooLong, "the request target is too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            ErrorCode::HeadersTooLarge,
+            "the request headers are too large",
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             (ErrorCode::UnsupportedMediaType, "unsupported content type")
         }

@@ -108,6 +108,7 @@ pub async fn get_record(
         (status = 200, body = Record, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -517,6 +518,7 @@ pub struct CommentParams {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A requester's internal note", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn add_comment(

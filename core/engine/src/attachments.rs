@@ -69,7 +69,8 @@ pub fn valid_filename(name: &str) -> Result<String, EngineError> {
     Ok(name.to_owned())
 }
 
-fn attachments_of(record: &Record) -> Vec<Attachment> {
+/// The attachments a record lists, in the order they were attached.
+pub fn attachments_of(record: &Record) -> Vec<Attachment> {
     record
         .fields
         .get(ATTACHMENTS)
@@ -84,7 +85,7 @@ impl Engine {
         &self,
         actor: &Actor,
         id: &str,
-        change: impl Fn(&mut Vec<Attachment>) -> Result<T, EngineError>,
+        change: impl Fn(&Record, &mut Vec<Attachment>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let target = WriteTarget {
             id,
@@ -95,7 +96,7 @@ impl Engine {
         let outcome = std::sync::Mutex::new(None);
         self.write(actor, target, |current| {
             let mut attachments = attachments_of(current);
-            let done = change(&mut attachments)?;
+            let done = change(current, &mut attachments)?;
             *outcome
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(done);
@@ -130,25 +131,24 @@ impl Engine {
         new: NewAttachment,
     ) -> Result<Attachment, EngineError> {
         let limits = &self.config.limits;
-        self.change_attachments(actor, id, |attachments| {
+        self.change_attachments(actor, id, |current, attachments| {
+            let current_id = &current.id;
+            let full = |message: String| EngineError::AttachmentQuotaExceeded {
+                id: current_id.clone(),
+                message,
+            };
             if attachments.len() >= limits.max_attachments_per_record {
-                return Err(EngineError::invalid(
-                    "/",
-                    format!(
-                        "a record holds at most {} attachments",
-                        limits.max_attachments_per_record
-                    ),
-                ));
+                return Err(full(format!(
+                    "holds {} attachments, as many as a record may",
+                    limits.max_attachments_per_record
+                )));
             }
-            let total: u64 = attachments.iter().map(|a| a.size).sum::<u64>() + new.size;
-            if total > limits.max_attachment_bytes_per_record {
-                return Err(EngineError::invalid(
-                    "/",
-                    format!(
-                        "a record's attachments hold at most {} bytes in all",
-                        limits.max_attachment_bytes_per_record
-                    ),
-                ));
+            let held: u64 = attachments.iter().map(|a| a.size).sum();
+            if held.saturating_add(new.size) > limits.max_attachment_bytes_per_record {
+                return Err(full(format!(
+                    "holds {held} bytes of attachments; with {} more it would pass its limit of {} bytes",
+                    new.size, limits.max_attachment_bytes_per_record
+                )));
             }
             let next_id = attachments
                 .iter()
@@ -196,7 +196,7 @@ impl Engine {
         id: &str,
         attachment: &str,
     ) -> Result<Attachment, EngineError> {
-        self.change_attachments(actor, id, |attachments| {
+        self.change_attachments(actor, id, |_, attachments| {
             if !actor.works_records() {
                 return Err(EngineError::Forbidden(
                     "removing an attachment needs the agent role".into(),

@@ -159,6 +159,31 @@ pub enum EngineError {
         /// What went wrong.
         error: crate::StepError,
     },
+    /// The record's domain no longer has its kind, or the state it is in: the module that adds
+    /// it was disabled there with `force`. The record is read-only until the module is enabled
+    /// again.
+    #[error("{id} is read-only in {domain}: {domain} no longer has its {what}; {}", match .module {
+        Some(module) => format!("enable module {module} in {domain} to change it again"),
+        None => "no installed module adds it".to_owned(),
+    })]
+    ModuleNotEnabled {
+        /// The record.
+        id: RecordId,
+        /// Its domain.
+        domain: usm_model::Domain,
+        /// What the domain lacks (`kind risk`, `state scheduled of change`).
+        what: String,
+        /// The module that adds it.
+        module: Option<String>,
+    },
+    /// The record holds as many attachments, or attachment bytes, as it may.
+    #[error("{id} {message}")]
+    AttachmentQuotaExceeded {
+        /// The record.
+        id: RecordId,
+        /// Which limit, in words.
+        message: String,
+    },
     /// More writes arrived than the server can run; the client should retry later.
     #[error("the server is overloaded: {reason}; retry in {retry_after_secs} s")]
     Overloaded {
@@ -212,6 +237,8 @@ impl EngineError {
             Self::IdempotencyKeyReused { .. } => ErrorCode::IdempotencyKeyReused,
             Self::WriteConflict { .. } => ErrorCode::WriteConflict,
             Self::StepRejected { .. } => ErrorCode::StepRejected,
+            Self::AttachmentQuotaExceeded { .. } => ErrorCode::AttachmentQuotaExceeded,
+            Self::ModuleNotEnabled { .. } => ErrorCode::ModuleNotEnabled,
             // A call the host could not finish in time is the server's overload, not the step's.
             Self::StepFailed {
                 error: crate::StepError::Stalled(_),

@@ -385,6 +385,26 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(catalogs);
     }
 
+    /// Refuses writes to a record whose domain no longer has its kind or the state it is in
+    /// (the module adding it was disabled there with `force`): the record stays readable, with
+    /// its history, and is read-only until the module is enabled there again.
+    pub fn writable(&self, record: &Record) -> Result<(), EngineError> {
+        match self.catalogs().missing(record) {
+            None => Ok(()),
+            Some(missing) => Err(EngineError::ModuleNotEnabled {
+                id: record.id.clone(),
+                domain: record.domain.clone(),
+                what: missing.what,
+                module: missing.module,
+            }),
+        }
+    }
+
+    /// The bounds on what one request can make the engine do.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
     /// The configured domains.
     pub fn domains(&self) -> &[Domain] {
         &self.config.domains
@@ -899,7 +919,9 @@ impl Engine {
         state: Option<&str>,
         domain: Option<&str>,
     ) -> Result<ListFilters, EngineError> {
-        let catalog = self.catalog();
+        // Every kind and state an installed module has: records a forced disabling left
+        // read-only are still found by their kind.
+        let catalog = Arc::clone(self.catalogs().installed());
         let kind = kind.map(|k| kind_def(&catalog, k)).transpose()?;
         let domain = domain.map(|d| self.domain(d)).transpose()?;
         let state = state.map(|s| known_state(&catalog, kind, s)).transpose()?;
@@ -956,6 +978,7 @@ impl Engine {
                 .get(&id)?
                 .filter(|record| visible(actor, record))
                 .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+            self.writable(&current)?;
             if action == Action::Update && !actor.works_records() {
                 return Err(EngineError::Forbidden(
                     "requesters follow their records through transitions and comments; editing needs the agent role".into(),

@@ -220,6 +220,18 @@ struct Entry {
     module: Arc<Module>,
 }
 
+/// What a catalog change may do to the records of a kind or state it drops from a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropping {
+    /// Nothing: the change is refused.
+    Refused,
+    /// A disable: refused, or with `force` done, leaving those records read-only.
+    Disabling {
+        /// Leave them read-only.
+        force: bool,
+    },
+}
+
 /// Installed modules and their enablement.
 pub struct Registry {
     engine: Arc<Engine>,
@@ -338,52 +350,99 @@ impl Registry {
     }
 
     /// Refuses catalogs that drop, in some domain, a kind or a state a record of that domain
-    /// still has.
-    fn check_in_use(&self, next: &Catalogs) -> Result<(), RegistryError> {
+    /// still has, unless `dropping` is a forced disabling (those records stay, read-only);
+    /// and refuses, always, catalogs whose installed modules no longer add a kind or state some
+    /// record has anywhere (nothing could make it writable again).
+    fn check_in_use(&self, next: &Catalogs, dropping: Dropping) -> Result<(), RegistryError> {
         let current = self.engine.catalogs();
-        for domain in self.engine.domains() {
-            let next = next.domain(domain);
-            for def in current.domain(domain).kinds() {
-                let Some(next_def) = next.get(&def.name) else {
-                    if let Some(id) = self.first_record(&def.name, None, domain)? {
-                        return Err(RegistryError::InUse(format!(
-                            "records of kind {} exist in {domain} (e.g. {id}); the kind cannot go there",
-                            def.name
-                        )));
-                    }
+        let mut dropped: Vec<(Kind, Option<State>, Option<Domain>)> = Vec::new();
+        let mut compare = |now: &Catalog, then: &Catalog, scope: Option<&Domain>| {
+            for def in now.kinds() {
+                let Some(next_def) = then.get(&def.name) else {
+                    dropped.push((def.name.clone(), None, scope.cloned()));
                     continue;
                 };
                 for state in def.lifecycle.states() {
-                    if next_def.lifecycle.state(&state.name).is_none()
-                        && let Some(id) = self.first_record(&def.name, Some(&state.name), domain)?
-                    {
-                        return Err(RegistryError::InUse(format!(
-                            "records of kind {} are in state {} in {domain} (e.g. {id}); the state cannot go there",
-                            def.name, state.name
-                        )));
+                    if next_def.lifecycle.state(&state.name).is_none() {
+                        dropped.push((def.name.clone(), Some(state.name.clone()), scope.cloned()));
                     }
                 }
             }
+        };
+        for domain in self.engine.domains() {
+            compare(current.domain(domain), next.domain(domain), Some(domain));
         }
-        Ok(())
+        compare(current.installed(), next.installed(), None);
+        let (mut in_use, mut forced_or_not) = (Vec::new(), Vec::new());
+        for (kind, state, scope) in dropped {
+            let (state, scope) = (state.as_ref(), scope.as_ref());
+            let (count, Some(example)) = self.records_of(&kind, state, scope)? else {
+                continue;
+            };
+            let what = match state {
+                None => format!("{count} record(s) of kind {kind}"),
+                Some(state) => format!("{count} record(s) of kind {kind} in state {state}"),
+            };
+            let Some(domain) = scope else {
+                // Whatever the domains say: nothing could make these writable again.
+                forced_or_not.push(format!(
+                    "{what} exist (e.g. {example}); no installed module would add what they use"
+                ));
+                continue;
+            };
+            if dropping == (Dropping::Disabling { force: true }) {
+                tracing::warn!(%kind, state = ?state.map(State::as_str), %domain, count, "a forced disable leaves records read-only");
+            } else {
+                let gone = if state.is_some() { "state" } else { "kind" };
+                in_use.push(format!(
+                    "{what} exist in {domain} (e.g. {example}); the {gone} cannot go there"
+                ));
+            }
+        }
+        if !forced_or_not.is_empty() {
+            in_use.extend(forced_or_not);
+            return Err(RegistryError::InUse(in_use.join("; ")));
+        }
+        if in_use.is_empty() {
+            return Ok(());
+        }
+        let mut message = in_use.join("; ");
+        if dropping == (Dropping::Disabling { force: false }) {
+            message.push_str(
+                ". Disabling with force=true leaves them readable but read-only until the module is enabled there again",
+            );
+        }
+        Err(RegistryError::InUse(message))
     }
 
-    fn first_record(
+    /// How many records of `kind` (in `state`) are in `domain` (anywhere: `None`), and one.
+    fn records_of(
         &self,
         kind: &Kind,
         state: Option<&State>,
-        domain: &Domain,
-    ) -> Result<Option<RecordId>, StoreError> {
-        let page = self.engine.store().list(&ListQuery {
+        domain: Option<&Domain>,
+    ) -> Result<(u64, Option<RecordId>), StoreError> {
+        let mut query = ListQuery {
             kind: Some(kind.clone()),
             state: state.cloned(),
-            domain: Some(domain.clone()),
+            domain: domain.cloned(),
             within: None,
             owner: None,
             after: None,
-            limit: 1,
-        })?;
-        Ok(page.records.into_iter().next().map(|record| record.id))
+            limit: 500,
+        };
+        let (mut count, mut example) = (0, None);
+        loop {
+            let page = self.engine.store().list(&query)?;
+            count += page.records.len() as u64;
+            if example.is_none() {
+                example = page.records.first().map(|record| record.id.clone());
+            }
+            match page.next {
+                Some(after) => query.after = Some(after),
+                None => return Ok((count, example)),
+            }
+        }
     }
 
     /// Swaps in `catalogs`, then the pipelines of the enabled modules.
@@ -528,7 +587,7 @@ impl Registry {
             })
             .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
         let _writes_held = self.engine.hold_writes();
-        self.check_in_use(&catalogs)?;
+        self.check_in_use(&catalogs, Dropping::Refused)?;
         let record = ModuleRecord {
             id: module.manifest.id.clone(),
             version: module.manifest.version.to_string(),
@@ -585,32 +644,48 @@ impl Registry {
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
         auth::admin_over(actor, Some(&domains))?;
-        self.change(actor, id, ("module.enable", &domains), |record| {
-            record.domains.extend(domains.iter().cloned());
-            match grants {
-                Some(grants) if record.grants != grants => {
-                    auth::admin_over(actor, Some(&record.domains))?;
-                    record.grants = grants;
-                    Ok(true)
+        self.change(
+            actor,
+            id,
+            ("module.enable", &domains),
+            Dropping::Refused,
+            |record| {
+                record.domains.extend(domains.iter().cloned());
+                match grants {
+                    Some(grants) if record.grants != grants => {
+                        auth::admin_over(actor, Some(&record.domains))?;
+                        record.grants = grants;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                _ => Ok(false),
-            }
-        })
+            },
+        )
     }
 
-    /// Disables a module in some domains, which `actor` must administer.
+    /// Disables a module in some domains, which `actor` must administer. Where records of a
+    /// kind or in a state only it adds remain, this is refused, unless `force`: then those
+    /// records stay readable and are read-only until the module is enabled there again.
     pub fn disable(
         &self,
         actor: &Actor,
         id: &str,
         domains: &[String],
+        force: bool,
     ) -> Result<ModuleInfo, RegistryError> {
         let domains = self.domains(domains)?;
         auth::admin_over(actor, Some(&domains))?;
-        self.change(actor, id, ("module.disable", &domains), |record| {
-            record.domains.retain(|d| !domains.contains(d));
-            Ok(false)
-        })
+        let dropping = Dropping::Disabling { force };
+        self.change(
+            actor,
+            id,
+            ("module.disable", &domains),
+            dropping,
+            |record| {
+                record.domains.retain(|d| !domains.contains(d));
+                Ok(false)
+            },
+        )
     }
 
     /// Removes a module and its pipelines; server-wide, so `actor` must be a global admin. A
@@ -633,7 +708,7 @@ impl Registry {
             .and_then(|_| self.next_catalogs(&modules, id, None))
             .map_err(|error| RegistryError::InUse(error.to_string()))?;
         let _writes_held = self.engine.hold_writes();
-        self.check_in_use(&catalogs)?;
+        self.check_in_use(&catalogs, Dropping::Refused)?;
         let entry = modules
             .remove(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
@@ -660,6 +735,7 @@ impl Registry {
         actor: &Actor,
         id: &str,
         (verb, scope): (&str, &BTreeSet<Domain>),
+        dropping: Dropping,
         edit: impl FnOnce(&mut ModuleRecord) -> Result<bool, RegistryError>,
     ) -> Result<ModuleInfo, RegistryError> {
         let mut modules = self.lock();
@@ -694,7 +770,7 @@ impl Registry {
             .next_catalogs(&modules, id, Some((&module.catalog, &record.domains)))
             .map_err(|error| RegistryError::InUse(error.to_string()))?;
         let _writes_held = self.engine.hold_writes();
-        self.check_in_use(&catalogs)?;
+        self.check_in_use(&catalogs, dropping)?;
         self.engine
             .store()
             .write_settings(&[(format!("{MODULE_PREFIX}{id}"), encode(&record)?)], &[])?;

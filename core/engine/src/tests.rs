@@ -1265,7 +1265,7 @@ fn a_module_cannot_be_disabled_under_a_write_that_uses_its_kind() {
         let creating = scope.spawn(|| engine.create(&agent(), new("risk", "r", json!({})), None));
         entered.recv().unwrap();
         // Disabling it in that domain waits for that write instead of checking before it lands.
-        let removing = scope.spawn(|| registry.disable(&admin, "risk", &["it".into()]));
+        let removing = scope.spawn(|| registry.disable(&admin, "risk", &["it".into()], false));
         let waited = std::time::Instant::now();
         while !removing.is_finished() && waited.elapsed() < std::time::Duration::from_millis(300) {
             std::thread::yield_now();

@@ -15,6 +15,15 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request has a content type the route does not accept.
     UnsupportedMediaType,
+    /// A `multipart/form-data` body is broken (no boundary, cut off, malformed) or does not
+    /// carry exactly one part, the file.
+    MultipartInvalid,
+    /// The record holds as many attachments, or as many bytes of them, as it may.
+    AttachmentQuotaExceeded,
+    /// The request target (path and query) is longer than the server accepts.
+    UriTooLong,
+    /// The request has more header lines, or more header bytes, than the server accepts.
+    HeadersTooLarge,
     /// The record kind is not defined in the catalog.
     UnknownKind,
     /// The record's `fields` violate the kind's JSON Schema.
@@ -59,8 +68,12 @@ pub enum ErrorCode {
     /// The upload does not upgrade the installed module (same or older version).
     ModuleVersionConflict,
     /// Removing or upgrading the module would drop a kind or state that records still use, or
-    /// the module is still enabled in some domains.
+    /// the module is still enabled in some domains; disabling it would leave records of its
+    /// kinds or states read-only (`force=true` does).
     ModuleInUse,
+    /// The record is read-only: its domain no longer has its kind or its state, whose module
+    /// was disabled there; `module` names the module to enable again.
+    ModuleNotEnabled,
     /// An import would replace a module's workflow template without naming a version.
     WorkflowConflict,
     /// No workflow template with that slug.
@@ -117,6 +130,10 @@ impl ErrorCode {
             Self::InvalidInput => "invalid_input",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MultipartInvalid => "multipart_invalid",
+            Self::AttachmentQuotaExceeded => "attachment_quota_exceeded",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::UnknownKind => "unknown_kind",
             Self::InvalidFields => "invalid_fields",
             Self::FieldNotWritable => "field_not_writable",
@@ -139,6 +156,7 @@ impl ErrorCode {
             Self::ModuleNotFound => "module_not_found",
             Self::ModuleVersionConflict => "module_version_conflict",
             Self::ModuleInUse => "module_in_use",
+            Self::ModuleNotEnabled => "module_not_enabled",
             Self::WorkflowConflict => "workflow_conflict",
             Self::WorkflowNotFound => "workflow_not_found",
             Self::WorkflowInvalid => "workflow_invalid",

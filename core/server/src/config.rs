@@ -33,8 +33,16 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Largest accepted request body, in bytes (attachments have their own limit).
     pub max_body_bytes: usize,
+    /// Longest request target (path and query), in bytes; longer is answered `414`.
+    pub max_url_bytes: usize,
+    /// Most request header lines; more are answered `431`.
+    pub max_headers: usize,
+    /// Most request header bytes (names, values, separators); more are answered `431`.
+    pub max_header_bytes: usize,
     /// Largest attachment, in bytes.
     pub attachment_max_bytes: u64,
+    /// Most bytes one record's attachments hold in all; an upload past it is answered `409`.
+    pub attachment_max_bytes_per_record: u64,
     /// Business minutes (of the record's SLA calendar) after which a resolved record its
     /// requester has not answered closes; 0 never.
     pub auto_close_after_business_minutes: f64,
@@ -156,7 +164,11 @@ impl Default for Config {
             log_level: "info".into(),
             workers: None,
             max_body_bytes: 1024 * 1024,
+            max_url_bytes: 8 * 1024,
+            max_headers: 64,
+            max_header_bytes: 32 * 1024,
             attachment_max_bytes: 25 * 1024 * 1024,
+            attachment_max_bytes_per_record: 250 * 1024 * 1024,
             auto_close_after_business_minutes: 2400.0,
             attachment_grace_secs: 3600,
             body_timeout_secs: 10,
@@ -220,7 +232,10 @@ impl Config {
         let admission = usm_engine::AdmissionConfig::default();
         usm_engine::EngineConfig {
             domains,
-            limits: usm_engine::Limits::default(),
+            limits: usm_engine::Limits {
+                max_attachment_bytes_per_record: self.attachment_max_bytes_per_record,
+                ..usm_engine::Limits::default()
+            },
             breaker: usm_engine::BreakerPolicy {
                 trip_after: self.breaker_trip_after,
                 suspension: std::time::Duration::from_secs(self.breaker_suspension_secs),

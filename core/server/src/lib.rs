@@ -93,6 +93,11 @@ impl Server {
                 webhook_policy: webhook_policy(config)?,
                 body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
                 attachment_max_bytes: config.attachment_max_bytes,
+                head: usm_api::HeadLimits {
+                    max_url_bytes: config.max_url_bytes,
+                    max_headers: config.max_headers,
+                    max_header_bytes: config.max_header_bytes,
+                },
             },
             blobs: blobs.clone(),
             search: Arc::clone(&search),
