@@ -19,6 +19,7 @@ mod isolation;
 mod limits;
 mod module_admin;
 mod modules;
+mod notifications;
 mod overload;
 mod pipelines;
 mod plugins;

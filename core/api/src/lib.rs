@@ -10,6 +10,7 @@ mod directory;
 mod headers;
 mod metrics;
 mod modules;
+mod notifications;
 mod principal;
 mod problem;
 mod records;
@@ -209,6 +210,7 @@ pub struct Services {
         search::get_queue,
         search::delete_queue,
         search::queue_records,
+        notifications::deliveries,
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
@@ -234,6 +236,7 @@ pub struct Services {
         (name = "tokens", description = "API tokens (admin)"),
         (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
         (name = "search", description = "Full-text search and saved queues, from an index that follows commits"),
+        (name = "notifications", description = "E-mail to the people a record concerns: the delivery log (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
         (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
@@ -546,6 +549,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/queues/{id}/records").route(web::get().to(search::queue_records)),
+                )
+                .service(
+                    resource("/notifications/deliveries")
+                        .route(web::get().to(notifications::deliveries)),
                 )
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(resource("/kpis").route(web::get().to(records::kpis)))

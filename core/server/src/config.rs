@@ -105,6 +105,17 @@ pub struct Config {
     /// link-local and unique-local destinations are refused unless listed here.
     #[serde(deserialize_with = "comma_list")]
     pub webhook_allowed_networks: Vec<String>,
+    /// Where notifications are mailed: `smtp://host:port`, `smtp://host:port?tls=required`
+    /// (STARTTLS) or `smtps://host:port`, optionally with `user:password@`. Without it nothing is
+    /// mailed (the server says so once at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+    /// The sender of notifications, e.g. `Service desk <desk@example.org>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_from: Option<String>,
+    /// A file holding the SMTP password of the user in `smtp_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_password_file: Option<PathBuf>,
     /// Seconds an `Idempotency-Key` stays bound to the record it created; pruned after.
     pub idempotency_retention_secs: u64,
     /// Seconds an outbox event is kept once every consumer has passed it (a webhook delivery can
@@ -192,6 +203,9 @@ impl Default for Config {
             pipeline_queue: 1024,
             pipeline_queue_wait_ms: 2000,
             webhook_allowed_networks: Vec::new(),
+            smtp_url: None,
+            smtp_from: None,
+            smtp_password_file: None,
             idempotency_retention_secs: 24 * 60 * 60,
             outbox_retention_secs: 24 * 60 * 60,
             prune_interval_secs: 60,

@@ -40,6 +40,7 @@ pub struct Server {
     webhooks: webhooks::WebhookWorker,
     automations: AutomationWorker,
     search: usm_search::SearchWorker,
+    notifications: usm_notify::NotificationWorker,
     pruner: Pruner,
 }
 
@@ -128,11 +129,20 @@ impl Server {
             AutomationWorker::start(automations).context("cannot start the automation worker")?;
         let search = usm_search::SearchWorker::start(Arc::clone(&engine), search)
             .context("cannot start the search worker")?;
+        let mail = usm_notify::MailConfig {
+            smtp_url: config.smtp_url.clone(),
+            smtp_from: config.smtp_from.clone(),
+            smtp_password_file: config.smtp_password_file.clone(),
+        };
+        mail.check().context("the mail settings are wrong")?;
+        let notifications = usm_notify::NotificationWorker::start(Arc::clone(&engine), &mail)
+            .context("cannot start the notification worker")?;
         let consumers = [
             AfterStepWorker::CONSUMER,
             SlaWorker::CONSUMER,
             AutomationWorker::CONSUMER,
             usm_search::SearchWorker::CONSUMER,
+            usm_notify::NotificationWorker::CONSUMER,
         ];
         let grace = Duration::from_secs(config.attachment_grace_secs);
         let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
@@ -167,6 +177,7 @@ impl Server {
             webhooks,
             automations,
             search,
+            notifications,
             pruner,
         })
     }
@@ -185,16 +196,18 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks, automations, search, pruner) = (
+        let (after_steps, sla, webhooks, automations, search, notifications, pruner) = (
             self.after_steps,
             self.sla,
             self.webhooks,
             self.automations,
             self.search,
+            self.notifications,
             self.pruner,
         );
         web::block(move || {
             pruner.stop();
+            notifications.stop();
             search.stop();
             automations.stop();
             webhooks.stop();
