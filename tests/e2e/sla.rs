@@ -48,8 +48,10 @@ async fn escalations(server: &TestServer) -> Vec<String> {
 }
 
 /// Waits until no timer is armed and the workers have handled every event the fired timers
-/// wrote: whatever the timers caused has happened by then.
+/// wrote: whatever the timers caused has happened by then. The SLA worker arms timers as it
+/// reads the outbox, so it catches up first: before, "no timer armed" may mean "none yet".
 async fn all_timers_fired(server: &TestServer) {
+    server.settle().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = usm_tests::metrics(&server.base).await.unwrap();
