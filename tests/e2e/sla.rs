@@ -48,10 +48,9 @@ async fn escalations(server: &TestServer) -> Vec<String> {
 }
 
 /// Waits until no timer is armed and the workers have handled every event the fired timers
-/// wrote: whatever the timers caused has happened by then.
+/// wrote: whatever the timers caused has happened by then. The SLA worker arms timers as it
+/// reads the outbox, so it catches up first: before, "no timer armed" may mean "none yet".
 async fn all_timers_fired(server: &TestServer) {
-    // The SLA worker arms a record's timers when it consumes the record's outbox event; until
-    // then the gauge reads 0 with nothing fired yet.
     server.settle().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -155,7 +154,8 @@ async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
     server.transition("AGR-1", "active").await.unwrap();
     server
         .create(
-            json!({"kind": "incident", "title": "Waiting on vendor", "fields": {"priority": "P1"}}),
+            json!({"kind": "incident", "title": "Waiting for the customer",
+            "fields": {"priority": "P1", "hold_reason": "awaiting_customer"}}),
         )
         .await
         .unwrap();
@@ -194,6 +194,82 @@ async fn a_paused_clock_does_not_breach_and_resumes_where_it_stopped() {
     );
 }
 
+/// An incident held for `reason` from the moment it is in progress (the reason is written at
+/// creation, so the hold pauses from its first instant if it pauses at all).
+async fn held_for(server: &TestServer, reason: &str) -> String {
+    let created = server
+        .create(json!({"kind": "incident", "title": reason,
+            "fields": {"priority": "P1", "hold_reason": reason}}))
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    server.transition(&id, "in_progress").await.unwrap();
+    server.transition(&id, "on_hold").await.unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_hold_awaiting_the_customer_stops_the_clock() {
+    let server = clocks_only();
+    // Resolution in 3 s around the clock; what pauses is left to the defaults.
+    server
+        .create(json!({"kind": "agreement", "title": "Holds", "fields": {
+            "targets": {"P1": {"resolution_minutes": 0.05}}, "calendar": {"always": true}}}))
+        .await
+        .unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    let customer = held_for(&server, "awaiting_customer").await;
+    let vendor = held_for(&server, "awaiting_vendor").await;
+    let sla = |id: &str| format!("/api/v1/records/{id}/sla");
+    let now = server.get(&sla(&customer)).await.unwrap().body;
+    assert_eq!(now["status"]["resolution"]["paused"], true, "{now}");
+    let now = server.get(&sla(&vendor)).await.unwrap().body;
+    assert_eq!(now["status"]["resolution"]["paused"], false, "{now}");
+
+    // The vendor's hold breaches; once no timer is left, the customer's clock still stands.
+    sla_until(&server, &vendor, |v| {
+        entries(v, "resolution", "breach").len() == 1
+    })
+    .await;
+    all_timers_fired(&server).await;
+    let view = server.get(&sla(&customer)).await.unwrap().body;
+    assert!(entries(&view, "resolution", "breach").is_empty(), "{view}");
+    let resolution = &view["status"]["resolution"];
+    assert_eq!(resolution["breached"], false, "{view}");
+    assert_eq!(resolution["paused"], true, "{view}");
+    assert!(resolution.get("due_at").is_none(), "{view}");
+
+    // The reason changed mid-hold: the clock runs from then on and the re-armed timer fires.
+    let changed = server
+        .patch(
+            &format!("/api/v1/records/{customer}"),
+            &json!({"fields": {"hold_reason": "awaiting_vendor"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let changed_at: jiff::Timestamp = changed.body["updated_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let view = sla_until(&server, &customer, |v| {
+        entries(v, "resolution", "breach").len() == 1
+    })
+    .await;
+    let breached_at: jiff::Timestamp = entries(&view, "resolution", "breach")[0]["at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        breached_at > changed_at,
+        "the time awaiting the customer did not count: {view}"
+    );
+    assert_eq!(view["status"]["resolution"]["paused"], false, "{view}");
+    assert_eq!(view["status"]["resolution"]["breached"], true, "{view}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn timers_survive_a_restart_and_fire_once() {
     let server = with_escalation();
@@ -230,6 +306,14 @@ async fn a_fresh_data_directory_gets_a_default_agreement_per_domain() {
         .collect();
     domains.sort_unstable();
     assert_eq!(domains, ["facilities", "hr", "it"]);
+    for agreement in &agreements {
+        // Only a hold awaiting the customer stops its clocks.
+        assert_eq!(agreement["fields"]["pause_states"], json!(["on_hold"]));
+        assert_eq!(
+            agreement["fields"]["pause_reasons"],
+            json!(["awaiting_customer"])
+        );
+    }
     let incident = server
         .create(
             json!({"kind": "incident", "domain": "hr", "title": "x", "fields": {"priority": "P2"}}),
@@ -683,6 +767,14 @@ async fn agreements_are_validated_when_written_naming_the_field() {
         (
             json!({"targets": {"P1": {"resolution_minutes": -5}}}),
             "/fields/targets/P1/resolution_minutes",
+        ),
+        (
+            json!({"pause_reasons": ["awaiting_customer", ""]}),
+            "/fields/pause_reasons/1",
+        ),
+        (
+            json!({"pause_reasons": "awaiting_vendor"}),
+            "/fields/pause_reasons",
         ),
         (
             json!({"calendar": {"always": true, "ical": "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20200101\r\nRRULE:FREQ=MINUTELY\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"}}),

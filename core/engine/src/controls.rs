@@ -193,7 +193,7 @@ pub fn check_assignment(
 /// the resolution data.
 pub fn on_transition(def: &KindDef, actor: &Actor, current: &Record, next: &mut Record) {
     // A hold reason holds while the record is on hold.
-    if current.state.as_str() == "on_hold" && next.state != current.state {
+    if current.state.as_str() == crate::conversation::HOLD_STATE && next.state != current.state {
         next.fields.remove(crate::conversation::HOLD_REASON);
     }
     if let Some(field) = def.actor_fields.get(&next.state) {

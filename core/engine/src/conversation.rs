@@ -10,6 +10,8 @@ use usm_model::{Action, Actor, HistoryEntry, State, Visibility};
 
 use crate::{Engine, EngineError, Proposal, WriteTarget, controls};
 
+/// The state a record waits in; `hold_reason` says why, and holds only while it is there.
+pub const HOLD_STATE: &str = "on_hold";
 /// The field that says why a record is on hold.
 pub const HOLD_REASON: &str = "hold_reason";
 /// The hold reason a requester's reply ends.

@@ -24,7 +24,7 @@ use crate::{
 const CONSUMER: &str = SlaWorker::CONSUMER;
 /// Where fired levels were remembered before the ledger.
 const LEGACY_FIRED_PREFIX: &str = "sla-fired/";
-/// Most history entries read to build a timeline.
+/// Most changes of state and hold reason read to build a timeline.
 const MAX_TIMELINE: usize = 10_000;
 
 /// The policies of each domain's active agreements.
@@ -109,8 +109,8 @@ impl SlaPolicies {
     }
 }
 
-/// What a record's clocks are computed from, read from its history: its states over time and
-/// its first response.
+/// What a record's clocks are computed from, read from its history: its states and hold reasons
+/// over time and its first response.
 pub fn timeline(store: &dyn Store, id: &RecordId) -> Result<sla::Timeline, StoreError> {
     let mut line = sla::Timeline::default();
     let mut after = 0;
@@ -130,8 +130,15 @@ pub fn timeline(store: &dyn Store, id: &RecordId) -> Result<sla::Timeline, Store
             {
                 line.states.push((entry.at, state));
             }
+            let hold_reason = |c: &&usm_model::Change| {
+                c.path.strip_prefix("/fields/") == Some(crate::conversation::HOLD_REASON)
+            };
+            if let Some(change) = entry.changes.iter().find(hold_reason) {
+                let reason = change.to.as_ref().and_then(Value::as_str);
+                line.holds.push((entry.at, reason.map(str::to_owned)));
+            }
         }
-        if entries.len() < 1000 || line.states.len() >= MAX_TIMELINE {
+        if entries.len() < 1000 || line.states.len() + line.holds.len() >= MAX_TIMELINE {
             return Ok(line);
         }
     }

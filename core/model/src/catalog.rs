@@ -713,6 +713,8 @@ pub fn core_kinds() -> Vec<KindDef> {
                     "additionalProperties": false}},
                 "calendar": {"type": "object"},
                 "pause_states": {"type": "array", "items": {"type": "string"}},
+                // Hold reasons for which on_hold stops the clocks ("*": every hold).
+                "pause_reasons": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 100}},
                 "stop_states": {"type": "array", "items": {"type": "string"}},
                 "warning_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
                 "applies_to": {"type": "array", "items": {"type": "string"}},

@@ -140,7 +140,7 @@ pub fn default_agreements(engine: &usm_engine::Engine, domains: &[String]) -> an
             "title": format!("Standard service agreement ({domain})"),
             "fields": {
                 "agreement_type": "sla",
-                "description": "Default targets per priority: P1 around the clock, the others in business hours; adjust or replace.",
+                "description": "Default targets per priority: P1 around the clock, the others in business hours; the clocks pause only while a record is on hold awaiting the customer. Adjust or replace.",
                 "targets": {
                     "P1": {"response_minutes": 15, "resolution_minutes": 240, "around_the_clock": true},
                     "P2": {"response_minutes": 30, "resolution_minutes": 480},
@@ -151,6 +151,7 @@ pub fn default_agreements(engine: &usm_engine::Engine, domains: &[String]) -> an
                 },
                 "calendar": {"timezone": "UTC", "weekly": {"mon": weekday, "tue": weekday, "wed": weekday, "thu": weekday, "fri": weekday}},
                 "pause_states": ["on_hold"],
+                "pause_reasons": ["awaiting_customer"],
                 "applies_to": ["incident", "request"],
                 "warning_percent": 75
             }

@@ -1,8 +1,10 @@
 //! Service level clocks. A policy comes from an agreement record: targets per priority for first
 //! response and resolution, a business-hours calendar (weekly hours in a time zone, holidays) and
-//! pause states. Elapsed time is always recomputed from the record's immutable state history, so
-//! pauses, repeated pauses, nights, weekends, holidays and a priority or policy change mid-flight
-//! all come out right: nothing is accumulated that could drift.
+//! what pauses the clocks: pause states, the hold state only for a pausing hold reason
+//! (`awaiting_customer` by default). Elapsed time is always recomputed from the record's immutable
+//! history of states and hold reasons, so pauses, repeated pauses, a reason changed mid-hold,
+//! nights, weekends, holidays and a priority or policy change mid-flight all come out right:
+//! nothing is accumulated that could drift.
 
 mod calendar;
 mod ledger;
@@ -16,7 +18,7 @@ use usm_model::{Action, Actor, HistoryEntry, Record, RecordId, Role, State};
 
 pub use calendar::{Calendar, CalendarError, CalendarSpec, DAYS, holidays_from_ical};
 pub use ledger::LedgerEntry;
-pub use policy::{PRIORITIES, Policy, Target};
+pub use policy::{ANY_REASON, PRIORITIES, Policy, Target};
 
 /// One clock's state at an instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,7 +30,7 @@ pub struct Clock {
     pub elapsed_minutes: f64,
     /// Business minutes left (negative once breached).
     pub remaining_minutes: f64,
-    /// The clock stands still in a pause state.
+    /// The clock stands still: a pause state (the hold state only for a pausing hold reason).
     pub paused: bool,
     /// The clock has stopped for good (responded, resolved or cancelled).
     pub stopped: bool,
@@ -80,11 +82,14 @@ pub struct SlaStatus {
     pub resolution: Option<Clock>,
 }
 
-/// What the clocks are computed from: the record's states over time and its first response.
+/// What the clocks are computed from: the record's states and hold reasons over time and its
+/// first response.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timeline {
     /// `(since, state)`, oldest first, starting at creation.
     pub states: Vec<(Timestamp, State)>,
+    /// `(since, hold_reason)`, oldest first, one per change of the field (`None` once removed).
+    pub holds: Vec<(Timestamp, Option<String>)>,
     /// The first write after creation by an agent that meets the response target.
     pub responded_at: Option<Timestamp>,
 }
@@ -194,50 +199,94 @@ fn clock(
     }
 }
 
-/// The index ranges of the timeline's cycles: the first starts at creation, each later one at
-/// a reopen (leaving a stop state for one that is not).
-fn cycles(policy: &Policy, states: &[(Timestamp, State)]) -> Vec<std::ops::Range<usize>> {
+/// From `since` on, the record is in `state`, and the clocks stand still if `paused`.
+struct Phase<'a> {
+    since: Timestamp,
+    state: &'a State,
+    paused: bool,
+}
+
+/// The timeline as phases, oldest first: one at each change of state and each change of hold
+/// reason (a write that changes both makes two, the first lasting no time).
+fn phases<'a>(policy: &Policy, timeline: &'a Timeline) -> Vec<Phase<'a>> {
+    let (states, holds) = (&timeline.states, &timeline.holds);
+    let mut phases = Vec::with_capacity(states.len() + holds.len());
+    let (mut next_state, mut next_hold) = (0, 0);
+    let (mut state, mut reason): (Option<&State>, Option<&str>) = (None, None);
+    loop {
+        let since = match (states.get(next_state), holds.get(next_hold)) {
+            (None, None) => return phases,
+            (Some((at, new)), None) => {
+                next_state += 1;
+                state = Some(new);
+                *at
+            }
+            (Some((at, new)), Some((held, _))) if at <= held => {
+                next_state += 1;
+                state = Some(new);
+                *at
+            }
+            (_, Some((at, new))) => {
+                next_hold += 1;
+                reason = new.as_deref();
+                *at
+            }
+        };
+        // A reason written before any state (never, from a history) waits for the first state.
+        if let Some(state) = state {
+            phases.push(Phase {
+                since,
+                state,
+                paused: policy.pauses(state, reason),
+            });
+        }
+    }
+}
+
+/// The index ranges of the phases' cycles: the first starts at creation, each later one at a
+/// reopen (leaving a stop state for one that is not).
+fn cycles(policy: &Policy, phases: &[Phase<'_>]) -> Vec<std::ops::Range<usize>> {
     let stop = |s: &State| policy.stop_states.contains(s);
     let mut starts = vec![0];
-    for (index, pair) in states.windows(2).enumerate() {
-        if stop(&pair[0].1) && !stop(&pair[1].1) {
+    for (index, pair) in phases.windows(2).enumerate() {
+        if stop(pair[0].state) && !stop(pair[1].state) {
             starts.push(index + 1);
         }
     }
-    let ends = starts.iter().skip(1).copied().chain([states.len()]);
+    let ends = starts.iter().skip(1).copied().chain([phases.len()]);
     starts.iter().zip(ends).map(|(s, e)| *s..e).collect()
 }
 
-/// The intervals in which states of `entries` let a clock run, each ending at the next entry
-/// (or at `end`), clipped to `end`.
+/// The intervals in which `phases` let a clock run, each ending at the next phase (or at
+/// `end`), clipped to `end`.
 fn runs_in(
-    entries: &[(Timestamp, State)],
+    phases: &[Phase<'_>],
     end: Timestamp,
-    runs: impl Fn(&State) -> bool,
+    runs: impl Fn(&Phase<'_>) -> bool,
 ) -> Vec<(Timestamp, Timestamp)> {
-    entries
+    phases
         .iter()
         .enumerate()
-        .filter(|(_, (_, state))| runs(state))
-        .filter_map(|(index, (since, _))| {
-            let until = entries
+        .filter(|(_, phase)| runs(phase))
+        .filter_map(|(index, phase)| {
+            let until = phases
                 .get(index + 1)
-                .map_or(end, |(next, _)| *next)
+                .map_or(end, |next| next.since)
                 .min(end);
-            (until > *since).then_some((*since, until))
+            (until > phase.since).then_some((phase.since, until))
         })
         .collect()
 }
 
 /// The SLA of `record` under `policy` at `now`, in its current cycle.
 pub fn status(policy: &Policy, record: &Record, timeline: &Timeline, now: Timestamp) -> SlaStatus {
-    let cycle = cycles(policy, &timeline.states).len();
+    let cycle = cycle_count(policy, timeline);
     status_in_cycle(policy, record, timeline, now, cycle)
 }
 
 /// The number of cycles the timeline has (at least 1).
 pub fn cycle_count(policy: &Policy, timeline: &Timeline) -> usize {
-    cycles(policy, &timeline.states).len().max(1)
+    cycles(policy, &phases(policy, timeline)).len().max(1)
 }
 
 /// The SLA of `record` under `policy` at `now` in cycle `cycle` (1-based; the last one when
@@ -255,8 +304,8 @@ pub fn status_in_cycle(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let stop = |s: &State| policy.stop_states.contains(s);
-    let pause = |s: &State| policy.pause_states.contains(s);
-    let all = cycles(policy, &timeline.states);
+    let phases = phases(policy, timeline);
+    let all = cycles(policy, &phases);
     let index = cycle.clamp(1, all.len().max(1)) - 1;
     let Some((target, calendar)) = policy.target(priority.as_deref()) else {
         return SlaStatus {
@@ -268,20 +317,18 @@ pub fn status_in_cycle(
         };
     };
     let states = &timeline.states;
-    let current = states.last().map(|(_, s)| s);
+    let current = phases.last();
 
     // Response: runs while the record is neither paused nor stopped, until an agent's first
     // action; a stop state before that (a cancel) stops it unmet.
     let response = target.response_minutes.map(|minutes| {
         let end = timeline.responded_at.unwrap_or(now).min(now);
-        let stopped_at = timeline.responded_at.or_else(|| {
-            current
-                .filter(|s| stop(s))
-                .and_then(|_| states.last().map(|(at, _)| *at))
-        });
+        let stopped_at = timeline
+            .responded_at
+            .or_else(|| states.last().filter(|(_, s)| stop(s)).map(|(at, _)| *at));
         let run = Run {
-            intervals: runs_in(states, end, |s| !stop(s) && !pause(s)),
-            paused: stopped_at.is_none() && current.is_some_and(&pause),
+            intervals: runs_in(&phases, end, |p| !stop(p.state) && !p.paused),
+            paused: stopped_at.is_none() && current.is_some_and(|p| p.paused),
             stopped_at,
             met: timeline.responded_at.is_some(),
         };
@@ -290,16 +337,16 @@ pub fn status_in_cycle(
 
     // Resolution: runs within the cycle while neither paused nor stopped; the cycle ends at its
     // first stop state.
-    let range = all.get(index).cloned().unwrap_or(0..states.len());
-    let entries = &states[range];
-    let stop_entry = entries.iter().find(|(_, s)| stop(s));
+    let range = all.get(index).cloned().unwrap_or(0..phases.len());
+    let entries = &phases[range];
+    let stop_entry = entries.iter().find(|p| stop(p.state));
     let resolution = target.resolution_minutes.map(|minutes| {
-        let end = stop_entry.map_or(now, |(at, _)| *at).min(now);
+        let end = stop_entry.map_or(now, |p| p.since).min(now);
         let run = Run {
-            intervals: runs_in(entries, end, |s| !stop(s) && !pause(s)),
-            paused: stop_entry.is_none() && entries.last().is_some_and(|(_, s)| pause(s)),
-            stopped_at: stop_entry.map(|(at, _)| *at),
-            met: stop_entry.is_some_and(|(_, s)| !CANCEL_STATES.contains(&s.as_str())),
+            intervals: runs_in(entries, end, |p| !stop(p.state) && !p.paused),
+            paused: stop_entry.is_none() && entries.last().is_some_and(|p| p.paused),
+            stopped_at: stop_entry.map(|p| p.since),
+            met: stop_entry.is_some_and(|p| !CANCEL_STATES.contains(&p.state.as_str())),
         };
         clock(&calendar, &run, now, minutes, policy.warning_percent)
     });

@@ -8,6 +8,13 @@ use serde_json::{Map, Value};
 use usm_model::{FieldError, Kind, Record, RecordId, State};
 
 use super::calendar::{Calendar, CalendarSpec};
+use crate::conversation::{AWAITING_CUSTOMER, HOLD_STATE};
+
+/// In `pause_reasons`: every hold stops the clocks, whatever its reason (or none).
+pub const ANY_REASON: &str = "*";
+
+/// The longest hold reason, as the `hold_reason` field's schema allows.
+const MAX_REASON_CHARS: usize = 100;
 
 /// The priorities a target may be set for, besides `default`.
 pub const PRIORITIES: [&str; 5] = ["P1", "P2", "P3", "P4", "P5"];
@@ -37,8 +44,13 @@ pub struct Policy {
     pub targets: BTreeMap<String, Target>,
     /// When the clocks run.
     pub calendar: Calendar,
-    /// States in which the clocks stand still (e.g. `on_hold`).
+    /// States in which the clocks stand still (`on_hold` by default); in the hold state only
+    /// for one of `pause_reasons`.
     pub pause_states: BTreeSet<State>,
+    /// The hold reasons (`fields.hold_reason`) for which the hold state stops the clocks:
+    /// `awaiting_customer` by default; [`ANY_REASON`] stands for every hold, with or without a
+    /// reason.
+    pub pause_reasons: BTreeSet<String>,
     /// States in which the resolution clock has stopped.
     pub stop_states: BTreeSet<State>,
     /// Percentage of a target at which a warning fires.
@@ -95,10 +107,12 @@ fn states(names: &[&str]) -> BTreeSet<State> {
 
 impl Policy {
     /// Reads a policy from an agreement: `fields.targets`, `fields.calendar`,
-    /// `fields.pause_states`, `fields.stop_states`, `fields.warning_percent`,
-    /// `fields.applies_to`, `fields.service`, `fields.valid_from`, `fields.valid_to`. Refuses
+    /// `fields.pause_states`, `fields.pause_reasons`, `fields.stop_states`,
+    /// `fields.warning_percent`, `fields.applies_to`, `fields.service`, `fields.valid_from`,
+    /// `fields.valid_to`. Refuses
     /// what cannot be used, naming the field: a target for anything but P1 … P5 or `default`, a
-    /// target that is not a positive number of minutes, and whatever the calendar refuses.
+    /// target that is not a positive number of minutes, an empty or overlong hold reason, and
+    /// whatever the calendar refuses.
     pub fn from_agreement(record: &Record) -> Result<Self, FieldError> {
         let fields = &record.fields;
         let targets: BTreeMap<String, Target> = read(fields, "targets")?.unwrap_or_default();
@@ -129,6 +143,15 @@ impl Policy {
             None => Calendar::always(),
         };
         let state = |n: &str| State::new(n).map_err(|e| e.to_string());
+        let reason = |n: &str| {
+            if n.trim().is_empty() || n.chars().count() > MAX_REASON_CHARS {
+                Err(format!(
+                    "a hold reason is a text of 1 to {MAX_REASON_CHARS} characters"
+                ))
+            } else {
+                Ok(n.to_owned())
+            }
+        };
         let warning_percent: f64 = read(fields, "warning_percent")?.unwrap_or(75.0);
         if !(warning_percent > 0.0 && warning_percent <= 100.0) {
             return Err(refusal(
@@ -141,7 +164,9 @@ impl Policy {
             targets,
             calendar,
             pause_states: names(fields, "pause_states", state)?
-                .unwrap_or_else(|| states(&["on_hold"])),
+                .unwrap_or_else(|| states(&[HOLD_STATE])),
+            pause_reasons: names(fields, "pause_reasons", reason)?
+                .unwrap_or_else(|| BTreeSet::from([AWAITING_CUSTOMER.to_owned()])),
             stop_states: names(fields, "stop_states", state)?.unwrap_or_else(|| {
                 states(&["resolved", "fulfilled", "closed", "cancelled", "done"])
             }),
@@ -171,6 +196,16 @@ impl Policy {
             record.fields.get("agreement_type").and_then(Value::as_str),
             Some("ola" | "uc")
         )
+    }
+
+    /// Whether the clocks stand still in `state` while the record's hold reason is
+    /// `hold_reason`: in a pause state, and in the hold state only for a pausing reason (an
+    /// agent waiting on a vendor keeps the customer's clock running).
+    pub fn pauses(&self, state: &State, hold_reason: Option<&str>) -> bool {
+        self.pause_states.contains(state)
+            && (state.as_str() != HOLD_STATE
+                || self.pause_reasons.contains(ANY_REASON)
+                || hold_reason.is_some_and(|r| self.pause_reasons.contains(r)))
     }
 
     /// Whether the policy covers `record`.

@@ -32,36 +32,46 @@ fn incident(priority: &str, created: &str) -> Record {
     }
 }
 
-/// Mon–Fri 08:00–18:00 UTC; P1: respond in 30 min, resolve in 4 h (explicitly in business
-/// hours); P3: 2 h / 8 h.
-fn policy(holidays: &[jiff::civil::Date]) -> Policy {
-    let mut policy = Policy::from_agreement(&Record {
+fn agreement(fields: serde_json::Value) -> Record {
+    Record {
         id: RecordId::parse("AGR-1").unwrap(),
         kind: Kind::new("agreement").unwrap(),
         process: Process::Agree,
         domain: Domain::default(),
         state: state("active"),
         title: "SLA".into(),
-        fields: json!({
-            "targets": {"P1": {"response_minutes": 30, "resolution_minutes": 240, "around_the_clock": false},
-                        "P3": {"response_minutes": 120, "resolution_minutes": 480}},
-            "calendar": {"timezone": "UTC", "weekly": {"mon": ["08:00-18:00"], "tue": ["08:00-18:00"],
-                         "wed": ["08:00-18:00"], "thu": ["08:00-18:00"], "fri": ["08:00-18:00"]}},
-            "pause_states": ["on_hold"],
-        })
-        .as_object()
-        .unwrap()
-        .clone(),
+        fields: fields.as_object().unwrap().clone(),
         links: vec![],
         version: 1,
         created_at: Timestamp::UNIX_EPOCH,
         created_by: "a".into(),
         updated_at: Timestamp::UNIX_EPOCH,
         updated_by: "a".into(),
-    })
-    .unwrap();
+    }
+}
+
+/// Mon–Fri 08:00–18:00 UTC; P1: respond in 30 min, resolve in 4 h (explicitly in business
+/// hours); P3: 2 h / 8 h; `extra` fields besides.
+fn policy_with(holidays: &[jiff::civil::Date], extra: serde_json::Value) -> Policy {
+    let mut fields = json!({
+        "targets": {"P1": {"response_minutes": 30, "resolution_minutes": 240, "around_the_clock": false},
+                    "P3": {"response_minutes": 120, "resolution_minutes": 480}},
+        "calendar": {"timezone": "UTC", "weekly": {"mon": ["08:00-18:00"], "tue": ["08:00-18:00"],
+                     "wed": ["08:00-18:00"], "thu": ["08:00-18:00"], "fri": ["08:00-18:00"]}},
+        "pause_states": ["on_hold"],
+    });
+    fields
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let mut policy = Policy::from_agreement(&agreement(fields)).unwrap();
     policy.calendar = policy.calendar.with_holidays(holidays.iter().copied());
     policy
+}
+
+/// The test policy with the default pause reasons.
+fn policy(holidays: &[jiff::civil::Date]) -> Policy {
+    policy_with(holidays, json!({}))
 }
 
 /// The states over time; an agent made the second entry's move (the first response).
@@ -70,7 +80,46 @@ fn timeline(entries: &[(&str, &str)]) -> Timeline {
     Timeline {
         responded_at: states.get(1).map(|(at, _)| *at),
         states,
+        holds: vec![],
     }
+}
+
+/// `line` with every hold given `reason` as it starts, cleared as it ends (as the engine does).
+fn held(mut line: Timeline, reason: &str) -> Timeline {
+    let mut on_hold = false;
+    for (at, state) in &line.states {
+        let now_on_hold = state.as_str() == "on_hold";
+        if now_on_hold != on_hold {
+            line.holds
+                .push((*at, now_on_hold.then(|| reason.to_owned())));
+        }
+        on_hold = now_on_hold;
+    }
+    line
+}
+
+/// `line` as the history held it at `moment`.
+fn as_of(line: &Timeline, moment: &str) -> Timeline {
+    let moment = at(moment);
+    Timeline {
+        states: line
+            .states
+            .iter()
+            .filter(|(t, _)| *t <= moment)
+            .cloned()
+            .collect(),
+        holds: line
+            .holds
+            .iter()
+            .filter(|(t, _)| *t <= moment)
+            .cloned()
+            .collect(),
+        responded_at: line.responded_at.filter(|t| *t <= moment),
+    }
+}
+
+fn elapsed(clock: Option<Clock>) -> f64 {
+    clock.unwrap().elapsed_minutes
 }
 
 #[test]
@@ -78,12 +127,15 @@ fn a_pause_across_midnight_and_a_holiday_stops_the_clock() {
     // 2026-12-21 is a Monday; Tuesday 22nd is a holiday.
     let policy = policy(&[date(2026, 12, 22)]);
     let record = incident("P3", "2026-12-21T16:00:00Z");
-    let line = timeline(&[
-        ("2026-12-21T16:00:00Z", "new"),
-        ("2026-12-21T16:30:00Z", "in_progress"),
-        ("2026-12-21T17:00:00Z", "on_hold"),
-        ("2026-12-23T09:00:00Z", "in_progress"),
-    ]);
+    let line = held(
+        timeline(&[
+            ("2026-12-21T16:00:00Z", "new"),
+            ("2026-12-21T16:30:00Z", "in_progress"),
+            ("2026-12-21T17:00:00Z", "on_hold"),
+            ("2026-12-23T09:00:00Z", "in_progress"),
+        ]),
+        "awaiting_customer",
+    );
     let status = status(&policy, &record, &line, at("2026-12-23T10:00:00Z"));
     let resolution = status.resolution.unwrap();
     // Mon 16:00–17:00 and Wed 09:00–10:00: the pause, the night, the holiday and Wed 08–09 don't count.
@@ -102,6 +154,7 @@ fn a_pause_across_midnight_and_a_holiday_stops_the_clock() {
     let paused_line = &Timeline {
         states: line.states[..3].to_vec(),
         responded_at: line.responded_at,
+        holds: line.holds[..1].to_vec(),
     };
     let early = super::status(&policy, &record, paused_line, at("2026-12-21T18:00:00Z"))
         .resolution
@@ -146,10 +199,14 @@ fn five_pauses_and_resumes_count_only_running_time() {
         ));
     }
     let states: Vec<(Timestamp, State)> = entries.iter().map(|(t, s)| (at(t), state(s))).collect();
-    let line = Timeline {
-        responded_at: Some(states[1].0),
-        states,
-    };
+    let line = held(
+        Timeline {
+            responded_at: Some(states[1].0),
+            states,
+            holds: vec![],
+        },
+        "awaiting_customer",
+    );
     let status = status(
         &policy,
         &incident("P1", "2026-12-21T09:00:00Z"),
@@ -475,6 +532,7 @@ fn the_response_is_an_agents_first_action_and_not_a_cancel() {
             (at("2026-12-21T08:20:00Z"), state("cancelled")),
         ],
         responded_at: None,
+        holds: vec![],
     };
     let response = status(
         &policy,
@@ -489,4 +547,134 @@ fn the_response_is_an_agents_first_action_and_not_a_cancel() {
         "{response:?}"
     );
     assert!((response.elapsed_minutes - 20.0).abs() < 1e-6);
+}
+
+/// Monday: new at 09:00, in progress at 09:10, on hold 10:00–12:00, in progress until 13:00.
+fn a_two_hour_hold() -> Timeline {
+    timeline(&[
+        ("2026-12-21T09:00:00Z", "new"),
+        ("2026-12-21T09:10:00Z", "in_progress"),
+        ("2026-12-21T10:00:00Z", "on_hold"),
+        ("2026-12-21T12:00:00Z", "in_progress"),
+    ])
+}
+
+#[test]
+fn only_a_hold_awaiting_the_customer_stops_the_clock_by_default() {
+    let policy = policy(&[]);
+    let record = incident("P3", "2026-12-21T09:00:00Z");
+    let now = at("2026-12-21T13:00:00Z");
+    // Awaiting the customer: 09:00–10:00 and 12:00–13:00 run, the hold does not.
+    let customer = status(
+        &policy,
+        &record,
+        &held(a_two_hour_hold(), "awaiting_customer"),
+        now,
+    );
+    assert!((elapsed(customer.resolution) - 120.0).abs() < 1e-6);
+    // Waiting for a vendor, or on hold with no reason: the customer's clock runs throughout.
+    for line in [
+        held(a_two_hour_hold(), "awaiting_vendor"),
+        a_two_hour_hold(),
+    ] {
+        let other = status(&policy, &record, &line, now);
+        assert!((elapsed(other.resolution) - 240.0).abs() < 1e-6, "{line:?}");
+    }
+    // While on hold for the vendor the clock is due; for the customer it stands still.
+    let during = "2026-12-21T11:00:00Z";
+    let vendor = as_of(&held(a_two_hour_hold(), "awaiting_vendor"), during);
+    let vendor = status(&policy, &record, &vendor, at(during))
+        .resolution
+        .unwrap();
+    assert!(!vendor.paused, "{vendor:?}");
+    assert_eq!(vendor.due_at, Some(at("2026-12-21T17:00:00Z")));
+    let customer = as_of(&held(a_two_hour_hold(), "awaiting_customer"), during);
+    let customer = status(&policy, &record, &customer, at(during));
+    let (response, resolution) = (customer.response.unwrap(), customer.resolution.unwrap());
+    assert!(
+        resolution.paused && resolution.due_at.is_none(),
+        "{resolution:?}"
+    );
+    assert!(response.stopped, "answered at 09:10");
+}
+
+#[test]
+fn a_reason_changed_mid_hold_moves_the_clock() {
+    let policy = policy(&[]);
+    let record = incident("P3", "2026-12-21T09:00:00Z");
+    // On hold for a vendor at 10:00; at 11:00 the desk asks the customer; back at 12:00.
+    let mut line = a_two_hour_hold();
+    line.holds = vec![
+        (at("2026-12-21T10:00:00Z"), Some("awaiting_vendor".into())),
+        (at("2026-12-21T11:00:00Z"), Some("awaiting_customer".into())),
+        (at("2026-12-21T12:00:00Z"), None),
+    ];
+    let now = at("2026-12-21T13:00:00Z");
+    // Running 09:00–11:00 and 12:00–13:00.
+    assert!((elapsed(status(&policy, &record, &line, now).resolution) - 180.0).abs() < 1e-6);
+    // Still on hold at 11:30, waiting for the customer: it stands at 2 h.
+    let moment = "2026-12-21T11:30:00Z";
+    let waiting = status(&policy, &record, &as_of(&line, moment), at(moment))
+        .resolution
+        .unwrap();
+    assert!(waiting.paused && (waiting.elapsed_minutes - 120.0).abs() < 1e-6);
+
+    // The other way round: the customer answers the hold's question at 11:00 but the record
+    // stays on hold for a vendor: paused 10:00–11:00 only, and due again from 11:00.
+    line.holds[0].1 = Some("awaiting_customer".into());
+    line.holds[1].1 = Some("awaiting_vendor".into());
+    assert!((elapsed(status(&policy, &record, &line, now).resolution) - 180.0).abs() < 1e-6);
+    let waiting = status(&policy, &record, &as_of(&line, moment), at(moment))
+        .resolution
+        .unwrap();
+    assert!(!waiting.paused && (waiting.elapsed_minutes - 90.0).abs() < 1e-6);
+    // 8 h target, 6.5 h left at 11:30: the end of Monday's hours.
+    assert_eq!(waiting.due_at, Some(at("2026-12-21T18:00:00Z")));
+}
+
+#[test]
+fn an_agreement_lists_the_hold_reasons_that_pause() {
+    let record = incident("P3", "2026-12-21T09:00:00Z");
+    let now = at("2026-12-21T13:00:00Z");
+    let vendor_hold = held(a_two_hour_hold(), "awaiting_vendor");
+    // Listed: a vendor's hold pauses too.
+    let both = policy_with(
+        &[],
+        json!({"pause_reasons": ["awaiting_customer", "awaiting_vendor"]}),
+    );
+    assert!((elapsed(status(&both, &record, &vendor_hold, now).resolution) - 120.0).abs() < 1e-6);
+    // "*": every hold, with a reason or none.
+    let any = policy_with(&[], json!({"pause_reasons": ["*"]}));
+    for line in [vendor_hold.clone(), a_two_hour_hold()] {
+        assert!((elapsed(status(&any, &record, &line, now).resolution) - 120.0).abs() < 1e-6);
+    }
+    // None: no hold pauses, the customer's neither.
+    let none = policy_with(&[], json!({"pause_reasons": []}));
+    let customer_hold = held(a_two_hour_hold(), "awaiting_customer");
+    assert!((elapsed(status(&none, &record, &customer_hold, now).resolution) - 240.0).abs() < 1e-6);
+    // A pause state of its own pauses whatever the hold reason says.
+    let own = policy_with(&[], json!({"pause_states": ["on_hold", "awaiting_parts"]}));
+    assert!(own.pauses(&state("awaiting_parts"), None));
+    assert!(!own.pauses(&state("on_hold"), None));
+    assert!(!own.pauses(&state("on_hold"), Some("awaiting_vendor")));
+    assert!(own.pauses(&state("on_hold"), Some("awaiting_customer")));
+
+    // An agreement without the field (older ones) pauses for the customer only.
+    assert_eq!(
+        policy(&[]).pause_reasons.iter().collect::<Vec<_>>(),
+        ["awaiting_customer"]
+    );
+    // What cannot be a hold reason is refused, naming the place.
+    for (reasons, pointer) in [
+        (json!([""]), "/fields/pause_reasons/0"),
+        (
+            json!(["awaiting_customer", "x".repeat(101)]),
+            "/fields/pause_reasons/1",
+        ),
+        (json!("awaiting_customer"), "/fields/pause_reasons"),
+    ] {
+        let refused =
+            Policy::from_agreement(&agreement(json!({"pause_reasons": reasons}))).unwrap_err();
+        assert_eq!(refused.field, pointer, "{refused:?}");
+    }
 }

@@ -1,0 +1,359 @@
+//! Attachment uploads (issue 11: "attachment upload of 20 MiB at disk speed with flat memory"):
+//! a real `usm serve` process takes N uploads of a 20 MiB file over HTTP (the raw body, as
+//! `curl --data-binary` sends it) onto one record. Reported: upload MiB/s (median and range),
+//! against the raw disk writing the same bytes in the same temp dir (write and fsync, as the
+//! server does), and the server's peak resident memory during the uploads over its resident
+//! memory before them (`VmHWM` after resetting it through `/proc/<pid>/clear_refs`, against
+//! `VmRSS`).
+//!
+//! It fails — exits non-zero — unless every upload is accepted with the size and SHA-256 of the
+//! bytes sent, every download of them hashes the same, and the server's peak grew by less than
+//! one file: an upload is streamed to disk, never held whole in memory.
+//!
+//! `cargo bench -p usm-tests --bench attachments` runs 5 uploads of 20 MiB;
+//! `USM_BENCH_UPLOADS` and `USM_BENCH_UPLOAD_MIB` change the shape; `USM_BENCH_SHORT=1` runs one
+//! upload of 2 MiB with every check (what CI runs).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark reports on stdout
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "usm_bench_admin_0123456789abcdef0123456789";
+const MIB: usize = 1024 * 1024;
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+struct ServerProcess {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
+fn start_server(data: &Path) -> ServerProcess {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
+    // The server reads every USM_* variable as configuration; it gets only the ones set here.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_")) {
+        command.env_remove(name);
+    }
+    let child = command
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("USM_ADMIN_TOKEN", TOKEN)
+        .env("USM_RATE_LIMIT_PER_SECOND", "0")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+/// A `/proc/<pid>/status` figure (`VmRSS`, `VmHWM`) in MiB.
+fn status_mib(pid: u32, name: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// `size` bytes that neither compress nor repeat, different for each `seed`: every upload is a
+/// new blob, not one the server already has.
+fn content(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    bytes
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Seconds to write `bytes` to a new file in `dir` and fsync it.
+fn disk_write(dir: &Path, bytes: &[u8]) -> f64 {
+    let path = dir.join("disk-speed");
+    let started = Instant::now();
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    took
+}
+
+/// Median and range.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
+}
+
+async fn upload(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    record: &str,
+    name: &str,
+    body: Vec<u8>,
+) -> (Duration, reqwest::StatusCode, Value) {
+    let started = Instant::now();
+    let reply = client
+        .post(format!(
+            "{}/api/v1/records/{record}/attachments",
+            server.base
+        ))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/octet-stream")
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"{name}\""),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status();
+    let body: Value = reply.json().await.unwrap_or_default();
+    (started.elapsed(), status, body)
+}
+
+/// Downloads an attachment, hashing it as it arrives; its SHA-256, size and seconds.
+async fn download(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    record: &str,
+    attachment: &str,
+) -> (String, usize, f64) {
+    let started = Instant::now();
+    let mut reply = client
+        .get(format!(
+            "{}/api/v1/records/{record}/attachments/{attachment}",
+            server.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), reqwest::StatusCode::OK, "download");
+    let (mut hasher, mut size) = (Sha256::new(), 0);
+    while let Some(chunk) = reply.chunk().await.unwrap() {
+        size += chunk.len();
+        hasher.update(&chunk);
+    }
+    (
+        format!("{:x}", hasher.finalize()),
+        size,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let short = std::env::var_os("USM_BENCH_SHORT").is_some_and(|v| v != "0");
+    let uploads = env_number("USM_BENCH_UPLOADS").unwrap_or(if short { 1 } else { 5 });
+    let mib = env_number("USM_BENCH_UPLOAD_MIB").unwrap_or(if short { 2 } else { 20 });
+    let size = mib * MIB;
+    let temp = tempfile::tempdir().unwrap();
+    let mut failures: Vec<String> = Vec::new();
+
+    // The disk first, in the directory the server's data will be in: the same bytes, written
+    // and fsynced, as many times as there are uploads.
+    let files: Vec<Vec<u8>> = (0..uploads).map(|i| content(size, i as u64 + 1)).collect();
+    let disk: Vec<f64> = files
+        .iter()
+        .map(|bytes| mib as f64 / disk_write(temp.path(), bytes))
+        .collect();
+    // What hashing costs, as the server hashes each upload (the same crate and profile).
+    let mut hashing = Vec::new();
+    let digests: Vec<String> = files
+        .iter()
+        .map(|bytes| {
+            let started = Instant::now();
+            let digest = sha256(bytes);
+            hashing.push(mib as f64 / started.elapsed().as_secs_f64());
+            digest
+        })
+        .collect();
+
+    let data = temp.path().join("data");
+    let server = start_server(&data);
+    let pid = server.child.id();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/api/v1/records", server.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"kind": "incident", "domain": "it", "title": "Logs attached"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let record = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // One small upload first, so that what the first one ever allocates (a blocking thread,
+    // the blob directories) is not counted against the big ones.
+    let (_, status, _) = upload(
+        &client,
+        &server,
+        &record,
+        "warm-up.bin",
+        content(64 * 1024, 0),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "warm-up upload");
+
+    let rss_before = status_mib(pid, "VmRSS");
+    // Writing 5 resets the peak (VmHWM) to the current resident size (Linux 4.0+).
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let hwm_before = status_mib(pid, "VmHWM");
+    let mut speeds = Vec::new();
+    let mut uploaded = Vec::new();
+    for (i, (bytes, expected)) in files.iter().zip(digests).enumerate() {
+        let (took, status, body) = upload(
+            &client,
+            &server,
+            &record,
+            &format!("upload-{i}.bin"),
+            bytes.clone(),
+        )
+        .await;
+        if status != reqwest::StatusCode::CREATED {
+            failures.push(format!("upload {i}: {status} {body}"));
+            continue;
+        }
+        if body["sha256"] != expected.as_str() || body["size"] != size {
+            failures.push(format!(
+                "upload {i} was stored as {body}, not {expected} ({size} B)"
+            ));
+        }
+        speeds.push(mib as f64 / took.as_secs_f64());
+        uploaded.push((body["id"].as_str().unwrap_or_default().to_owned(), expected));
+    }
+    let hwm_after = status_mib(pid, "VmHWM");
+    let rss_after = status_mib(pid, "VmRSS");
+
+    let mut download_speeds = Vec::new();
+    for (attachment, expected) in &uploaded {
+        let (digest, got, seconds) = download(&client, &server, &record, attachment).await;
+        if digest != *expected || got != size {
+            failures.push(format!(
+                "attachment {attachment} downloads as {digest} ({got} B), not {expected}"
+            ));
+        }
+        download_speeds.push(mib as f64 / seconds);
+    }
+
+    println!(
+        "\nattachments: {uploads} upload(s) of {mib} MiB over HTTP (raw body) to one record of a \
+         usm serve process, durable (fsynced) before the record references them"
+    );
+    let (disk_median, disk_low, disk_high) = spread(&disk);
+    println!(
+        "raw disk, write + fsync {mib} MiB in the same temp dir: {disk_median:.0} MiB/s \
+         [{disk_low:.0}–{disk_high:.0}]"
+    );
+    let (hash_median, hash_low, hash_high) = spread(&hashing);
+    println!(
+        "SHA-256 of {mib} MiB in one thread, as the server hashes an upload: {hash_median:.0} MiB/s \
+         [{hash_low:.0}–{hash_high:.0}]"
+    );
+    if !speeds.is_empty() {
+        let (median, low, high) = spread(&speeds);
+        println!(
+            "upload: {median:.0} MiB/s [{low:.0}–{high:.0}] = {:.2} of the raw disk's median",
+            median / disk_median
+        );
+    }
+    if !download_speeds.is_empty() {
+        let (median, low, high) = spread(&download_speeds);
+        println!(
+            "download (hashed by the client as it arrives): {median:.0} MiB/s [{low:.0}–{high:.0}]"
+        );
+    }
+    let growth = hwm_after - rss_before;
+    println!(
+        "server memory: RSS {rss_before:.1} MiB before the uploads, peak {hwm_after:.1} MiB during \
+         them (+{growth:.1} MiB; the peak was {}reset before: {hwm_before:.1} MiB), RSS {rss_after:.1} MiB after",
+        if reset { "" } else { "NOT " }
+    );
+    if !reset {
+        failures.push("the server's peak resident memory could not be reset".into());
+    } else if growth.is_nan() || growth >= mib as f64 {
+        failures.push(format!(
+            "the server's peak grew by {growth:.1} MiB during {mib} MiB uploads: not streamed"
+        ));
+    }
+    if uploaded.len() != uploads {
+        failures.push(format!("{} of {uploads} uploads stored", uploaded.len()));
+    }
+    // `exit` runs no destructors: stop the server and remove its data first.
+    drop(server);
+    drop(temp);
+    if failures.is_empty() {
+        println!("\nattachments passed");
+    } else {
+        for failure in &failures {
+            println!("FAILED: {failure}");
+        }
+        println!("\nattachments FAILED");
+        std::process::exit(1);
+    }
+}
