@@ -11,9 +11,11 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark reports on stdout
 
+mod common;
+
+use common::{ServerProcess, start_server};
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -56,61 +58,6 @@ fn incident(n: usize) -> Value {
             "reported_via": "service desk",
         }
     })
-}
-
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
-fn start_server(data: &Path) -> ServerProcess {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
-    // The server reads every USM_* variable as configuration; it gets only the ones set here.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_")) {
-        command.env_remove(name);
-    }
-    let child = command
-        .args([
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .env("USM_ADMIN_TOKEN", TOKEN)
-        .env("USM_RATE_LIMIT_PER_SECOND", "0")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = ServerProcess {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -279,7 +226,7 @@ async fn step_trouble(server: &ServerProcess) -> Vec<(String, u64)> {
 async fn soak(clients: usize, records: usize, seconds: Option<u64>, window: Duration) -> bool {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
-    let server = start_server(&data);
+    let server = start_server(&data, TOKEN);
     let what = match seconds {
         Some(s) => format!("{s} s"),
         None => format!("{records} creates"),

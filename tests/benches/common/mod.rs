@@ -1,0 +1,64 @@
+//! What the benchmarks that drive a `usm serve` child process share.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A `usm serve` child process; killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
+/// Starts `usm serve` on a free loopback port over `data`, with `token` as its admin token.
+pub fn start_server(data: &Path, token: &str) -> ServerProcess {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
+    // The server reads every USM_* variable as configuration; it gets only the ones set here.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_")) {
+        command.env_remove(name);
+    }
+    let child = command
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("USM_ADMIN_TOKEN", token)
+        .env("USM_RATE_LIMIT_PER_SECOND", "0")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
