@@ -325,6 +325,16 @@ async fn facilities_routes_faults_by_building() {
             .unwrap();
         assert_eq!(record["fields"]["assignment_group"], team, "{building}");
     }
+    // An agent's choice of group stands; the site team is still noted.
+    let chosen = server
+        .create(
+            json!({"kind": "incident", "domain": "facilities", "title": "Broken door",
+            "fields": {"building": "HQ", "assignment_group": "site-lab"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(chosen["fields"]["assignment_group"], "site-lab", "{chosen}");
+    assert_eq!(chosen["fields"]["site_team"], "site-hq", "{chosen}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
