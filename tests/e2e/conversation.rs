@@ -2,21 +2,8 @@
 //! which, comments as history, safe Markdown, and a requester's reply ending a hold.
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-use usm_tests::{Reply, TestServer};
-
-async fn as_(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    server
-        .call_as(Some(token), method, path, body.as_ref())
-        .await
-        .unwrap()
-}
+use serde_json::json;
+use usm_tests::TestServer;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
@@ -28,34 +15,32 @@ async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
         .token("hal", &["agent"], Some(&["hr"]))
         .await
         .unwrap();
-    let created = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "VPN drops"})),
-    )
-    .await;
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "VPN drops"})),
+        )
+        .await;
     let id = created.body["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/records/{id}/comments");
 
-    let asked = as_(
-        &server,
-        &rob,
-        Method::POST,
-        &path,
-        Some(json!({"body": "It drops **every** hour."})),
-    )
-    .await;
+    let asked = server
+        .act(
+            &rob,
+            Method::POST,
+            &path,
+            Some(json!({"body": "It drops **every** hour."})),
+        )
+        .await;
     assert_eq!(asked.status, StatusCode::CREATED, "{}", asked.body);
     assert_eq!(
         asked.body["html"],
         "<p>It drops <strong>every</strong> hour.</p>\n"
     );
     assert_eq!(asked.body["author"], "rob");
-    let note = as_(
-        &server,
-        &ann,
+    let note = server.act(&ann,
         Method::POST,
         &path,
         Some(
@@ -69,18 +54,18 @@ async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
         "{}",
         note.body
     );
-    let answer = as_(
-        &server,
-        &ann,
-        Method::POST,
-        &path,
-        Some(json!({"body": "Please try the new client."})),
-    )
-    .await;
+    let answer = server
+        .act(
+            &ann,
+            Method::POST,
+            &path,
+            Some(json!({"body": "Please try the new client."})),
+        )
+        .await;
     assert_eq!(answer.status, StatusCode::CREATED);
 
     // The requester reads the public thread and its history without the note.
-    let thread = as_(&server, &rob, Method::GET, &path, None).await;
+    let thread = server.act(&rob, Method::GET, &path, None).await;
     let bodies: Vec<&str> = thread.body["comments"]
         .as_array()
         .unwrap()
@@ -91,30 +76,30 @@ async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
         bodies,
         ["It drops **every** hour.", "Please try the new client."]
     );
-    let history = as_(
-        &server,
-        &rob,
-        Method::GET,
-        &format!("/api/v1/records/{id}/history"),
-        None,
-    )
-    .await;
+    let history = server
+        .act(
+            &rob,
+            Method::GET,
+            &format!("/api/v1/records/{id}/history"),
+            None,
+        )
+        .await;
     assert!(
         !history.body.to_string().contains("DHCP"),
         "{}",
         history.body
     );
     // Agents read all of it; the history entry names author, time and visibility.
-    let thread = as_(&server, &ann, Method::GET, &path, None).await;
+    let thread = server.act(&ann, Method::GET, &path, None).await;
     assert_eq!(thread.body["comments"].as_array().unwrap().len(), 3);
-    let history = as_(
-        &server,
-        &ann,
-        Method::GET,
-        &format!("/api/v1/records/{id}/history"),
-        None,
-    )
-    .await;
+    let history = server
+        .act(
+            &ann,
+            Method::GET,
+            &format!("/api/v1/records/{id}/history"),
+            None,
+        )
+        .await;
     let entry = history.body["entries"]
         .as_array()
         .unwrap()
@@ -149,10 +134,12 @@ async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
             StatusCode::BAD_REQUEST,
         ),
     ] {
-        let reply = as_(&server, token, Method::POST, &path, Some(body.clone())).await;
+        let reply = server
+            .act(token, Method::POST, &path, Some(body.clone()))
+            .await;
         assert_eq!(reply.status, status, "{body}: {}", reply.body);
     }
-    let thread = as_(&server, &ann, Method::GET, &path, None).await;
+    let thread = server.act(&ann, Method::GET, &path, None).await;
     assert_eq!(
         thread.body["comments"].as_array().unwrap().len(),
         3,
@@ -164,14 +151,14 @@ async fn requesters_read_and_write_the_public_conversation_agents_all_of_it() {
 async fn a_requesters_reply_ends_a_hold_awaiting_them() {
     let server = TestServer::start().unwrap();
     let rob = server.token("rob", &["requester"], None).await.unwrap();
-    let created = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "request", "title": "A new laptop"})),
-    )
-    .await;
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "request", "title": "A new laptop"})),
+        )
+        .await;
     let id = created.body["id"].as_str().unwrap().to_owned();
     server.transition(&id, "in_progress").await.unwrap();
     server.transition(&id, "on_hold").await.unwrap();
@@ -198,14 +185,14 @@ async fn a_requesters_reply_ends_a_hold_awaiting_them() {
             .body["state"],
         "on_hold"
     );
-    let reply = as_(
-        &server,
-        &rob,
-        Method::POST,
-        &format!("/api/v1/records/{id}/comments"),
-        Some(json!({"body": "The 14-inch one"})),
-    )
-    .await;
+    let reply = server
+        .act(
+            &rob,
+            Method::POST,
+            &format!("/api/v1/records/{id}/comments"),
+            Some(json!({"body": "The 14-inch one"})),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     let record = server
         .get(&format!("/api/v1/records/{id}"))
@@ -223,14 +210,14 @@ async fn a_requesters_reply_ends_a_hold_awaiting_them() {
         )
         .await
         .unwrap();
-    as_(
-        &server,
-        &rob,
-        Method::POST,
-        &format!("/api/v1/records/{id}/comments"),
-        Some(json!({"body": "Any news?"})),
-    )
-    .await;
+    server
+        .act(
+            &rob,
+            Method::POST,
+            &format!("/api/v1/records/{id}/comments"),
+            Some(json!({"body": "Any news?"})),
+        )
+        .await;
     assert_eq!(
         server
             .get(&format!("/api/v1/records/{id}"))

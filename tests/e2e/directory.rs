@@ -6,19 +6,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use usm_tests::{Reply, TestServer};
 
-async fn as_(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    server
-        .call_as(Some(token), method, path, body.as_ref())
-        .await
-        .unwrap()
-}
-
 fn assert_problem(reply: &Reply, status: StatusCode, code: &str, field: Option<&str>) {
     assert_eq!(
         (reply.status, &reply.body["code"]),
@@ -58,23 +45,23 @@ async fn admins_of_a_domain_manage_its_people_and_agents_read_them() {
     assert_eq!(ann["active"], true);
 
     // A domain admin adds people of its domain only.
-    let foreign = as_(
-        &server,
-        &hana,
-        Method::POST,
-        "/api/v1/people",
-        Some(json!({"id": "ivo", "name": "Ivo", "domains": ["it"]})),
-    )
-    .await;
+    let foreign = server
+        .act(
+            &hana,
+            Method::POST,
+            "/api/v1/people",
+            Some(json!({"id": "ivo", "name": "Ivo", "domains": ["it"]})),
+        )
+        .await;
     assert_problem(&foreign, StatusCode::FORBIDDEN, "forbidden", None);
-    let hal = as_(
-        &server,
-        &hana,
-        Method::POST,
-        "/api/v1/people",
-        Some(json!({"id": "hal", "name": "Hal", "domains": ["hr"], "manager": "ann"})),
-    )
-    .await;
+    let hal = server
+        .act(
+            &hana,
+            Method::POST,
+            "/api/v1/people",
+            Some(json!({"id": "hal", "name": "Hal", "domains": ["hr"], "manager": "ann"})),
+        )
+        .await;
     assert_eq!(hal.status, StatusCode::CREATED, "{}", hal.body);
 
     // Bad input: nothing is written.
@@ -126,7 +113,7 @@ async fn admins_of_a_domain_manage_its_people_and_agents_read_them() {
     );
 
     // Agents read the people of their domains; requesters do not read the directory.
-    let listed = as_(&server, &ivy, Method::GET, "/api/v1/people", None).await;
+    let listed = server.act(&ivy, Method::GET, "/api/v1/people", None).await;
     let ids: Vec<&str> = listed.body["people"]
         .as_array()
         .unwrap()
@@ -134,18 +121,20 @@ async fn admins_of_a_domain_manage_its_people_and_agents_read_them() {
         .map(|p| p["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["ann"], "{}", listed.body);
-    let hidden = as_(&server, &ivy, Method::GET, "/api/v1/people/hal", None).await;
+    let hidden = server
+        .act(&ivy, Method::GET, "/api/v1/people/hal", None)
+        .await;
     assert_problem(&hidden, StatusCode::NOT_FOUND, "person_not_found", None);
-    let by_requester = as_(&server, &rob, Method::GET, "/api/v1/people", None).await;
+    let by_requester = server.act(&rob, Method::GET, "/api/v1/people", None).await;
     assert_problem(&by_requester, StatusCode::FORBIDDEN, "forbidden", None);
-    let changed_by_agent = as_(
-        &server,
-        &ivy,
-        Method::PATCH,
-        "/api/v1/people/ann",
-        Some(json!({"vip": true})),
-    )
-    .await;
+    let changed_by_agent = server
+        .act(
+            &ivy,
+            Method::PATCH,
+            "/api/v1/people/ann",
+            Some(json!({"vip": true})),
+        )
+        .await;
     assert_problem(&changed_by_agent, StatusCode::FORBIDDEN, "forbidden", None);
 
     // Changes and deactivation are audited.
@@ -207,14 +196,14 @@ async fn groups_hold_active_people_of_their_domain() {
             Some(field),
         );
     }
-    let by_hr_admin = as_(
-        &server,
-        &hana,
-        Method::POST,
-        "/api/v1/groups",
-        Some(group(json!(["ann"]))),
-    )
-    .await;
+    let by_hr_admin = server
+        .act(
+            &hana,
+            Method::POST,
+            "/api/v1/groups",
+            Some(group(json!(["ann"]))),
+        )
+        .await;
     assert_problem(&by_hr_admin, StatusCode::FORBIDDEN, "forbidden", None);
     let made = server
         .post("/api/v1/groups", &group(json!(["ann"])))
@@ -223,7 +212,7 @@ async fn groups_hold_active_people_of_their_domain() {
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
     let in_it = server.get("/api/v1/groups?domain=it").await.unwrap().body;
     assert_eq!(in_it["groups"][0]["members"], json!(["ann"]), "{in_it}");
-    let in_hr = as_(&server, &hana, Method::GET, "/api/v1/groups", None).await;
+    let in_hr = server.act(&hana, Method::GET, "/api/v1/groups", None).await;
     assert_eq!(
         in_hr.body["groups"],
         json!([]),
@@ -276,14 +265,14 @@ async fn a_persons_tokens_act_as_the_person_until_they_are_deactivated() {
         .unwrap();
     for token in [&laptop, &phone] {
         let secret = token.body["token"].as_str().unwrap();
-        let created = as_(
-            &server,
-            secret,
-            Method::POST,
-            "/api/v1/records",
-            Some(json!({"kind": "task", "title": "t"})),
-        )
-        .await;
+        let created = server
+            .act(
+                secret,
+                Method::POST,
+                "/api/v1/records",
+                Some(json!({"kind": "task", "title": "t"})),
+            )
+            .await;
         assert_eq!(created.body["created_by"], "ann", "{}", created.body);
     }
     for (body, status, code, field) in [
@@ -315,7 +304,9 @@ async fn a_persons_tokens_act_as_the_person_until_they_are_deactivated() {
         .await
         .unwrap();
     let secret = laptop.body["token"].as_str().unwrap();
-    let refused = as_(&server, secret, Method::GET, "/api/v1/records", None).await;
+    let refused = server
+        .act(secret, Method::GET, "/api/v1/records", None)
+        .await;
     assert_problem(&refused, StatusCode::UNAUTHORIZED, "unauthorized", None);
     // History keeps naming her.
     let task = server.get("/api/v1/records/TSK-1").await.unwrap().body;

@@ -14,7 +14,7 @@ use std::{
 use mailin_embedded::{Handler, Response, Server, SslConfig, response};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use usm_tests::{Reply, TestServer};
+use usm_tests::TestServer;
 
 /// One mail as the SMTP server received it.
 #[derive(Debug, Clone)]
@@ -96,19 +96,6 @@ impl Sink {
     }
 }
 
-async fn as_(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    server
-        .call_as(Some(token), method, path, body.as_ref())
-        .await
-        .unwrap()
-}
-
 async fn person_with_token(server: &TestServer, id: &str, role: &str) -> String {
     let made = server
         .post(
@@ -173,14 +160,14 @@ async fn requesters_and_assignees_are_mailed_in_one_thread_per_record() {
         .unwrap();
     assert_eq!(group.status, StatusCode::CREATED);
 
-    let created = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "Printer on fire"})),
-    )
-    .await;
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "Printer on fire"})),
+        )
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_owned();
     let comments = format!("/api/v1/records/{id}/comments");
@@ -189,14 +176,14 @@ async fn requesters_and_assignees_are_mailed_in_one_thread_per_record() {
         (&ann, "Vendor ticket 4711", "internal"),
         (&rob, "Thanks!", "public"),
     ] {
-        let reply = as_(
-            &server,
-            token,
-            Method::POST,
-            &comments,
-            Some(json!({"body": body, "visibility": visibility})),
-        )
-        .await;
+        let reply = server
+            .act(
+                token,
+                Method::POST,
+                &comments,
+                Some(json!({"body": body, "visibility": visibility})),
+            )
+            .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     }
     let assigned = server
@@ -260,14 +247,14 @@ async fn a_refused_delivery_is_retried_until_the_server_takes_it() {
     sink.refuse.store(1, Ordering::SeqCst);
     let server = server_mailing_to(&sink);
     let rob = person_with_token(&server, "rob", "requester").await;
-    let created = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "VPN drops"})),
-    )
-    .await;
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "VPN drops"})),
+        )
+        .await;
     assert_eq!(created.status, StatusCode::CREATED);
     let log = deliveries(&server, 1).await;
     assert_eq!(log[0]["status"], "delivered", "{log:?}");
@@ -284,25 +271,25 @@ async fn a_refused_delivery_is_retried_until_the_server_takes_it() {
 async fn the_delivery_log_is_for_admins() {
     let server = TestServer::start().unwrap();
     let agent = server.token("ann", &["agent"], None).await.unwrap();
-    let reply = as_(
-        &server,
-        &agent,
-        Method::GET,
-        "/api/v1/notifications/deliveries",
-        None,
-    )
-    .await;
+    let reply = server
+        .act(
+            &agent,
+            Method::GET,
+            "/api/v1/notifications/deliveries",
+            None,
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     // Without smtp_url nothing is mailed, and the outbox is not held back for it.
     let rob = person_with_token(&server, "rob", "requester").await;
-    let created = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "VPN drops"})),
-    )
-    .await;
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "VPN drops"})),
+        )
+        .await;
     assert_eq!(created.status, StatusCode::CREATED);
     server.settle().await.unwrap();
     let empty = server

@@ -6,19 +6,6 @@ use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use usm_tests::{Reply, TestServer};
 
-async fn as_(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    server
-        .call_as(Some(token), method, path, body.as_ref())
-        .await
-        .unwrap()
-}
-
 fn ids(reply: &Reply) -> Vec<String> {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     reply.body["records"]
@@ -143,14 +130,14 @@ async fn queues_filter_and_sort_from_the_index_within_the_callers_rights() {
         json!({"priority": "P2", "assignment_group": "desk"}),
     )
     .await;
-    let robs = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "My laptop"})),
-    )
-    .await;
+    let robs = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "My laptop"})),
+        )
+        .await;
     assert_eq!(robs.status, StatusCode::CREATED, "{}", robs.body);
     let robs = robs.body["id"].as_str().unwrap().to_owned();
     let hr = server
@@ -176,14 +163,9 @@ async fn queues_filter_and_sort_from_the_index_within_the_callers_rights() {
         [robs.as_str(), low.as_str(), middle.as_str(), high.as_str()],
         "no priority sorts after P3 ascending, so first descending"
     );
-    let mine = as_(
-        &server,
-        &ann,
-        Method::GET,
-        "/api/v1/records?assignee=me",
-        None,
-    )
-    .await;
+    let mine = server
+        .act(&ann, Method::GET, "/api/v1/records?assignee=me", None)
+        .await;
     assert_eq!(ids(&mine), [low.as_str()]);
     let p2 = server.get("/api/v1/records?priority=P2").await.unwrap();
     assert_eq!(ids(&p2), [middle.as_str()]);
@@ -232,41 +214,26 @@ async fn queues_filter_and_sort_from_the_index_within_the_callers_rights() {
     );
 
     // Rights: a requester's queue holds their own records, an hr agent's only hr's.
-    let robs_view = as_(
-        &server,
-        &rob,
-        Method::GET,
-        "/api/v1/records?sort=created_at",
-        None,
-    )
-    .await;
+    let robs_view = server
+        .act(&rob, Method::GET, "/api/v1/records?sort=created_at", None)
+        .await;
     assert_eq!(ids(&robs_view), [robs.as_str()]);
-    let requested = as_(
-        &server,
-        &rob,
-        Method::GET,
-        "/api/v1/records?requester=me",
-        None,
-    )
-    .await;
+    let requested = server
+        .act(&rob, Method::GET, "/api/v1/records?requester=me", None)
+        .await;
     assert_eq!(ids(&requested), [robs.as_str()]);
-    let hals_view = as_(
-        &server,
-        &hal,
-        Method::GET,
-        "/api/v1/records?sort=created_at",
-        None,
-    )
-    .await;
+    let hals_view = server
+        .act(&hal, Method::GET, "/api/v1/records?sort=created_at", None)
+        .await;
     assert_eq!(ids(&hals_view), [hr.as_str()]);
-    let foreign = as_(
-        &server,
-        &hal,
-        Method::GET,
-        "/api/v1/records?domain=it&sort=created_at",
-        None,
-    )
-    .await;
+    let foreign = server
+        .act(
+            &hal,
+            Method::GET,
+            "/api/v1/records?domain=it&sort=created_at",
+            None,
+        )
+        .await;
     assert_problem(&foreign, StatusCode::FORBIDDEN, "forbidden", None);
 
     // A record that left a queue is not shown there, even before the index has caught up:
@@ -279,14 +246,9 @@ async fn queues_filter_and_sort_from_the_index_within_the_callers_rights() {
         .await
         .unwrap();
     assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
-    let mine = as_(
-        &server,
-        &ann,
-        Method::GET,
-        "/api/v1/records?assignee=me",
-        None,
-    )
-    .await;
+    let mine = server
+        .act(&ann, Method::GET, "/api/v1/records?assignee=me", None)
+        .await;
     assert!(ids(&mine).is_empty(), "{}", mine.body);
     server.settle().await.unwrap();
     let since = moved.body["updated_at"].as_str().unwrap();
@@ -440,35 +402,35 @@ async fn saved_queues_are_their_groups_with_counts() {
     incident(&server, "Printer", json!({"assignment_group": "desk"})).await;
     server.settle().await.unwrap();
 
-    let made = as_(
-        &server,
-        &ann,
-        Method::POST,
-        "/api/v1/queues",
-        Some(
-            json!({"name": "Network open", "domain": "it", "owner": {"group": "network"},
+    let made = server
+        .act(
+            &ann,
+            Method::POST,
+            "/api/v1/queues",
+            Some(
+                json!({"name": "Network open", "domain": "it", "owner": {"group": "network"},
             "filter": {"assignment_group": "network"}, "sort": "priority"}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
     assert_eq!(made.body["count"], 2, "{}", made.body);
     assert_eq!(made.body["filter"]["domain"], "it");
     let id = made.body["id"].as_str().unwrap().to_owned();
-    let mine = as_(
-        &server,
-        &ann,
-        Method::POST,
-        "/api/v1/queues",
-        Some(json!({"name": "Mine", "domain": "it", "filter": {"assignee": "me"}})),
-    )
-    .await;
+    let mine = server
+        .act(
+            &ann,
+            Method::POST,
+            "/api/v1/queues",
+            Some(json!({"name": "Mine", "domain": "it", "filter": {"assignee": "me"}})),
+        )
+        .await;
     assert_eq!(mine.status, StatusCode::CREATED, "{}", mine.body);
     assert_eq!(mine.body["owner"], json!({"person": "ann"}));
     assert_eq!(mine.body["count"], 1);
 
     // A member of the group sees the group's queue, not ann's own; others see neither.
-    let listed = as_(&server, &bo, Method::GET, "/api/v1/queues", None).await;
+    let listed = server.act(&bo, Method::GET, "/api/v1/queues", None).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     let names: Vec<&str> = listed.body["queues"]
         .as_array()
@@ -478,32 +440,27 @@ async fn saved_queues_are_their_groups_with_counts() {
         .collect();
     assert_eq!(names, ["Network open"]);
     assert_eq!(listed.body["queues"][0]["count"], 2);
-    let anns = as_(&server, &ann, Method::GET, "/api/v1/queues", None).await;
+    let anns = server.act(&ann, Method::GET, "/api/v1/queues", None).await;
     assert_eq!(anns.body["queues"].as_array().unwrap().len(), 2);
     for token in [&carl, &hal] {
-        let none = as_(&server, token, Method::GET, "/api/v1/queues", None).await;
+        let none = server.act(token, Method::GET, "/api/v1/queues", None).await;
         assert_eq!(none.body["queues"], json!([]), "{}", none.body);
-        let hidden = as_(
-            &server,
-            token,
+        let hidden = server
+            .act(token, Method::GET, &format!("/api/v1/queues/{id}"), None)
+            .await;
+        assert_problem(&hidden, StatusCode::NOT_FOUND, "queue_not_found", None);
+    }
+    let requester = server.act(&rob, Method::GET, "/api/v1/queues", None).await;
+    assert_problem(&requester, StatusCode::FORBIDDEN, "forbidden", None);
+
+    let page = server
+        .act(
+            &bo,
             Method::GET,
-            &format!("/api/v1/queues/{id}"),
+            &format!("/api/v1/queues/{id}/records?limit=1"),
             None,
         )
         .await;
-        assert_problem(&hidden, StatusCode::NOT_FOUND, "queue_not_found", None);
-    }
-    let requester = as_(&server, &rob, Method::GET, "/api/v1/queues", None).await;
-    assert_problem(&requester, StatusCode::FORBIDDEN, "forbidden", None);
-
-    let page = as_(
-        &server,
-        &bo,
-        Method::GET,
-        &format!("/api/v1/queues/{id}/records?limit=1"),
-        None,
-    )
-    .await;
     assert_eq!(ids(&page), [high.as_str()]);
     assert!(page.body["next_cursor"].is_string());
 
@@ -573,29 +530,21 @@ async fn saved_queues_are_their_groups_with_counts() {
             None,
         ),
     ] {
-        let reply = as_(&server, token, Method::POST, "/api/v1/queues", Some(body)).await;
+        let reply = server
+            .act(token, Method::POST, "/api/v1/queues", Some(body))
+            .await;
         assert_problem(&reply, status, code, field);
     }
-    let anns = as_(&server, &ann, Method::GET, "/api/v1/queues", None).await;
+    let anns = server.act(&ann, Method::GET, "/api/v1/queues", None).await;
     assert_eq!(anns.body["queues"].as_array().unwrap().len(), 2);
 
-    let gone = as_(
-        &server,
-        &bo,
-        Method::DELETE,
-        &format!("/api/v1/queues/{id}"),
-        None,
-    )
-    .await;
+    let gone = server
+        .act(&bo, Method::DELETE, &format!("/api/v1/queues/{id}"), None)
+        .await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
-    let again = as_(
-        &server,
-        &ann,
-        Method::GET,
-        &format!("/api/v1/queues/{id}"),
-        None,
-    )
-    .await;
+    let again = server
+        .act(&ann, Method::GET, &format!("/api/v1/queues/{id}"), None)
+        .await;
     assert_problem(&again, StatusCode::NOT_FOUND, "queue_not_found", None);
 }
 
@@ -616,14 +565,14 @@ async fn attach(server: &TestServer, id: &str, filename: &str) {
 }
 
 async fn comment(server: &TestServer, token: &str, id: &str, body: &str, visibility: &str) {
-    let reply = as_(
-        server,
-        token,
-        Method::POST,
-        &format!("/api/v1/records/{id}/comments"),
-        Some(json!({"body": body, "visibility": visibility})),
-    )
-    .await;
+    let reply = server
+        .act(
+            token,
+            Method::POST,
+            &format!("/api/v1/records/{id}/comments"),
+            Some(json!({"body": body, "visibility": visibility})),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
 }
 
@@ -643,26 +592,26 @@ async fn search_finds_words_of_titles_fields_comments_and_file_names_within_righ
         ..
     } = desk().await;
     let eve = server.token("eve", &["requester"], None).await.unwrap();
-    let robs = as_(
-        &server,
-        &rob,
-        Method::POST,
-        "/api/v1/records",
-        Some(
-            json!({"kind": "incident", "title": "Printer jams on floor 3",
+    let robs = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(
+                json!({"kind": "incident", "title": "Printer jams on floor 3",
             "fields": {"description": "The tray clicks loudly"}}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     let robs = robs.body["id"].as_str().unwrap().to_owned();
-    let eves = as_(
-        &server,
-        &eve,
-        Method::POST,
-        "/api/v1/records",
-        Some(json!({"kind": "incident", "title": "Second printer is slow"})),
-    )
-    .await;
+    let eves = server
+        .act(
+            &eve,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "Second printer is slow"})),
+        )
+        .await;
     let eves = eves.body["id"].as_str().unwrap().to_owned();
     comment(&server, &rob, &robs, "Toner smudges every page", "public").await;
     comment(&server, &ann, &robs, "Vendor contract expired", "internal").await;
@@ -671,7 +620,7 @@ async fn search_finds_words_of_titles_fields_comments_and_file_names_within_righ
 
     let find = |token: &str, q: &str| {
         let (server, token, path) = (&server, token.to_owned(), search_path(q));
-        async move { as_(server, &token, Method::GET, &path, None).await }
+        async move { server.act(&token, Method::GET, &path, None).await }
     };
     let both = find(&ann, "printers").await;
     let mut found = ids(&both);
@@ -724,36 +673,36 @@ async fn search_finds_words_of_titles_fields_comments_and_file_names_within_righ
     assert!(ids(&find(&hal, "printer").await).is_empty());
 
     // Ranked pages.
-    let first = as_(
-        &server,
-        &ann,
-        Method::GET,
-        &format!("{}&limit=1", search_path("printer")),
-        None,
-    )
-    .await;
+    let first = server
+        .act(
+            &ann,
+            Method::GET,
+            &format!("{}&limit=1", search_path("printer")),
+            None,
+        )
+        .await;
     assert_eq!(ids(&first).len(), 1);
     let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
-    let second = as_(
-        &server,
-        &ann,
-        Method::GET,
-        &format!("{}&limit=1&cursor={cursor}", search_path("printer")),
-        None,
-    )
-    .await;
+    let second = server
+        .act(
+            &ann,
+            Method::GET,
+            &format!("{}&limit=1&cursor={cursor}", search_path("printer")),
+            None,
+        )
+        .await;
     let mut both = [ids(&first), ids(&second)].concat();
     both.sort();
     assert_eq!(both, [robs.as_str(), eves.as_str()]);
     assert!(second.body.get("next_cursor").is_none(), "{}", second.body);
-    let reused = as_(
-        &server,
-        &ann,
-        Method::GET,
-        &format!("{}&cursor={cursor}", search_path("toner")),
-        None,
-    )
-    .await;
+    let reused = server
+        .act(
+            &ann,
+            Method::GET,
+            &format!("{}&cursor={cursor}", search_path("toner")),
+            None,
+        )
+        .await;
     assert_problem(
         &reused,
         StatusCode::BAD_REQUEST,
@@ -773,7 +722,7 @@ async fn search_finds_words_of_titles_fields_comments_and_file_names_within_righ
         "unknown_kind",
         None,
     );
-    let missing = as_(&server, &ann, Method::GET, "/api/v1/search", None).await;
+    let missing = server.act(&ann, Method::GET, "/api/v1/search", None).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.body);
 }
 

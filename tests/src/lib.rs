@@ -291,6 +291,13 @@ impl TestServer {
             .context("no secret in the answer")
     }
 
+    /// Sends a request as the holder of `token`, failing the test on a transport error.
+    pub async fn act(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call_as(Some(token), method, path, body.as_ref())
+            .await
+            .expect("the request reaches the server")
+    }
+
     /// Sends a request with an optional JSON body and extra headers.
     pub async fn call(
         &self,
