@@ -958,6 +958,9 @@ mod pipelines {
                 0,
                 slow,
             )]));
+            // Another test thread may have registered the breaker's callsite while this
+            // subscriber was not yet installed, caching "never"; re-evaluate it now.
+            tracing::callsite::rebuild_interest_cache();
             for _ in 0..12 {
                 let _ = engine.create(&agent(), new("incident", "x", json!({})), None);
             }

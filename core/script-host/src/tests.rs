@@ -281,6 +281,9 @@ fn print_output_is_one_capped_log_field() {
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, || {
+        // A parallel test may have cached "never" for the print callsite before this
+        // subscriber existed; re-evaluate it.
+        tracing::callsite::rebuild_interest_cache();
         run(&scripts, "noisy.rhai", Value::Null, json!({"fields": {}})).unwrap();
     });
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
