@@ -13,7 +13,7 @@ use actix_web::{
 };
 use futures_core::Stream;
 use serde::Serialize;
-use usm_blobs::{BlobError, BlobWriter};
+use usm_blobs::{Blob, BlobError, BlobWriter};
 use usm_engine::attachments::{Attachment, NewAttachment, attachments_of, valid_filename};
 use usm_model::ErrorCode;
 
@@ -162,10 +162,86 @@ impl Room {
     }
 }
 
-/// Streams `body` into `writer`, a chunk at a time.
+/// Chunks received but not yet written: enough to keep the disk busy while the next arrive,
+/// few enough that an upload's memory stays a small fraction of a file.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+enum Feed {
+    Chunk(Bytes),
+    Finish,
+}
+
+/// A blob hashed and written on a blocking thread while the HTTP worker receives the next
+/// chunks, so receiving, hashing and the disk overlap and no HTTP worker waits on the disk.
+/// Dropped before [`BlobFeed::finish`] (a refused or broken upload), it keeps nothing.
+struct BlobFeed {
+    chunks: tokio::sync::mpsc::Sender<Feed>,
+    writing: tokio::task::JoinHandle<Result<Option<Blob>, BlobError>>,
+    received: u64,
+    limit: u64,
+}
+
+impl BlobFeed {
+    fn start(mut writer: BlobWriter, limit: u64) -> Self {
+        let (chunks, mut queue) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+        let writing = tokio::task::spawn_blocking(move || {
+            while let Some(feed) = queue.blocking_recv() {
+                match feed {
+                    Feed::Chunk(chunk) => writer.write(&chunk)?,
+                    Feed::Finish => return writer.finish().map(Some),
+                }
+            }
+            // The upload was abandoned: dropping the writer removes what it wrote.
+            Ok(None)
+        });
+        Self {
+            chunks,
+            writing,
+            received: 0,
+            limit,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.received = self.received.saturating_add(chunk.len() as u64);
+        if self.received > self.limit {
+            return Err(BlobError::TooLarge { limit: self.limit });
+        }
+        if self.chunks.send(Feed::Chunk(chunk)).await.is_err() {
+            // The writer stopped on an error of its own; it is in its result.
+            return Err(self.stopped().await);
+        }
+        Ok(())
+    }
+
+    async fn stopped(&mut self) -> BlobError {
+        match (&mut self.writing).await {
+            Ok(Err(error)) => error,
+            Ok(Ok(_)) => BlobError::Io(std::io::Error::other("the blob writer stopped early")),
+            Err(joined) => BlobError::Io(std::io::Error::other(joined)),
+        }
+    }
+
+    /// Makes the blob durable under its digest.
+    async fn finish(mut self) -> Result<Blob, BlobError> {
+        if self.chunks.send(Feed::Finish).await.is_err() {
+            return Err(self.stopped().await);
+        }
+        match (&mut self.writing).await {
+            Ok(Ok(Some(blob))) => Ok(blob),
+            Ok(Ok(None)) => Err(BlobError::Io(std::io::Error::other(
+                "the blob writer ended without finishing",
+            ))),
+            Ok(Err(error)) => Err(error),
+            Err(joined) => Err(BlobError::Io(std::io::Error::other(joined))),
+        }
+    }
+}
+
+/// Streams `body` into `feed`, a chunk at a time.
 async fn stream_into<S, E>(
     body: &mut S,
-    writer: &mut BlobWriter,
+    feed: &mut BlobFeed,
     room: &Room,
     broken: impl Fn(E) -> ApiError,
 ) -> Result<(), ApiError>
@@ -173,8 +249,8 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
     while let Some(chunk) = next(body).await {
-        writer
-            .write(&chunk.map_err(&broken)?)
+        feed.write(chunk.map_err(&broken)?)
+            .await
             .map_err(|error| room.blob_error(error))?;
     }
     Ok(())
@@ -245,11 +321,11 @@ impl<S: Stream<Item = Result<Bytes, PayloadError>> + Unpin> Stream for Capped<S>
 }
 
 /// The file of a `multipart/form-data` body: exactly one part, with a file name, streamed
-/// into `writer`; the name and media type come from the part's own headers.
+/// into `feed`; the name and media type come from the part's own headers.
 async fn multipart_file(
     request: &HttpRequest,
     body: web::Payload,
-    writer: &mut BlobWriter,
+    feed: &mut BlobFeed,
     room: &Room,
 ) -> Result<(String, String), ApiError> {
     let limit = room.per_file.saturating_add(MULTIPART_OVERHEAD);
@@ -280,7 +356,7 @@ async fn multipart_file(
             )
         })??;
     let content_type = media_type(part.headers())?.essence_str().to_owned();
-    stream_into(&mut part, writer, room, broken).await?;
+    stream_into(&mut part, feed, room, broken).await?;
     drop(part);
     match next(&mut multipart).await {
         None => Ok((filename, content_type)),
@@ -349,15 +425,18 @@ pub async fn upload(
     {
         return Err(room.refuse(length.saturating_sub(overhead)));
     }
-    let mut writer = services.blobs.writer(room.limit())?;
+    let mut feed = BlobFeed::start(services.blobs.writer(room.limit())?, room.limit());
     let (filename, content_type) = if multipart {
-        multipart_file(&request, body, &mut writer, &room).await?
+        multipart_file(&request, body, &mut feed, &room).await?
     } else {
         let named = (filename(&request)?, media.essence_str().to_owned());
-        stream_into(&mut body, &mut writer, &room, |error| broken_off(&error)).await?;
+        stream_into(&mut body, &mut feed, &room, |error| broken_off(&error)).await?;
         named
     };
-    let blob = web::block(move || writer.finish()).await??;
+    let blob = feed
+        .finish()
+        .await
+        .map_err(|error| room.blob_error(error))?;
     let engine_ref = services.engine.clone();
     let record_id = record.id.to_string();
     let attachment = engine(move || {
