@@ -4,7 +4,9 @@
 //! against the raw disk writing the same bytes in the same temp dir (write and fsync, as the
 //! server does), and the server's peak resident memory during the uploads over its resident
 //! memory before them (`VmHWM` after resetting it through `/proc/<pid>/clear_refs`, against
-//! `VmRSS`).
+//! `VmRSS`). Beside them, what HTTP itself carries on this machine: the same client posting the
+//! same bytes to a handler that only counts them (an actix-web server in the benchmark's own
+//! process), so an upload can be read against the loopback link as well as the disk.
 //!
 //! It fails — exits non-zero — unless every upload is accepted with the size and SHA-256 of the
 //! bytes sent, every download of them hashes the same, and the server's peak grew by less than
@@ -90,6 +92,49 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
         sorted[sorted.len() / 2],
         sorted[0],
         sorted[sorted.len() - 1],
+    )
+}
+
+/// Starts an HTTP server on loopback whose one handler reads a body and answers its size, and
+/// returns its base URL: how fast this client's bytes cross HTTP when nothing stores them.
+fn http_sink() -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use futures::StreamExt as _;
+
+    async fn count(mut body: web::Payload) -> HttpResponse {
+        let mut size = 0usize;
+        while let Some(chunk) = body.next().await {
+            size += chunk.map_or(0, |chunk| chunk.len());
+        }
+        HttpResponse::Ok().json(json!({ "size": size }))
+    }
+
+    let (bound, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(|| {
+                App::new()
+                    .app_data(web::PayloadConfig::new(usize::MAX))
+                    .default_service(web::to(count))
+            })
+            .workers(1)
+            .bind(("127.0.0.1", 0))
+            .unwrap();
+            bound.send(server.addrs()[0]).unwrap();
+            server.run().await.unwrap();
+        });
+    });
+    format!("http://{}", address.recv().unwrap())
+}
+
+/// Seconds to post `body` to the sink, and the size it counted.
+async fn sink_post(client: &reqwest::Client, sink: &str, body: Vec<u8>) -> (f64, u64) {
+    let started = Instant::now();
+    let reply = client.post(sink).body(body).send().await.unwrap();
+    let counted: Value = reply.json().await.unwrap_or_default();
+    (
+        started.elapsed().as_secs_f64(),
+        counted["size"].as_u64().unwrap_or_default(),
     )
 }
 
@@ -182,10 +227,20 @@ async fn main() {
         })
         .collect();
 
+    let client = reqwest::Client::new();
+    let sink = http_sink();
+    let mut carried = Vec::new();
+    for bytes in &files {
+        let (seconds, counted) = sink_post(&client, &sink, bytes.clone()).await;
+        if counted != size as u64 {
+            failures.push(format!("the HTTP sink counted {counted} of {size} bytes"));
+        }
+        carried.push(mib as f64 / seconds);
+    }
+
     let data = temp.path().join("data");
     let server = start_server(&data, TOKEN);
     let pid = server.child.id();
-    let client = reqwest::Client::new();
     let created = client
         .post(format!("{}/api/v1/records", server.base))
         .bearer_auth(TOKEN)
@@ -265,11 +320,18 @@ async fn main() {
         "SHA-256 of {mib} MiB in one thread, as the server hashes an upload: {hash_median:.0} MiB/s \
          [{hash_low:.0}–{hash_high:.0}]"
     );
+    let (sink_median, sink_low, sink_high) = spread(&carried);
+    println!(
+        "HTTP alone, the same client posting {mib} MiB to a handler that only counts the bytes: \
+         {sink_median:.0} MiB/s [{sink_low:.0}–{sink_high:.0}]"
+    );
     if !speeds.is_empty() {
         let (median, low, high) = spread(&speeds);
         println!(
-            "upload: {median:.0} MiB/s [{low:.0}–{high:.0}] = {:.2} of the raw disk's median",
-            median / disk_median
+            "upload: {median:.0} MiB/s [{low:.0}–{high:.0}] = {:.2} of the raw disk's median, \
+             {:.2} of HTTP alone",
+            median / disk_median,
+            median / sink_median
         );
     }
     if !download_speeds.is_empty() {

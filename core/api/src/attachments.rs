@@ -187,7 +187,7 @@ impl BlobFeed {
         let writing = tokio::task::spawn_blocking(move || {
             while let Some(feed) = queue.blocking_recv() {
                 match feed {
-                    Feed::Chunk(chunk) => writer.write(&chunk)?,
+                    Feed::Chunk(chunk) => writer.write(chunk)?,
                     Feed::Finish => return writer.finish().map(Some),
                 }
             }
@@ -425,6 +425,7 @@ pub async fn upload(
     {
         return Err(room.refuse(length.saturating_sub(overhead)));
     }
+    let started = std::time::Instant::now();
     let mut feed = BlobFeed::start(services.blobs.writer(room.limit())?, room.limit());
     let (filename, content_type) = if multipart {
         multipart_file(&request, body, &mut feed, &room).await?
@@ -433,10 +434,12 @@ pub async fn upload(
         stream_into(&mut body, &mut feed, &room, |error| broken_off(&error)).await?;
         named
     };
+    let received = started.elapsed();
     let blob = feed
         .finish()
         .await
         .map_err(|error| room.blob_error(error))?;
+    let durable = started.elapsed();
     let engine_ref = services.engine.clone();
     let record_id = record.id.to_string();
     let attachment = engine(move || {
@@ -452,6 +455,14 @@ pub async fn upload(
         )
     })
     .await?;
+    tracing::debug!(
+        target: "usm::attachments",
+        size = attachment.size,
+        received_us = received.as_micros(),
+        durable_us = durable.as_micros(),
+        referenced_us = started.elapsed().as_micros(),
+        "attachment stored"
+    );
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(record.version + 1)))
         .json(attachment))

@@ -9,11 +9,29 @@ use std::{
     fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
+
+/// From this size on a blob is hashed on a thread of its own while it is written: SHA-256 and
+/// the disk each take about as long as the other, so together they run at the slower one's
+/// speed instead of the sum of both. Smaller blobs are not worth a thread.
+const HASH_BESIDE_FROM: u64 = 1 << 20;
+
+/// Chunks queued for the hashing thread; the writer waits when it is this far ahead.
+const CHUNKS_QUEUED_FOR_HASHING: usize = 16;
+
+/// Bytes written between two requests for an `fdatasync` (made on a thread of its own), so the
+/// disk flushes while the upload still arrives and the final fsync, which the client waits
+/// for, has only the tail left.
+const SYNC_EVERY: u64 = 4 << 20;
 
 /// Why a blob could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +109,10 @@ impl BlobStore {
             store: self.clone(),
             file: Some(file),
             tmp,
-            hasher: Sha256::new(),
+            hashing: Hashing::Here(Sha256::new()),
             size: 0,
+            unsynced: 0,
+            flushing: None,
             limit,
         })
     }
@@ -125,28 +145,139 @@ impl BlobStore {
     }
 }
 
+/// `fdatasync`s on a thread of their own: the disk flushes what is written while the writes go
+/// on.
+struct Flushing {
+    requests: SyncSender<()>,
+    flushed: JoinHandle<io::Result<()>>,
+}
+
+impl Flushing {
+    fn start(file: &File) -> io::Result<Self> {
+        let file = file.try_clone()?;
+        let (requests, pending) = sync_channel::<()>(1);
+        let flushed = std::thread::Builder::new()
+            .name("usm-blob-sync".into())
+            .spawn(move || {
+                for () in pending {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Self { requests, flushed })
+    }
+
+    /// Asks for a flush, unless one is waiting already. A flush that failed ends the thread;
+    /// [`Flushing::finish`] reports its error.
+    fn request(&self) {
+        match self.requests.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(()) | TrySendError::Disconnected(())) => {}
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        drop(self.requests);
+        self.flushed
+            .join()
+            .map_err(|_| io::Error::other("the thread flushing a blob panicked"))?
+    }
+}
+
+enum Hashing {
+    Here(Sha256),
+    Beside {
+        chunks: SyncSender<Bytes>,
+        digest: JoinHandle<Sha256>,
+    },
+}
+
+impl Hashing {
+    fn update(&mut self, chunk: &Bytes, size: u64) {
+        if let Self::Here(hasher) = self
+            && size >= HASH_BESIDE_FROM
+        {
+            let (chunks, queue) = sync_channel::<Bytes>(CHUNKS_QUEUED_FOR_HASHING);
+            let mut beside = std::mem::take(hasher);
+            let spawned = std::thread::Builder::new()
+                .name("usm-blob-hash".into())
+                .spawn(move || {
+                    for chunk in queue {
+                        beside.update(&chunk);
+                    }
+                    beside
+                });
+            // Without a thread to spare the hashing simply continues here.
+            match spawned {
+                Ok(digest) => *self = Self::Beside { chunks, digest },
+                Err(error) => {
+                    tracing::warn!(%error, "no thread to hash a blob beside its writes");
+                }
+            }
+        }
+        match self {
+            Self::Here(hasher) => hasher.update(chunk),
+            Self::Beside { chunks, .. } => {
+                // A send fails only when the thread is gone; `digest` then reports it.
+                let _ = chunks.send(chunk.clone());
+            }
+        }
+    }
+
+    fn finish(self) -> io::Result<String> {
+        let hasher = match self {
+            Self::Here(hasher) => hasher,
+            Self::Beside { chunks, digest } => {
+                drop(chunks);
+                digest
+                    .join()
+                    .map_err(|_| io::Error::other("the thread hashing a blob panicked"))?
+            }
+        };
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+}
+
 /// A blob being written: feed it chunks, then [`BlobWriter::finish`]. Dropped unfinished, it
 /// leaves nothing behind.
 pub struct BlobWriter {
     store: BlobStore,
     file: Option<File>,
     tmp: PathBuf,
-    hasher: Sha256,
+    hashing: Hashing,
     size: u64,
+    unsynced: u64,
+    flushing: Option<Flushing>,
     limit: u64,
 }
 
 impl BlobWriter {
     /// Appends a chunk; refuses one that would pass the limit.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+    pub fn write(&mut self, chunk: impl Into<Bytes>) -> Result<(), BlobError> {
+        let chunk = chunk.into();
         self.size += chunk.len() as u64;
         if self.size > self.limit {
             return Err(BlobError::TooLarge { limit: self.limit });
         }
-        self.hasher.update(chunk);
-        match &mut self.file {
-            Some(file) => file.write_all(chunk)?,
-            None => return Err(BlobError::Io(io::Error::other("the blob is finished"))),
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the blob is finished"))?;
+        self.hashing.update(&chunk, self.size);
+        file.write_all(&chunk)?;
+        self.unsynced += chunk.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.unsynced = 0;
+            if self.flushing.is_none() {
+                self.flushing = Flushing::start(file)
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, "no thread to flush a blob beside its writes");
+                    })
+                    .ok();
+            }
+            match &self.flushing {
+                Some(flushing) => flushing.request(),
+                None => file.sync_data()?,
+            }
         }
         Ok(())
     }
@@ -157,9 +288,13 @@ impl BlobWriter {
             .file
             .take()
             .ok_or_else(|| io::Error::other("the blob is finished"))?;
+        if let Some(flushing) = self.flushing.take() {
+            flushing.finish()?;
+        }
         file.sync_all()?;
         drop(file);
-        let sha256 = format!("{:x}", std::mem::take(&mut self.hasher).finalize());
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::Here(Sha256::new()));
+        let sha256 = hashing.finish()?;
         let path = self
             .store
             .path(&sha256)
@@ -204,8 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let mut writer = store.writer(10).unwrap();
-        writer.write(b"hello ").unwrap();
-        writer.write(b"you").unwrap();
+        writer.write(&b"hello "[..]).unwrap();
+        writer.write(&b"you"[..]).unwrap();
         let blob = writer.finish().unwrap();
         assert_eq!(blob.size, 9);
         assert_eq!(blob.sha256, format!("{:x}", Sha256::digest(b"hello you")));
@@ -213,17 +348,17 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"hello you");
         // The same bytes again are the same blob.
         let mut again = store.writer(10).unwrap();
-        again.write(b"hello you").unwrap();
+        again.write(&b"hello you"[..]).unwrap();
         assert_eq!(again.finish().unwrap(), blob);
         // Past the limit nothing is kept, and an abandoned writer leaves nothing either.
         let mut big = store.writer(4).unwrap();
         assert!(matches!(
-            big.write(b"12345"),
+            big.write(&b"12345"[..]),
             Err(BlobError::TooLarge { limit: 4 })
         ));
         drop(big);
         let mut abandoned = store.writer(100).unwrap();
-        abandoned.write(b"half").unwrap();
+        abandoned.write(&b"half"[..]).unwrap();
         drop(abandoned);
         assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 0);
         // Names that are not digests reach nothing.
@@ -231,7 +366,7 @@ mod tests {
         // Collection keeps referenced and recent blobs.
         let referenced = HashSet::from([blob.sha256.clone()]);
         let mut other = store.writer(100).unwrap();
-        other.write(b"orphan").unwrap();
+        other.write(&b"orphan"[..]).unwrap();
         let orphan = other.finish().unwrap();
         assert_eq!(
             store
@@ -245,11 +380,36 @@ mod tests {
     }
 
     #[test]
+    fn a_large_blob_hashed_and_flushed_beside_its_writes_is_named_by_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..SYNC_EVERY + HASH_BESIDE_FROM + 12_345)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut writer = store.writer(bytes.len() as u64).unwrap();
+        for chunk in bytes.chunks(100_000) {
+            writer.write(chunk.to_vec()).unwrap();
+        }
+        assert!(matches!(writer.hashing, Hashing::Beside { .. }));
+        assert!(writer.flushing.is_some());
+        let blob = writer.finish().unwrap();
+        assert_eq!(blob.sha256, format!("{:x}", Sha256::digest(&bytes)));
+        assert_eq!(fs::read(store.path(&blob.sha256).unwrap()).unwrap(), bytes);
+        // Abandoned half way, with its hashing thread running, it leaves nothing.
+        let mut abandoned = store.writer(bytes.len() as u64).unwrap();
+        abandoned
+            .write(bytes[..2 * HASH_BESIDE_FROM as usize].to_vec())
+            .unwrap();
+        drop(abandoned);
+        assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn a_reopen_clears_half_written_uploads() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let mut writer = store.writer(100).unwrap();
-        writer.write(b"half").unwrap();
+        writer.write(&b"half"[..]).unwrap();
         // A crash: the writer is never dropped.
         std::mem::forget(writer);
         assert_eq!(fs::read_dir(store.tmp()).unwrap().count(), 1);

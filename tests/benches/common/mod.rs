@@ -31,6 +31,9 @@ fn free_port() -> u16 {
 /// Starts `usm serve` on a free loopback port over `data`, with `token` as its admin token.
 pub fn start_server(data: &Path, token: &str) -> ServerProcess {
     let port = free_port();
+    // `USM_BENCH_SERVER_LOG=<filter>` shows the server's log with that filter (for the phases
+    // of an upload: `info,usm::attachments=debug`); otherwise only its warnings, on stderr.
+    let log = std::env::var("USM_BENCH_SERVER_LOG").ok();
     let mut command = Command::new(env!("CARGO_BIN_EXE_usm-under-test"));
     // The server reads every USM_* variable as configuration; it gets only the ones set here.
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("USM_")) {
@@ -42,13 +45,17 @@ pub fn start_server(data: &Path, token: &str) -> ServerProcess {
             "--addr",
             &format!("127.0.0.1:{port}"),
             "--log-level",
-            "warn",
+            log.as_deref().unwrap_or("warn"),
         ])
         .arg("--data-dir")
         .arg(data)
         .env("USM_ADMIN_TOKEN", token)
         .env("USM_RATE_LIMIT_PER_SECOND", "0")
-        .stdout(Stdio::null())
+        .stdout(if log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let server = ServerProcess {
