@@ -600,3 +600,57 @@ async fn multipart_files_obey_the_per_file_and_per_record_limits() {
     );
     assert_eq!(listed(&server, &other).await.as_array().unwrap().len(), 100);
 }
+
+/// Bytes of upload scratch files on disk: what the server has written of uploads in flight.
+fn scratch_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("attachments").join("tmp"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|file| file.metadata().ok())
+                .map(|meta| meta.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_reaches_the_disk_before_its_body_has_all_arrived() {
+    let server = TestServer::start().unwrap();
+    let record = server
+        .create(json!({"kind": "task", "title": "t"}))
+        .await
+        .unwrap();
+    let id = record["id"].as_str().unwrap().to_owned();
+    let (half, total) = (8 << 20, 16 << 20);
+    let body: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let data = server.data_dir().to_path_buf();
+    let (written, answer) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /api/v1/records/{id}/attachments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        stream.write_all(&body[..half]).unwrap();
+        // Half the body is sent and the rest held back: a server that buffers a body until it
+        // ends has written nothing yet; one that streams has most of the half on disk.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while scratch_bytes(&data) < 4 << 20 && std::time::Instant::now() < deadline {
+            std::thread::park_timeout(std::time::Duration::from_millis(20));
+        }
+        let written = scratch_bytes(&data);
+        stream.write_all(&body[half..]).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        (written, answer)
+    })
+    .await
+    .unwrap();
+    assert!(
+        written >= 4 << 20,
+        "with half of 16 MiB sent, {written} bytes were on disk"
+    );
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(scratch_files(server.data_dir()), 0);
+}

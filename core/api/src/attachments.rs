@@ -543,9 +543,14 @@ pub async fn download(
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(actix_web::body::SizedStream::new(
             attachment.size,
-            tokio_util::io::ReaderStream::new(file),
+            tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK),
         )))
 }
+
+/// Bytes read from a blob per chunk of a download. Each read of a `tokio::fs::File` is a trip
+/// to the blocking pool: at the stream's default 4 KiB a 20 MiB download made 5,120 of them and
+/// ran at about 146 MiB/s.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Removes an attachment (agents); the record's history keeps what it was.
 #[utoipa::path(delete, path = "/api/v1/records/{id}/attachments/{attachment}", tag = "records",

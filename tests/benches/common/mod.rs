@@ -27,9 +27,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
 /// Starts `usm serve` on a free loopback port over `data`, with `token` as its admin token.
+#[allow(dead_code)] // each benchmark compiles this module; not every one calls every function
 pub fn start_server(data: &Path, token: &str) -> ServerProcess {
+    start_server_with(data, token, &[])
+}
+
+/// [`start_server`] with settings given as `USM_*` environment variables.
+#[allow(clippy::disallowed_methods)] // polls a child process's port; nothing to wait on
+pub fn start_server_with(data: &Path, token: &str, settings: &[(&str, String)]) -> ServerProcess {
     let port = free_port();
     // `USM_BENCH_SERVER_LOG=<filter>` shows the server's log with that filter (for the phases
     // of an upload: `info,usm::attachments=debug`); otherwise only its warnings, on stderr.
@@ -51,6 +57,7 @@ pub fn start_server(data: &Path, token: &str) -> ServerProcess {
         .arg(data)
         .env("USM_ADMIN_TOKEN", token)
         .env("USM_RATE_LIMIT_PER_SECOND", "0")
+        .envs(settings.iter().map(|(name, value)| (name, value)))
         .stdout(if log.is_some() {
             Stdio::inherit()
         } else {
