@@ -298,3 +298,292 @@ async fn the_delivery_log_is_for_admins() {
         .unwrap();
     assert_eq!(empty.body["deliveries"], json!([]));
 }
+
+/// Creates a person of `it` with an address, and a token acting as them.
+async fn person_in(server: &TestServer, id: &str, role: &str, locale: Option<&str>) -> String {
+    let mut person = json!({"id": id, "name": format!("{id} Lee"),
+                            "email": format!("{id}@example.org"), "domains": ["it"]});
+    if let Some(locale) = locale {
+        person["locale"] = json!(locale);
+    }
+    let made = server.post("/api/v1/people", &person).await.unwrap();
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let token = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
+    token.body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domains_rules_choose_who_hears_of_what_in_their_language() {
+    let sink = Sink::default();
+    let server = server_mailing_to(&sink);
+    let rob = person_in(&server, "rob", "requester", Some("de-AT")).await;
+    let ann = person_in(&server, "ann", "agent", None).await;
+    person_in(&server, "bo", "agent", None).await;
+    person_in(&server, "cy", "agent", None).await;
+    let group = server
+        .post(
+            "/api/v1/groups",
+            &json!({"id": "network", "name": "Network", "domain": "it", "members": ["ann", "bo"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(group.status, StatusCode::CREATED, "{}", group.body);
+
+    let put = |path: String, body: Value| {
+        let server = &server;
+        async move {
+            server
+                .call(Method::PUT, &path, Some(&body), &[])
+                .await
+                .unwrap()
+        }
+    };
+    // A rule naming a template set the domain does not have is refused; once it has it, kept.
+    let team_rule = json!({"id": "team-on-assignment", "on": "assigned", "kinds": ["incident"],
+                           "recipients": ["group", "watchers"], "template": "new-for-team"});
+    let refused = put(
+        "/api/v1/notifications/rules/it/team-on-assignment".into(),
+        team_rule.clone(),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.body["code"], "notification_invalid");
+    assert_eq!(refused.body["field"], "/template");
+    let set = put(
+        "/api/v1/notifications/templates/it/new-for-team".into(),
+        json!({"name": "new-for-team", "subject": "[usm {{ record.id }}] For {{ record.group }}: {{ record.title }}",
+               "text": "{{ record.id }} is with {{ record.group }}.", "html": "<p>{{ record.id }}</p>"}),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::CREATED, "{}", set.body);
+    let broken = put(
+        "/api/v1/notifications/templates/it/created".into(),
+        json!({"name": "created", "locale": "de", "subject": "{% if %}", "text": "", "html": ""}),
+    )
+    .await;
+    assert_eq!(
+        broken.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        broken.body
+    );
+    assert_eq!(broken.body["field"], "/subject");
+    let german = put(
+        "/api/v1/notifications/templates/it/created".into(),
+        json!({"name": "created", "locale": "de",
+               "subject": "[usm {{ record.id }}] Eingegangen: {{ record.title }}",
+               "text": "Hallo {{ recipient.name }}, wir haben {{ record.id }} erhalten.",
+               "html": "<p>Hallo {{ recipient.name }}</p>"}),
+    )
+    .await;
+    assert_eq!(german.status, StatusCode::CREATED, "{}", german.body);
+    for (id, rule) in [
+        ("team-on-assignment", team_rule),
+        (
+            "requester-reply",
+            json!({"id": "requester-reply", "enabled": false, "on": "commented",
+                                   "recipients": ["requester"], "template": "replied"}),
+        ),
+        (
+            "team-notes",
+            json!({"id": "team-notes", "on": "commented", "internal": true,
+                              "recipients": ["group", "requester"], "template": "replied"}),
+        ),
+        (
+            "started",
+            json!({"id": "started", "on": "transitioned", "states": ["in_progress"],
+                           "recipients": ["watchers", "requester"], "template": "transitioned"}),
+        ),
+    ] {
+        let kept = put(format!("/api/v1/notifications/rules/it/{id}"), rule).await;
+        assert_eq!(kept.status, StatusCode::CREATED, "{id}: {}", kept.body);
+    }
+    let rules = server
+        .get("/api/v1/notifications/rules?domain=it")
+        .await
+        .unwrap();
+    let source = |id: &str| {
+        rules.body["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["source"].clone())
+    };
+    assert_eq!(source("requester-reply"), Some(json!("replaced")));
+    assert_eq!(source("requester-acknowledgement"), Some(json!("default")));
+    assert_eq!(source("started"), Some(json!("domain")));
+
+    // rob asks; ann routes it to network with bo as assignee and cy watching, replies in
+    // public and in private, and starts work.
+    let created = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "Printer on fire"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let record = format!("/api/v1/records/{id}");
+    let unknown = server
+        .act(
+            &ann,
+            Method::PATCH,
+            &record,
+            Some(json!({"fields": {"watchers": ["cy", "zed"]}})),
+        )
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unknown.body
+    );
+    assert_eq!(unknown.body["field"], "/fields/watchers/1");
+    let routed = server
+        .act(&ann, Method::PATCH, &record,
+             Some(json!({"fields": {"assignment_group": "network", "assignee": "bo", "watchers": ["cy"]}})))
+        .await;
+    assert_eq!(routed.status, StatusCode::OK, "{}", routed.body);
+    for (body, visibility) in [
+        ("We are on it.", "public"),
+        ("Vendor ticket 4711", "internal"),
+    ] {
+        let reply = server
+            .act(
+                &ann,
+                Method::POST,
+                &format!("{record}/comments"),
+                Some(json!({"body": body, "visibility": visibility})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let started = server
+        .act(
+            &ann,
+            Method::POST,
+            &format!("{record}/transitions"),
+            Some(json!({"to": "in_progress"})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+
+    // `team-notes` hears of public comments as well as internal ones: the group of both, the
+    // requester (whom it also names) of the public one only.
+    let log = deliveries(&server, 8).await;
+    server.settle().await.unwrap();
+    let mut mails: Vec<(String, String)> = sink
+        .received()
+        .iter()
+        .map(|m| {
+            (
+                m.to.join(","),
+                m.header("Subject").unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    mails.sort();
+    let mail =
+        |to: &str, subject: &str| (format!("{to}@example.org"), format!("[usm {id}] {subject}"));
+    assert_eq!(
+        mails,
+        [
+            mail("bo", "Assigned to you: Printer on fire"),
+            mail("bo", "Printer on fire"),
+            mail("bo", "Printer on fire"),
+            mail("cy", "For network: Printer on fire"),
+            mail("cy", "Printer on fire: in_progress"),
+            mail("rob", "Eingegangen: Printer on fire"),
+            mail("rob", "Printer on fire"),
+            mail("rob", "Printer on fire: in_progress"),
+        ],
+        "{log:#?}"
+    );
+    let note = sink
+        .received()
+        .into_iter()
+        .find(|m| m.to == ["bo@example.org"] && m.message.contains("4711"));
+    assert!(note.is_some(), "the group hears of the internal note");
+    assert!(
+        sink.received()
+            .iter()
+            .all(|m| m.to != ["rob@example.org"] || !m.message.contains("4711")),
+        "the requester never does, though the rule names them"
+    );
+    let about = server
+        .get(&format!("/api/v1/notifications/deliveries?record={id}"))
+        .await
+        .unwrap();
+    assert_eq!(about.body["deliveries"].as_array().unwrap().len(), 8);
+    let none = server
+        .get("/api/v1/notifications/deliveries?record=INC-999")
+        .await
+        .unwrap();
+    assert_eq!(none.body["deliveries"], json!([]));
+
+    // Removing a replaced default puts it back as shipped; an unknown rule is not found.
+    let removed = server
+        .call(
+            Method::DELETE,
+            "/api/v1/notifications/rules/it/requester-reply",
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let again = server
+        .call(
+            Method::DELETE,
+            "/api/v1/notifications/rules/it/requester-reply",
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(again.body["code"], "notification_not_found");
+    // A scoped admin of another domain neither reads nor writes its rules.
+    let hr_admin = server
+        .token("hana", &["admin"], Some(&["hr"]))
+        .await
+        .unwrap();
+    let read = server
+        .act(
+            &hr_admin,
+            Method::GET,
+            "/api/v1/notifications/rules?domain=it",
+            None,
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::FORBIDDEN, "{}", read.body);
+    let own = server
+        .act(
+            &hr_admin,
+            Method::GET,
+            "/api/v1/notifications/rules?domain=hr",
+            None,
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    let unknown_domain = server
+        .get("/api/v1/notifications/rules?domain=nowhere")
+        .await
+        .unwrap();
+    assert_eq!(unknown_domain.status, StatusCode::BAD_REQUEST);
+}

@@ -58,7 +58,9 @@ async fn described_routes(server: &TestServer) -> Vec<(Method, String, String)> 
                 .replace("{id}", "INC-1")
                 .replace("{slug}", "none")
                 .replace("{event}", "1")
-                .replace("{attachment}", "1");
+                .replace("{attachment}", "1")
+                .replace("{domain}", "it")
+                .replace("{name}", "created");
             assert!(
                 !path.contains('{'),
                 "a parameter this test cannot fill: {template}"

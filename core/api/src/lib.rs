@@ -211,6 +211,12 @@ pub struct Services {
         search::delete_queue,
         search::queue_records,
         notifications::deliveries,
+        notifications::list_rules,
+        notifications::put_rule,
+        notifications::delete_rule,
+        notifications::list_templates,
+        notifications::put_template,
+        notifications::delete_template,
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
@@ -236,7 +242,7 @@ pub struct Services {
         (name = "tokens", description = "API tokens (admin)"),
         (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
         (name = "search", description = "Full-text search and saved queues, from an index that follows commits"),
-        (name = "notifications", description = "E-mail to the people a record concerns: the delivery log (admin)"),
+        (name = "notifications", description = "E-mail to the people a record concerns: rules and template sets per domain, the delivery log (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
         (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
@@ -553,6 +559,24 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .service(
                     resource("/notifications/deliveries")
                         .route(web::get().to(notifications::deliveries)),
+                )
+                .service(
+                    resource("/notifications/rules")
+                        .route(web::get().to(notifications::list_rules)),
+                )
+                .service(
+                    resource("/notifications/rules/{domain}/{id}")
+                        .route(web::put().to(notifications::put_rule))
+                        .route(web::delete().to(notifications::delete_rule)),
+                )
+                .service(
+                    resource("/notifications/templates")
+                        .route(web::get().to(notifications::list_templates)),
+                )
+                .service(
+                    resource("/notifications/templates/{domain}/{name}")
+                        .route(web::put().to(notifications::put_template))
+                        .route(web::delete().to(notifications::delete_template)),
                 )
                 .service(resource("/audit").route(web::get().to(admin::audit_log)))
                 .service(resource("/kpis").route(web::get().to(records::kpis)))

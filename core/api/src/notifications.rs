@@ -1,8 +1,12 @@
-//! `/api/v1/notifications/deliveries`: what was mailed to whom and how it ended.
+//! `/api/v1/notifications/…`: the rules and template sets of a domain's notifications, and
+//! what was mailed to whom and how it ended.
+
+use std::collections::BTreeSet;
 
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
-use usm_model::Domain;
+use serde::{Deserialize, Serialize};
+use usm_model::{Actor, Domain, ErrorCode};
+use usm_notify::{Rule, RuleInForce, TemplateSet};
 
 use crate::{
     Services,
@@ -40,15 +44,26 @@ pub struct DeliveryLog {
     pub deliveries: Vec<DeliveryView>,
 }
 
+/// Which deliveries are listed.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryParams {
+    /// Only the mails about this record.
+    pub record: Option<String>,
+}
+
 /// The notification mails delivered or given up on, newest first; a scoped admin sees those of
 /// its domains.
 #[utoipa::path(get, path = "/api/v1/notifications/deliveries", tag = "notifications",
+    params(DeliveryParams),
     responses((status = 200, body = DeliveryLog),
         (status = 403, body = Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     services: web::Data<Services>,
     Admin(actor): Admin,
+    params: web::Query<DeliveryParams>,
 ) -> Result<HttpResponse, ApiError> {
+    let record = params.into_inner().record;
     let store = services.engine.store().clone();
     let log = web::block(move || usm_notify::deliveries(store.as_ref()))
         .await?
@@ -56,6 +71,7 @@ pub async fn deliveries(
     let deliveries = log
         .into_iter()
         .filter(|d| Domain::new(d.domain.clone()).is_ok_and(|domain| actor.in_domain(&domain)))
+        .filter(|d| record.as_ref().is_none_or(|r| *r == d.record))
         .map(|d| DeliveryView {
             record: d.record,
             domain: d.domain,
@@ -71,4 +87,329 @@ pub async fn deliveries(
         })
         .collect();
     Ok(HttpResponse::Ok().json(DeliveryLog { deliveries }))
+}
+
+impl From<usm_notify::NotifyError> for ApiError {
+    fn from(error: usm_notify::NotifyError) -> Self {
+        match error {
+            usm_notify::NotifyError::Invalid { field, message } => {
+                Self::new(ErrorCode::NotificationInvalid, message).with_field(field)
+            }
+            usm_notify::NotifyError::Store(error) => usm_engine::EngineError::from(error).into(),
+            other => {
+                tracing::error!(error = %other, "notification settings failed");
+                Self::new(
+                    ErrorCode::Internal,
+                    "the server failed to complete the request; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+/// The domain a caller names, if it exists and they administer it.
+fn administered(services: &Services, actor: &Actor, domain: &str) -> Result<Domain, ApiError> {
+    let domain = Domain::new(domain)
+        .ok()
+        .filter(|d| services.engine.domains().contains(d))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} is not a domain of this server",
+                    domain.chars().take(64).collect::<String>()
+                ),
+            )
+            .with_field("domain")
+        })?;
+    usm_engine::auth::admin_over(actor, Some(&BTreeSet::from([domain.clone()])))
+        .map_err(|e| ApiError::new(ErrorCode::Forbidden, e.to_string()))?;
+    Ok(domain)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work).await?
+}
+
+/// The domain a listing is of.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DomainParam {
+    /// A domain the caller administers.
+    pub domain: String,
+}
+
+/// A domain's notification rules in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RuleList {
+    /// By id.
+    pub rules: Vec<RuleInForce>,
+}
+
+/// The notification rules in force in a domain: the defaults as the domain replaced them, and
+/// its own (admins of the domain).
+#[utoipa::path(get, path = "/api/v1/notifications/rules", tag = "notifications",
+    params(DomainParam),
+    responses((status = 200, body = RuleList),
+        (status = 400, description = "No such domain", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_rules(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    params: web::Query<DomainParam>,
+) -> Result<HttpResponse, ApiError> {
+    let domain = administered(&services, &actor, &params.domain)?;
+    let store = services.engine.store().clone();
+    let rules = blocking(move || {
+        Ok(usm_notify::rules::in_force(store.as_ref(), &domain)
+            .map_err(usm_engine::EngineError::from)?)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(RuleList { rules }))
+}
+
+/// Writes a rule of a domain: a default's id replaces that default there (`"enabled": false`
+/// switches it off); any other id adds a rule. The body's `id` is the path's.
+#[utoipa::path(put, path = "/api/v1/notifications/rules/{domain}/{id}", tag = "notifications",
+    params(("domain" = String, Path), ("id" = String, Path)), request_body = Rule,
+    responses((status = 200, description = "Replaced", body = RuleInForce),
+        (status = 201, description = "Added", body = RuleInForce),
+        (status = 400, description = "No such domain, or a body that is not a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A member is not acceptable (`notification_invalid`, with `field`)", body = Problem, content_type = "application/problem+json")))]
+pub async fn put_rule(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    path: web::Path<(String, String)>,
+    body: web::Json<Rule>,
+) -> Result<HttpResponse, ApiError> {
+    let (domain, id) = path.into_inner();
+    let domain = administered(&services, &actor, &domain)?;
+    let rule = body.into_inner();
+    if rule.id != id {
+        return Err(ApiError::new(
+            ErrorCode::NotificationInvalid,
+            "the body's id is not the path's",
+        )
+        .with_field("/id"));
+    }
+    let store = services.engine.store().clone();
+    let (added, view) = blocking(move || {
+        let store = store.as_ref();
+        let added = usm_notify::rules::put(store, &domain, &rule, |name| {
+            usm_notify::templates::exists(store, &domain, name).unwrap_or(false)
+        })?;
+        let after = serde_json::to_value(&rule).unwrap_or_default();
+        let scope = BTreeSet::from([domain.clone()]);
+        usm_engine::auth::audit(
+            store,
+            &actor,
+            "notification.rule.put",
+            &format!("{domain}/{}", rule.id),
+            Some(&scope),
+            None,
+            Some(after),
+        )
+        .map_err(usm_engine::EngineError::from)?;
+        let view = usm_notify::rules::in_force(store, &domain)
+            .map_err(usm_engine::EngineError::from)?
+            .into_iter()
+            .find(|r| r.rule.id == rule.id);
+        Ok((added, view))
+    })
+    .await?;
+    let mut reply = if added {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(reply.json(view))
+}
+
+/// Removes a domain's own rule; a default it replaced is in force as shipped again.
+#[utoipa::path(delete, path = "/api/v1/notifications/rules/{domain}/{id}", tag = "notifications",
+    params(("domain" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Removed"),
+        (status = 400, description = "No such domain", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The domain has no rule of its own with that id", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_rule(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (domain, id) = path.into_inner();
+    let domain = administered(&services, &actor, &domain)?;
+    let store = services.engine.store().clone();
+    blocking(move || {
+        let store = store.as_ref();
+        if !usm_notify::rules::delete(store, &domain, &id).map_err(usm_engine::EngineError::from)? {
+            return Err(ApiError::new(
+                ErrorCode::NotificationNotFound,
+                format!(
+                    "domain {domain} has no notification rule {} of its own",
+                    id.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+        let scope = BTreeSet::from([domain.clone()]);
+        usm_engine::auth::audit(
+            store,
+            &actor,
+            "notification.rule.delete",
+            &format!("{domain}/{id}"),
+            Some(&scope),
+            None,
+            None,
+        )
+        .map_err(usm_engine::EngineError::from)?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A domain's template sets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TemplateList {
+    /// The sets the server ships, which rules may name in every domain.
+    pub built_in: Vec<&'static str>,
+    /// The domain's own sets, per language.
+    pub own: Vec<TemplateSet>,
+}
+
+/// The template sets rules of a domain can name: the built-in ones and the domain's own.
+#[utoipa::path(get, path = "/api/v1/notifications/templates", tag = "notifications",
+    params(DomainParam),
+    responses((status = 200, body = TemplateList),
+        (status = 400, description = "No such domain", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_templates(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    params: web::Query<DomainParam>,
+) -> Result<HttpResponse, ApiError> {
+    let domain = administered(&services, &actor, &params.domain)?;
+    let store = services.engine.store().clone();
+    let own = blocking(move || {
+        Ok(usm_notify::templates::own(store.as_ref(), &domain)
+            .map_err(usm_engine::EngineError::from)?)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(TemplateList {
+        built_in: usm_notify::templates::BUILT_IN.to_vec(),
+        own,
+    }))
+}
+
+/// Writes a template set of a domain, for the body's `locale` or (without one) for everyone:
+/// it replaces the built-in set of that name there, or adds a set rules can name. Every part is
+/// compiled first; a syntax error is `422` naming the part.
+#[utoipa::path(put, path = "/api/v1/notifications/templates/{domain}/{name}", tag = "notifications",
+    params(("domain" = String, Path), ("name" = String, Path)), request_body = TemplateSet,
+    responses((status = 200, description = "Replaced", body = TemplateSet),
+        (status = 201, description = "Added", body = TemplateSet),
+        (status = 400, description = "No such domain, or a body that is not a template set", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A member is not acceptable (`notification_invalid`, with `field`)", body = Problem, content_type = "application/problem+json")))]
+pub async fn put_template(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    path: web::Path<(String, String)>,
+    body: web::Json<TemplateSet>,
+) -> Result<HttpResponse, ApiError> {
+    let (domain, name) = path.into_inner();
+    let domain = administered(&services, &actor, &domain)?;
+    let set = body.into_inner();
+    if set.name != name {
+        return Err(ApiError::new(
+            ErrorCode::NotificationInvalid,
+            "the body's name is not the path's",
+        )
+        .with_field("/name"));
+    }
+    let store = services.engine.store().clone();
+    let (added, set) = blocking(move || {
+        let store = store.as_ref();
+        let added = usm_notify::templates::put(store, &domain, &set)?;
+        let target = format!(
+            "{domain}/{}/{}",
+            set.name,
+            set.locale.as_deref().unwrap_or("-")
+        );
+        let scope = BTreeSet::from([domain.clone()]);
+        usm_engine::auth::audit(
+            store,
+            &actor,
+            "notification.template.put",
+            &target,
+            Some(&scope),
+            None,
+            None,
+        )
+        .map_err(usm_engine::EngineError::from)?;
+        Ok((added, set))
+    })
+    .await?;
+    let mut reply = if added {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(reply.json(set))
+}
+
+/// Which language's set is meant.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LocaleParam {
+    /// The set's language tag; the set for everyone when absent.
+    pub locale: Option<String>,
+}
+
+/// Removes a domain's template set (of one language, or the one for everyone).
+#[utoipa::path(delete, path = "/api/v1/notifications/templates/{domain}/{name}", tag = "notifications",
+    params(("domain" = String, Path), ("name" = String, Path), LocaleParam),
+    responses((status = 204, description = "Removed"),
+        (status = 400, description = "No such domain", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The domain has no such set", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_template(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    path: web::Path<(String, String)>,
+    params: web::Query<LocaleParam>,
+) -> Result<HttpResponse, ApiError> {
+    let (domain, name) = path.into_inner();
+    let domain = administered(&services, &actor, &domain)?;
+    let locale = params.into_inner().locale;
+    let store = services.engine.store().clone();
+    blocking(move || {
+        let store = store.as_ref();
+        if !usm_notify::templates::delete(store, &domain, &name, locale.as_deref())
+            .map_err(usm_engine::EngineError::from)?
+        {
+            return Err(ApiError::new(
+                ErrorCode::NotificationNotFound,
+                format!("domain {domain} has no such template set of its own"),
+            ));
+        }
+        let target = format!("{domain}/{name}/{}", locale.as_deref().unwrap_or("-"));
+        let scope = BTreeSet::from([domain.clone()]);
+        usm_engine::auth::audit(
+            store,
+            &actor,
+            "notification.template.delete",
+            &target,
+            Some(&scope),
+            None,
+            None,
+        )
+        .map_err(usm_engine::EngineError::from)?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

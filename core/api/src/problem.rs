@@ -74,6 +74,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::FieldNotWritable
         | C::UnknownReference
         | C::WorkflowInvalid
+        | C::NotificationInvalid
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict
         | C::AttachmentQuotaExceeded
@@ -86,6 +87,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::PersonNotFound
         | C::GroupNotFound
         | C::QueueNotFound
+        | C::NotificationNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
         | C::WebhookNotFound
@@ -144,6 +146,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::PersonNotFound => "Person not found",
         C::GroupNotFound => "Group not found",
         C::QueueNotFound => "Queue not found",
+        C::NotificationInvalid => "Notification rule or template not acceptable",
+        C::NotificationNotFound => "Notification rule or template not found",
         C::SearchSyntax => "Search syntax error",
         C::SearchRebuilding => "Search index rebuilding",
         C::DirectoryIdTaken => "The id is taken",

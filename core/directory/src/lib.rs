@@ -44,6 +44,10 @@ pub struct Person {
     /// A very important person: routing and notifications may treat them first.
     #[serde(default)]
     pub vip: bool,
+    /// The language their mail is written in (a BCP 47 tag such as `de` or `pt-BR`); the
+    /// server's default templates when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
     /// An inactive person keeps their history but cannot act, be assigned or join a group.
     pub active: bool,
     /// When the person was added.
@@ -82,6 +86,9 @@ pub struct NewPerson {
     /// A very important person.
     #[serde(default)]
     pub vip: bool,
+    /// The language of their mail, a BCP 47 tag (`de`, `pt-BR`).
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// Changes to a person; absent members stay as they are, `null` clears an optional one.
@@ -107,6 +114,10 @@ pub struct PersonPatch {
     /// A very important person.
     #[serde(default)]
     pub vip: Option<bool>,
+    /// The language of their mail, a BCP 47 tag (`null` clears it).
+    #[serde(default, with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub locale: Option<Option<String>>,
     /// `false` deactivates, `true` reactivates.
     #[serde(default)]
     pub active: Option<bool>,
@@ -275,6 +286,21 @@ fn valid_email(email: Option<String>) -> Result<Option<String>, DirectoryError> 
         .transpose()
 }
 
+/// A well-formed BCP 47 language tag, as given; `/locale` otherwise.
+fn valid_locale(locale: Option<String>) -> Result<Option<String>, DirectoryError> {
+    locale
+        .map(|tag| match language_tags::LanguageTag::parse(&tag) {
+            Ok(parsed) if tag.len() <= 35 && parsed.primary_language().len() <= 3 => {
+                Ok(parsed.as_str().to_owned())
+            }
+            _ => Err(invalid(
+                "/locale",
+                "a BCP 47 language tag such as de or pt-BR",
+            )),
+        })
+        .transpose()
+}
+
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, DirectoryError> {
     serde_json::to_vec(value).map_err(|e| {
         DirectoryError::Store(StoreError::Corrupt {
@@ -402,6 +428,7 @@ impl Directory {
         valid_id(&new.id, "/id")?;
         let name = valid_name(&new.name)?;
         let email = valid_email(new.email)?;
+        let locale = valid_locale(new.locale)?;
         let domains = self.domain_set(new.domains)?;
         if !administers(by, domains.as_ref()) {
             return Err(DirectoryError::Forbidden(
@@ -426,6 +453,7 @@ impl Directory {
                 domains,
                 manager: new.manager,
                 vip: new.vip,
+                locale,
                 active: true,
                 created_at: now,
                 updated_at: now,
@@ -500,6 +528,7 @@ impl Directory {
     ) -> Result<Person, DirectoryError> {
         let name = patch.name.as_deref().map(valid_name).transpose()?;
         let email = patch.email.map(valid_email).transpose()?;
+        let locale = patch.locale.map(valid_locale).transpose()?;
         let domains = patch.domains.map(|d| self.domain_set(d)).transpose()?;
         self.change(|entries| {
             let mut person = entries
@@ -535,6 +564,9 @@ impl Directory {
             }
             if let Some(vip) = patch.vip {
                 person.vip = vip;
+            }
+            if let Some(locale) = locale {
+                person.locale = locale;
             }
             if let Some(active) = patch.active {
                 person.active = active;
@@ -712,6 +744,28 @@ impl Directory {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// Checks a record's watchers: each an active person of `domain`. Returns the JSON pointer
+    /// of the first that is not, and why.
+    pub fn check_watchers(
+        &self,
+        domain: &Domain,
+        watchers: &[&str],
+    ) -> Result<(), (String, String)> {
+        for (n, id) in watchers.iter().enumerate() {
+            let known = self.active_person(id).filter(|p| p.in_domain(domain));
+            if known.is_none() {
+                return Err((
+                    format!("/fields/watchers/{n}"),
+                    format!(
+                        "{} is not an active person of domain {domain}",
+                        truncate(id)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks an assignment on a record of `domain`: the group exists in the domain, the assignee

@@ -24,6 +24,7 @@ fn person(id: &str, domains: Option<&[&str]>) -> NewPerson {
         domains: domains.map(|d| d.iter().map(|s| (*s).to_owned()).collect()),
         manager: None,
         vip: false,
+        locale: None,
     }
 }
 
@@ -250,4 +251,27 @@ fn the_directory_survives_a_reopen() {
         directory.group(&admin(), "network").unwrap().members,
         ["ann"]
     );
+}
+
+#[test]
+fn a_locale_is_a_language_tag() {
+    let directory = directory();
+    let mut new = person("lea", None);
+    new.locale = Some("pt-BR".into());
+    let lea = directory.create_person(&admin(), new, free).unwrap();
+    assert_eq!(lea.locale.as_deref(), Some("pt-BR"));
+    for bad in ["", "not a tag", "de_DE", "x"] {
+        let mut new = person("bad", None);
+        new.locale = Some(bad.into());
+        let refused = directory.create_person(&admin(), new, free).unwrap_err();
+        assert_eq!(field_of(refused), "/locale", "{bad}");
+    }
+    let cleared = directory
+        .update_person(
+            &admin(),
+            "lea",
+            serde_json::from_value(serde_json::json!({"locale": null})).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(cleared.locale, None);
 }

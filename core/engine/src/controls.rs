@@ -160,8 +160,9 @@ pub struct ApprovalStatus {
 }
 
 /// Refuses an assignment to a group that is not of the record's domain, or to someone who is
-/// not an active person of the domain (and, with a group, one of its members). Only a changed
-/// assignment is checked: a person deactivated later leaves their records as they were.
+/// not an active person of the domain (and, with a group, one of its members), and watchers who
+/// are not active people of the domain. Only a changed assignment or watcher list is checked: a
+/// person deactivated later leaves their records as they were.
 pub fn check_assignment(
     directory: &usm_directory::Directory,
     previous: Option<&Record>,
@@ -173,6 +174,15 @@ pub fn check_assignment(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
+    let watchers = |r: &Record| r.fields.get("watchers").cloned();
+    if previous.is_none_or(|p| watchers(p) != watchers(record))
+        && let Some(Value::Array(list)) = record.fields.get("watchers")
+    {
+        let ids: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+        directory
+            .check_watchers(&record.domain, &ids)
+            .map_err(|(field, message)| EngineError::UnknownReference { field, message })?;
+    }
     let group = get(record, "assignment_group");
     let assignee = get(record, "assignee");
     let changed = previous

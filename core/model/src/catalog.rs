@@ -599,6 +599,8 @@ fn common_properties() -> Map<String, Value> {
         "requester": text(200),
         "service": text(200),
         "tags": {"type": "array", "items": text(100), "maxItems": 50, "uniqueItems": true},
+        // People (directory ids) who hear of the record as its notification rules say.
+        "watchers": {"type": "array", "items": text(200), "maxItems": 50, "uniqueItems": true},
         // Why a record waits, while it is on hold; `awaiting_customer` ends with their reply.
         "hold_reason": text(100),
         // Written by the engine as files are attached and removed.

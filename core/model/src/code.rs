@@ -93,6 +93,10 @@ pub enum ErrorCode {
     GroupNotFound,
     /// No saved queue with that id (or none the caller may see).
     QueueNotFound,
+    /// A notification rule or template set is not acceptable (`field` names the member).
+    NotificationInvalid,
+    /// The domain has no notification rule or template set of its own by that name.
+    NotificationNotFound,
     /// The search text does not parse: an unclosed quote, an unknown `name:` filter, too long.
     SearchSyntax,
     /// The search index is being rebuilt from the store; retry after `Retry-After` seconds.
@@ -166,6 +170,8 @@ impl ErrorCode {
             Self::PersonNotFound => "person_not_found",
             Self::GroupNotFound => "group_not_found",
             Self::QueueNotFound => "queue_not_found",
+            Self::NotificationInvalid => "notification_invalid",
+            Self::NotificationNotFound => "notification_not_found",
             Self::SearchSyntax => "search_syntax",
             Self::SearchRebuilding => "search_rebuilding",
             Self::DirectoryIdTaken => "directory_id_taken",

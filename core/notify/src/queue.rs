@@ -14,7 +14,7 @@ pub(crate) const MAX_LOG: usize = 1_000;
 /// A message waiting for delivery.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mail {
-    /// `<outbox seq>-<n>`: unique, and the same when an event is read again.
+    /// `<outbox seq>-<person>`: unique, and the same when an event is read again.
     pub key: String,
     /// The record it is about.
     pub record: String,
@@ -129,7 +129,8 @@ pub(crate) fn finish(
     let logged = store.settings(LOG)?;
     if logged.len() >= MAX_LOG {
         let mut keys: Vec<&String> = logged.iter().map(|(k, _)| k).collect();
-        keys.sort_by_key(|k| order(k));
+        // Keys begin with the zero-padded outbox position: their order is the log's.
+        keys.sort();
         delete.extend(
             keys.iter()
                 .take(logged.len() + 1 - MAX_LOG)
@@ -142,13 +143,6 @@ pub(crate) fn finish(
     )
 }
 
-/// Keys sort by outbox position, then by their number within the event.
-fn order(key: &str) -> (u64, u64) {
-    let tail = key.rsplit('/').next().unwrap_or(key);
-    let (seq, n) = tail.split_once('-').unwrap_or((tail, "0"));
-    (seq.parse().unwrap_or(0), n.parse().unwrap_or(0))
-}
-
 /// The delivery log, newest first (at most the last 1,000 deliveries).
 pub fn deliveries(store: &dyn Store) -> Result<Vec<Delivery>, StoreError> {
     let mut entries = store
@@ -158,6 +152,6 @@ pub fn deliveries(store: &dyn Store) -> Result<Vec<Delivery>, StoreError> {
             serde_json::from_slice::<Delivery>(bytes).map_err(|e| corrupt("delivery", &e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(|d| std::cmp::Reverse(order(&d.key)));
+    entries.sort_by(|a, b| b.key.cmp(&a.key));
     Ok(entries)
 }

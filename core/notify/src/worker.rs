@@ -157,12 +157,19 @@ fn consume(
         // Without a server the cursor still moves, so the outbox is not held back for nothing.
         if let Some(sender) = sender {
             let mut mails = Vec::new();
-            for (n, notice) in rules::notices(engine, event)?.into_iter().enumerate() {
-                let key = format!("{:020}-{n}", event.seq);
+            for notice in rules::notices(engine, event)? {
+                // One mail per person and event: the same key when the event is read again.
+                let key = format!("{:020}-{}", event.seq, notice.person.id);
                 if queue::known(store, &key)? {
                     continue;
                 }
-                let rendered = match templates.render(notice.template, &notice.context) {
+                let rendered = match templates.render(
+                    store,
+                    &event.domain,
+                    &notice.template,
+                    notice.person.locale.as_deref(),
+                    &notice.context,
+                ) {
                     Ok(rendered) => rendered,
                     Err(error) => {
                         tracing::error!(%error, record = %event.record_id, "a notification does not render");
@@ -182,7 +189,10 @@ fn consume(
                     message_id: if notice.opens_thread {
                         thread.clone()
                     } else {
-                        format!("{}.{}.{n}@{}", event.record_id, event.version, sender.host)
+                        format!(
+                            "{}.{}.{}@{}",
+                            event.record_id, event.seq, notice.person.id, sender.host
+                        )
                     },
                     thread: (!notice.opens_thread).then_some(thread),
                     attempts: 0,
