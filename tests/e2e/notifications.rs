@@ -419,7 +419,7 @@ async fn a_domains_rules_choose_who_hears_of_what_in_their_language() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"] == id)
+            .find(|r| r["rule"]["id"] == id)
             .map(|r| r["source"].clone())
     };
     assert_eq!(source("requester-reply"), Some(json!("replaced")));

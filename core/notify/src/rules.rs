@@ -27,7 +27,7 @@ const MAX_FILTERS: usize = 50;
 /// What a rule fires on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = NotificationTrigger))]
 pub enum Trigger {
     /// A record was created.
     Created,
@@ -130,7 +130,7 @@ fn yes() -> bool {
 /// A notification rule of a domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = NotificationRule))]
 pub struct Rule {
     /// 1–64 lowercase letters, digits and `-`; a default rule's id replaces that default.
     pub id: String,
@@ -280,10 +280,9 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Rule, StoreError> {
 
 /// A rule in force in a domain, and where it comes from.
 #[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = NotificationRuleInForce))]
 pub struct RuleInForce {
     /// The rule.
-    #[serde(flatten)]
     pub rule: Rule,
     /// The domain.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]

@@ -135,7 +135,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// replaces the built-in set of that name, or adds one that rules can name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = NotificationTemplateSet))]
 pub struct TemplateSet {
     /// The set's name: 1–64 lowercase letters, digits, `-` and `_`.
     pub name: String,
