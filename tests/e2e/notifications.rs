@@ -587,3 +587,166 @@ async fn a_domains_rules_choose_who_hears_of_what_in_their_language() {
         .unwrap();
     assert_eq!(unknown_domain.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvers_module_audiences_and_sla_breaches_are_mailed_as_rules_say() {
+    let sink = Sink::default();
+    let url = sink.serve();
+    let server = TestServer::start_with(move |config| {
+        config.smtp_url = Some(url);
+        config.smtp_from = Some("Service desk <desk@usm.test>".into());
+        config.auto_close_after_business_minutes = 0.0;
+    })
+    .unwrap();
+    let ann = person_in(&server, "ann", "agent", None).await;
+    person_in(&server, "bo", "agent", None).await;
+    person_in(&server, "cy", "agent", None).await;
+    // (A real server creates the group, empty, on a fresh data directory; tests start bare.)
+    let authority = server
+        .post(
+            "/api/v1/groups",
+            &json!({"id": "change-authority", "name": "Change authority", "domain": "it",
+                    "members": ["bo"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(authority.status, StatusCode::CREATED, "{}", authority.body);
+    let network = server
+        .post(
+            "/api/v1/groups",
+            &json!({"id": "network", "name": "Network", "domain": "it", "members": ["cy"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(network.status, StatusCode::CREATED, "{}", network.body);
+    let breach_rule = server
+        .call(
+            Method::PUT,
+            "/api/v1/notifications/rules/it/breach-to-assignee",
+            Some(&json!({"id": "breach-to-assignee", "on": "sla_breach",
+                         "recipients": ["assignee"], "template": "sla_breach"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        breach_rule.status,
+        StatusCode::CREATED,
+        "{}",
+        breach_rule.body
+    );
+
+    // A change entering assessment asks the change authority (the default approval-request).
+    let change = server
+        .act(
+            &ann,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "change", "title": "Patch the core switch"})),
+        )
+        .await;
+    assert_eq!(change.status, StatusCode::CREATED, "{}", change.body);
+    let change_id = change.body["id"].as_str().unwrap().to_owned();
+    let assess = server
+        .act(
+            &ann,
+            Method::POST,
+            &format!("/api/v1/records/{change_id}/transitions"),
+            Some(json!({"to": "assess"})),
+        )
+        .await;
+    assert_eq!(assess.status, StatusCode::OK, "{}", assess.body);
+
+    // A script's notify effect reaches the team it names (the default module-notice).
+    let automation = server
+        .post("/api/v1/automations", &json!({"id": "tell-network", "trigger": {"type": "manual"},
+            "script": format!("fn run(ctx) {{ notify(\"{change_id}\", \"team:network\", \"Mind the window\") }}")}))
+        .await
+        .unwrap();
+    assert_eq!(
+        automation.status,
+        StatusCode::CREATED,
+        "{}",
+        automation.body
+    );
+    let run = server
+        .post("/api/v1/automations/tell-network/run", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(run.status, StatusCode::OK, "{}", run.body);
+
+    // An incident breaching its 3 s resolution target tells its assignee.
+    server
+        .create(json!({"kind": "agreement", "title": "Fast", "fields": {
+            "targets": {"P1": {"resolution_minutes": 0.05}}, "calendar": {"always": true}}}))
+        .await
+        .unwrap();
+    server.transition("AGR-1", "active").await.unwrap();
+    let incident = server
+        .create(json!({"kind": "incident", "title": "Core switch down",
+                       "fields": {"priority": "P1", "assignee": "cy"}}))
+        .await
+        .unwrap();
+    let incident_id = incident["id"].as_str().unwrap().to_owned();
+
+    let wanted = [
+        (
+            "bo@example.org".to_owned(),
+            format!("[usm {change_id}] Approval requested: Patch the core switch"),
+        ),
+        (
+            "cy@example.org".to_owned(),
+            format!("[usm {change_id}] Patch the core switch"),
+        ),
+        (
+            "cy@example.org".to_owned(),
+            format!("[usm {incident_id}] SLA breached: Core switch down"),
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mails = loop {
+        server.settle().await.unwrap();
+        let mails: Vec<(String, String, String)> = sink
+            .received()
+            .iter()
+            .map(|m| {
+                (
+                    m.to.join(","),
+                    m.header("Subject").unwrap_or_default().to_owned(),
+                    m.message.clone(),
+                )
+            })
+            .collect();
+        let has = |(to, subject): &(String, String)| {
+            mails.iter().any(|(t, s, _)| t == to && s == subject)
+        };
+        if wanted.iter().all(has) {
+            break mails;
+        }
+        assert!(Instant::now() < deadline, "{mails:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let notice = mails
+        .iter()
+        .find(|(to, subject, _)| to == "cy@example.org" && *subject == wanted[1].1)
+        .unwrap();
+    assert!(notice.2.contains("Mind the window"), "{}", notice.2);
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|(to, ..)| to == "bo@example.org")
+            .count(),
+        1,
+        "the change authority hears once: {mails:#?}"
+    );
+    // The SLA's events name the record's version without writing one: they are not its
+    // assignment again.
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|(_, subject, _)| subject.contains("Assigned to you"))
+            .count(),
+        1,
+        "{mails:#?}"
+    );
+}
