@@ -15,6 +15,7 @@ mod crash;
 mod crash_cycles;
 mod directory;
 mod frameworks;
+mod inbound;
 mod isolation;
 mod limits;
 mod module_admin;

@@ -8,6 +8,7 @@ mod attachments;
 mod body;
 mod directory;
 mod headers;
+mod inbound;
 mod metrics;
 mod modules;
 mod notifications;
@@ -50,6 +51,8 @@ pub struct ApiConfig {
     pub body_timeout: std::time::Duration,
     /// Largest attachment, in bytes (a record's attachments in all: the engine's `Limits`).
     pub attachment_max_bytes: u64,
+    /// Largest inbound e-mail message, in bytes.
+    pub inbound_max_bytes: usize,
     /// Bounds on a request's head, checked before anything else.
     pub head: HeadLimits,
 }
@@ -132,6 +135,7 @@ impl Default for ApiConfig {
             webhook_policy: usm_engine::webhooks::WebhookPolicy::default(),
             body_timeout: std::time::Duration::from_secs(10),
             attachment_max_bytes: 25 * 1024 * 1024,
+            inbound_max_bytes: 40 * 1024 * 1024,
             head: HeadLimits::default(),
         }
     }
@@ -157,6 +161,8 @@ pub struct Services {
     pub blobs: usm_blobs::BlobStore,
     /// Queues and full-text search.
     pub search: Arc<usm_search::SearchIndex>,
+    /// Inbound e-mail.
+    pub mailgate: Arc<usm_mailgate::Mailgate>,
 }
 
 /// The OpenAPI description of the API.
@@ -217,6 +223,7 @@ pub struct Services {
         notifications::list_templates,
         notifications::put_template,
         notifications::delete_template,
+        inbound::receive,
         admin::list_tokens,
         admin::revoke_token,
         admin::audit_log,
@@ -242,6 +249,7 @@ pub struct Services {
         (name = "tokens", description = "API tokens (admin)"),
         (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
         (name = "search", description = "Full-text search and saved queues, from an index that follows commits"),
+        (name = "inbound", description = "E-mail in: messages an MTA hands over become records and replies"),
         (name = "notifications", description = "E-mail to the people a record concerns: rules and template sets per domain, the delivery log (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
@@ -564,6 +572,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     resource("/notifications/rules")
                         .route(web::get().to(notifications::list_rules)),
                 )
+                .service(resource("/inbound/email").route(web::post().to(inbound::receive)))
                 .service(
                     resource("/notifications/rules/{domain}/{id}")
                         .route(web::put().to(notifications::put_rule))

@@ -59,6 +59,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidInput
         | C::BadCursor
         | C::SearchSyntax
+        | C::InboundUnparsable
         | C::MultipartInvalid => StatusCode::BAD_REQUEST,
         C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -75,6 +76,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::UnknownReference
         | C::WorkflowInvalid
         | C::NotificationInvalid
+        | C::SenderUnknown
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict
         | C::AttachmentQuotaExceeded
@@ -147,6 +149,8 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::GroupNotFound => "Group not found",
         C::QueueNotFound => "Queue not found",
         C::NotificationInvalid => "Notification rule or template not acceptable",
+        C::InboundUnparsable => "Not an e-mail message",
+        C::SenderUnknown => "Unknown sender",
         C::NotificationNotFound => "Notification rule or template not found",
         C::SearchSyntax => "Search syntax error",
         C::SearchRebuilding => "Search index rebuilding",

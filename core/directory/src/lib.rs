@@ -600,6 +600,22 @@ impl Directory {
             .cloned()
     }
 
+    /// The active person whose e-mail address is `email` (compared without regard to case).
+    pub fn active_person_by_email(&self, email: &str) -> Option<Person> {
+        self.read()
+            .ok()?
+            .as_ref()?
+            .people
+            .values()
+            .find(|p| {
+                p.active
+                    && p.email
+                        .as_deref()
+                        .is_some_and(|own| own.eq_ignore_ascii_case(email))
+            })
+            .cloned()
+    }
+
     /// Whether a person has the id `id`, active or not.
     pub fn has_person(&self, id: &str) -> bool {
         self.read()

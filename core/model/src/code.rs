@@ -93,6 +93,11 @@ pub enum ErrorCode {
     GroupNotFound,
     /// No saved queue with that id (or none the caller may see).
     QueueNotFound,
+    /// The inbound message is not an e-mail message.
+    InboundUnparsable,
+    /// The sender of an inbound message is not a person of the directory, and unknown senders
+    /// are refused.
+    SenderUnknown,
     /// A notification rule or template set is not acceptable (`field` names the member).
     NotificationInvalid,
     /// The domain has no notification rule or template set of its own by that name.
@@ -170,6 +175,8 @@ impl ErrorCode {
             Self::PersonNotFound => "person_not_found",
             Self::GroupNotFound => "group_not_found",
             Self::QueueNotFound => "queue_not_found",
+            Self::InboundUnparsable => "inbound_unparsable",
+            Self::SenderUnknown => "sender_unknown",
             Self::NotificationInvalid => "notification_invalid",
             Self::NotificationNotFound => "notification_not_found",
             Self::SearchSyntax => "search_syntax",

@@ -146,6 +146,56 @@ fn send(
     })
 }
 
+/// `sysexits.h`: a temporary failure the MTA retries, and a message the MTA bounces.
+const EX_TEMPFAIL: i32 = 75;
+const EX_DATAERR: i32 = 65;
+
+/// Posts one raw message to the server's inbound mailbox for `domain`; the outcome, or the
+/// exit code an MTA reads and why.
+pub fn mailgate(
+    remote: &Remote,
+    domain: &str,
+    kind: &str,
+    message: Vec<u8>,
+) -> Result<Value, (i32, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (EX_TEMPFAIL, e.to_string()))?;
+    runtime.block_on(async {
+        let mut url = url::Url::parse(&format!(
+            "{}/api/v1/inbound/email",
+            remote.url.trim_end_matches('/')
+        ))
+        .map_err(|e| (EX_DATAERR, format!("--url: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("domain", domain)
+            .append_pair("kind", kind);
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(remote.token.clone().unwrap_or_default())
+            .header("content-type", "message/rfc822")
+            .body(message)
+            .send()
+            .await
+            .map_err(|e| (EX_TEMPFAIL, format!("cannot reach {}: {e}", remote.url)))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let why = format!(
+            "{status}: {}",
+            body["detail"].as_str().unwrap_or("request failed")
+        );
+        // The server's trouble, or a limit of the moment: worth another try.
+        let temporary = status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+        Err((if temporary { EX_TEMPFAIL } else { EX_DATAERR }, why))
+    })
+}
+
 /// Runs one module command against the server at `remote`.
 pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
     let base = format!("{}/api/v1/modules", remote.url.trim_end_matches('/'));

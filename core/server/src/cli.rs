@@ -40,6 +40,20 @@ enum Command {
         #[command(subcommand)]
         command: admin::ModuleCommand,
     },
+    /// Hand one e-mail message on standard input to a running server, as an MTA's delivery
+    /// command does (`| usm mailgate --domain it`). Exits 0 when it was taken, 75 (EX_TEMPFAIL,
+    /// the MTA tries again) when the server could not be reached or failed, 65 (EX_DATAERR, the
+    /// MTA bounces it) when the server refused the message.
+    Mailgate {
+        #[command(flatten)]
+        remote: admin::Remote,
+        /// The domain the mailbox serves.
+        #[arg(long)]
+        domain: String,
+        /// The kind of record a new message becomes.
+        #[arg(long, default_value = "incident")]
+        kind: String,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -54,6 +68,29 @@ pub fn main() -> anyhow::Result<()> {
             use std::io::Write as _;
             writeln!(out)?;
             Ok(())
+        }
+        Command::Mailgate {
+            remote,
+            domain,
+            kind,
+        } => {
+            let mut message = Vec::new();
+            use std::io::Read as _;
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut message)
+                .context("cannot read the message from standard input")?;
+            match admin::mailgate(&remote, &domain, &kind, message) {
+                Ok(outcome) => {
+                    use std::io::Write as _;
+                    writeln!(std::io::stdout().lock(), "{outcome}")?;
+                    Ok(())
+                }
+                Err((code, error)) => {
+                    eprintln!("usm mailgate: {error}");
+                    std::process::exit(code);
+                }
+            }
         }
         Command::Module { remote, command } => {
             let result = admin::run(&remote, command)?;

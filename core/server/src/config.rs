@@ -113,6 +113,11 @@ pub struct Config {
     /// The sender of notifications, e.g. `Service desk <desk@example.org>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_from: Option<String>,
+    /// Mail from an address no person has: `refuse` it (the MTA bounces it) or `create` the
+    /// person, as a requester of the mailbox's domain.
+    pub inbound_unknown_senders: String,
+    /// Largest message `POST /api/v1/inbound/email` takes, in bytes.
+    pub inbound_max_bytes: usize,
     /// A file holding the SMTP password of the user in `smtp_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_password_file: Option<PathBuf>,
@@ -205,6 +210,8 @@ impl Default for Config {
             webhook_allowed_networks: Vec::new(),
             smtp_url: None,
             smtp_from: None,
+            inbound_unknown_senders: "refuse".into(),
+            inbound_max_bytes: 40 * 1024 * 1024,
             smtp_password_file: None,
             idempotency_retention_secs: 24 * 60 * 60,
             outbox_retention_secs: 24 * 60 * 60,

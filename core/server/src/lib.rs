@@ -84,6 +84,13 @@ impl Server {
         if let Some(secret) = new_admin_token {
             announce_admin_token(&secret);
         }
+        let unknown_senders = match config.inbound_unknown_senders.as_str() {
+            "refuse" => usm_mailgate::UnknownSenders::Refuse,
+            "create" => usm_mailgate::UnknownSenders::Create,
+            other => {
+                anyhow::bail!("inbound_unknown_senders is \"refuse\" or \"create\", not {other:?}")
+            }
+        };
         let search_dir = config.data_dir.join("search");
         let search = Arc::new(usm_search::SearchIndex::open(&search_dir).with_context(|| {
             format!("cannot open the search index in {}", search_dir.display())
@@ -103,6 +110,7 @@ impl Server {
                 webhook_policy: webhook_policy(config)?,
                 body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
                 attachment_max_bytes: config.attachment_max_bytes,
+                inbound_max_bytes: config.inbound_max_bytes,
                 head: usm_api::HeadLimits {
                     max_url_bytes: config.max_url_bytes,
                     max_headers: config.max_headers,
@@ -111,6 +119,7 @@ impl Server {
             },
             blobs: blobs.clone(),
             search: Arc::clone(&search),
+            mailgate: Arc::new(usm_mailgate::Mailgate::new(engine.clone(), unknown_senders)),
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)
