@@ -27,6 +27,11 @@ impl From<MailError> for ApiError {
     }
 }
 
+/// A raw RFC 5322 message, as an MTA delivers it.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawMessage(pub Vec<u8>);
+
 /// Where a message goes.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +51,7 @@ pub struct Mailbox {
 /// processed again (`duplicate`). For admins and automation tokens of the domain.
 #[utoipa::path(post, path = "/api/v1/inbound/email", tag = "inbound",
     params(Mailbox),
-    request_body(content = Vec<u8>, content_type = "message/rfc822", description = "The raw message"),
+    request_body(content = RawMessage, content_type = "message/rfc822", description = "The raw message"),
     responses((status = 201, description = "A new record", body = Outcome),
         (status = 200, description = "A reply on its record, or a message that made nothing (`ignored`, `duplicate`)", body = Outcome),
         (status = 400, description = "Not an e-mail message (`inbound_unparsable`), or no such domain", body = Problem, content_type = "application/problem+json"),
