@@ -30,7 +30,13 @@ impl From<MailError> for ApiError {
 /// A raw RFC 5322 message, as an MTA delivers it.
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary)]
-pub struct RawMessage(pub Vec<u8>);
+pub struct RawMessage(
+    #[expect(
+        dead_code,
+        reason = "only the API description reads the type; the handler streams"
+    )]
+    Vec<u8>,
+);
 
 /// Where a message goes.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
