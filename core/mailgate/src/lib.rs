@@ -472,6 +472,44 @@ mod tests {
     }
 
     #[test]
+    fn automatic_mail_is_told_from_people_by_its_headers() {
+        let message = |headers: &str| {
+            format!("From: Rob <rob@example.org>\r\n{headers}Subject: x\r\n\r\nbody\r\n")
+        };
+        for (headers, why) in [
+            ("Auto-Submitted: auto-replied\r\n", "Auto-Submitted"),
+            ("Precedence: bulk\r\n", "Precedence"),
+            ("Precedence: junk\r\n", "Precedence"),
+            ("Precedence: list\r\n", "Precedence"),
+            ("X-Autoreply: yes\r\n", "auto-reply"),
+            ("Return-Path: <>\r\n", "null sender"),
+            (
+                "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
+                "delivery report",
+            ),
+        ] {
+            let parsed = parse(message(headers).as_bytes()).unwrap();
+            assert!(
+                parsed.automatic.as_deref().is_some_and(|a| a.contains(why)),
+                "{headers}: {:?}",
+                parsed.automatic
+            );
+        }
+        let daemon =
+            parse(b"From: MAILER-DAEMON@mx.example\r\nSubject: x\r\n\r\nfailed\r\n").unwrap();
+        assert!(daemon.automatic.is_some());
+        for human in ["Auto-Submitted: no\r\n", "Precedence: first-class\r\n", ""] {
+            let parsed = parse(message(human).as_bytes()).unwrap();
+            assert_eq!(parsed.automatic, None, "{human}");
+            assert_eq!(parsed.from.as_deref(), Some("rob@example.org"));
+        }
+        assert!(matches!(
+            parse(b"no headers here"),
+            Err(MailError::Unparsable(_))
+        ));
+    }
+
+    #[test]
     fn a_sender_gets_an_id_from_the_address() {
         assert_eq!(id_for("Ann.Lee@corp.example"), "ann.lee");
         assert_eq!(id_for("o'brien+desk@x.y"), "o-brien-desk");
