@@ -225,6 +225,22 @@ async fn a_cron_automation_fires_on_its_schedule_and_only_then() {
             .unwrap();
         assert_eq!(defined.status, StatusCode::CREATED, "{}", defined.body);
     }
+    // A schedule may read a time zone's wall clock; the zone must exist.
+    for (zone, status) in [
+        ("Asia/Kathmandu", StatusCode::CREATED),
+        ("Mars/Olympus", StatusCode::BAD_REQUEST),
+    ] {
+        let defined = server
+            .post(
+                "/api/v1/automations",
+                &json!({"id": format!("zoned-{}", status.as_u16()),
+                "trigger": {"type": "cron", "schedule": "0 0 30 2 *", "time_zone": zone},
+                "script": "fn run(ctx) { 1 }"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(defined.status, status, "{zone}: {}", defined.body);
+    }
     // The run log is written after the run's task commits, and a definition made just before
     // a minute boundary may run twice: each logged run made exactly one task.
     let deadline = Instant::now() + Duration::from_secs(20);

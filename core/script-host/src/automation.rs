@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use jiff::{Timestamp, tz::TimeZone};
 use rhai::{AST, Dynamic, EvalAltResult, Map, Scope, module_resolvers::StaticModuleResolver};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -33,10 +33,16 @@ const MAX_OUTPUT_LINES: usize = 200;
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Trigger {
-    /// A five-field cron expression, in UTC (`minute hour day month weekday`).
+    /// A five-field cron expression (`minute hour day month weekday`), in UTC or in
+    /// `time_zone`.
     Cron {
         /// E.g. `0 7 * * 1-5`.
         schedule: String,
+        /// An IANA time zone (`Europe/Berlin`) whose wall clock the schedule reads; UTC when
+        /// absent. A time the zone skips when its clocks go forward does not fire that day; one
+        /// it repeats when they go back fires twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
     },
     /// Outbox events matching all given filters.
     Event {
@@ -334,9 +340,12 @@ impl Automations {
             ));
         }
         let cron = match &spec.trigger {
-            Trigger::Cron { schedule } => {
-                Some(Cron::parse(schedule).map_err(AutomationError::Invalid)?)
-            }
+            Trigger::Cron {
+                schedule,
+                time_zone,
+            } => Some(
+                Cron::parse(schedule, time_zone.as_deref()).map_err(AutomationError::Invalid)?,
+            ),
             _ => None,
         };
         let domains: Vec<Domain> = spec
@@ -518,13 +527,12 @@ impl Automations {
     /// Runs the cron automations whose schedule matches the current minute (once per minute).
     pub fn run_due(&self, now: Timestamp) {
         let minute = now.as_second().div_euclid(60);
-        let civil = now.to_zoned_datetime(TimeZone::UTC).datetime();
         let due: Vec<String> = self
             .compiled
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|c| c.cron.as_ref().is_some_and(|cron| cron.matches(civil)))
+            .filter(|c| c.cron.as_ref().is_some_and(|cron| cron.matches(now)))
             .map(|c| c.spec.id.clone())
             .collect();
         for id in due {
@@ -608,24 +616,38 @@ impl AutomationWorker {
     }
 }
 
-/// A five-field cron expression in UTC, parsed and matched by `croner` (vixie-cron rules: a
-/// restricted day of month and day of week match when either does).
+/// A five-field cron expression, parsed and matched by `croner` (vixie-cron rules: a
+/// restricted day of month and day of week match when either does), read on the wall clock of
+/// a time zone (UTC unless one is named).
 #[derive(Debug, Clone)]
-struct Cron(croner::Cron);
+struct Cron {
+    schedule: croner::Cron,
+    zone: TimeZone,
+}
 
 impl Cron {
-    fn parse(text: &str) -> Result<Self, String> {
-        croner::parser::CronParser::builder()
+    fn parse(text: &str, time_zone: Option<&str>) -> Result<Self, String> {
+        let schedule = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .year(croner::parser::Year::Disallowed)
             .build()
             .parse(text)
-            .map(Self)
-            .map_err(|error| format!("schedule {text:?}: {error}"))
+            .map_err(|error| format!("schedule {text:?}: {error}"))?;
+        let zone = match time_zone {
+            None => TimeZone::UTC,
+            Some(name) => jiff::tz::db().get(name).map_err(|_| {
+                format!(
+                    "time_zone {:?} is not an IANA time zone such as Europe/Berlin",
+                    name.chars().take(64).collect::<String>()
+                )
+            })?,
+        };
+        Ok(Self { schedule, zone })
     }
 
-    /// Whether the minute `at` falls in is one of the schedule's.
-    fn matches(&self, at: DateTime) -> bool {
+    /// Whether the minute `now` falls in is one of the schedule's, on the zone's wall clock.
+    fn matches(&self, now: Timestamp) -> bool {
+        let at = now.to_zoned_datetime(self.zone.clone()).datetime();
         // croner speaks jiff 0.2; the civil minute crosses over field by field.
         let minute = jiff_croner::civil::date(at.year(), at.month(), at.day()).at(
             at.hour(),
@@ -633,50 +655,84 @@ impl Cron {
             0,
             0,
         );
-        self.0.is_time_matching(&minute).unwrap_or(false)
+        self.schedule.is_time_matching(&minute).unwrap_or(false)
     }
 }
 
 #[cfg(test)]
 mod cron_tests {
-    use jiff::civil::date;
+    use jiff::{Timestamp, civil::date, tz::TimeZone};
 
     use super::Cron;
 
+    fn utc(at: jiff::civil::DateTime) -> Timestamp {
+        at.to_zoned_datetime(TimeZone::UTC).unwrap().timestamp()
+    }
+
+    #[test]
+    fn a_schedule_reads_its_time_zones_wall_clock_across_summer_time() {
+        let berlin_seven = Cron::parse("0 7 * * *", Some("Europe/Berlin")).unwrap();
+        assert!(
+            berlin_seven.matches(utc(date(2026, 1, 15).at(6, 0, 0, 0))),
+            "CET: UTC+1"
+        );
+        assert!(!berlin_seven.matches(utc(date(2026, 1, 15).at(7, 0, 0, 0))));
+        assert!(
+            berlin_seven.matches(utc(date(2026, 7, 15).at(5, 0, 0, 0))),
+            "CEST: UTC+2"
+        );
+        // 02:30 does not exist in Berlin on 29 March 2026 (clocks go from 02:00 to 03:00).
+        let skipped = Cron::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        let that_night: usize = (0..180)
+            .filter(|m| {
+                skipped.matches(
+                    utc(date(2026, 3, 28).at(23, 0, 0, 0)) + jiff::SignedDuration::from_mins(*m),
+                )
+            })
+            .count();
+        assert_eq!(that_night, 0);
+        assert!(Cron::parse("0 7 * * *", Some("Mars/Olympus")).is_err());
+        assert!(
+            Cron::parse("0 7 * * *", None)
+                .unwrap()
+                .matches(utc(date(2026, 1, 15).at(7, 0, 0, 0)))
+        );
+    }
+
     #[test]
     fn cron_fields_match() {
-        let weekday_mornings = Cron::parse("0 7 * * 1-5").unwrap();
+        let weekday_mornings = Cron::parse("0 7 * * 1-5", None).unwrap();
         assert!(
-            weekday_mornings.matches(date(2026, 11, 30).at(7, 0, 0, 0)),
+            weekday_mornings.matches(utc(date(2026, 11, 30).at(7, 0, 0, 0))),
             "a Monday"
         );
         assert!(
-            !weekday_mornings.matches(date(2026, 11, 29).at(7, 0, 0, 0)),
+            !weekday_mornings.matches(utc(date(2026, 11, 29).at(7, 0, 0, 0))),
             "a Sunday"
         );
-        assert!(!weekday_mornings.matches(date(2026, 11, 30).at(7, 1, 0, 0)));
-        let every_quarter = Cron::parse("*/15 * * * *").unwrap();
-        assert!(every_quarter.matches(date(2026, 1, 1).at(3, 45, 0, 0)));
-        assert!(!every_quarter.matches(date(2026, 1, 1).at(3, 46, 0, 0)));
-        assert!(Cron::parse("* * *").is_err());
-        assert!(Cron::parse("61 * * * *").is_err());
+        assert!(!weekday_mornings.matches(utc(date(2026, 11, 30).at(7, 1, 0, 0))));
+        let every_quarter = Cron::parse("*/15 * * * *", None).unwrap();
+        assert!(every_quarter.matches(utc(date(2026, 1, 1).at(3, 45, 0, 0))));
+        assert!(!every_quarter.matches(utc(date(2026, 1, 1).at(3, 46, 0, 0))));
+        assert!(Cron::parse("* * *", None).is_err());
+        assert!(Cron::parse("61 * * * *", None).is_err());
         assert!(
-            Cron::parse("0 * * * * *").is_err(),
+            Cron::parse("0 * * * * *", None).is_err(),
             "seconds are not a cron field here"
         );
         // Day of month and day of week restricted together: either matches (vixie cron).
-        let first_or_monday = Cron::parse("0 9 1 * 1").unwrap();
+        let first_or_monday = Cron::parse("0 9 1 * 1", None).unwrap();
         assert!(
-            first_or_monday.matches(date(2026, 12, 1).at(9, 0, 0, 0)),
+            first_or_monday.matches(utc(date(2026, 12, 1).at(9, 0, 0, 0))),
             "the 1st, a Tuesday"
         );
         assert!(
-            first_or_monday.matches(date(2026, 12, 7).at(9, 0, 0, 0)),
+            first_or_monday.matches(utc(date(2026, 12, 7).at(9, 0, 0, 0))),
             "a Monday"
         );
-        assert!(!first_or_monday.matches(date(2026, 12, 8).at(9, 0, 0, 0)));
-        let named = Cron::parse("30 6 * JAN-MAR MON-FRI").unwrap();
-        assert!(named.matches(date(2026, 2, 2).at(6, 30, 0, 0)));
-        assert!(!named.matches(date(2026, 4, 1).at(6, 30, 0, 0)));
+        assert!(!first_or_monday.matches(utc(date(2026, 12, 8).at(9, 0, 0, 0))));
+        let named = Cron::parse("30 6 * JAN-MAR MON-FRI", None).unwrap();
+        assert!(named.matches(utc(date(2026, 2, 2).at(6, 30, 0, 0))));
+        assert!(!named.matches(utc(date(2026, 4, 1).at(6, 30, 0, 0))));
     }
 }
