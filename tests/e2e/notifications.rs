@@ -209,6 +209,7 @@ async fn requesters_and_assignees_are_mailed_in_one_thread_per_record() {
     );
     assert_eq!(ack.header("Message-ID"), Some(thread.as_str()));
     assert!(ack.header("From").unwrap().contains("desk@usm.test"));
+    assert_eq!(ack.header("Auto-Submitted"), Some("auto-generated"));
     assert!(
         ack.message.contains("multipart/alternative"),
         "{}",
