@@ -873,3 +873,38 @@ async fn a_kill_9_loses_no_mail_and_a_resent_one_keeps_its_message_id() {
     assert!(resent <= 1, "{resent} mails sent twice: {ids_per_record:?}");
     assert_eq!(ids_per_record.len(), RECORDS, "{ids_per_record:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_smtp_url_the_server_says_once_that_it_mails_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("usm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nbundled_modules = false\ndefault_agreements = false\nadmin_token = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            ADMIN_TOKEN
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::spawn(env!("CARGO_BIN_EXE_usm-under-test"), &config).unwrap();
+    let created = reqwest::Client::new()
+        .post(format!("{}/api/v1/records", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"kind": "incident", "title": "No mail"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    usm_tests::settle(&server.base).await.unwrap();
+    let said = server
+        .log()
+        .iter()
+        .filter(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no smtp_url"))
+        })
+        .count();
+    assert_eq!(said, 1, "{:#?}", server.log());
+}
