@@ -104,24 +104,7 @@ impl Sink {
 }
 
 async fn person_with_token(server: &TestServer, id: &str, role: &str) -> String {
-    let made = server
-        .post(
-            "/api/v1/people",
-            &json!({"id": id, "name": format!("{id} Lee"), "email": format!("{id}@example.org"),
-                    "domains": ["it"]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
-    let token = server
-        .post(
-            "/api/v1/tokens",
-            &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
-    token.body["token"].as_str().unwrap().to_owned()
+    person_in(server, id, role, None).await
 }
 
 /// The delivery log once it holds `count` entries.

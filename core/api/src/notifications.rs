@@ -127,6 +127,28 @@ fn administered(services: &Services, actor: &Actor, domain: &str) -> Result<Doma
     Ok(domain)
 }
 
+/// Writes the audit entry of a change to a domain's notification settings.
+fn audited(
+    store: &dyn usm_store::Store,
+    actor: &Actor,
+    action: &str,
+    domain: &Domain,
+    target: &str,
+    after: Option<serde_json::Value>,
+) -> Result<(), ApiError> {
+    let scope = BTreeSet::from([domain.clone()]);
+    usm_engine::auth::audit(
+        store,
+        actor,
+        action,
+        &format!("{domain}/{target}"),
+        Some(&scope),
+        None,
+        after,
+    )
+    .map_err(|e| usm_engine::EngineError::from(e).into())
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -202,17 +224,14 @@ pub async fn put_rule(
             usm_notify::templates::exists(store, &domain, name).unwrap_or(false)
         })?;
         let after = serde_json::to_value(&rule).unwrap_or_default();
-        let scope = BTreeSet::from([domain.clone()]);
-        usm_engine::auth::audit(
+        audited(
             store,
             &actor,
             "notification.rule.put",
-            &format!("{domain}/{}", rule.id),
-            Some(&scope),
-            None,
+            &domain,
+            &rule.id,
             Some(after),
-        )
-        .map_err(usm_engine::EngineError::from)?;
+        )?;
         let view = usm_notify::rules::in_force(store, &domain)
             .map_err(usm_engine::EngineError::from)?
             .into_iter()
@@ -254,17 +273,14 @@ pub async fn delete_rule(
                 ),
             ));
         }
-        let scope = BTreeSet::from([domain.clone()]);
-        usm_engine::auth::audit(
+        audited(
             store,
             &actor,
             "notification.rule.delete",
-            &format!("{domain}/{id}"),
-            Some(&scope),
+            &domain,
+            &id,
             None,
-            None,
-        )
-        .map_err(usm_engine::EngineError::from)?;
+        )?;
         Ok(())
     })
     .await?;
@@ -334,22 +350,15 @@ pub async fn put_template(
     let (added, set) = blocking(move || {
         let store = store.as_ref();
         let added = usm_notify::templates::put(store, &domain, &set)?;
-        let target = format!(
-            "{domain}/{}/{}",
-            set.name,
-            set.locale.as_deref().unwrap_or("-")
-        );
-        let scope = BTreeSet::from([domain.clone()]);
-        usm_engine::auth::audit(
+        let target = format!("{}/{}", set.name, set.locale.as_deref().unwrap_or("-"));
+        audited(
             store,
             &actor,
             "notification.template.put",
+            &domain,
             &target,
-            Some(&scope),
             None,
-            None,
-        )
-        .map_err(usm_engine::EngineError::from)?;
+        )?;
         Ok((added, set))
     })
     .await?;
@@ -396,18 +405,15 @@ pub async fn delete_template(
                 format!("domain {domain} has no such template set of its own"),
             ));
         }
-        let target = format!("{domain}/{name}/{}", locale.as_deref().unwrap_or("-"));
-        let scope = BTreeSet::from([domain.clone()]);
-        usm_engine::auth::audit(
+        let target = format!("{name}/{}", locale.as_deref().unwrap_or("-"));
+        audited(
             store,
             &actor,
             "notification.template.delete",
+            &domain,
             &target,
-            Some(&scope),
             None,
-            None,
-        )
-        .map_err(usm_engine::EngineError::from)?;
+        )?;
         Ok(())
     })
     .await?;
