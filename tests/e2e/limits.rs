@@ -5,6 +5,7 @@ use serde_json::json;
 use usm_engine::{ModuleFiles, bundle};
 use usm_tests::{Reply, TestServer, guests, repo_path};
 
+#[track_caller]
 fn assert_refused(reply: &Reply, field: &str) {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     assert_eq!(reply.body["code"], "invalid_input", "{}", reply.body);
@@ -171,4 +172,32 @@ async fn a_module_upload_may_be_64_mib_and_no_more() {
     let past = server.upload_module(vec![0; limit + 1]).await.unwrap();
     assert_eq!(past.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", past.body);
     assert_eq!(past.body["code"], "payload_too_large");
+    // A small upload that unpacks to one byte more than 64 MiB is refused as it unpacks.
+    let manifest = b"id = \"bomb\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n";
+    let files: ModuleFiles = [
+        ("module.toml".to_owned(), manifest.to_vec()),
+        (
+            "padding.bin".to_owned(),
+            vec![0; limit + 1 - manifest.len()],
+        ),
+    ]
+    .into();
+    let packed = bundle::pack(&files).unwrap();
+    assert!(packed.len() < 1024 * 1024, "{} bytes packed", packed.len());
+    let unpacked_past = server.upload_module(packed).await.unwrap();
+    assert_eq!(
+        unpacked_past.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unpacked_past.body
+    );
+    assert_eq!(unpacked_past.body["code"], "module_invalid");
+    assert!(
+        unpacked_past.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&limit.to_string()),
+        "{}",
+        unpacked_past.body
+    );
 }
