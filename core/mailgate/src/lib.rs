@@ -23,6 +23,9 @@ const SEEN: &str = "inbound/seen/";
 /// Attachments taken from one message; more are skipped and counted.
 pub const MAX_ATTACHMENTS: usize = 20;
 const MAX_TITLE_CHARS: usize = 200;
+/// The `References` read when looking for the record a reply answers: the newest ones (a
+/// thread's own messages are at the end; a forged list of thousands costs no more).
+const MAX_REFERENCES: usize = 50;
 const MAX_DESCRIPTION_CHARS: usize = 20_000;
 
 /// What receiving a message can fail with.
@@ -137,7 +140,8 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, MailError> {
         None
     };
     let mut references = ids(message.in_reply_to());
-    references.extend(ids(message.references()));
+    let all = ids(message.references());
+    references.extend(all.iter().rev().take(MAX_REFERENCES).cloned());
     let mut attachments = Vec::new();
     let mut skipped_attachments = 0;
     for (n, part) in message.attachments().enumerate() {
