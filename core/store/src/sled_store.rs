@@ -28,6 +28,31 @@ pub struct SledStore {
     kind_writes: crate::KindWrites,
 }
 
+/// How long an open waits for the directory's lock: a handle closed in this process a moment
+/// ago releases it only when sled's own I/O threads finish. Another process holding it still
+/// gets the lock error, a little later.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::park_timeout(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
@@ -35,12 +60,7 @@ impl SledStore {
             path: dir.display().to_string(),
             source,
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_capacity)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(open_error)?;
+        let db = open_db(dir, config.cache_capacity).map_err(open_error)?;
         let trees = TreeId::ALL
             .iter()
             .map(|id| db.open_tree(id.name()))
