@@ -13,7 +13,7 @@ use std::{
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use usm_model::{Domain, Event, EventType, Kind, Record, RecordId, State};
+use usm_model::{Domain, Event, Kind, Record, RecordId, State};
 use usm_store::{ListQuery, Store, StoreError, Timer};
 
 use crate::{
@@ -456,14 +456,8 @@ fn consume(engine: &Engine, stop: &AtomicBool) -> Result<usize, StoreError> {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let writes = matches!(
-            event.event_type,
-            // A requester's reply can end a hold, so a comment may move the clocks too.
-            EventType::RecordCreated
-                | EventType::RecordUpdated
-                | EventType::RecordTransitioned
-                | EventType::RecordCommented
-        );
+        // A requester's reply can end a hold, so a comment may move the clocks too.
+        let writes = event.event_type.is_record_write();
         if writes {
             if event.kind.as_str() == "agreement" {
                 engine.sla_policies().invalidate();

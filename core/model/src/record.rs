@@ -309,6 +309,20 @@ pub enum EventType {
     SlaBreach,
 }
 
+impl EventType {
+    /// Whether the event is a client's or step's write of a new record version (SLA timers and
+    /// `notify` effects name a version some earlier write made).
+    pub fn is_record_write(self) -> bool {
+        matches!(
+            self,
+            Self::RecordCreated
+                | Self::RecordUpdated
+                | Self::RecordTransitioned
+                | Self::RecordCommented
+        )
+    }
+}
+
 impl From<Action> for EventType {
     fn from(action: Action) -> Self {
         match action {

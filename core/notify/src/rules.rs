@@ -393,14 +393,7 @@ struct Happening<'a> {
 fn happening<'a>(event: &'a Event, entry: Option<&'a HistoryEntry>) -> Happening<'a> {
     // SLA timers and notify effects write no version of their own: the entry of the version
     // they name is an earlier write, already told.
-    let writes = matches!(
-        event.event_type,
-        EventType::RecordCreated
-            | EventType::RecordUpdated
-            | EventType::RecordTransitioned
-            | EventType::RecordCommented
-    );
-    let entry = entry.filter(|_| writes);
+    let entry = entry.filter(|_| event.event_type.is_record_write());
     let changed = |path: &str| entry.is_some_and(|e| e.changes.iter().any(|c| c.path == path));
     let assigned = entry.is_some_and(|e| {
         e.changes
