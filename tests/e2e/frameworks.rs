@@ -1,8 +1,6 @@
 //! The bundled framework modules over HTTP: the default domain mix, and each rule's allowed and
 //! refused path.
 
-use std::time::{Duration, Instant};
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use usm_tests::{Reply, TestServer};
@@ -233,85 +231,6 @@ async fn itil4_an_incident_closes_only_after_its_children() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hr_onboarding_fans_out_and_closes_when_tasks_are_done() {
-    let server = bundled();
-    let request = server
-        .create(json!({"kind": "request", "domain": "hr", "title": "Onboard Dana", "fields": {"request_type": "onboarding", "employee": "Dana Kim"}}))
-        .await
-        .unwrap();
-    assert_eq!(request["id"], "REQ-1");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let tasks = loop {
-        let tasks = server.list_all("kind=task").await.unwrap();
-        if tasks.len() == 4 {
-            break tasks;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the onboarding tasks were not created: {tasks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut where_: Vec<(String, String)> = tasks
-        .iter()
-        .map(|t| {
-            (
-                t["domain"].as_str().unwrap().to_owned(),
-                t["fields"]["team"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    where_.sort();
-    assert_eq!(
-        where_,
-        [
-            ("facilities", "facilities-security"),
-            ("facilities", "facilities-workplace"),
-            ("it", "it-identity"),
-            ("it", "it-workplace")
-        ]
-        .map(|(d, t)| (d.to_owned(), t.to_owned()))
-    );
-    assert!(
-        tasks
-            .iter()
-            .all(|t| t["links"] == json!([{"rel": "parent", "to": "REQ-1"}]))
-    );
-    assert!(
-        tasks[0]["title"]
-            .as_str()
-            .unwrap()
-            .ends_with("for Dana Kim")
-    );
-
-    for to in ["in_progress", "fulfilled"] {
-        server.transition("REQ-1", to).await.unwrap();
-    }
-    assert_rejected(
-        &move_to(&server, "REQ-1", "closed").await,
-        "hr",
-        "open_tasks",
-    );
-    for task in &tasks {
-        server
-            .transition(task["id"].as_str().unwrap(), "done")
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        move_to(&server, "REQ-1", "closed").await.status,
-        StatusCode::OK
-    );
-    // Other requests fan out nothing.
-    server
-        .create(json!({"kind": "request", "domain": "hr", "title": "Payslip copy"}))
-        .await
-        .unwrap();
-    server.settle().await.unwrap();
-    assert_eq!(server.list_all("kind=task").await.unwrap().len(), 4);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn facilities_routes_faults_by_building() {
     let server = bundled();
     for (building, team) in [
@@ -370,4 +289,77 @@ async fn modules_and_enablement_survive_a_restart() {
         fault["fields"].get("assignment_group").is_none(),
         "the disabled module stays disabled"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transition_carries_its_fields_in_one_write_past_the_rules_that_read_them() {
+    let server = bundled();
+    server
+        .create(json!({"kind": "incident", "title": "Mail down", "fields": {"impact": "low", "urgency": "low"}}))
+        .await
+        .unwrap();
+    server.transition("INC-1", "in_progress").await.unwrap();
+    let resolve = |fields: Value| {
+        let body = json!({"to": "resolved", "comment": "MTA restarted", "fields": fields});
+        let server = &server;
+        async move {
+            server
+                .post("/api/v1/records/INC-1/transitions", &body)
+                .await
+        }
+    };
+    // A move refused by a rule writes none of its fields either.
+    let refused = resolve(json!({"category": "email"})).await.unwrap();
+    assert_rejected(&refused, "iso20000", "resolution_required");
+    let unchanged = server.get("/api/v1/records/INC-1").await.unwrap();
+    assert_eq!(unchanged.body["version"], 2);
+    assert!(unchanged.body["fields"].get("category").is_none());
+
+    let resolved = resolve(json!({"category": "email", "resolution_code": "fixed",
+                                  "resolution": "Restarted the MTA"}))
+    .await
+    .unwrap();
+    assert_eq!(resolved.status, StatusCode::OK, "{}", resolved.body);
+    assert_eq!(resolved.body["state"], "resolved");
+    assert_eq!(resolved.body["version"], 3);
+    assert_eq!(resolved.body["fields"]["resolution_code"], "fixed");
+    let history = server.get("/api/v1/records/INC-1/history").await.unwrap();
+    let entries = history.body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    let last = &entries[2];
+    assert_eq!(last["action"], "transition", "{last}");
+    assert_eq!(last["comment"], "MTA restarted");
+    let changed: Vec<&str> = last["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["path"].as_str())
+        .collect();
+    for path in [
+        "/state",
+        "/fields/category",
+        "/fields/resolution_code",
+        "/fields/resolution",
+    ] {
+        assert!(changed.contains(&path), "{path} not in {changed:?}");
+    }
+    // A stale If-Match refuses the move and its fields alike.
+    let stale = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/records/INC-1/transitions",
+            Some(&json!({"to": "closed", "fields": {"resolution": "Other"}})),
+            &[("If-Match", "\"2\"")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    let kept = server.get("/api/v1/records/INC-1").await.unwrap();
+    assert_eq!(kept.body["state"], "resolved");
+    assert_eq!(kept.body["fields"]["resolution"], "Restarted the MTA");
 }

@@ -31,6 +31,7 @@ mod routes;
 mod scoping;
 mod search;
 mod security;
+mod service_catalog;
 mod sla;
 mod strict_input;
 mod webhook_policy;

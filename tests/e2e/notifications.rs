@@ -891,3 +891,69 @@ async fn without_smtp_url_the_server_says_once_that_it_mails_no_one() {
         .count();
     assert_eq!(said, 1, "{:#?}", server.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_orders_approvers_are_asked_by_mail_and_only_they() {
+    let sink = Sink::default();
+    let server = server_mailing_to(&sink);
+    person_in(&server, "mia", "requester", None).await;
+    person_in(&server, "ann", "agent", None).await;
+    let rob = person_in(&server, "rob", "requester", None).await;
+    let managed = server
+        .patch("/api/v1/people/rob", &json!({"manager": "mia"}))
+        .await
+        .unwrap();
+    assert_eq!(managed.status, StatusCode::OK, "{}", managed.body);
+    let group = server
+        .post(
+            "/api/v1/groups",
+            &json!({"id": "it-identity", "name": "Identity", "domain": "it", "members": ["ann"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(group.status, StatusCode::CREATED);
+    let item = server
+        .post(
+            "/api/v1/catalog/items",
+            &json!({"id": "vpn", "domain": "it", "name": "VPN access",
+                    "approval": {"by": "manager"},
+                    "fulfilment": [{"title": "Grant VPN access to {{ requester }}", "domain": "it", "group": "it-identity"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(item.status, StatusCode::CREATED, "{}", item.body);
+    let ordered = server
+        .act(
+            &rob,
+            Method::POST,
+            "/api/v1/catalog/items/vpn/order",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(ordered.status, StatusCode::CREATED, "{}", ordered.body);
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+
+    let entries = deliveries(&server, 2).await;
+    let mut sent: Vec<(String, String)> = entries
+        .iter()
+        .map(|d| {
+            (
+                d["person"].as_str().unwrap().to_owned(),
+                d["subject"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (
+                "mia".to_owned(),
+                format!("[usm {id}] Approval requested: VPN access")
+            ),
+            ("rob".to_owned(), format!("[usm {id}] Received: VPN access")),
+        ]
+    );
+    // The group that fulfils it hears nothing until there is a task for it.
+    assert!(sink.received().iter().all(|m| m.to != ["ann@example.org"]));
+}

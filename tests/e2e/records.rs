@@ -261,3 +261,118 @@ async fn idempotency_key_sent_concurrently_creates_one_record() {
     assert_eq!(reused.body["code"], "idempotency_key_reused");
     assert_eq!(server.list_all("").await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_reads_and_approvals_on_the_version_seen() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "change", "title": "Patch the core switch"}))
+        .await
+        .unwrap();
+    let read = |tag: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::GET,
+                    "/api/v1/records/CHG-1",
+                    None,
+                    &[("If-None-Match", tag)],
+                )
+                .await
+        }
+    };
+    let unchanged = read("\"1\"").await.unwrap();
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.header("etag"), Some("\"1\""));
+    assert_eq!(
+        read("\"0\", W/\"1\"").await.unwrap().status,
+        StatusCode::NOT_MODIFIED
+    );
+    let changed = read("\"7\"").await.unwrap();
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.body["id"], "CHG-1");
+
+    // An approval names the version its approver decided on; a stale one is refused.
+    let approve = |tag: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/api/v1/records/CHG-1/approvals",
+                    Some(&json!({"decision": "approve"})),
+                    &[("If-Match", tag)],
+                )
+                .await
+        }
+    };
+    let stale = approve("\"5\"").await.unwrap();
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    assert_eq!(stale.body["current_version"], 1, "{}", stale.body);
+    let approved = approve("\"1\"").await.unwrap();
+    assert_eq!(approved.status, StatusCode::CREATED, "{}", approved.body);
+    assert_eq!(approved.header("etag"), Some("\"2\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_requires_if_match_refuses_blind_changes() {
+    let server = TestServer::start_with(|config| config.require_if_match = true).unwrap();
+    let created = server
+        .create(json!({"kind": "incident", "title": "Mail is down"}))
+        .await
+        .unwrap();
+    assert_eq!(created["id"], "INC-1");
+    let blind = [
+        (
+            Method::PATCH,
+            "/api/v1/records/INC-1",
+            json!({"title": "Mail is slow"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/INC-1/transitions",
+            json!({"to": "in_progress"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/records/INC-1/approvals",
+            json!({"decision": "approve"}),
+        ),
+    ];
+    for (method, path, body) in &blind {
+        let refused = server
+            .call(method.clone(), path, Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status,
+            StatusCode::PRECONDITION_REQUIRED,
+            "{path}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "precondition_required");
+    }
+    let record = server.get("/api/v1/records/INC-1").await.unwrap();
+    assert_eq!(record.body["version"], 1, "nothing was written");
+    let (method, path, body) = &blind[1];
+    let moved = server
+        .call(method.clone(), path, Some(body), &[("If-Match", "\"1\"")])
+        .await
+        .unwrap();
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    // Creating needs no version: there is none to have read.
+    let second = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "incident", "title": "Printer"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.status, StatusCode::CREATED);
+}

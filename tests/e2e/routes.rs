@@ -43,6 +43,10 @@ const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/queues/{id}/records"),
     // An MTA's automation token hands over mail (others get 403 there).
     ("POST", "/api/v1/inbound/email"),
+    // Everyone sees and orders the catalog of their domains; admins keep it.
+    ("GET", "/api/v1/catalog/items"),
+    ("GET", "/api/v1/catalog/items/{id}"),
+    ("POST", "/api/v1/catalog/items/{id}/order"),
 ];
 
 /// Every (method, path template) of the served API description, with the path's parameters

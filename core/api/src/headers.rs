@@ -15,6 +15,36 @@ pub fn with_etag(builder: &mut HttpResponseBuilder, record: &Record) {
     builder.insert_header((header::ETAG, etag(record.version)));
 }
 
+/// The version a change of a record is conditioned on (see [`if_match`]); when the server
+/// requires it (`require_if_match`), a change without `If-Match` is `428`.
+pub fn change_condition(request: &HttpRequest, required: bool) -> Result<Option<u64>, ApiError> {
+    if required && !request.headers().contains_key(header::IF_MATCH) {
+        return Err(ApiError::new(
+            ErrorCode::PreconditionRequired,
+            "this server changes a record only with If-Match: send the ETag of the version you read (or * to change any)",
+        )
+        .with_field("If-Match"));
+    }
+    if_match(request)
+}
+
+/// Whether `If-None-Match` names `version` (or is `*`): a conditional read's answer is then
+/// `304`.
+pub fn not_modified(request: &HttpRequest, version: u64) -> bool {
+    let Some(value) = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let current = etag(version);
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == current || tag.strip_prefix("W/") == Some(current.as_str()))
+}
+
 /// The version `If-Match` requires: `None` when absent or `*`.
 pub fn if_match(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
     let Some(value) = request.headers().get(header::IF_MATCH) else {

@@ -6,6 +6,7 @@
 mod admin;
 mod attachments;
 mod body;
+mod catalog;
 mod directory;
 mod headers;
 mod inbound;
@@ -55,6 +56,8 @@ pub struct ApiConfig {
     pub inbound_max_bytes: usize,
     /// Bounds on a request's head, checked before anything else.
     pub head: HeadLimits,
+    /// A change of a record (edit, transition, approval) without `If-Match` is `428`.
+    pub require_if_match: bool,
 }
 
 /// Bounds on a request's head, checked before routing, authentication or any handler, each
@@ -137,6 +140,7 @@ impl Default for ApiConfig {
             attachment_max_bytes: 25 * 1024 * 1024,
             inbound_max_bytes: 40 * 1024 * 1024,
             head: HeadLimits::default(),
+            require_if_match: false,
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Services {
     pub search: Arc<usm_search::SearchIndex>,
     /// Inbound e-mail.
     pub mailgate: Arc<usm_mailgate::Mailgate>,
+    /// The service catalog.
+    pub catalog: Arc<usm_service_catalog::ServiceCatalog>,
 }
 
 /// The OpenAPI description of the API.
@@ -216,6 +222,12 @@ pub struct Services {
         search::get_queue,
         search::delete_queue,
         search::queue_records,
+        catalog::list_items,
+        catalog::create_item,
+        catalog::get_item,
+        catalog::patch_item,
+        catalog::delete_item,
+        catalog::order_item,
         notifications::deliveries,
         notifications::list_rules,
         notifications::put_rule,
@@ -239,7 +251,8 @@ pub struct Services {
         admin::automation_runs,
         healthz,
     ),
-    components(schemas(Problem, Health)),
+    components(schemas(Problem, Health, usm_model::ErrorCode)),
+    servers((url = "/", description = "The server that serves this document")),
     tags(
         (name = "records", description = "Agreements, changes, incidents, requests, tasks, … and their lifecycles"),
         (name = "approvals", description = "Approval decisions on records"),
@@ -250,6 +263,7 @@ pub struct Services {
         (name = "directory", description = "People and groups: admins of a domain manage them, agents read them"),
         (name = "search", description = "Full-text search and saved queues, from an index that follows commits"),
         (name = "inbound", description = "E-mail in: messages an MTA hands over become records and replies"),
+        (name = "catalog", description = "The service catalog: items with a form, an approval and fulfilment tasks, ordered as requests"),
         (name = "notifications", description = "E-mail to the people a record concerns: rules and template sets per domain, the delivery log (admin)"),
         (name = "audit", description = "The audit log of admin actions (admin)"),
         (name = "kpis", description = "Improve: KPIs from history"),
@@ -299,7 +313,16 @@ impl utoipa::Modify for CommonProblems {
                     .build(),
             )
         };
-        let add = |operation: &mut Operation, api: bool| {
+        let retry_after = || {
+            utoipa::openapi::HeaderBuilder::new()
+                .schema(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::Integer),
+                )
+                .description(Some("Seconds to wait before trying again"))
+                .build()
+        };
+        let add = |operation: &mut Operation, api: bool, admitted: bool| {
             let has_body = operation.request_body.is_some();
             let responses = &mut operation.responses.responses;
             let mut common = vec![
@@ -310,7 +333,14 @@ impl utoipa::Modify for CommonProblems {
             ];
             if api {
                 common.push(("401", "No valid bearer token"));
+                common.push((
+                    "403",
+                    "The token's roles or domains do not allow this (admin-only routes, scoped tokens)",
+                ));
                 common.push(("429", "Rate limited; see Retry-After"));
+            }
+            if api && admitted {
+                common.push(("503", "Overloaded: nothing was written; see Retry-After"));
             }
             if has_body {
                 common.push(("408", "The body stopped arriving"));
@@ -322,11 +352,23 @@ impl utoipa::Modify for CommonProblems {
                     .entry(status.to_owned())
                     .or_insert_with(|| problem(description));
             }
+            for status in ["429", "503"] {
+                if let Some(RefOr::T(response)) = responses.get_mut(status) {
+                    response
+                        .headers
+                        .entry("Retry-After".to_owned())
+                        .or_insert_with(retry_after);
+                }
+            }
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let api = path.starts_with("/api/");
+            // Writes of records wait for a pipeline turn and may be turned away.
+            let admitted = path.starts_with("/api/v1/records") || path.ends_with("/order");
+            if let Some(get) = &mut item.get {
+                add(get, api, false);
+            }
             for operation in [
-                &mut item.get,
                 &mut item.post,
                 &mut item.put,
                 &mut item.patch,
@@ -335,7 +377,7 @@ impl utoipa::Modify for CommonProblems {
             .into_iter()
             .flatten()
             {
-                add(operation, api);
+                add(operation, api, admitted);
             }
         }
     }
@@ -563,6 +605,21 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/queues/{id}/records").route(web::get().to(search::queue_records)),
+                )
+                .service(
+                    resource("/catalog/items")
+                        .route(web::get().to(catalog::list_items))
+                        .route(web::post().to(catalog::create_item)),
+                )
+                .service(
+                    resource("/catalog/items/{id}")
+                        .route(web::get().to(catalog::get_item))
+                        .route(web::patch().to(catalog::patch_item))
+                        .route(web::delete().to(catalog::delete_item)),
+                )
+                .service(
+                    resource("/catalog/items/{id}/order")
+                        .route(web::post().to(catalog::order_item)),
                 )
                 .service(
                     resource("/notifications/deliveries")

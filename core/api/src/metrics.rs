@@ -67,6 +67,7 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
             usm_script_host::automation::AutomationWorker::CONSUMER,
             usm_search::SearchWorker::CONSUMER,
             usm_notify::NotificationWorker::CONSUMER,
+            usm_service_catalog::FulfilmentWorker::CONSUMER,
         ]
         .into_iter()
         .map(|name| Ok((name, store.cursor(name)?)))

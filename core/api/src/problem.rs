@@ -21,7 +21,9 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong in this occurrence.
     pub detail: String,
-    /// The stable machine-readable code.
+    /// The stable machine-readable code. An open set: the known values are the `ErrorCode`
+    /// schema's, and a client should treat one it does not know by the HTTP status.
+    #[schema(value_type = String, example = "record_not_found")]
     pub code: ErrorCode,
     /// The offending member as a JSON pointer into the request body, or a parameter name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +78,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::UnknownReference
         | C::WorkflowInvalid
         | C::NotificationInvalid
+        | C::CatalogItemInvalid
         | C::SenderUnknown
         | C::WebhookDestinationRefused => StatusCode::UNPROCESSABLE_ENTITY,
         C::ModuleVersionConflict
@@ -84,12 +87,16 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::ModuleNotEnabled
         | C::WorkflowConflict
         | C::TokenNameTaken
+        | C::CatalogItemExists
+        | C::CatalogItemReadOnly
+        | C::CatalogItemUnavailable
         | C::DirectoryIdTaken => StatusCode::CONFLICT,
         C::ModuleNotFound
         | C::PersonNotFound
         | C::GroupNotFound
         | C::QueueNotFound
         | C::NotificationNotFound
+        | C::CatalogItemNotFound
         | C::WorkflowNotFound
         | C::TokenNotFound
         | C::WebhookNotFound
@@ -104,6 +111,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::RecordNotFound | C::RouteNotFound => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+        C::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         C::Unavailable | C::Overloaded | C::SearchRebuilding => StatusCode::SERVICE_UNAVAILABLE,
         C::Internal | C::StepFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,6 +141,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::RouteNotFound => "No such route",
         C::MethodNotAllowed => "Method not allowed",
         C::VersionMismatch => "Version mismatch",
+        C::PreconditionRequired => "If-Match required",
         C::BadCursor => "Bad cursor",
         C::IdempotencyKeyReused => "Idempotency key reused",
         C::WriteConflict => "Write conflict",
@@ -152,6 +161,11 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::InboundUnparsable => "Not an e-mail message",
         C::SenderUnknown => "Unknown sender",
         C::NotificationNotFound => "Notification rule or template not found",
+        C::CatalogItemNotFound => "Catalog item not found",
+        C::CatalogItemInvalid => "Catalog item not acceptable",
+        C::CatalogItemExists => "A catalog item has that id",
+        C::CatalogItemReadOnly => "The catalog item comes from a module",
+        C::CatalogItemUnavailable => "The catalog item cannot be ordered now",
         C::SearchSyntax => "Search syntax error",
         C::SearchRebuilding => "Search index rebuilding",
         C::DirectoryIdTaken => "The id is taken",

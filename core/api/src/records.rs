@@ -8,7 +8,7 @@ use usm_model::{Approval, Decision, HistoryEntry, Record};
 use crate::{
     Services,
     body::Object,
-    headers::{etag, idempotency_key, if_match, with_etag},
+    headers::{change_condition, etag, idempotency_key, with_etag},
     principal::Principal,
     problem::{ApiError, Problem},
 };
@@ -79,12 +79,14 @@ pub struct RecordView {
     params(("id" = String, Path, description = "Record id, e.g. INC-42")),
     responses(
         (status = 200, body = RecordView, headers(("ETag" = String))),
+        (status = 304, description = "`If-None-Match` names the current version", headers(("ETag" = String))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_record(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = services.engine.clone();
@@ -94,6 +96,12 @@ pub async fn get_record(
         Ok(RecordView { record, sla })
     })
     .await?;
+    // The version is the record; SLA clocks are computed on each read and not part of it.
+    if crate::headers::not_modified(&request, view.record.version) {
+        let mut builder = HttpResponse::NotModified();
+        with_etag(&mut builder, &view.record);
+        return Ok(builder.finish());
+    }
     let mut builder = HttpResponse::Ok();
     with_etag(&mut builder, &view.record);
     Ok(builder.json(view))
@@ -111,6 +119,7 @@ pub async fn get_record(
         (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "The server requires If-Match (`require_if_match`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn patch_record(
@@ -120,7 +129,7 @@ pub async fn patch_record(
     id: web::Path<String>,
     body: web::Json<Object<RecordPatch>>,
 ) -> Result<HttpResponse, ApiError> {
-    let expected = if_match(&request)?;
+    let expected = change_condition(&request, services.config.require_if_match)?;
     let engine = services.engine.clone();
     let record =
         blocking(move || engine.update(&actor, &id, body.into_inner().0, expected)).await?;
@@ -136,9 +145,15 @@ pub struct TransitionRequest {
     /// Why.
     #[serde(default)]
     pub comment: Option<String>,
+    /// Fields to change with the move (a JSON merge patch), in the same write: resolve with
+    /// the resolution, close with the outcome.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Moves a record to another state of its lifecycle.
+/// Moves a record to another state of its lifecycle, optionally changing fields in the same
+/// write (one version, one history entry; the transition's rules see the new fields).
 #[utoipa::path(
     post, path = "/api/v1/records/{id}/transitions", tag = "records",
     request_body = TransitionRequest,
@@ -148,8 +163,9 @@ pub struct TransitionRequest {
         (status = 403, description = "Your roles may not take this transition", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not allowed from the current state; `allowed` lists the reachable states", body = Problem, content_type = "application/problem+json"),
-        (status = 412, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown state", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "The server requires If-Match (`require_if_match`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown state, fields the kind's schema refuses, or fields not the caller's to write", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn transition_record(
@@ -159,10 +175,17 @@ pub async fn transition_record(
     id: web::Path<String>,
     body: web::Json<TransitionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let expected = if_match(&request)?;
+    let expected = change_condition(&request, services.config.require_if_match)?;
     let engine = services.engine.clone();
-    let TransitionRequest { to, comment } = body.into_inner();
-    let record = blocking(move || engine.transition(&actor, &id, &to, comment, expected)).await?;
+    let TransitionRequest {
+        to,
+        comment,
+        fields,
+    } = body.into_inner();
+    let record = blocking(move || {
+        engine.transition_with_fields(&actor, &id, &to, comment, expected, fields)
+    })
+    .await?;
     Ok(record_response(actix_web::http::StatusCode::OK, &record))
 }
 
@@ -400,25 +423,29 @@ pub struct ApprovalList {
 #[utoipa::path(
     post, path = "/api/v1/records/{id}/approvals", tag = "approvals",
     request_body = ApprovalRequest,
-    params(("id" = String, Path)),
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "The ETag of the version the approver decided on")),
     responses(
         (status = 201, body = Approval, headers(("ETag" = String, description = "The record's new version"))),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The record is inactive", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "The server requires If-Match (`require_if_match`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A pipeline step rejected the approval", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_approval(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: HttpRequest,
     id: web::Path<String>,
     body: web::Json<ApprovalRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let expected = change_condition(&request, services.config.require_if_match)?;
     let engine = services.engine.clone();
     let ApprovalRequest { decision, comment } = body.into_inner();
     let (approval, record) =
-        blocking(move || engine.approve(&actor, &id, decision, comment)).await?;
+        blocking(move || engine.approve(&actor, &id, decision, comment, expected)).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(record.version)))
         .json(approval))

@@ -22,6 +22,52 @@ pub fn requester_of(record: &Record) -> &str {
         .unwrap_or(&record.created_by)
 }
 
+/// The field naming who decides a record's approvals (person ids and `group:<id>`); the
+/// engine's services fill it, never a client.
+pub const APPROVERS: &str = "approvers";
+
+/// The approvers a record names; none means any agent or admin may decide.
+pub fn approvers_of(record: &Record) -> impl Iterator<Item = &str> {
+    record
+        .fields
+        .get(APPROVERS)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// Whether `actor` (a member of `groups` in the record's domain) may decide an approval of
+/// `record`: with approvers named, one of them but never the requester; else an agent or admin.
+pub fn may_approve(actor: &Actor, groups: &[String], record: &Record) -> Result<(), EngineError> {
+    let mut named = approvers_of(record).peekable();
+    if named.peek().is_none() {
+        if actor.has_role(usm_model::Role::Agent) || actor.has_role(usm_model::Role::Admin) {
+            return Ok(());
+        }
+        return Err(EngineError::Forbidden(
+            "an approval is a person's decision: it needs the agent or admin role, and automations do not approve".into(),
+        ));
+    }
+    if requester_of(record) == actor.name {
+        return Err(EngineError::Forbidden(
+            "no one approves what they asked for themself".into(),
+        ));
+    }
+    let eligible = named.any(|approver| match approver.strip_prefix("group:") {
+        Some(group) => groups.iter().any(|g| g == group),
+        None => approver == actor.name,
+    });
+    if eligible {
+        Ok(())
+    } else {
+        Err(EngineError::Forbidden(format!(
+            "only the record's approvers decide: {}",
+            approvers_of(record).collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
 /// The module whose steps act as `actor`, for writes made by a step's effects.
 fn module_of(actor: &Actor) -> Option<&str> {
     actor.name.strip_prefix("module:")

@@ -434,15 +434,29 @@ impl Engine {
         new: NewRecord,
         idempotency_key: Option<&str>,
     ) -> Result<Created, EngineError> {
-        self.create_caused(actor, new, idempotency_key, None)
+        self.create_caused(actor, new, idempotency_key, None, Map::new())
+    }
+
+    /// Creates a record on behalf of one of the server's services (the service catalog), which
+    /// also fills `system`: fields the kind reserves for the engine, which no client or step
+    /// writes. The actor's own fields pass every control a client's do.
+    pub fn create_with_system_fields(
+        &self,
+        actor: &Actor,
+        new: NewRecord,
+        idempotency_key: Option<&str>,
+        system: Map<String, Value>,
+    ) -> Result<Created, EngineError> {
+        self.create_caused(actor, new, idempotency_key, None, system)
     }
 
     pub(crate) fn create_caused(
         &self,
         actor: &Actor,
-        new: NewRecord,
+        mut new: NewRecord,
         idempotency_key: Option<&str>,
         cause: Option<Cause>,
+        system: Map<String, Value>,
     ) -> Result<Created, EngineError> {
         let _gate = self
             .catalog_gate
@@ -461,17 +475,28 @@ impl Engine {
         let catalog = self.catalog_in(&domain);
         let def = kind_def(&catalog, &new.kind)?;
         self.check_size(&new.fields)?;
-        let claim = idempotency_key
-            .map(|key| self.idempotency_claim(actor, key, &new))
-            .transpose()?;
-        let title = self.title(&new.title)?;
-        self.check_links(actor, &new.links, None)?;
         let write = controls::ClientWrite {
             actor,
             before: None,
             domain_admin: false,
         };
         controls::check_client(def, &write, &new.fields)?;
+        for (field, value) in system {
+            if def.writer(&field) != &usm_model::Writer::System {
+                return Err(EngineError::invalid(
+                    format!("/fields/{field}"),
+                    "only the engine's own fields are filled by a service",
+                ));
+            }
+            new.fields.insert(field, value);
+        }
+        self.check_size(&new.fields)?;
+        // After the service's fields are in: a replay with other variables is another request.
+        let claim = idempotency_key
+            .map(|key| self.idempotency_claim(actor, key, &new))
+            .transpose()?;
+        let title = self.title(&new.title)?;
+        self.check_links(actor, &new.links, None)?;
         let fields = valid_fields(&catalog, def, new.fields)?;
         let now = Timestamp::now();
         let record = Record {
@@ -595,25 +620,7 @@ impl Engine {
                 next.links = links.clone();
             }
             if let Some(fields_patch) = &patch.fields {
-                merge_patch(
-                    &mut next.fields,
-                    fields_patch,
-                    self.config.limits.max_patch_depth,
-                )
-                .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
-                self.check_size(&next.fields)?;
-                let catalog = self.catalog_in(&current.domain);
-                let def = kind_def(&catalog, current.kind.as_str())?;
-                let write = controls::ClientWrite {
-                    actor,
-                    before: Some(&current.fields),
-                    domain_admin: auth::admin_sees(
-                        actor,
-                        Some(&std::collections::BTreeSet::from([current.domain.clone()])),
-                    ),
-                };
-                controls::check_client(def, &write, &next.fields)?;
-                next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
+                self.patch_fields(actor, current, &mut next, fields_patch)?;
             }
             Ok(Proposal {
                 record: next,
@@ -626,6 +633,33 @@ impl Engine {
         .map(|committed| committed.record)
     }
 
+    /// Applies a client's merge patch of `current`'s fields to `next`, with every control a
+    /// client's field write passes.
+    fn patch_fields(
+        &self,
+        actor: &Actor,
+        current: &Record,
+        next: &mut Record,
+        patch: &Map<String, Value>,
+    ) -> Result<(), EngineError> {
+        merge_patch(&mut next.fields, patch, self.config.limits.max_patch_depth)
+            .map_err(|e| EngineError::invalid("/fields", e.to_string()))?;
+        self.check_size(&next.fields)?;
+        let catalog = self.catalog_in(&current.domain);
+        let def = kind_def(&catalog, current.kind.as_str())?;
+        let write = controls::ClientWrite {
+            actor,
+            before: Some(&current.fields),
+            domain_admin: auth::admin_sees(
+                actor,
+                Some(&std::collections::BTreeSet::from([current.domain.clone()])),
+            ),
+        };
+        controls::check_client(def, &write, &next.fields)?;
+        next.fields = valid_fields(&catalog, def, std::mem::take(&mut next.fields))?;
+        Ok(())
+    }
+
     /// Moves a record to another state of its lifecycle.
     #[instrument(skip_all, fields(record = %id, to = %to))]
     pub fn transition(
@@ -636,9 +670,24 @@ impl Engine {
         comment: Option<String>,
         if_match: Option<u64>,
     ) -> Result<Record, EngineError> {
-        self.transition_caused(actor, id, to, comment, if_match, None)
+        self.transition_caused(actor, id, to, comment, if_match, None, None)
     }
 
+    /// Moves a record to another state and changes its fields (a JSON merge patch) in the same
+    /// write: one version, one history entry, and the transition's rules see the new fields.
+    pub fn transition_with_fields(
+        &self,
+        actor: &Actor,
+        id: &str,
+        to: &str,
+        comment: Option<String>,
+        if_match: Option<u64>,
+        fields: Option<Map<String, Value>>,
+    ) -> Result<Record, EngineError> {
+        self.transition_caused(actor, id, to, comment, if_match, None, fields.as_ref())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn transition_caused(
         &self,
         actor: &Actor,
@@ -647,6 +696,7 @@ impl Engine {
         comment: Option<String>,
         if_match: Option<u64>,
         cause: Option<Cause>,
+        fields: Option<&Map<String, Value>>,
     ) -> Result<Record, EngineError> {
         let comment = self.comment(comment)?;
         let target = WriteTarget {
@@ -683,6 +733,9 @@ impl Engine {
                     other => EngineError::invalid("/to", other.to_string()),
                 })?;
             let mut next = current.clone();
+            if let Some(patch) = fields {
+                self.patch_fields(actor, current, &mut next, patch)?;
+            }
             next.state = target;
             controls::on_transition(def, actor, current, &mut next);
             let context = serde_json::json!({"transition": {
@@ -768,7 +821,8 @@ impl Engine {
         .map(|committed| committed.record)
     }
 
-    /// Records an approval decision on a record that is not finished.
+    /// Records an approval decision on a record that is not finished; with `if_match`, only on
+    /// the version the approver saw.
     #[instrument(skip_all, fields(record = %id))]
     pub fn approve(
         &self,
@@ -776,22 +830,20 @@ impl Engine {
         id: &str,
         decision: Decision,
         comment: Option<String>,
+        if_match: Option<u64>,
     ) -> Result<(Approval, Record), EngineError> {
         let comment = self.comment(comment)?;
         let target = WriteTarget {
             id,
-            if_match: None,
+            if_match,
             action: Action::Approval,
             cause: None,
         };
         let committed = self.write(actor, target, |current| {
             // Checked once the record is known to be visible: a record the actor cannot see is
             // not found, whatever the role.
-            if !(actor.has_role(usm_model::Role::Agent) || actor.has_role(usm_model::Role::Admin)) {
-                return Err(EngineError::Forbidden(
-                    "an approval is a person's decision: it needs the agent or admin role, and automations do not approve".into(),
-                ));
-            }
+            let groups = self.directory.groups_of(&actor.name, &current.domain);
+            controls::may_approve(actor, &groups, current)?;
             let catalog = self.catalog_in(&current.domain);
             let def = kind_def(&catalog, current.kind.as_str())?;
             let inactive = def
@@ -814,7 +866,7 @@ impl Engine {
                 state: current.state.clone(),
                 record_version: 0,
                 content: controls::material_digest(def, current),
-                groups: self.directory.groups_of(&actor.name, &current.domain),
+                groups,
             };
             let context = serde_json::json!({"approval": approval});
             Ok(Proposal {
@@ -1455,7 +1507,9 @@ fn visible(actor: &Actor, record: &Record) -> bool {
     actor.in_domain(&record.domain)
         && (actor.works_records()
             || record.created_by == actor.name
-            || record.fields.get("requester").and_then(Value::as_str) == Some(actor.name.as_str()))
+            || record.fields.get("requester").and_then(Value::as_str) == Some(actor.name.as_str())
+            // A manager approving a report's order sees what they decide on.
+            || controls::approvers_of(record).any(|approver| approver == actor.name))
 }
 
 /// 2^63: floats at or past it in magnitude are integers JSON could not carry exactly.

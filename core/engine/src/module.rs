@@ -64,6 +64,9 @@ pub struct Manifest {
     /// Lifecycle states the module adds to kinds.
     #[serde(default)]
     pub states: Vec<StateDecl>,
+    /// Service catalog items, offered in each domain the module is enabled in.
+    #[serde(default)]
+    pub catalog_items: Vec<usm_model::service_catalog::CatalogItemDecl>,
 }
 
 /// A kind the module adds (`[[kinds]]`).
@@ -423,6 +426,23 @@ impl Module {
                 crate::workflow::parse(bytes, None)
                     .map_err(|e| ModuleError::new(format!("{file}#{}", e.pointer), e.message))?,
             );
+        }
+        /// Most catalog items of one module.
+        const MAX_CATALOG_ITEMS: usize = 50;
+        if manifest.catalog_items.len() > MAX_CATALOG_ITEMS {
+            return Err(ModuleError::new(
+                "module.toml: catalog_items",
+                format!("at most {MAX_CATALOG_ITEMS} items"),
+            ));
+        }
+        let mut item_ids = std::collections::BTreeSet::new();
+        for (index, item) in manifest.catalog_items.iter().enumerate() {
+            let key = format!("module.toml: catalog_items[{index}]");
+            item.check()
+                .map_err(|e| ModuleError::new(format!("{key}{}", e.field), e.message))?;
+            if !item_ids.insert(item.id.as_str()) {
+                return Err(ModuleError::new(key, "two catalog items have this id"));
+            }
         }
         let catalog = catalog_additions(&manifest)?;
         Ok(Self {

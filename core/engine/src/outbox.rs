@@ -299,7 +299,13 @@ fn apply_effect(
                 "effect/{}/{}/{}/{index}",
                 event.seq, cause.module, cause.step
             );
-            let created = engine.create_caused(actor, new, Some(&key), Some(cause.clone()))?;
+            let created = engine.create_caused(
+                actor,
+                new,
+                Some(&key),
+                Some(cause.clone()),
+                serde_json::Map::new(),
+            )?;
             tracing::info!(created = %created.record.id, replayed = created.replayed, "effect created a record");
         }
         Effect::Transition {
@@ -317,6 +323,7 @@ fn apply_effect(
                     comment,
                     None,
                     Some(cause.clone()),
+                    None,
                 )?;
             }
         }

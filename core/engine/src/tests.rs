@@ -251,7 +251,7 @@ fn approvals_are_recorded_in_history() {
         .unwrap();
     let cab = Actor::new("cab", [Role::Agent]);
     let (approval, record) = engine
-        .approve(&cab, "CHG-1", Decision::Approve, Some("ok".into()))
+        .approve(&cab, "CHG-1", Decision::Approve, Some("ok".into()), None)
         .unwrap();
     assert_eq!(approval.seq, 1);
     assert_eq!(approval.actor, "cab");
@@ -265,7 +265,7 @@ fn approvals_are_recorded_in_history() {
     let requester = Actor::new("rob", [Role::Requester]);
     assert!(matches!(
         engine
-            .approve(&requester, "CHG-1", Decision::Approve, None)
+            .approve(&requester, "CHG-1", Decision::Approve, None, None)
             .unwrap_err(),
         EngineError::NotFound(_)
     ));
@@ -274,7 +274,7 @@ fn approvals_are_recorded_in_history() {
         .unwrap();
     assert!(matches!(
         engine
-            .approve(&requester, "CHG-2", Decision::Approve, None)
+            .approve(&requester, "CHG-2", Decision::Approve, None, None)
             .unwrap_err(),
         EngineError::Forbidden(_)
     ));
@@ -283,7 +283,7 @@ fn approvals_are_recorded_in_history() {
         .unwrap();
     assert!(matches!(
         engine
-            .approve(&cab, "CHG-1", Decision::Reject, None)
+            .approve(&cab, "CHG-1", Decision::Reject, None, None)
             .unwrap_err(),
         EngineError::RecordInactive { .. }
     ));
@@ -664,7 +664,7 @@ mod pipelines {
             .transition(&agent(), "INC-1", "in_progress", Some("on it".into()), None)
             .unwrap();
         engine
-            .approve(&agent(), "INC-1", usm_model::Decision::Approve, None)
+            .approve(&agent(), "INC-1", usm_model::Decision::Approve, None, None)
             .unwrap();
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].0, Hook::Transition);
@@ -1157,7 +1157,7 @@ mod authorization {
             Err(EngineError::Forbidden(_))
         ));
         assert!(matches!(
-            engine.approve(&rob, "REQ-1", usm_model::Decision::Approve, None),
+            engine.approve(&rob, "REQ-1", usm_model::Decision::Approve, None, None),
             Err(EngineError::Forbidden(_))
         ));
         engine

@@ -20,6 +20,10 @@ use usm_model::{Actor, Domain, RecordId, Role, Visibility};
 use usm_store::StoreError;
 
 const SEEN: &str = "inbound/seen/";
+/// How long a processed message's id is remembered: longer than an MTA retries a delivery
+/// (Postfix gives up after 5 days, Exim after 4). Within a day a redelivery would also find the
+/// record through the create's idempotency key.
+pub const SEEN_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 /// Attachments taken from one message; more are skipped and counted.
 pub const MAX_ATTACHMENTS: usize = 20;
 const MAX_TITLE_CHARS: usize = 200;
@@ -376,8 +380,10 @@ impl Mailgate {
         if let Some(key) = &seen
             && let Some(record) = store.setting(key)?
         {
+            let record = String::from_utf8_lossy(&record);
+            let record = record.split(' ').next().unwrap_or_default().to_owned();
             return Ok(Taken {
-                outcome: Outcome::of("duplicate", Some(String::from_utf8_lossy(&record).into())),
+                outcome: Outcome::of("duplicate", Some(record)),
                 author: None,
                 seen: None,
             });
@@ -448,17 +454,78 @@ impl Mailgate {
     /// is a duplicate.
     pub fn mark(&self, taken: &Taken) -> Result<(), MailError> {
         if let (Some(key), Some((_, record))) = (&taken.seen, &taken.author) {
+            // The record it made, and when: what a duplicate is answered with, and its age.
+            let value = format!("{record} {}", usm_model::Timestamp::now().as_second());
             self.engine
                 .store()
-                .write_settings(&[(key.clone(), record.to_string().into_bytes())], &[])?;
+                .write_settings(&[(key.clone(), value.into_bytes())], &[])?;
         }
         Ok(())
     }
 }
 
+/// Forgets the ids of messages processed more than `retention` ago; returns how many.
+pub fn forget_seen(
+    store: &dyn usm_store::Store,
+    retention: std::time::Duration,
+) -> Result<usize, usm_store::StoreError> {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let cutoff = usm_model::Timestamp::now()
+        .as_second()
+        .saturating_sub(retention);
+    let stale: Vec<String> = store
+        .settings(SEEN)?
+        .into_iter()
+        .filter(|(_, value)| {
+            // An entry from before ages were kept has none: it goes at once, its record being
+            // older than the create's idempotency key in all but a day's worth of cases.
+            let at = String::from_utf8_lossy(value)
+                .split(' ')
+                .nth(1)
+                .and_then(|at| at.parse::<i64>().ok())
+                .unwrap_or(0);
+            at < cutoff
+        })
+        .map(|(key, _)| key)
+        .collect();
+    for batch in stale.chunks(1_000) {
+        store.write_settings(&[], batch)?;
+    }
+    Ok(stale.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_message_ids_are_forgotten_after_the_retention_only() {
+        use usm_store::Store as _;
+        let store = usm_store::MemoryStore::default();
+        let now = usm_model::Timestamp::now().as_second();
+        let day = 24 * 3600;
+        store
+            .write_settings(
+                &[
+                    (format!("{SEEN}fresh"), format!("INC-1 {now}").into_bytes()),
+                    (
+                        format!("{SEEN}old"),
+                        format!("INC-2 {}", now - 40 * day).into_bytes(),
+                    ),
+                    (format!("{SEEN}ageless"), b"INC-3".to_vec()),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(forget_seen(&store, SEEN_RETENTION).unwrap(), 2);
+        let kept: Vec<String> = store
+            .settings(SEEN)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(kept, [format!("{SEEN}fresh")]);
+    }
 
     #[test]
     fn threads_are_found_by_tag_and_by_message_id() {

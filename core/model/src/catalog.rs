@@ -845,7 +845,18 @@ pub fn core_kinds() -> Vec<KindDef> {
             "REQ",
             Process::Operate,
             json!({"request_type": text(100), "due": date, "customer_confirmed": {"type": "boolean"},
-                   "resolution_code": text(100), "resolution": text(20_000)}),
+                   "resolution_code": text(100), "resolution": text(20_000),
+                   "catalog_item": text(200),
+                   "variables": {"type": "object"},
+                   "approvers": {"type": "array", "maxItems": 20, "items": text(200)},
+                   "fulfilment": {"type": "array", "maxItems": 20, "items": {
+                       "type": "object",
+                       "required": ["title", "domain"],
+                       "properties": {
+                           "title": text(200), "domain": text(64), "group": text(64),
+                           "after": {"type": "array", "maxItems": 20,
+                                     "items": {"type": "integer", "minimum": 0, "maximum": 19}}},
+                       "additionalProperties": false}}}),
             lifecycle(
                 &[
                     ("new", Initial),
@@ -871,7 +882,16 @@ pub fn core_kinds() -> Vec<KindDef> {
             ),
         )
         .with_writers(Writer::Requester, &["request_type", "due"])
-        .with_writers(Writer::System, &["customer_confirmed"])
+        .with_writers(
+            Writer::System,
+            &[
+                "customer_confirmed",
+                "catalog_item",
+                "variables",
+                "approvers",
+                "fulfilment",
+            ],
+        )
         .with_confirmation(
             "fulfilled",
             &["resolution", "resolution_code", "customer_confirmed"],
@@ -880,7 +900,8 @@ pub fn core_kinds() -> Vec<KindDef> {
             "task",
             "TSK",
             Process::Operate,
-            json!({"due": datetime, "team": text(200)}),
+            json!({"due": datetime, "team": text(200),
+                   "catalog_step": {"type": "integer", "minimum": 0, "maximum": 19}}),
             lifecycle(
                 &[
                     ("new", Initial),
@@ -899,7 +920,8 @@ pub fn core_kinds() -> Vec<KindDef> {
                     ("in_progress", "cancelled", WORKERS),
                 ],
             ),
-        ),
+        )
+        .with_writers(Writer::System, &["catalog_step"]),
         kind_def(
             "improvement",
             "IMP",

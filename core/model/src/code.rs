@@ -53,6 +53,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// `If-Match` names a version that is not the current one.
     VersionMismatch,
+    /// The server changes records only with `If-Match` (`require_if_match`), and none was sent.
+    PreconditionRequired,
     /// The cursor is malformed or belongs to a different query.
     BadCursor,
     /// The `Idempotency-Key` was already used for a different request.
@@ -102,6 +104,17 @@ pub enum ErrorCode {
     NotificationInvalid,
     /// The domain has no notification rule or template set of its own by that name.
     NotificationNotFound,
+    /// No catalog item by that id is offered to the caller.
+    CatalogItemNotFound,
+    /// A catalog item is not acceptable (`field` names the member).
+    CatalogItemInvalid,
+    /// Another catalog item has that id.
+    CatalogItemExists,
+    /// The item comes from a module: it changes with the module, not through the API.
+    CatalogItemReadOnly,
+    /// The item cannot be ordered here now: its approver or a fulfilment group or domain is
+    /// missing.
+    CatalogItemUnavailable,
     /// The search text does not parse: an unclosed quote, an unknown `name:` filter, too long.
     SearchSyntax,
     /// The search index is being rebuilt from the store; retry after `Retry-After` seconds.
@@ -157,6 +170,7 @@ impl ErrorCode {
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::VersionMismatch => "version_mismatch",
+            Self::PreconditionRequired => "precondition_required",
             Self::BadCursor => "bad_cursor",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::StepRejected => "step_rejected",
@@ -179,6 +193,11 @@ impl ErrorCode {
             Self::SenderUnknown => "sender_unknown",
             Self::NotificationInvalid => "notification_invalid",
             Self::NotificationNotFound => "notification_not_found",
+            Self::CatalogItemNotFound => "catalog_item_not_found",
+            Self::CatalogItemInvalid => "catalog_item_invalid",
+            Self::CatalogItemExists => "catalog_item_exists",
+            Self::CatalogItemReadOnly => "catalog_item_read_only",
+            Self::CatalogItemUnavailable => "catalog_item_unavailable",
             Self::SearchSyntax => "search_syntax",
             Self::SearchRebuilding => "search_rebuilding",
             Self::DirectoryIdTaken => "directory_id_taken",

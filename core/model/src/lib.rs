@@ -10,6 +10,7 @@ mod ids;
 mod lifecycle;
 mod patch;
 mod record;
+pub mod service_catalog;
 
 pub use catalog::{
     Catalog, CatalogAdditions, CatalogError, Confirmation, FieldError, FieldPolicies, KindDef,

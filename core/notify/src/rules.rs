@@ -47,7 +47,7 @@ pub enum Trigger {
 }
 
 /// Who a rule mails: `requester`, `assignee`, `group` (the members of the record's
-/// assignment group), `watchers`, `audience` (what a `notify` effect named: `person:<id>`,
+/// assignment group), `watchers`, `approvers`, `audience` (what a `notify` effect named: `person:<id>`,
 /// `group:<id>` or `team:<id>`, or one of the words here), `person:<id>` or `group:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -62,6 +62,9 @@ pub enum Recipient {
     Watchers,
     /// Whom a `notify` effect named.
     Audience,
+    /// Whoever the record names to decide its approvals (`approvers`: people and groups), as
+    /// the service catalog fills it.
+    Approvers,
     /// A person of the directory.
     Person(String),
     /// The members of a group of the record's domain.
@@ -95,13 +98,14 @@ impl TryFrom<String> for Recipient {
             "group" => Self::Group,
             "watchers" => Self::Watchers,
             "audience" => Self::Audience,
+            "approvers" => Self::Approvers,
             other => match other.split_once(':') {
                 Some(("person", person)) => Self::Person(id(person)?),
                 Some(("group" | "team", group)) => Self::GroupOf(id(group)?),
                 _ => {
                     return Err(format!(
                         "{text:?} is not a recipient: requester, assignee, group, watchers, \
-                         audience, person:<id> or group:<id>"
+                         audience, approvers, person:<id> or group:<id>"
                     ));
                 }
             },
@@ -117,6 +121,7 @@ impl From<Recipient> for String {
             Recipient::Group => "group".into(),
             Recipient::Watchers => "watchers".into(),
             Recipient::Audience => "audience".into(),
+            Recipient::Approvers => "approvers".into(),
             Recipient::Person(id) => format!("person:{id}"),
             Recipient::GroupOf(id) => format!("group:{id}"),
         }
@@ -149,7 +154,7 @@ pub struct Rule {
     /// `group:<id>` recipients (never to a requester).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
-    /// Who is mailed (1–10 entries): `requester`, `assignee`, `group`, `watchers`,
+    /// Who is mailed (1–10 entries): `requester`, `assignee`, `group`, `watchers`, `approvers`,
     /// `audience` (for `notice`), `person:<id>`, `group:<id>`.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub recipients: Vec<Recipient>,
@@ -180,6 +185,16 @@ pub fn defaults() -> Vec<Rule> {
                 "approval-request",
                 Trigger::Transitioned,
                 vec![Recipient::GroupOf("change-authority".into())],
+                "approval",
+            )
+        },
+        // Nobody is named unless the service catalog filled the record's approvers.
+        Rule {
+            kinds: vec!["request".into()],
+            ..rule(
+                "approvers-request",
+                Trigger::Created,
+                vec![Recipient::Approvers],
                 "approval",
             )
         },
@@ -469,6 +484,12 @@ fn resolve(
             .unwrap_or_default(),
         Recipient::Person(id) => vec![id.clone()],
         Recipient::GroupOf(id) => members(id),
+        Recipient::Approvers => usm_engine::controls::approvers_of(record)
+            .flat_map(|approver| match approver.strip_prefix("group:") {
+                Some(group) => members(group),
+                None => vec![approver.to_owned()],
+            })
+            .collect(),
         Recipient::Audience => match audience.map(|a| Recipient::try_from(a.to_owned())) {
             Some(Ok(Recipient::Audience)) | Some(Err(_)) | None => Vec::new(),
             Some(Ok(named)) => resolve(directory, record, &named, None),

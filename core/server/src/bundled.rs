@@ -90,20 +90,36 @@ pub const DEFAULT_GROUPS: &[(&str, &str, &str)] = &[
     ("site-hq", "facilities", "HQ site team"),
     ("site-lab", "facilities", "Lab site team"),
     ("site-logistics", "facilities", "Warehouse site team"),
+    ("it-identity", "it", "Identity and access"),
+    ("it-workplace", "it", "Workplace IT"),
+    ("facilities-workplace", "facilities", "Workplace services"),
+    ("facilities-security", "facilities", "Security and badges"),
 ];
 
-/// The settings key recording that the default groups were created.
+/// The settings key listing the default groups created so far (one id per line).
 const GROUPS_CREATED: &str = "bundled/groups-created";
 
-/// Creates the default groups of the configured domains, once per data directory.
+/// Creates the default groups of the configured domains that were never created on this data
+/// directory: a group added to the defaults in a later version is created on upgrade, and one
+/// an admin deleted stays deleted.
 pub fn default_groups(engine: &usm_engine::Engine, domains: &[String]) -> anyhow::Result<()> {
     let store = engine.store();
-    if store.setting(GROUPS_CREATED)?.is_some() {
-        return Ok(());
-    }
+    let created = store.setting(GROUPS_CREATED)?.unwrap_or_default();
+    let created = String::from_utf8_lossy(&created).into_owned();
+    // Before groups were listed here, the key held "1" once the first seven defaults existed.
+    const LISTED_SINCE: usize = 7;
+    let mut known: Vec<String> = if created == "1" {
+        DEFAULT_GROUPS[..LISTED_SINCE]
+            .iter()
+            .map(|(id, ..)| (*id).to_owned())
+            .collect()
+    } else {
+        created.lines().map(str::to_owned).collect()
+    };
     let system = Actor::new("system", [usm_model::Role::Admin]);
+    let mut changed = created == "1";
     for (id, domain, name) in DEFAULT_GROUPS {
-        if !domains.iter().any(|d| d == domain) {
+        if !domains.iter().any(|d| d == domain) || known.iter().any(|k| k == id) {
             continue;
         }
         let new = usm_directory::NewGroup {
@@ -116,8 +132,15 @@ pub fn default_groups(engine: &usm_engine::Engine, domains: &[String]) -> anyhow
             Ok(_) | Err(usm_directory::DirectoryError::Taken(_)) => {}
             Err(error) => return Err(error.into()),
         }
+        known.push((*id).to_owned());
+        changed = true;
     }
-    store.write_settings(&[(GROUPS_CREATED.to_owned(), b"1".to_vec())], &[])?;
+    if changed {
+        store.write_settings(
+            &[(GROUPS_CREATED.to_owned(), known.join("\n").into_bytes())],
+            &[],
+        )?;
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ pub struct Config {
     pub public_health: bool,
     /// `/metrics` (Prometheus) answers without a token.
     pub public_metrics: bool,
+    /// A change of a record (edit, transition, approval) must carry `If-Match`; without it the
+    /// answer is `428 precondition_required`.
+    pub require_if_match: bool,
     /// Requests per second allowed per principal, and per client address for requests without
     /// a valid token (0: no limit).
     pub rate_limit_per_second: u32,
@@ -197,6 +200,7 @@ impl Default for Config {
             admin_token_file: None,
             public_health: true,
             public_metrics: false,
+            require_if_match: false,
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             bundled_modules: true,

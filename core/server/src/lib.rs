@@ -50,6 +50,7 @@ pub struct Server {
     automations: AutomationWorker,
     search: usm_search::SearchWorker,
     notifications: usm_notify::NotificationWorker,
+    fulfilment: usm_service_catalog::FulfilmentWorker,
     pruner: Pruner,
 }
 
@@ -97,7 +98,7 @@ impl Server {
         })?);
         let services = web::Data::new(Services {
             engine: engine.clone(),
-            registry,
+            registry: Arc::clone(&registry),
             tokens,
             automations: Arc::clone(&automations),
             rate_limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
@@ -107,6 +108,7 @@ impl Server {
                 auth_required: config.auth_required,
                 public_health: config.public_health,
                 public_metrics: config.public_metrics,
+                require_if_match: config.require_if_match,
                 webhook_policy: webhook_policy(config)?,
                 body_timeout: Duration::from_secs(config.body_timeout_secs.max(1)),
                 attachment_max_bytes: config.attachment_max_bytes,
@@ -120,6 +122,10 @@ impl Server {
             blobs: blobs.clone(),
             search: Arc::clone(&search),
             mailgate: Arc::new(usm_mailgate::Mailgate::new(engine.clone(), unknown_senders)),
+            catalog: Arc::new(usm_service_catalog::ServiceCatalog::new(
+                engine.clone(),
+                registry,
+            )),
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)
@@ -155,12 +161,15 @@ impl Server {
         mail.check().context("the mail settings are wrong")?;
         let notifications = usm_notify::NotificationWorker::start(Arc::clone(&engine), &mail)
             .context("cannot start the notification worker")?;
+        let fulfilment = usm_service_catalog::FulfilmentWorker::start(Arc::clone(&engine))
+            .context("cannot start the fulfilment worker")?;
         let consumers = [
             AfterStepWorker::CONSUMER,
             SlaWorker::CONSUMER,
             AutomationWorker::CONSUMER,
             usm_search::SearchWorker::CONSUMER,
             usm_notify::NotificationWorker::CONSUMER,
+            usm_service_catalog::FulfilmentWorker::CONSUMER,
         ];
         let grace = Duration::from_secs(config.attachment_grace_secs);
         let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
@@ -179,11 +188,18 @@ impl Server {
                 }
             }
         });
+        let forget_mail: usm_engine::retention::Chore = Box::new(|engine| {
+            match usm_mailgate::forget_seen(engine.store().as_ref(), usm_mailgate::SEEN_RETENTION) {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(forgotten, "forgot old inbound message ids"),
+                Err(error) => tracing::error!(%error, "cannot forget old inbound message ids"),
+            }
+        });
         let pruner = Pruner::start(
             Arc::clone(&engine),
             consumers.map(str::to_owned).to_vec(),
             Duration::from_secs(config.prune_interval_secs.max(1)),
-            vec![collect_blobs],
+            vec![collect_blobs, forget_mail],
         )
         .context("cannot start the pruner")?;
         Ok(Self {
@@ -196,6 +212,7 @@ impl Server {
             automations,
             search,
             notifications,
+            fulfilment,
             pruner,
         })
     }
@@ -214,17 +231,19 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks, automations, search, notifications, pruner) = (
+        let (after_steps, sla, webhooks, automations, search, notifications, fulfilment, pruner) = (
             self.after_steps,
             self.sla,
             self.webhooks,
             self.automations,
             self.search,
             self.notifications,
+            self.fulfilment,
             self.pruner,
         );
         web::block(move || {
             pruner.stop();
+            fulfilment.stop();
             notifications.stop();
             search.stop();
             automations.stop();
