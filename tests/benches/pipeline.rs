@@ -243,6 +243,7 @@ fn creates_in_process(modules: &[std::path::PathBuf], records: usize, clients: u
             PluginHost::new(PluginLimits::default(), Some(store)).unwrap(),
         )),
         rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
+        manifest_checks: Vec::new(),
     };
     let it = Domain::new("it").unwrap();
     let loaded: Vec<Module> = modules

@@ -14,6 +14,7 @@ fn runtimes() -> Runtimes {
             PluginHost::new(PluginLimits::default(), None).unwrap(),
         )),
         rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
+        manifest_checks: Vec::new(),
     }
 }
 
@@ -150,6 +151,7 @@ fn a_grant_the_manifest_did_not_ask_for_is_not_given() {
             PluginHost::new(PluginLimits::default(), Some(store)).unwrap(),
         )),
         rhai: None,
+        manifest_checks: Vec::new(),
     };
     let seen = |asked: &str, grants: &[&str]| -> String {
         let dir = tempfile::tempdir().unwrap();

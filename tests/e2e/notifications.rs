@@ -957,3 +957,153 @@ async fn a_catalog_orders_approvers_are_asked_by_mail_and_only_they() {
     // The group that fulfils it hears nothing until there is a task for it.
     assert!(sink.received().iter().all(|m| m.to != ["ann@example.org"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_modules_rules_and_templates_apply_where_it_is_enabled_under_the_domains_own() {
+    let sink = Sink::default();
+    let url = sink.serve();
+    let server = TestServer::start_with(move |config| {
+        config.smtp_url = Some(url);
+        config.smtp_from = Some("Service desk <desk@usm.test>".into());
+        config.bundled_modules = true;
+    })
+    .unwrap();
+    for (id, domains) in [("fay", ["facilities"]), ("sam", ["facilities"])] {
+        let made = server
+            .post(
+                "/api/v1/people",
+                &json!({"id": id, "name": format!("{id} Lee"), "email": format!("{id}@example.org"), "domains": domains}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    }
+    let team = server
+        .patch("/api/v1/groups/site-hq", &json!({"members": ["sam"]}))
+        .await
+        .unwrap();
+    assert_eq!(team.status, StatusCode::OK, "{}", team.body);
+
+    let rules = server
+        .get("/api/v1/notifications/rules?domain=facilities")
+        .await
+        .unwrap();
+    let fault_rule = rules.body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"]["id"] == "site-team-fault")
+        .cloned()
+        .unwrap();
+    assert_eq!(fault_rule["source"], "module:facilities");
+    let elsewhere = server
+        .get("/api/v1/notifications/rules?domain=it")
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.body["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["rule"]["id"] != "site-team-fault")
+    );
+
+    // The desk records what fay reports on her behalf.
+    let report = |title: &'static str| {
+        let server = &server;
+        async move {
+            let made = server
+                .post(
+                    "/api/v1/records",
+                    &json!({
+                    "kind": "incident", "domain": "facilities", "title": title,
+                    "fields": {"building": "HQ", "requester": "fay"}}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+            made.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = report("Door jammed").await;
+    let sent = |count: usize| {
+        let server = &server;
+        async move {
+            deliveries(server, count)
+                .await
+                .iter()
+                .map(|d| {
+                    (
+                        d["person"].as_str().unwrap().to_owned(),
+                        d["subject"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    let mails = sent(2).await;
+    assert!(
+        mails.contains(&(
+            "sam".to_owned(),
+            format!("[usm {first}] New fault for site-hq: Door jammed")
+        )),
+        "{mails:?}"
+    );
+    assert!(
+        mails.contains(&(
+            "fay".to_owned(),
+            format!("[usm {first}] The facilities desk has your report: Door jammed")
+        )),
+        "{mails:?}"
+    );
+
+    // The domain's admins have the last word: their own set of the same name replaces the module's.
+    let own = server
+        .call(
+            Method::PUT,
+            "/api/v1/notifications/templates/facilities/created",
+            Some(&json!({"name": "created", "subject": "[usm {{ record.id }}] Got it: {{ record.title }}",
+                         "text": "Got it.", "html": "<p>Got it.</p>"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.body);
+    let second = report("Light out").await;
+    let mails = sent(4).await;
+    assert!(
+        mails.contains(&(
+            "fay".to_owned(),
+            format!("[usm {second}] Got it: Light out")
+        )),
+        "{mails:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_whose_notification_rule_is_wrong_is_not_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("module.toml"),
+        "id = \"noisy\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\n\
+         [[notification_rules]]\nid = \"everyone\"\non = \"created\"\nrecipients = [\"everybody\"]\ntemplate = \"created\"\n",
+    )
+    .unwrap();
+    let path = dir.path().to_owned();
+    let outcome = TestServer::start_with(move |config| {
+        config.modules = vec![usm_server::ModuleConfig {
+            path,
+            domains: vec!["it".into()],
+            grant: Vec::new(),
+        }];
+    });
+    let error = format!(
+        "{:#}",
+        outcome.err().expect("the server refuses the module")
+    );
+    assert!(error.contains("notification_rules[0]"), "{error}");
+    assert!(
+        error.contains("\"everybody\" is not a recipient"),
+        "{error}"
+    );
+}

@@ -198,6 +198,7 @@ fn engine_with_step(
             PluginHost::new(PluginLimits::default(), Some(shared)).unwrap(),
         )),
         rhai: None,
+        manifest_checks: Vec::new(),
     };
     let path = module_dir(&dir.join("module"), manifest, &[file]).unwrap();
     let module = Module::load_dir(&path, &runtimes, &["records:read".to_owned()]).unwrap();

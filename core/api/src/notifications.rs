@@ -184,9 +184,12 @@ pub async fn list_rules(
 ) -> Result<HttpResponse, ApiError> {
     let domain = administered(&services, &actor, &params.domain)?;
     let store = services.engine.store().clone();
+    let modules = usm_notify::ModuleNotifications::of(&services.registry, &domain);
     let rules = blocking(move || {
-        Ok(usm_notify::rules::in_force(store.as_ref(), &domain)
-            .map_err(usm_engine::EngineError::from)?)
+        Ok(
+            usm_notify::rules::in_force(store.as_ref(), &domain, &modules)
+                .map_err(usm_engine::EngineError::from)?,
+        )
     })
     .await?;
     Ok(HttpResponse::Ok().json(RuleList { rules }))
@@ -218,10 +221,11 @@ pub async fn put_rule(
         .with_field("/id"));
     }
     let store = services.engine.store().clone();
+    let modules = usm_notify::ModuleNotifications::of(&services.registry, &domain);
     let (added, view) = blocking(move || {
         let store = store.as_ref();
         let added = usm_notify::rules::put(store, &domain, &rule, |name| {
-            usm_notify::templates::exists(store, &domain, name).unwrap_or(false)
+            usm_notify::templates::exists(store, &domain, &modules, name).unwrap_or(false)
         })?;
         let after = serde_json::to_value(&rule).unwrap_or_default();
         audited(
@@ -232,7 +236,7 @@ pub async fn put_rule(
             &rule.id,
             Some(after),
         )?;
-        let view = usm_notify::rules::in_force(store, &domain)
+        let view = usm_notify::rules::in_force(store, &domain, &modules)
             .map_err(usm_engine::EngineError::from)?
             .into_iter()
             .find(|r| r.rule.id == rule.id);

@@ -67,6 +67,14 @@ pub struct Manifest {
     /// Service catalog items, offered in each domain the module is enabled in.
     #[serde(default)]
     pub catalog_items: Vec<usm_model::service_catalog::CatalogItemDecl>,
+    /// Notification rules of the domains the module is enabled in (read and checked by the
+    /// notification service): a rule with a default's id replaces that default there.
+    #[serde(default)]
+    pub notification_rules: Vec<Value>,
+    /// Notification template sets (read and checked by the notification service): a set with
+    /// a built-in name replaces the built-in there.
+    #[serde(default)]
+    pub notification_templates: Vec<Value>,
 }
 
 /// A kind the module adds (`[[kinds]]`).
@@ -210,13 +218,22 @@ pub trait StepBuilder: Send + Sync {
     fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String>;
 }
 
-/// The runtimes available to modules.
+/// Checks a section of a manifest that another service reads (notification rules and
+/// templates): a module it refuses is not installed.
+pub trait ManifestCheck: Send + Sync {
+    /// The first thing wrong with the manifest's section, if any.
+    fn check(&self, manifest: &Manifest) -> Result<(), ModuleError>;
+}
+
+/// The runtimes available to modules, and the checks their manifests pass.
 #[derive(Clone, Default)]
 pub struct Runtimes {
     /// Runs `wasm = "…"` steps.
     pub wasm: Option<Arc<dyn StepBuilder>>,
     /// Runs `script = "…"` steps.
     pub rhai: Option<Arc<dyn StepBuilder>>,
+    /// What the services reading a manifest's other sections require of them.
+    pub manifest_checks: Vec<Arc<dyn ManifestCheck>>,
 }
 
 /// Why a module was refused.
@@ -443,6 +460,9 @@ impl Module {
             if !item_ids.insert(item.id.as_str()) {
                 return Err(ModuleError::new(key, "two catalog items have this id"));
             }
+        }
+        for check in &runtimes.manifest_checks {
+            check.check(&manifest)?;
         }
         let catalog = catalog_additions(&manifest)?;
         Ok(Self {

@@ -1233,6 +1233,7 @@ fn a_module_cannot_be_disabled_under_a_write_that_uses_its_kind() {
             entered: std::sync::Mutex::new(entered_tx),
             go: Arc::new(std::sync::Mutex::new(go_rx)),
         })),
+        manifest_checks: Vec::new(),
     };
     let registry = Arc::new(crate::Registry::open(Arc::clone(&engine), runtimes).unwrap());
     let manifest = r#"

@@ -10,11 +10,13 @@
 //! record form one thread: the subject carries `[usm INC-12]`, the acknowledgement's
 //! `Message-ID` is the record's, and every later mail refers to it.
 
+mod modules;
 mod queue;
 pub mod rules;
 pub mod templates;
 mod worker;
 
+pub use modules::{ModuleNotifications, ModuleNotificationsCheck};
 pub use queue::{Delivery, DeliveryStatus, Mail, deliveries};
 pub use rules::{Recipient, Rule, RuleInForce, Trigger};
 pub use templates::TemplateSet;

@@ -16,7 +16,7 @@ use usm_engine::Engine;
 use usm_model::{Domain, Event, EventType, HistoryEntry, Record, Visibility};
 use usm_store::{Store, StoreError};
 
-use crate::NotifyError;
+use crate::{ModuleNotifications, NotifyError};
 
 const RULES: &str = "notify/rule/";
 /// Rules a domain may have besides the defaults.
@@ -302,30 +302,45 @@ pub struct RuleInForce {
     /// The domain.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub domain: Domain,
-    /// `default` (as shipped), `replaced` (a default an admin rewrote) or `domain` (an admin's
-    /// own).
-    pub source: &'static str,
+    /// `default` (as shipped), `module:<id>` (a module enabled in the domain), `replaced` (a
+    /// default or module rule an admin rewrote) or `domain` (an admin's own).
+    pub source: String,
 }
 
-/// The rules of `domain`, by id: the defaults as the domain replaced them, and its own.
-pub fn in_force(store: &dyn Store, domain: &Domain) -> Result<Vec<RuleInForce>, StoreError> {
+/// The rules of `domain`, by id: the defaults, as the domain's modules and then its admins
+/// replaced them, and the modules' and the domain's own.
+pub fn in_force(
+    store: &dyn Store,
+    domain: &Domain,
+    modules: &ModuleNotifications,
+) -> Result<Vec<RuleInForce>, StoreError> {
     let mut rules: BTreeMap<String, RuleInForce> = defaults()
         .into_iter()
         .map(|rule| {
             let view = RuleInForce {
                 domain: domain.clone(),
-                source: "default",
+                source: "default".into(),
                 rule,
             };
             (view.rule.id.clone(), view)
         })
         .collect();
+    for (module, rule) in &modules.rules {
+        rules.insert(
+            rule.id.clone(),
+            RuleInForce {
+                rule: rule.clone(),
+                domain: domain.clone(),
+                source: format!("module:{module}"),
+            },
+        );
+    }
     for (key, bytes) in store.settings(&format!("{RULES}{domain}/"))? {
         let rule = decode(&key, &bytes)?;
         let source = if rules.contains_key(&rule.id) {
-            "replaced"
+            "replaced".to_owned()
         } else {
-            "domain"
+            "domain".to_owned()
         };
         rules.insert(
             rule.id.clone(),
@@ -501,7 +516,11 @@ fn resolve(
 /// Nobody hears of their own write, except the requester's acknowledgement of a record they
 /// created; internal notes reach only staff recipients of rules that ask for them, and never
 /// the requester.
-pub(crate) fn notices(engine: &Engine, event: &Event) -> Result<Vec<Notice>, StoreError> {
+pub(crate) fn notices(
+    engine: &Engine,
+    event: &Event,
+    modules: &ModuleNotifications,
+) -> Result<Vec<Notice>, StoreError> {
     let store = engine.store();
     let Some(record) = store.get(&event.record_id)? else {
         return Ok(Vec::new());
@@ -538,7 +557,7 @@ pub(crate) fn notices(engine: &Engine, event: &Event) -> Result<Vec<Notice>, Sto
             .and_then(|c| c.from.clone())
     });
     let mut notices: Vec<Notice> = Vec::new();
-    for rule in in_force(store.as_ref(), &record.domain)? {
+    for rule in in_force(store.as_ref(), &record.domain, modules)? {
         let rule = rule.rule;
         let applies = rule.enabled
             && what.triggers.contains(&rule.on)

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use usm_model::Domain;
 use usm_store::{Store, StoreError};
 
-use crate::NotifyError;
+use crate::{ModuleNotifications, NotifyError};
 
 /// Steps a template may take when rendering (a loop over a huge value ends early with an error).
 const FUEL: u64 = 50_000;
@@ -169,7 +169,7 @@ fn environment() -> Environment<'static> {
 }
 
 impl TemplateSet {
-    fn compile(&self) -> Result<Environment<'static>, NotifyError> {
+    pub(crate) fn compile(&self) -> Result<Environment<'static>, NotifyError> {
         let mut env = environment();
         for (field, part, source, max) in [
             ("/subject", "subject", &self.subject, MAX_SUBJECT),
@@ -260,8 +260,14 @@ pub fn delete(
 }
 
 /// Whether rules of `domain` can name the set `name`.
-pub fn exists(store: &dyn Store, domain: &Domain, name: &str) -> Result<bool, StoreError> {
+pub fn exists(
+    store: &dyn Store,
+    domain: &Domain,
+    modules: &ModuleNotifications,
+    name: &str,
+) -> Result<bool, StoreError> {
     Ok(BUILT_IN.contains(&name)
+        || modules.has_template(name)
         || !store
             .settings(&format!("{OWN}{domain}/{name}/"))?
             .is_empty())
@@ -316,12 +322,14 @@ impl Templates {
         Ok(Self(env))
     }
 
-    /// Renders the set `set` for a person of `locale` in `domain`: the domain's own set for
-    /// their language (`pt-BR`, then `pt`), else its own set for everyone, else the built-in.
+    /// Renders the set `set` for a person of `locale` in `domain`: for their language
+    /// (`pt-BR`, then `pt`), then for everyone, the domain's own set before a module's; else
+    /// the built-in.
     pub(crate) fn render(
         &self,
         store: &dyn Store,
         domain: &Domain,
+        modules: &ModuleNotifications,
         set: &str,
         locale: Option<&str>,
         context: &impl Serialize,
@@ -342,6 +350,9 @@ impl Templates {
                         detail: e.to_string(),
                     })?;
                 return render_parts(&own.compile()?, set, context);
+            }
+            if let Some(module) = modules.template(set, candidate) {
+                return render_parts(&module.compile()?, set, context);
             }
         }
         render_parts(&self.0, set, context)
@@ -365,7 +376,14 @@ mod tests {
             "recipient": {"name": "Rob"},
         });
         let rendered = templates
-            .render(&store, &it, "created", None, &context)
+            .render(
+                &store,
+                &it,
+                &ModuleNotifications::default(),
+                "created",
+                None,
+                &context,
+            )
             .unwrap();
         assert!(!rendered.html.contains("<script>"), "{}", rendered.html);
         assert!(
@@ -410,7 +428,14 @@ mod own_sets {
         assert!(!put(&store, &it, &set(None, "Hey")).unwrap());
         let render = |domain: &Domain, locale| {
             templates
-                .render(&store, domain, "created", locale, &context)
+                .render(
+                    &store,
+                    domain,
+                    &ModuleNotifications::default(),
+                    "created",
+                    locale,
+                    &context,
+                )
                 .unwrap()
         };
         assert_eq!(render(&it, Some("de-CH")).text, "Hallo <Lea>");
@@ -420,8 +445,41 @@ mod own_sets {
         assert!(render(&hr, Some("de")).subject.contains("Received"));
         assert!(delete(&store, &it, "created", Some("de")).unwrap());
         assert_eq!(render(&it, Some("de")).text, "Hey <Lea>");
-        assert!(exists(&store, &it, "created").unwrap());
-        assert!(!exists(&store, &it, "escalated").unwrap());
+        let none = ModuleNotifications::default();
+        assert!(exists(&store, &it, &none, "created").unwrap());
+        assert!(!exists(&store, &it, &none, "escalated").unwrap());
+    }
+
+    #[test]
+    fn a_modules_sets_come_between_the_domains_own_and_the_built_in() {
+        let templates = Templates::new().unwrap();
+        let store = usm_store::MemoryStore::new();
+        let it = Domain::new("it").unwrap();
+        let context = json!({"record": {"id": "INC-1"}, "recipient": {"name": "Lea"}});
+        let mut escalated = set(None, "Escalated");
+        escalated.name = "escalated".into();
+        let modules = ModuleNotifications {
+            rules: Vec::new(),
+            templates: vec![
+                ("itil4".into(), set(None, "Module hi")),
+                ("itil4".into(), set(Some("de"), "Modul hallo")),
+                ("itil4".into(), escalated),
+            ],
+        };
+        let render = |locale| {
+            templates
+                .render(&store, &it, &modules, "created", locale, &context)
+                .unwrap()
+                .text
+        };
+        assert_eq!(render(None), "Module hi Lea");
+        assert_eq!(render(Some("de-AT")), "Modul hallo Lea");
+        // The domain's own set for everyone beats the module's for everyone, not its German one.
+        assert!(put(&store, &it, &set(None, "Own hi")).unwrap());
+        assert_eq!(render(None), "Own hi Lea");
+        assert_eq!(render(Some("de")), "Modul hallo Lea");
+        assert!(exists(&store, &it, &modules, "escalated").unwrap());
+        assert!(!exists(&store, &it, &ModuleNotifications::default(), "escalated").unwrap());
     }
 
     #[test]

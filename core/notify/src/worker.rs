@@ -13,12 +13,12 @@ use lettre::{
     message::{Mailbox, MultiPart},
     transport::smtp::authentication::Credentials,
 };
-use usm_engine::{Background, Engine};
+use usm_engine::{Background, Engine, Registry};
 use usm_model::Timestamp;
 use usm_store::StoreError;
 
 use crate::{
-    NotifyError,
+    ModuleNotifications, NotifyError,
     queue::{self, Delivery, DeliveryStatus, Mail},
     rules,
     templates::Templates,
@@ -101,15 +101,19 @@ impl NotificationWorker {
     pub const CONSUMER: &str = "notify";
 
     /// Starts following the outbox and delivering mail.
-    pub fn start(engine: Arc<Engine>, config: &MailConfig) -> Result<Self, NotifyError> {
+    pub fn start(
+        engine: Arc<Engine>,
+        registry: Arc<Registry>,
+        config: &MailConfig,
+    ) -> Result<Self, NotifyError> {
         let sender = config.sender()?;
         let templates = Templates::new()?;
         let commits = Arc::clone(engine.commits());
         Background::spawn("usm-notify", commits, move |stop| {
             while !stop.load(Ordering::SeqCst) {
                 let seen = engine.commits().count();
-                let queued =
-                    consume(&engine, sender.as_ref(), &templates, &stop).unwrap_or_else(|error| {
+                let queued = consume(&engine, &registry, sender.as_ref(), &templates, &stop)
+                    .unwrap_or_else(|error| {
                         tracing::error!(%error, "the notification worker cannot read the outbox");
                         0
                     });
@@ -143,6 +147,7 @@ impl NotificationWorker {
 /// Queues the mails of outbox events past the cursor; returns how many events it read.
 fn consume(
     engine: &Engine,
+    registry: &Registry,
     sender: Option<&Sender>,
     templates: &Templates,
     stop: &AtomicBool,
@@ -157,7 +162,8 @@ fn consume(
         // Without a server the cursor still moves, so the outbox is not held back for nothing.
         if let Some(sender) = sender {
             let mut mails = Vec::new();
-            for notice in rules::notices(engine, event)? {
+            let modules = ModuleNotifications::of(registry, &event.domain);
+            for notice in rules::notices(engine, event, &modules)? {
                 // One mail per person and event: the same key when the event is read again.
                 let key = format!("{:020}-{}", event.seq, notice.person.id);
                 if queue::known(store, &key)? {
@@ -166,6 +172,7 @@ fn consume(
                 let rendered = match templates.render(
                     store,
                     &event.domain,
+                    &modules,
                     &notice.template,
                     notice.person.locale.as_deref(),
                     &notice.context,

@@ -124,7 +124,7 @@ impl Server {
             mailgate: Arc::new(usm_mailgate::Mailgate::new(engine.clone(), unknown_senders)),
             catalog: Arc::new(usm_service_catalog::ServiceCatalog::new(
                 engine.clone(),
-                registry,
+                Arc::clone(&registry),
             )),
         });
         let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
@@ -159,8 +159,12 @@ impl Server {
             smtp_password_file: config.smtp_password_file.clone(),
         };
         mail.check().context("the mail settings are wrong")?;
-        let notifications = usm_notify::NotificationWorker::start(Arc::clone(&engine), &mail)
-            .context("cannot start the notification worker")?;
+        let notifications = usm_notify::NotificationWorker::start(
+            Arc::clone(&engine),
+            Arc::clone(&registry),
+            &mail,
+        )
+        .context("cannot start the notification worker")?;
         let fulfilment = usm_service_catalog::FulfilmentWorker::start(Arc::clone(&engine))
             .context("cannot start the fulfilment worker")?;
         let consumers = [
@@ -337,6 +341,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     let runtimes = Runtimes {
         wasm: Some(Arc::new(plugins)),
         rhai: Some(Arc::new(ScriptHost::new(ScriptLimits::default()))),
+        manifest_checks: vec![Arc::new(usm_notify::ModuleNotificationsCheck)],
     };
     let registry = Registry::open(Arc::clone(&engine), runtimes)
         .context("cannot restore the installed modules")?;
