@@ -375,11 +375,13 @@ async fn multipart_file(
 /// attachment.
 #[utoipa::path(
     post, path = "/api/v1/records/{id}/attachments", tag = "records",
-    params(("id" = String, Path)),
+    params(("id" = String, Path),
+        ("Content-Disposition" = Option<String>, Header,
+            description = "For a raw body: `attachment; filename=\"report.pdf\"` names the file")),
     request_body(
         description = "The file itself (`Content-Disposition: attachment; filename=\"…\"` names it), or `multipart/form-data` with exactly one part, the file",
         content(
-            (Vec<u8> = "application/octet-stream"),
+            (FileBytes = "application/octet-stream"),
             (UploadForm = "multipart/form-data"),
         )
     ),
@@ -467,6 +469,17 @@ pub async fn upload(
         .insert_header((header::ETAG, etag(record.version + 1)))
         .json(attachment))
 }
+
+/// A file's bytes, as the body of an upload.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct FileBytes(
+    #[expect(
+        dead_code,
+        reason = "only the API description reads the type; the handler streams"
+    )]
+    Vec<u8>,
+);
 
 /// A `multipart/form-data` upload: one part, the file.
 #[derive(Debug, utoipa::ToSchema)]

@@ -57,14 +57,15 @@ pub struct Mailbox {
 /// processed again (`duplicate`). For admins and automation tokens of the domain.
 #[utoipa::path(post, path = "/api/v1/inbound/email", tag = "inbound",
     params(Mailbox),
-    request_body(content = RawMessage, content_type = "message/rfc822", description = "The raw message"),
+    request_body(content((RawMessage = "message/rfc822"), (RawMessage = "application/octet-stream")),
+        description = "The raw message"),
     responses((status = 201, description = "A new record", body = Outcome),
         (status = 200, description = "A reply on its record, or a message that made nothing (`ignored`, `duplicate`)", body = Outcome),
         (status = 400, description = "Not an e-mail message (`inbound_unparsable`), or no such domain", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin or automation token of the domain", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The record a reply names is not one its sender may see", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than `inbound_max_bytes`", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not `message/rfc822`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither `message/rfc822` nor `application/octet-stream`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The sender is not a person of the directory (`sender_unknown`), or the record was refused", body = Problem, content_type = "application/problem+json")))]
 pub async fn receive(
     services: web::Data<Services>,
@@ -93,11 +94,15 @@ pub async fn receive(
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("message/rfc822"));
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            // Generated clients send bytes as octet-stream; the bytes are the message either way.
+            v.starts_with("message/rfc822") || v.starts_with("application/octet-stream")
+        });
     if !rfc822 {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            "send the raw message as message/rfc822",
+            "send the raw message as message/rfc822 (or application/octet-stream)",
         ));
     }
     let limit = services.config.inbound_max_bytes;

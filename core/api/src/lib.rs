@@ -323,6 +323,15 @@ impl utoipa::Modify for CommonProblems {
                 .build()
         };
         let add = |operation: &mut Operation, api: bool, admitted: bool| {
+            // A one-line doc comment becomes only the summary; generators show the description.
+            if operation.description.is_none() {
+                operation.description = operation.summary.clone();
+            }
+            // Every body the API reads is required; a description without it lets generated
+            // clients send none.
+            if let Some(body) = &mut operation.request_body {
+                body.required = Some(utoipa::openapi::Required::True);
+            }
             let has_body = operation.request_body.is_some();
             let responses = &mut operation.responses.responses;
             let mut common = vec![

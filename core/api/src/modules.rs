@@ -109,11 +109,23 @@ pub async fn get_module(
     Ok(HttpResponse::Ok().json(scoped(services.registry.get(&id)?, &admin.0)))
 }
 
+/// A module bundle: a `.tar.gz` of the module directory.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ModuleBundle(
+    #[expect(
+        dead_code,
+        reason = "only the API description reads the type; the handler reads the payload"
+    )]
+    Vec<u8>,
+);
+
 /// Installs a module from a `.tar.gz` bundle (the body), or upgrades the installed module of
 /// the same id to a newer version. The bundle is checked and compiled first: a broken one is
 /// refused whole and nothing changes.
 #[utoipa::path(post, path = "/api/v1/modules", tag = "modules",
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A .tar.gz of the module directory"),
+    request_body(content((ModuleBundle = "application/gzip"), (ModuleBundle = "application/octet-stream")),
+        description = "A .tar.gz of the module directory"),
     responses(
         (status = 201, description = "Installed or upgraded", body = InstallResult),
         (status = 200, description = "The same bundle was already installed", body = InstallResult),
