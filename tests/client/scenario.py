@@ -24,6 +24,7 @@ from usm_client.api.operations import healthz
 from usm_client.api.pipelines import pipelines
 from usm_client.api.records import (
     add_comment,
+    batch,
     create_record,
     download,
     get_record,
@@ -43,6 +44,7 @@ from usm_client.api.webhooks import create_webhook, delete_webhook, list_webhook
 from usm_client.api.workflows import list_workflows
 from usm_client.models import (
     ApprovalRequest,
+    Batch,
     CatalogItem,
     ItemPatch,
     NewComment,
@@ -128,6 +130,22 @@ def main(base: str, token: str) -> None:
     assert unknown.code == "record_not_found"
     page = check(list_records.sync_detailed(client=client, kind="incident", limit=1), 200, "list")
     assert [r.id for r in page.records] == [incident.id]
+
+    # Bulk: each write on its own, answered in order.
+    results = check(
+        batch.sync_detailed(
+            client=client,
+            body=Batch.from_dict({"operations": [
+                {"op": "create", "record": {"kind": "task", "title": "Check the queue"},
+                 "key": "bulk-1"},
+                {"op": "update", "id": "INC-404", "patch": {"title": "Nothing"}},
+            ]}),
+        ),
+        200,
+        "batch",
+    ).results
+    assert [r.status for r in results] == [201, 404], results
+    assert results[1].problem.code == "record_not_found"
 
     # The conversation and a file.
     comment = add_comment.sync_detailed(
@@ -234,11 +252,10 @@ def main(base: str, token: str) -> None:
     deadline = time.monotonic() + 20
     while True:
         tasks = check(list_records.sync_detailed(client=client, kind="task"), 200, "tasks")
-        if tasks.records:
+        if any(t.title == "Order a 13-inch laptop" for t in tasks.records):
             break
         assert time.monotonic() < deadline, "no fulfilment task"
         time.sleep(0.1)
-    assert tasks.records[0].title == "Order a 13-inch laptop"
 
     # Search and queues (the index follows commits within about a second).
     deadline = time.monotonic() + 20

@@ -1,5 +1,5 @@
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use usm_tests::TestServer;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,4 +375,80 @@ async fn a_server_that_requires_if_match_refuses_blind_changes() {
         .await
         .unwrap();
     assert_eq!(second.status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_does_each_write_on_its_own_and_answers_each_in_order() {
+    let server = TestServer::start().unwrap();
+    let requester = server
+        .token("rita", &["requester"], Some(&["it"]))
+        .await
+        .unwrap();
+    let batch = json!({"operations": [
+        {"op": "create", "record": {"kind": "incident", "title": "Mail is down"}, "key": "load-1"},
+        {"op": "create", "record": {"kind": "incident", "title": "Printer", "fields": {"impact": "extreme"}}},
+        {"op": "transition", "id": "INC-1", "to": "in_progress", "if_match": 1},
+        {"op": "update", "id": "INC-1", "patch": {"title": "Mail is slow"}, "if_match": 1},
+        {"op": "transition", "id": "INC-1", "to": "resolved",
+         "fields": {"resolution_code": "restart", "resolution": "Restarted"}},
+        {"op": "update", "id": "INC-404", "patch": {"title": "x"}}
+    ]});
+    let reply = server.post("/api/v1/records:batch", &batch).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let results = reply.body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 422, 200, 412, 200, 404], "{}", reply.body);
+    assert_eq!(results[0]["record"]["id"], "INC-1");
+    assert_eq!(results[1]["problem"]["code"], "invalid_fields");
+    assert_eq!(results[3]["problem"]["current_version"], 2);
+    assert_eq!(results[4]["record"]["state"], "resolved");
+    assert_eq!(results[4]["record"]["fields"]["resolution_code"], "restart");
+    assert_eq!(results[5]["problem"]["code"], "record_not_found");
+    // The refused writes changed nothing, the others stayed: one record, at version 3.
+    let listed = server.list_all("kind=incident").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["version"], 3);
+    assert_eq!(listed[0]["title"], "Mail is down");
+
+    // A create's key makes a repeated batch safe.
+    let again = server
+        .post(
+            "/api/v1/records:batch",
+            &json!({"operations": [batch["operations"][0]]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.body["results"][0]["record"]["id"], "INC-1");
+    assert_eq!(again.body["results"][0]["replayed"], true);
+    // Each write has its caller's rights: a requester edits nothing.
+    let edit = server
+        .act(
+            &requester,
+            Method::POST,
+            "/api/v1/records:batch",
+            Some(json!({"operations": [
+            {"op": "update", "id": "INC-1", "patch": {"title": "Mine"}}]})),
+        )
+        .await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert_eq!(edit.body["results"][0]["status"], 404, "{}", edit.body);
+    // Bounds: empty, too many, and an unknown operation are refused whole.
+    let too_many: Vec<Value> = (0..501)
+        .map(|n| json!({"op": "create", "record": {"kind": "task", "title": format!("t{n}")}}))
+        .collect();
+    for body in [
+        json!({"operations": []}),
+        json!({"operations": too_many}),
+        json!({"operations": [{"op": "delete", "id": "INC-1"}]}),
+        json!({"operations": [
+            {"op": "create", "record": {"kind": "task", "title": "first"}},
+            {"op": "update", "id": "INC-1"}]}),
+    ] {
+        let refused = server.post("/api/v1/records:batch", &body).await.unwrap();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    }
+    assert!(server.list_all("kind=task").await.unwrap().is_empty());
 }

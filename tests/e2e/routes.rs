@@ -10,6 +10,7 @@ use usm_tests::TestServer;
 const NOT_ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/api/v1/records"),
     ("POST", "/api/v1/records"),
+    ("POST", "/api/v1/records:batch"),
     ("GET", "/api/v1/records/{id}"),
     ("PATCH", "/api/v1/records/{id}"),
     ("POST", "/api/v1/records/{id}/transitions"),

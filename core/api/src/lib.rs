@@ -5,6 +5,7 @@
 
 mod admin;
 mod attachments;
+mod batch;
 mod body;
 mod catalog;
 mod directory;
@@ -179,6 +180,7 @@ pub struct Services {
     security(("bearer" = [])),
     paths(
         records::create_record,
+        batch::batch,
         records::list_records,
         records::get_record,
         records::patch_record,
@@ -685,6 +687,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .route(web::post().to(records::create_record))
                         .route(web::get().to(records::list_records)),
                 )
+                .service(resource("/records:batch").route(web::post().to(batch::batch)))
                 .service(
                     resource("/records/{id}")
                         .route(web::get().to(records::get_record))

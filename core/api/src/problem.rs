@@ -192,6 +192,11 @@ fn title_of(code: ErrorCode) -> &'static str {
 pub struct ApiError(Box<Problem>, Vec<(&'static str, String)>);
 
 impl ApiError {
+    /// The problem document, for answers that carry several (a batch's results).
+    pub(crate) fn into_problem(self) -> Problem {
+        *self.0
+    }
+
     /// A problem with the given code and detail.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self(
