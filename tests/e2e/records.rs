@@ -452,3 +452,45 @@ async fn a_batch_does_each_write_on_its_own_and_answers_each_in_order() {
     }
     assert!(server.list_all("kind=task").await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_links_to_the_next_one() {
+    let server = TestServer::start().unwrap();
+    for n in 0..3 {
+        server
+            .create(json!({"kind": "task", "title": format!("t{n}")}))
+            .await
+            .unwrap();
+    }
+    let mut path = "/api/v1/records?kind=task&limit=2".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let page = server.get(&path).await.unwrap();
+        assert_eq!(page.status, StatusCode::OK);
+        seen.extend(
+            page.body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].clone()),
+        );
+        let Some(link) = page.header("link") else {
+            assert!(page.body["next_cursor"].is_null(), "{}", page.body);
+            break;
+        };
+        let cursor = page.body["next_cursor"].as_str().unwrap();
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        assert!(
+            link.contains("kind=task") && link.contains("limit=2"),
+            "{link}"
+        );
+        assert!(link.contains(&format!("cursor={cursor}")), "{link}");
+        path = link
+            .trim_start_matches('<')
+            .split(">;")
+            .next()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(seen, [json!("TSK-1"), json!("TSK-2"), json!("TSK-3")]);
+}

@@ -802,3 +802,36 @@ async fn health_and_metrics_openness_is_configurable() {
     assert_eq!(status, StatusCode::OK);
     assert!(text.contains("# TYPE usm_http_requests_total counter"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_tells_the_caller_its_rate_limit_budget() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 3;
+    })
+    .unwrap();
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let reply = server.get("/api/v1/kinds").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("ratelimit-limit"), Some("3"));
+        assert!(
+            reply
+                .header("ratelimit-reset")
+                .is_some_and(|r| r.parse::<u64>().unwrap() >= 1)
+        );
+        remaining.push(
+            reply
+                .header("ratelimit-remaining")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    // Strictly falling: nothing refills a whole request in the few milliseconds between calls.
+    assert!(remaining.windows(2).all(|w| w[1] < w[0]), "{remaining:?}");
+    let refused = server.get("/api/v1/kinds").await.unwrap();
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+    assert!(refused.header("retry-after").is_some());
+}

@@ -84,3 +84,26 @@ pub fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError
         })
         .transpose()
 }
+
+/// A page of records as an answer: the page, and with a next page an RFC 8288 `Link` to it (the
+/// same query with the next cursor).
+pub fn page_response(
+    request: &HttpRequest,
+    page: &crate::records::RecordPage,
+) -> actix_web::HttpResponse {
+    let mut builder = actix_web::HttpResponse::Ok();
+    if let Some(cursor) = &page.next_cursor {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in url::form_urlencoded::parse(request.query_string().as_bytes()) {
+            if name != "cursor" {
+                query.append_pair(&name, &value);
+            }
+        }
+        query.append_pair("cursor", cursor);
+        builder.insert_header((
+            header::LINK,
+            format!("<{}?{}>; rel=\"next\"", request.path(), query.finish()),
+        ));
+    }
+    builder.json(page)
+}

@@ -315,15 +315,16 @@ impl utoipa::Modify for CommonProblems {
                     .build(),
             )
         };
-        let retry_after = || {
+        let integer_header = |description: &str| {
             utoipa::openapi::HeaderBuilder::new()
                 .schema(
                     utoipa::openapi::ObjectBuilder::new()
                         .schema_type(utoipa::openapi::schema::Type::Integer),
                 )
-                .description(Some("Seconds to wait before trying again"))
+                .description(Some(description))
                 .build()
         };
+        let retry_after = || integer_header("Seconds to wait before trying again");
         let add = |operation: &mut Operation, api: bool, admitted: bool| {
             // A one-line doc comment becomes only the summary; generators show the description.
             if operation.description.is_none() {
@@ -369,6 +370,25 @@ impl utoipa::Modify for CommonProblems {
                         .headers
                         .entry("Retry-After".to_owned())
                         .or_insert_with(retry_after);
+                }
+            }
+            if api {
+                for response in responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        for (name, description) in [
+                            ("RateLimit-Limit", "Requests the caller may send at once"),
+                            ("RateLimit-Remaining", "Requests the caller has left now"),
+                            (
+                                "RateLimit-Reset",
+                                "Seconds until the caller's budget is full",
+                            ),
+                        ] {
+                            response
+                                .headers
+                                .entry(name.to_owned())
+                                .or_insert_with(|| integer_header(description));
+                        }
+                    }
                 }
             }
         };
@@ -788,7 +808,19 @@ pub fn create_app(
             let stream: std::pin::Pin<Box<dyn futures_core::Stream<Item = _>>> = Box::pin(payload);
             request.set_payload(actix_web::dev::Payload::from(stream));
             let response = service.call(request);
-            async move { Ok(as_problem(response.await?)) }
+            async move {
+                let mut response = as_problem(response.await?);
+                // The caller's budget, on every answer to an authenticated request.
+                let quota = response
+                    .request()
+                    .extensions()
+                    .get::<principal::Quota>()
+                    .copied();
+                if let Some(quota) = quota {
+                    quota.write(response.headers_mut());
+                }
+                Ok(response)
+            }
         })
         // Before routing, authentication and rate limiting: a head past our bounds gets no
         // further.

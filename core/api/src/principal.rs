@@ -64,15 +64,24 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
     } else {
         Actor::new("anonymous", [Role::Admin])
     };
-    if let Some(retry_after) = services.rate_limiter.check(&actor.id) {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "{} sent too many requests; retry in {retry_after} s",
-                actor.name
-            ),
-        )
-        .with_header("Retry-After", retry_after.to_string()));
+    match services.rate_limiter.take(&actor.id) {
+        Ok(Some(quota)) => {
+            use actix_web::HttpMessage as _;
+            request.extensions_mut().insert(quota);
+        }
+        Ok(None) => {}
+        Err(retry_after) => {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} sent too many requests; retry in {retry_after} s",
+                    actor.name
+                ),
+            )
+            .with_header("Retry-After", retry_after.to_string())
+            .with_header("RateLimit-Remaining", "0".to_owned())
+            .with_header("RateLimit-Reset", retry_after.to_string()));
+        }
     }
     Ok(actor)
 }
@@ -114,6 +123,32 @@ pub struct RateLimiter {
 /// Buckets kept before idle ones are dropped.
 const MAX_BUCKETS: usize = 10_000;
 
+/// A principal's budget after a request: sent back as `RateLimit-Limit`, `RateLimit-Remaining`
+/// and `RateLimit-Reset` (seconds until the bucket is full again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests allowed at once.
+    pub limit: u64,
+    /// Requests left now.
+    pub remaining: u64,
+    /// Seconds until `remaining` is back at `limit`.
+    pub reset: u64,
+}
+
+impl Quota {
+    /// Adds the three headers to a response.
+    pub fn write(&self, headers: &mut actix_web::http::header::HeaderMap) {
+        use actix_web::http::header::{HeaderName, HeaderValue};
+        for (name, value) in [
+            ("ratelimit-limit", self.limit),
+            ("ratelimit-remaining", self.remaining),
+            ("ratelimit-reset", self.reset),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+}
+
 impl RateLimiter {
     /// A limiter allowing `per_second` requests per principal with bursts of `burst`.
     pub fn new(per_second: u32, burst: u32) -> Self {
@@ -126,8 +161,14 @@ impl RateLimiter {
 
     /// Takes one request from `who`'s bucket; `Some(seconds)` to wait when it is empty.
     pub fn check(&self, who: &str) -> Option<u64> {
+        self.take(who).err()
+    }
+
+    /// Takes one request from `who`'s bucket: the budget left (`None` without limits), or the
+    /// seconds to wait when it is empty.
+    pub fn take(&self, who: &str) -> Result<Option<Quota>, u64> {
         if self.per_second <= 0.0 {
-            return None;
+            return Ok(None);
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -143,11 +184,21 @@ impl RateLimiter {
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            None
+            let reset = ((self.burst - *tokens) / self.per_second).ceil();
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "non-negative and bounded by the burst"
+            )]
+            Ok(Some(Quota {
+                limit: self.burst as u64,
+                remaining: tokens.floor() as u64,
+                reset: if reset.is_finite() { reset as u64 } else { 0 },
+            }))
         } else {
             // Whole seconds, rounded up, until one token is back.
             let wait = ((1.0 - *tokens) / self.per_second).ceil();
-            Some(if wait.is_finite() && wait >= 1.0 {
+            Err(if wait.is_finite() && wait >= 1.0 {
                 wait as u64
             } else {
                 1

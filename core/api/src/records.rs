@@ -354,7 +354,8 @@ pub struct RecordPage {
     get, path = "/api/v1/records", tag = "records",
     params(ListParams),
     responses(
-        (status = 200, body = RecordPage),
+        (status = 200, body = RecordPage,
+            headers(("Link" = String, description = "RFC 8288: `<…&cursor=…>; rel=\"next\"` when there is a next page"))),
         (status = 400, description = "Bad limit, cursor, sort, sla or updated_since", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A domain outside the caller's domains", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, state or domain", body = Problem, content_type = "application/problem+json"),
@@ -364,12 +365,20 @@ pub struct RecordPage {
 pub async fn list_records(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: HttpRequest,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let mut params = params.into_inner();
     if let Some(queue) = params.queue()? {
-        return crate::search::list_queue(services, actor, queue, params.limit, params.cursor)
-            .await;
+        return crate::search::list_queue(
+            services,
+            request,
+            actor,
+            queue,
+            params.limit,
+            params.cursor,
+        )
+        .await;
     }
     let engine = services.engine.clone();
     let ListParams {
@@ -393,10 +402,11 @@ pub async fn list_records(
         )
     })
     .await?;
-    Ok(HttpResponse::Ok().json(RecordPage {
+    let page = RecordPage {
         records: page.records,
         next_cursor: page.next_cursor,
-    }))
+    };
+    Ok(crate::headers::page_response(&request, &page))
 }
 
 /// An approval decision to record.

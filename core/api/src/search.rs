@@ -65,6 +65,7 @@ pub(crate) struct QueueParams {
 /// Answers a record listing with queue filters or an order from the search index.
 pub(crate) async fn list_queue(
     services: web::Data<Services>,
+    request: actix_web::HttpRequest,
     actor: Actor,
     params: QueueParams,
     limit: Option<usize>,
@@ -92,10 +93,11 @@ pub(crate) async fn list_queue(
             .queue(engine, &actor, &filter, sort, limit, cursor.as_deref())
     })
     .await?;
-    Ok(HttpResponse::Ok().json(RecordPage {
+    let page = RecordPage {
         records: hits.records,
         next_cursor: hits.next_cursor,
-    }))
+    };
+    Ok(crate::headers::page_response(&request, &page))
 }
 
 /// Search parameters.
@@ -129,6 +131,7 @@ pub struct SearchParams {
 pub async fn search(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: actix_web::HttpRequest,
     params: web::Query<SearchParams>,
 ) -> Result<HttpResponse, ApiError> {
     let SearchParams { q, limit, cursor } = params.into_inner();
@@ -141,10 +144,11 @@ pub async fn search(
             .search(engine, &actor, &q, limit, cursor.as_deref())
     })
     .await?;
-    Ok(HttpResponse::Ok().json(RecordPage {
+    let page = RecordPage {
         records: hits.records,
         next_cursor: hits.next_cursor,
-    }))
+    };
+    Ok(crate::headers::page_response(&request, &page))
 }
 
 /// A saved queue with how many records it holds now.
@@ -340,6 +344,7 @@ pub struct QueuePageParams {
 pub async fn queue_records(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: actix_web::HttpRequest,
     id: web::Path<String>,
     params: web::Query<QueuePageParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -361,10 +366,11 @@ pub async fn queue_records(
         )
     })
     .await?;
-    Ok(HttpResponse::Ok().json(RecordPage {
+    let page = RecordPage {
         records: hits.records,
         next_cursor: hits.next_cursor,
-    }))
+    };
+    Ok(crate::headers::page_response(&request, &page))
 }
 
 fn requester_check(actor: &Actor) -> Result<(), SearchError> {
