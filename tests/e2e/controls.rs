@@ -34,20 +34,11 @@ impl Desk {
             ("cy", "agent"),
             ("rob", "requester"),
         ] {
-            let added = server
-                .post("/api/v1/people", &json!({"id": id, "name": id}))
-                .await
-                .unwrap();
-            assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
-            let token = server
-                .post(
-                    "/api/v1/tokens",
-                    &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
-                )
-                .await
-                .unwrap();
-            assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
-            secrets.push(token.body["token"].as_str().unwrap().to_owned());
+            secrets.push(
+                server
+                    .person_with_token(json!({"id": id, "name": id}), role)
+                    .await,
+            );
         }
         let [ann, bo, cy, rob] = <[String; 4]>::try_from(secrets).unwrap();
         let bot = server.token("bot", &["automation"], None).await.unwrap();

@@ -297,17 +297,7 @@ async fn person_in(server: &TestServer, id: &str, role: &str, locale: Option<&st
     if let Some(locale) = locale {
         person["locale"] = json!(locale);
     }
-    let made = server.post("/api/v1/people", &person).await.unwrap();
-    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
-    let token = server
-        .post(
-            "/api/v1/tokens",
-            &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
-    token.body["token"].as_str().unwrap().to_owned()
+    server.person_with_token(person, role).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

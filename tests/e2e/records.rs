@@ -494,3 +494,26 @@ async fn a_page_links_to_the_next_one() {
     }
     assert_eq!(seen, [json!("TSK-1"), json!("TSK-2"), json!("TSK-3")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_is_told_the_right_ones() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Mail is down"}))
+        .await
+        .unwrap();
+    for (method, path, allow) in [
+        (Method::PUT, "/api/v1/records/INC-1", "GET, PATCH"),
+        (Method::DELETE, "/api/v1/kinds", "GET"),
+        (Method::GET, "/api/v1/records:batch", "POST"),
+    ] {
+        let reply = server.call(method.clone(), path, None, &[]).await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(reply.body["code"], "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+    }
+}

@@ -19,17 +19,7 @@ async fn person(
     if let Some(manager) = manager {
         body["manager"] = json!(manager);
     }
-    let made = server.post("/api/v1/people", &body).await.unwrap();
-    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
-    let token = server
-        .post(
-            "/api/v1/tokens",
-            &json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
-    token.body["token"].as_str().unwrap().to_owned()
+    server.person_with_token(body, role).await
 }
 
 async fn group(server: &TestServer, id: &str, domain: &str, members: &[&str]) {

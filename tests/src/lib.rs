@@ -291,6 +291,26 @@ impl TestServer {
             .context("no secret in the answer")
     }
 
+    /// Adds a person (`person` is the body of `POST /api/v1/people`) and returns the secret of
+    /// a new token of `role` acting as them; fails the test when either is refused.
+    pub async fn person_with_token(&self, person: Value, role: &str) -> String {
+        let id = person["id"].as_str().unwrap_or_default().to_owned();
+        let made = self
+            .post("/api/v1/people", &person)
+            .await
+            .expect("the server answers");
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        let token = self
+            .post(
+                "/api/v1/tokens",
+                &serde_json::json!({"name": format!("{id}-token"), "roles": [role], "person": id}),
+            )
+            .await
+            .expect("the server answers");
+        assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
+        token.body["token"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// Sends a request as the holder of `token`, failing the test on a transport error.
     pub async fn act(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> Reply {
         self.call_as(Some(token), method, path, body.as_ref())

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use usm_model::{
-    Domain, ErrorCode, Record,
+    ErrorCode, Record,
     service_catalog::{CatalogItem, ItemPatch},
 };
 use usm_service_catalog::{CatalogError, Order};
@@ -13,7 +13,7 @@ use usm_service_catalog::{CatalogError, Order};
 use crate::{
     Services,
     body::Object,
-    headers::{idempotency_key, with_etag},
+    headers::idempotency_key,
     principal::{Admin, Principal},
     problem::{ApiError, Problem},
 };
@@ -79,21 +79,7 @@ pub async fn list_items(
     let domain = params
         .into_inner()
         .domain
-        .map(|name| {
-            Domain::new(name.clone())
-                .ok()
-                .filter(|d| services.engine.domains().contains(d))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidInput,
-                        format!(
-                            "{} is not a domain of this server",
-                            name.chars().take(64).collect::<String>()
-                        ),
-                    )
-                    .with_field("domain")
-                })
-        })
+        .map(|name| crate::headers::known_domain(&services, &name, "domain"))
         .transpose()?;
     let catalog = services.catalog.clone();
     let items = blocking(move || catalog.list(&actor, domain.as_ref())).await?;
@@ -226,14 +212,5 @@ pub async fn order_item(
         on_behalf_of,
     };
     let created = blocking(move || catalog.order(&actor, &id, order, key.as_deref())).await?;
-    let mut builder = HttpResponse::Created();
-    with_etag(&mut builder, &created.record);
-    builder.insert_header((
-        header::LOCATION,
-        format!("/api/v1/records/{}", created.record.id),
-    ));
-    if created.replayed {
-        builder.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(builder.json(&created.record))
+    Ok(crate::headers::created_response(&created))
 }

@@ -107,3 +107,39 @@ pub fn page_response(
     }
     builder.json(page)
 }
+
+/// The answer to a create: `201` with the record, its `ETag` and `Location`, and
+/// `Idempotent-Replayed: true` when an earlier request with the same key created it.
+pub fn created_response(created: &usm_engine::Created) -> actix_web::HttpResponse {
+    let mut builder = actix_web::HttpResponse::Created();
+    with_etag(&mut builder, &created.record);
+    builder.insert_header((
+        header::LOCATION,
+        format!("/api/v1/records/{}", created.record.id),
+    ));
+    if created.replayed {
+        builder.insert_header(("Idempotent-Replayed", "true"));
+    }
+    builder.json(&created.record)
+}
+
+/// A domain of this server named by a query parameter, or `400` naming the parameter.
+pub fn known_domain(
+    services: &crate::Services,
+    name: &str,
+    parameter: &'static str,
+) -> Result<usm_model::Domain, ApiError> {
+    usm_model::Domain::new(name)
+        .ok()
+        .filter(|d| services.engine.domains().contains(d))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} is not a domain of this server",
+                    name.chars().take(64).collect::<String>()
+                ),
+            )
+            .with_field(parameter)
+        })
+}

@@ -339,6 +339,10 @@ impl utoipa::Modify for CommonProblems {
             let responses = &mut operation.responses.responses;
             let mut common = vec![
                 ("400", "Invalid parameters or body"),
+                (
+                    "405",
+                    "Not a method of this path; `Allow` lists those that are",
+                ),
                 ("414", "Request target too long"),
                 ("431", "Too many or too large request headers"),
                 ("500", "Internal error"),
@@ -371,6 +375,20 @@ impl utoipa::Modify for CommonProblems {
                         .entry("Retry-After".to_owned())
                         .or_insert_with(retry_after);
                 }
+            }
+            if let Some(RefOr::T(response)) = responses.get_mut("405") {
+                response
+                    .headers
+                    .entry("Allow".to_owned())
+                    .or_insert_with(|| {
+                        utoipa::openapi::HeaderBuilder::new()
+                            .schema(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::String),
+                            )
+                            .description(Some("The methods of the path, e.g. `GET, PATCH`"))
+                            .build()
+                    });
             }
             if api {
                 for response in responses.values_mut() {
@@ -551,13 +569,52 @@ async fn route_not_found(request: actix_web::HttpRequest) -> HttpResponse {
     .error_response()
 }
 
+/// The methods of each path, as the API description declares them: what `Allow` says.
+fn allowed_methods(pattern: &str) -> Option<&'static str> {
+    static METHODS: std::sync::OnceLock<std::collections::HashMap<String, String>> =
+        std::sync::OnceLock::new();
+    METHODS
+        .get_or_init(|| {
+            ApiDoc::openapi()
+                .paths
+                .paths
+                .iter()
+                .map(|(path, item)| {
+                    let methods: Vec<&str> = [
+                        ("GET", item.get.is_some()),
+                        ("POST", item.post.is_some()),
+                        ("PUT", item.put.is_some()),
+                        ("PATCH", item.patch.is_some()),
+                        ("DELETE", item.delete.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(method, declared)| declared.then_some(method))
+                    .collect();
+                    (path.clone(), methods.join(", "))
+                })
+                .collect()
+        })
+        .get(pattern)
+        .map(String::as_str)
+}
+
 async fn method_not_allowed(request: actix_web::HttpRequest) -> HttpResponse {
     use actix_web::ResponseError as _;
-    ApiError::new(
+    let mut response = ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", request.method(), request.path()),
     )
-    .error_response()
+    .error_response();
+    let allow = request
+        .match_pattern()
+        .and_then(|pattern| allowed_methods(&pattern))
+        .and_then(|methods| actix_web::http::header::HeaderValue::from_str(methods).ok());
+    if let Some(allow) = allow {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, allow);
+    }
+    response
 }
 
 /// Registers the routes on `config`.

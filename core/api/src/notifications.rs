@@ -109,19 +109,7 @@ impl From<usm_notify::NotifyError> for ApiError {
 
 /// The domain a caller names, if it exists and they administer it.
 fn administered(services: &Services, actor: &Actor, domain: &str) -> Result<Domain, ApiError> {
-    let domain = Domain::new(domain)
-        .ok()
-        .filter(|d| services.engine.domains().contains(d))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidInput,
-                format!(
-                    "{} is not a domain of this server",
-                    domain.chars().take(64).collect::<String>()
-                ),
-            )
-            .with_field("domain")
-        })?;
+    let domain = crate::headers::known_domain(services, domain, "domain")?;
     usm_engine::auth::admin_over(actor, Some(&BTreeSet::from([domain.clone()])))
         .map_err(|e| ApiError::new(ErrorCode::Forbidden, e.to_string()))?;
     Ok(domain)

@@ -50,16 +50,7 @@ pub async fn create_record(
     let engine = services.engine.clone();
     let created =
         blocking(move || engine.create(&actor, body.into_inner().0, key.as_deref())).await?;
-    let mut builder = HttpResponse::Created();
-    with_etag(&mut builder, &created.record);
-    builder.insert_header((
-        header::LOCATION,
-        format!("/api/v1/records/{}", created.record.id),
-    ));
-    if created.replayed {
-        builder.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(builder.json(&created.record))
+    Ok(crate::headers::created_response(&created))
 }
 
 /// A record with its SLA clocks, when an agreement's policy covers it.
