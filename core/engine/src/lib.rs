@@ -415,6 +415,12 @@ impl Engine {
         &self.store
     }
 
+    /// Whether `record` is finished: in an inactive state of its kind's lifecycle (done,
+    /// closed, cancelled, …) as composed in its domain.
+    pub fn is_finished(&self, record: &Record) -> bool {
+        is_finished(&self.catalogs(), record)
+    }
+
     /// The current version of a record the actor may see. A record outside the actor's domains,
     /// or a requester's view of someone else's record, is not found: its existence is not told.
     pub fn get(&self, actor: &Actor, id: &str) -> Result<Record, EngineError> {
@@ -1158,11 +1164,7 @@ impl Engine {
             let Some(child) = self.store.get(&source)? else {
                 continue;
             };
-            let active = catalogs
-                .domain(&child.domain)
-                .get(&child.kind)
-                .and_then(|def| def.lifecycle.state(&child.state))
-                .is_none_or(|state| state.category != StateCategory::Inactive);
+            let active = !is_finished(&catalogs, &child);
             children.push(serde_json::json!({
                 "id": child.id, "rel": rel, "kind": child.kind, "state": child.state,
                 "domain": child.domain, "active": active,
@@ -1501,6 +1503,15 @@ fn valid_fields(
         Value::Object(fields) => Ok(fields),
         _ => unreachable!("constructed as an object above"),
     }
+}
+
+/// Whether `record` is in an inactive (finished) state of its kind's lifecycle in its domain.
+fn is_finished(catalogs: &Catalogs, record: &Record) -> bool {
+    catalogs
+        .domain(&record.domain)
+        .get(&record.kind)
+        .and_then(|def| def.lifecycle.state(&record.state))
+        .is_some_and(|state| state.category == StateCategory::Inactive)
 }
 
 fn visible(actor: &Actor, record: &Record) -> bool {

@@ -115,14 +115,7 @@ impl ServiceCatalog {
             .store()
             .settings(ITEM_PREFIX)?
             .into_iter()
-            .map(|(key, bytes)| {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    CatalogError::from(StoreError::Corrupt {
-                        what: "catalog item",
-                        detail: format!("{key}: {e}"),
-                    })
-                })
-            })
+            .map(|(key, bytes)| decode(&key, &bytes))
             .collect()
     }
 
@@ -167,17 +160,12 @@ impl ServiceCatalog {
         let item = if id.contains('.') {
             self.module_items().into_iter().find(|item| item.id == id)
         } else if usm_model::service_catalog::is_id(id) {
+            let key = format!("{ITEM_PREFIX}{id}");
             self.engine
                 .store()
-                .setting(&format!("{ITEM_PREFIX}{id}"))?
-                .map(|bytes| serde_json::from_slice::<CatalogItem>(&bytes))
-                .transpose()
-                .map_err(|e| {
-                    CatalogError::from(StoreError::Corrupt {
-                        what: "catalog item",
-                        detail: e.to_string(),
-                    })
-                })?
+                .setting(&key)?
+                .map(|bytes| decode(&key, &bytes))
+                .transpose()?
         } else {
             None
         };
@@ -457,6 +445,15 @@ impl ServiceCatalog {
         }
         Ok(created)
     }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<CatalogItem, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        CatalogError::from(StoreError::Corrupt {
+            what: "catalog item",
+            detail: format!("{key}: {e}"),
+        })
+    })
 }
 
 fn title_template(source: &str) -> Result<(), String> {

@@ -15,9 +15,7 @@ use std::{
 
 use serde_json::{Map, Value, json};
 use usm_engine::{Background, Engine, EngineError, NewRecord};
-use usm_model::{
-    Actor, Decision, Domain, Event, EventType, Link, LinkRel, Record, Role, StateCategory,
-};
+use usm_model::{Actor, Decision, Domain, Event, EventType, Link, LinkRel, Record, Role};
 
 /// Outbox events read per batch.
 const BATCH: usize = 128;
@@ -117,14 +115,6 @@ fn handle(engine: &Engine, actor: &Actor, event: &Event) -> Result<(), EngineErr
     advance(engine, actor, &request)
 }
 
-fn category(engine: &Engine, record: &Record) -> Option<StateCategory> {
-    engine
-        .catalog_in(&record.domain)
-        .get(&record.kind)
-        .and_then(|def| def.lifecycle.state(&record.state))
-        .map(|state| state.category)
-}
-
 /// One entry of a request's plan.
 struct PlannedTask {
     title: String,
@@ -158,7 +148,7 @@ fn plan_of(request: &Record) -> Vec<PlannedTask> {
 /// Does what is still missing for `request`: decide on its approval, create the tasks whose
 /// turn has come, and mark it fulfilled when every task is finished.
 fn advance(engine: &Engine, actor: &Actor, request: &Record) -> Result<(), EngineError> {
-    if category(engine, request) == Some(StateCategory::Inactive) {
+    if engine.is_finished(request) {
         return Ok(());
     }
     let id = request.id.to_string();
@@ -207,7 +197,7 @@ fn advance(engine: &Engine, actor: &Actor, request: &Record) -> Result<(), Engin
             .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| tasks.get_mut(at))
         {
-            *slot = Some(category(engine, &task) == Some(StateCategory::Inactive));
+            *slot = Some(engine.is_finished(&task));
             outcomes.push(format!("{} {}", task.id, task.state));
         }
     }
