@@ -42,12 +42,16 @@ fn fields() -> Map<String, Value> {
     .as_object()
     .unwrap()
     .clone();
-    for i in 0..11 {
-        fields.insert(
-            format!("extra_{i:02}"),
-            Value::from(format!("value number {i} of the benchmark record")),
-        );
-    }
+    // An integrator's own data, which no schema names, lives under `extra`.
+    let extra: Map<String, Value> = (0..11)
+        .map(|i| {
+            (
+                format!("extra_{i:02}"),
+                Value::from(format!("value number {i} of the benchmark record")),
+            )
+        })
+        .collect();
+    fields.insert("extra".into(), Value::Object(extra));
     fields
 }
 

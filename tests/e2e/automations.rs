@@ -142,6 +142,15 @@ async fn bundled_automations_fan_out_offboarding_and_open_improvements() {
             .iter()
             .all(|t| t["created_by"] == "automation:hr-offboarding")
     );
+    let mut teams: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["fields"]["assignment_group"].as_str().unwrap())
+        .collect();
+    teams.sort_unstable();
+    assert_eq!(
+        teams,
+        ["facilities-security", "it-identity", "it-workplace"]
+    );
 
     // The Improve loop: reopen rate over the threshold opens one improvement.
     let ready = json!({"category": "x", "resolution_code": "fixed", "resolution": "done"});
@@ -199,7 +208,7 @@ async fn a_breached_p1_incident_is_escalated_by_automation() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let incident = server.get("/api/v1/records/INC-1").await.unwrap().body;
-        if incident["fields"]["escalated"] == true {
+        if incident["fields"]["assignment_group"] == "major-incident-team" {
             assert_eq!(
                 incident["fields"]["assignment_group"],
                 "major-incident-team"

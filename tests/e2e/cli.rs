@@ -89,7 +89,8 @@ async fn modules_are_installed_enabled_disabled_and_removed_from_the_command_lin
     std::fs::write(
         dir.path().join("module.toml"),
         "id = \"cli-tagger\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
-         [[steps]]\nname = \"tag\"\nhook = \"create\"\nprocess = \"operate\"\nphase = \"before\"\nscript = \"tag.rhai\"\n",
+         [[steps]]\nname = \"tag\"\nhook = \"create\"\nprocess = \"operate\"\nphase = \"before\"\nscript = \"tag.rhai\"\n\
+         [[fields]]\nkind = \"task\"\n[fields.properties]\ntagged = { type = \"boolean\" }\n",
     )
     .unwrap();
     std::fs::write(

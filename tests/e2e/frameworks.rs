@@ -87,7 +87,20 @@ async fn a_fresh_server_runs_the_default_mix_per_domain() {
         ["facilities"].map(String::from).into()
     );
 
-    let fields = json!({"impact": "high", "urgency": "high", "building": "Lab"});
+    let fields = json!({"impact": "high", "urgency": "high"});
+    // A field exists where a module enabled in the domain declares it: `building` is the
+    // facilities module's.
+    let at_the_lab = json!({"impact": "high", "urgency": "high", "building": "Lab"});
+    let misplaced = server
+        .post(
+            "/api/v1/records",
+            &json!({"kind": "incident", "domain": "it", "title": "x", "fields": at_the_lab}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(misplaced.status, 422, "{}", misplaced.body);
+    assert_eq!(misplaced.body["code"], "unknown_field");
+    assert_eq!(misplaced.body["field"], "/fields/building");
     let it = server
         .create(json!({"kind": "incident", "domain": "it", "title": "x", "fields": fields}))
         .await
@@ -97,7 +110,9 @@ async fn a_fresh_server_runs_the_default_mix_per_domain() {
         .await
         .unwrap();
     let fac = server
-        .create(json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": fields}))
+        .create(
+            json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": at_the_lab}),
+        )
         .await
         .unwrap();
     assert_eq!(it["fields"]["priority"], "P1");
@@ -281,14 +296,15 @@ async fn modules_and_enablement_survive_a_restart() {
         server.get("/api/v1/pipelines").await.unwrap().body,
         pipelines_before
     );
+    // The disabled module stays disabled: neither its field nor its routing is there.
+    let fault = json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": {"building": "HQ"}});
+    let refused = server.post("/api/v1/records", &fault).await.unwrap();
+    assert_eq!(refused.body["code"], "unknown_field", "{}", refused.body);
     let fault = server
-        .create(json!({"kind": "incident", "domain": "facilities", "title": "x", "fields": {"building": "HQ"}}))
+        .create(json!({"kind": "incident", "domain": "facilities", "title": "x"}))
         .await
         .unwrap();
-    assert!(
-        fault["fields"].get("assignment_group").is_none(),
-        "the disabled module stays disabled"
-    );
+    assert!(fault["fields"].get("assignment_group").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,6 +330,19 @@ async fn a_transition_carries_its_fields_in_one_write_past_the_rules_that_read_t
     let unchanged = server.get("/api/v1/records/INC-1").await.unwrap();
     assert_eq!(unchanged.body["version"], 2);
     assert!(unchanged.body["fields"].get("category").is_none());
+    // A misspelt field is refused by name, with the move.
+    let misspelt = resolve(json!({"resolution_code": "fixed", "resoluton": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(misspelt.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        (&misspelt.body["code"], &misspelt.body["field"]),
+        (&json!("unknown_field"), &json!("/fields/resoluton"))
+    );
+    assert_eq!(
+        server.get("/api/v1/records/INC-1").await.unwrap().body["state"],
+        "in_progress"
+    );
 
     let resolved = resolve(json!({"category": "email", "resolution_code": "fixed",
                                   "resolution": "Restarted the MTA"}))

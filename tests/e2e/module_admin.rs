@@ -20,7 +20,8 @@ fn tagger(version: &str, tag: &str) -> ModuleFiles {
          [[steps]]\nname = \"tag-a\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\norder = 1\nscript = \"tag.rhai\"\n\
          [steps.config]\nfield = \"tag_a\"\nvalue = \"{tag}\"\n\
          [[steps]]\nname = \"tag-b\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\norder = 2\nscript = \"tag.rhai\"\n\
-         [steps.config]\nfield = \"tag_b\"\nvalue = \"{tag}\"\n"
+         [steps.config]\nfield = \"tag_b\"\nvalue = \"{tag}\"\n\
+         [[fields]]\nkind = \"incident\"\n[fields.properties]\ntag_a = {{ type = \"string\" }}\ntag_b = {{ type = \"string\" }}\n"
     );
     let script = "fn run(input) { let f = #{}; f[input.config.field] = input.config.value; patch(#{ fields: f }) }";
     files(&[
@@ -298,7 +299,8 @@ async fn hot_swap_under_load_never_mixes_pipelines() {
 fn reader(version: &str) -> Vec<u8> {
     let manifest = format!(
         "id = \"reader\"\nversion = \"{version}\"\nframework = \"custom\"\napi = \"^0.1\"\ncapabilities = [\"records:read\"]\n\
-         [[steps]]\nname = \"reader\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nwasm = \"reader.wasm\"\ntimeout_ms = 500\n"
+         [[steps]]\nname = \"reader\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nwasm = \"reader.wasm\"\ntimeout_ms = 500\n\
+         [[fields]]\nkind = \"incident\"\n[fields.properties]\nlookup = {{ type = \"string\" }}\nseen = {{}}\nincidents = {{}}\nnow = {{}}\n"
     );
     let wasm = std::fs::read(guests::GUEST_READER).unwrap();
     bundle::pack(&files(&[

@@ -13,7 +13,8 @@ use std::{
 use serde_json::json;
 use usm_engine::{Engine, EngineConfig, Module, NewRecord, Pipelines, Runtimes, StepError};
 use usm_model::{
-    Actor, Approval, Catalog, Domain, Event, HistoryEntry, Kind, LinkRel, Record, RecordId, Role,
+    Actor, Approval, Catalog, CatalogAdditions, Domain, Event, HistoryEntry, Kind, LinkRel, Record,
+    RecordId, Role, core_kinds,
 };
 use usm_plugin_host::{PluginHost, PluginLimits};
 use usm_store::{
@@ -188,9 +189,23 @@ fn engine_with_step(
         lists: AtomicUsize::new(0),
     });
     let shared: Arc<dyn Store> = store.clone();
+    // The reader step's fields, which the test declares as a module would.
+    let lookup = CatalogAdditions {
+        kinds: Vec::new(),
+        fields: vec![(
+            Kind::new("incident").unwrap(),
+            json!({"lookup": {"type": "string"}, "seen": {}, "incidents": {}, "now": {}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )],
+        states: Vec::new(),
+        policies: Vec::new(),
+    };
+    let catalog = Catalog::compose(core_kinds(), [("lookup", &lookup)]).unwrap();
     let engine = Arc::new(Engine::new(
         Arc::clone(&shared),
-        Arc::new(Catalog::core()),
+        Arc::new(catalog),
         EngineConfig::default(),
     ));
     let runtimes = Runtimes {

@@ -185,7 +185,8 @@ async fn a_link_effect_links_records_once_with_its_cause() {
     std::fs::write(
         dir.join("module.toml"),
         "id = \"linker\"\nversion = \"0.1.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
-         [[steps]]\nname = \"link-duplicates\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"after\"\nscript = \"link.rhai\"\n",
+         [[steps]]\nname = \"link-duplicates\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"after\"\nscript = \"link.rhai\"\n\
+         [[fields]]\nkind = \"incident\"\n[fields.properties]\nduplicates = { type = \"string\" }\n",
     )
     .unwrap();
     // A new incident naming the one it duplicates gets a duplicate_of link, and the original a

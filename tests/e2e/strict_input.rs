@@ -85,12 +85,12 @@ async fn arrays_inexact_integers_and_nul_are_refused() {
         &server,
         Method::POST,
         "/api/v1/records",
-        r#"{"kind": "task", "title": "exact", "fields": {"max": 18446744073709551615, "min": -9223372036854775808}}"#,
+        r#"{"kind": "task", "title": "exact", "fields": {"extra": {"max": 18446744073709551615, "min": -9223372036854775808}}}"#,
     )
     .await;
     assert_eq!(exact.status, StatusCode::CREATED, "{}", exact.body);
-    assert_eq!(exact.body["fields"]["max"], json!(u64::MAX));
-    assert_eq!(exact.body["fields"]["min"], json!(i64::MIN));
+    assert_eq!(exact.body["fields"]["extra"]["max"], json!(u64::MAX));
+    assert_eq!(exact.body["fields"]["extra"]["min"], json!(i64::MIN));
     let id = exact.body["id"].as_str().unwrap().to_owned();
     let patched = raw(
         &server,

@@ -75,6 +75,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::StepRejected
         | C::ModuleInvalid
         | C::FieldNotWritable
+        | C::UnknownField
         | C::UnknownReference
         | C::WorkflowInvalid
         | C::NotificationInvalid
@@ -154,6 +155,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         C::ModuleNotEnabled => "The record's module is not enabled in its domain",
         C::WorkflowConflict => "The workflow would replace a module's template",
         C::FieldNotWritable => "The field is not the caller's to write",
+        C::UnknownField => "The field is not in the kind's schema",
         C::PersonNotFound => "Person not found",
         C::GroupNotFound => "Group not found",
         C::QueueNotFound => "Queue not found",

@@ -108,6 +108,7 @@ pub fn check_client(
 ) -> Result<(), EngineError> {
     let creating = write.before.is_none();
     for field in changed(write.before, after) {
+        check_declared(def, field, after)?;
         let allowed = if field == REQUESTER {
             // Named once: by the requester themself, or by an agent creating on someone's
             // behalf; corrected later only by an admin of the domain (history records who).
@@ -142,13 +143,32 @@ pub fn check_step(
     before: &Map<String, Value>,
     after: &Map<String, Value>,
 ) -> Result<(), EngineError> {
-    match changed(Some(before), after).find(|field| !def.writer(field).admits_module(module)) {
-        None => Ok(()),
-        Some(field) => Err(EngineError::FieldNotWritable {
-            field: format!("/fields/{}", pointer_escape(field)),
-            owner: def.writer(field).clone(),
-        }),
+    for field in changed(Some(before), after) {
+        check_declared(def, field, after)?;
+        if !def.writer(field).admits_module(module) {
+            return Err(EngineError::FieldNotWritable {
+                field: format!("/fields/{}", pointer_escape(field)),
+                owner: def.writer(field).clone(),
+            });
+        }
     }
+    Ok(())
+}
+
+/// Refuses a write that sets a field the kind does not declare; removing one (left by an older
+/// schema) is always allowed.
+fn check_declared(
+    def: &KindDef,
+    field: &str,
+    after: &Map<String, Value>,
+) -> Result<(), EngineError> {
+    if after.contains_key(field) && !def.declares(field) {
+        return Err(EngineError::UnknownField {
+            field: format!("/fields/{}", pointer_escape(field)),
+            kind: def.name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn pointer_escape(name: &str) -> String {

@@ -39,6 +39,14 @@ pub enum EngineError {
         /// Who writes it.
         owner: Writer,
     },
+    /// The field is not in the kind's schema.
+    #[error("{field} is not a field of {kind}: declare it in a module before writing it")]
+    UnknownField {
+        /// JSON pointer of the field, e.g. `/fields/urgancy`.
+        field: String,
+        /// The record's kind.
+        kind: String,
+    },
     /// The input names a person or group that does not exist, is inactive or is of another
     /// domain.
     #[error("{field}: {message}")]
@@ -223,6 +231,7 @@ impl EngineError {
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
             Self::InvalidFields { .. } => ErrorCode::InvalidFields,
             Self::FieldNotWritable { .. } => ErrorCode::FieldNotWritable,
+            Self::UnknownField { .. } => ErrorCode::UnknownField,
             Self::UnknownReference { .. } => ErrorCode::UnknownReference,
             Self::ConfirmationNotExpected { .. } => ErrorCode::ConfirmationNotExpected,
             Self::InvalidInput { .. } => ErrorCode::InvalidInput,
@@ -258,6 +267,7 @@ impl EngineError {
             Self::InvalidInput { field, .. }
             | Self::UnknownLinkTarget { field, .. }
             | Self::FieldNotWritable { field, .. }
+            | Self::UnknownField { field, .. }
             | Self::UnknownReference { field, .. } => Some(field.clone()),
             Self::UnknownState { .. } => Some("/to".into()),
             Self::BadCursor(_) => Some("cursor".into()),

@@ -9,9 +9,55 @@ use crate::{Engine, EngineConfig, EngineError, ListRequest, NewRecord, RecordPat
 fn engine() -> Engine {
     Engine::new(
         Arc::new(MemoryStore::new()),
-        Arc::new(Catalog::core()),
+        test_catalog(),
         EngineConfig::default(),
     )
+}
+
+/// The core kinds, each declaring the free-form fields these tests and their steps write (a
+/// module would declare its own the same way).
+fn test_catalog() -> Arc<Catalog> {
+    let mut kinds = usm_model::core_kinds();
+    for kind in &mut kinds {
+        for field in ["x", "trail", "notes", "a"] {
+            kind.schema["properties"][field] = json!({});
+        }
+    }
+    Arc::new(Catalog::new(kinds).unwrap())
+}
+
+#[test]
+fn fields_no_schema_declares_are_refused() {
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(Catalog::core()),
+        EngineConfig::default(),
+    );
+    let error = engine
+        .create(
+            &agent(),
+            new("incident", "x", json!({"urgancy": "high"})),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), usm_model::ErrorCode::UnknownField, "{error}");
+    assert_eq!(error.field().as_deref(), Some("/fields/urgancy"));
+    engine
+        .create(
+            &agent(),
+            new("incident", "x", json!({"impact": "high"})),
+            None,
+        )
+        .unwrap();
+    let patch: RecordPatch =
+        serde_json::from_value(json!({"fields": {"impact": "low", "x/y": 1}})).unwrap();
+    let error = engine.update(&agent(), "INC-1", patch, None).unwrap_err();
+    assert_eq!(error.field().as_deref(), Some("/fields/x~1y"), "{error}");
+    assert_eq!(
+        engine.get(&agent(), "INC-1").unwrap().fields["impact"],
+        "high",
+        "a refused write changes nothing"
+    );
 }
 
 fn agent() -> Actor {
@@ -366,7 +412,7 @@ mod pipelines {
     };
 
     use serde_json::{Value, json};
-    use usm_model::{Catalog, Domain, Process};
+    use usm_model::{Domain, Process};
     use usm_store::MemoryStore;
 
     use super::{agent, engine, new};
@@ -816,11 +862,7 @@ mod pipelines {
     }
 
     fn engine_with(config: EngineConfig) -> Engine {
-        Engine::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(Catalog::core()),
-            config,
-        )
+        Engine::new(Arc::new(MemoryStore::new()), super::test_catalog(), config)
     }
 
     /// A step that fails with `error` every time, counting its calls.

@@ -135,6 +135,22 @@ impl KindDef {
     pub fn writer(&self, field: &str) -> &Writer {
         self.writers.get(field).unwrap_or(&Writer::Agent)
     }
+
+    /// Whether `field` may be written at all: the schema names it, or leaves its members open
+    /// (`additionalProperties` other than `false`). Everything else is a misspelling or a field
+    /// no module declared, refused rather than stored silently.
+    pub fn declares(&self, field: &str) -> bool {
+        let declared = self
+            .schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|properties| properties.contains_key(field));
+        let open = self
+            .schema
+            .get("additionalProperties")
+            .is_some_and(|extra| extra != &Value::Bool(false));
+        declared || open
+    }
 }
 
 /// Why a catalog could not be built.
@@ -605,6 +621,8 @@ fn common_properties() -> Map<String, Value> {
         "hold_reason": text(100),
         // Written by the engine as files are attached and removed.
         "attachments": {"type": "array", "items": {"type": "object"}},
+        // The integrator's own data, which no module reads: every other field must be declared.
+        "extra": {"type": "object", "maxProperties": 100},
     }) else {
         unreachable!("a json! object literal is an object")
     };

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     /// The caller may not write this field: another module owns it, the engine derives it, or
     /// it is not the caller's to set (`owner` says who writes it).
     FieldNotWritable,
+    /// The field is not in the kind's schema: a misspelling, or a field no module declares
+    /// (`field` names it).
+    UnknownField,
     /// The record is not waiting for its requester to confirm a resolution.
     ConfirmationNotExpected,
     /// The state is not a state of the kind's lifecycle.
@@ -159,6 +162,7 @@ impl ErrorCode {
             Self::UnknownKind => "unknown_kind",
             Self::InvalidFields => "invalid_fields",
             Self::FieldNotWritable => "field_not_writable",
+            Self::UnknownField => "unknown_field",
             Self::ConfirmationNotExpected => "confirmation_not_expected",
             Self::UnknownState => "unknown_state",
             Self::IllegalTransition => "illegal_transition",

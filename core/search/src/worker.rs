@@ -29,8 +29,11 @@ impl SearchWorker {
     /// Rebuilds the index if it is not in step with the store, then follows the outbox.
     pub fn start(engine: Arc<Engine>, index: Arc<SearchIndex>) -> std::io::Result<Self> {
         let commits = Arc::clone(engine.commits());
+        // An index in step (any clean restart) serves before the first request arrives; only a
+        // rebuild leaves searches answering `search_rebuilding` for a while.
+        let ready = adopt_if_in_step(&engine, &index);
         Background::spawn("usm-search", commits, move |stop| {
-            if !prepare(&engine, &index, &stop) {
+            if !ready && !prepare(&engine, &index, &stop) {
                 return;
             }
             while !stop.load(Ordering::SeqCst) {
@@ -51,6 +54,25 @@ impl SearchWorker {
     pub fn stop(self) {
         self.0.stop();
     }
+}
+
+/// Marks the index current when it is in step with the store; false when it needs a rebuild
+/// or the check failed (the worker's `prepare` decides then, retrying).
+fn adopt_if_in_step(engine: &Engine, index: &SearchIndex) -> bool {
+    let store = engine.store();
+    let adopted = index
+        .in_step_with(store.as_ref(), SearchWorker::CONSUMER)
+        .and_then(|in_step| {
+            if in_step {
+                store.set_cursor(SearchWorker::CONSUMER, index.position())?;
+            }
+            Ok(in_step)
+        })
+        .unwrap_or(false);
+    if adopted {
+        index.mark_current();
+    }
+    adopted
 }
 
 /// Makes the index current, rebuilding it when needed; false when stopped first.

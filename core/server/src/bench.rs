@@ -146,6 +146,8 @@ impl Body {
 /// An incident as a service desk records it: about 1 KB of JSON with the reporter's account of
 /// the fault, who and what is affected, and what was tried.
 fn default_incident() -> serde_json::Value {
+    // What a desk records on a phone call: the schema's fields, and the rest of the caller's
+    // story under `extra`, where data no module reads belongs.
     serde_json::json!({
         "kind": "incident",
         "title": "Printers on floor 3 hold every job in 'pending' since this morning",
@@ -153,16 +155,18 @@ fn default_incident() -> serde_json::Value {
             "impact": "medium",
             "urgency": "high",
             "category": "hardware",
-            "subcategory": "printer",
             "service": "printing",
-            "configuration_item": "PRN-FL3-EAST-02",
-            "location": {"site": "HQ", "building": "B", "floor": 3, "room": "3.14"},
-            "reported_by": {"name": "Dana Kim", "email": "dana.kim@example.org", "phone": "+31 20 555 0134"},
-            "channel": "phone",
             "description": "Since about 08:30 every print job sent to the two printers on floor 3 east stays in 'pending' in the queue. Jobs to other floors print. The printers' displays show 'Ready'; a test page printed from the panel comes out fine. About 40 people on the floor are affected, among them payroll, who must print cheques before 14:00.",
-            "steps_taken": ["Restarted the print spooler on PRINT-01", "Power-cycled PRN-FL3-EAST-02", "Checked the toner and paper"],
-            "workaround": "Print to floor 2 (PRN-FL2-WEST-01) for now",
             "tags": ["printer", "floor-3", "payroll"],
+            "extra": {
+                "subcategory": "printer",
+                "configuration_item": "PRN-FL3-EAST-02",
+                "location": {"site": "HQ", "building": "B", "floor": 3, "room": "3.14"},
+                "reported_by": {"name": "Dana Kim", "email": "dana.kim@example.org", "phone": "+31 20 555 0134"},
+                "channel": "phone",
+                "steps_taken": ["Restarted the print spooler on PRINT-01", "Power-cycled PRN-FL3-EAST-02", "Checked the toner and paper"],
+                "workaround": "Print to floor 2 (PRN-FL2-WEST-01) for now",
+            },
         },
     })
 }
