@@ -774,3 +774,110 @@ async fn the_index_survives_a_restart_and_is_rebuilt_when_lost() {
         [id.as_str()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_shape_their_pages_with_sparse_fields_linked_records_and_a_total() {
+    let Desk {
+        server, ann, hal, ..
+    } = desk().await;
+    let problem = server
+        .create(json!({"kind": "problem", "title": "Flapping uplink", "fields": {"description": "long text"}}))
+        .await
+        .unwrap();
+    let change = server
+        .create(json!({"kind": "change", "domain": "hr", "title": "New payroll export"}))
+        .await
+        .unwrap();
+    for title in ["VPN drops", "VPN slow", "VPN gone"] {
+        server
+            .create(json!({"kind": "incident", "title": title,
+                "fields": {"priority": "P2", "assignment_group": "network", "description": "many words"},
+                "links": [{"rel": "caused_by", "to": problem["id"]},
+                          {"rel": "relates_to", "to": change["id"]}]}))
+            .await
+            .unwrap();
+    }
+    server.settle().await.unwrap();
+
+    // Sparse: only the named members of `fields`; the record's own members always come.
+    let sparse = server
+        .act(
+            &ann,
+            Method::GET,
+            "/api/v1/records?kind=incident&fields=priority,assignment_group&count=true&limit=2&expand=links",
+            None,
+        )
+        .await;
+    assert_eq!(sparse.status, StatusCode::OK, "{}", sparse.body);
+    let records = sparse.body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    for record in records {
+        assert_eq!(
+            record["fields"],
+            json!({"priority": "P2", "assignment_group": "network"})
+        );
+        assert!(record["id"].is_string() && record["version"] == 1 && record["state"] == "new");
+    }
+    // The total counts every match, not the page; the next page's link keeps the shaping.
+    assert_eq!(sparse.body["total"], 3);
+    let next = sparse.header("link").unwrap();
+    assert!(
+        next.contains("fields=priority%2Cassignment_group") && next.contains("expand=links"),
+        "{next}"
+    );
+    // Linked records come once, trimmed alike; the hr change is beyond ann's domains, so it
+    // stays a bare link and nothing tells whether it exists.
+    let included = sparse.body["included"].as_array().unwrap();
+    assert_eq!(included.len(), 1, "{included:?}");
+    assert_eq!(included[0]["id"], problem["id"]);
+    assert_eq!(included[0]["fields"], json!({}));
+    assert_eq!(records[0]["links"][1]["to"], change["id"]);
+
+    // Counts follow the caller's rights and the queue filters alike.
+    let hals = server
+        .act(&hal, Method::GET, "/api/v1/records?count=true", None)
+        .await;
+    assert_eq!(hals.body["total"], 1, "{}", hals.body);
+    let none = server
+        .get("/api/v1/records?priority=P1&count=true")
+        .await
+        .unwrap();
+    assert_eq!(none.body["total"], 0);
+    // Without the parameters, pages are as they were.
+    let plain = server.get("/api/v1/records?kind=incident").await.unwrap();
+    assert!(plain.body.get("total").is_none() && plain.body.get("included").is_none());
+    assert_eq!(
+        plain.body["records"][0]["fields"]["description"],
+        "many words"
+    );
+
+    for (query, field) in [
+        ("expand=history", "expand"),
+        ("fields=", "fields"),
+        (
+            &*format!(
+                "fields={}",
+                (0..51)
+                    .map(|i| format!("f{i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            "fields",
+        ),
+        ("count=maybe", "count"),
+    ] {
+        let refused = server
+            .get(&format!("/api/v1/records?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            refused.body
+        );
+        if field != "count" {
+            assert_eq!(refused.body["field"], field, "{query}");
+        }
+    }
+}

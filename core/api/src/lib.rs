@@ -18,6 +18,7 @@ mod principal;
 mod problem;
 mod records;
 mod search;
+mod shape;
 
 use std::{sync::Arc, time::Instant};
 

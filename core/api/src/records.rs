@@ -275,6 +275,16 @@ pub struct ListParams {
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// A sparse fieldset: the members of each record's `fields` to return, comma-separated
+    /// (`fields=priority,assignee`); the record's own members (`id`, `state`, `version`, …)
+    /// always come.
+    pub fields: Option<String>,
+    /// `links`: the records the page links to that the caller may see come in `included`
+    /// (each once, at most 500 a page; a link to a record the caller may not see stays a link).
+    pub expand: Option<String>,
+    /// `true`: the answer carries `total`, how many records the filters select that the caller
+    /// may see, counted from the search index (which follows commits within about a second).
+    pub count: Option<bool>,
 }
 
 impl ListParams {
@@ -334,6 +344,24 @@ pub struct RecordPage {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// How many records the filters select (with `count=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<usize>,
+    /// The records the page links to (with `expand=links`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub included: Vec<Record>,
+}
+
+impl RecordPage {
+    /// A page as it is, with no total and nothing included.
+    pub fn plain(records: Vec<Record>, next_cursor: Option<String>) -> Self {
+        Self {
+            records,
+            next_cursor,
+            total: None,
+            included: Vec::new(),
+        }
+    }
 }
 
 /// Lists records the caller may see, with keyset pagination. Filtered by kind, state and
@@ -347,10 +375,10 @@ pub struct RecordPage {
     responses(
         (status = 200, body = RecordPage,
             headers(("Link" = String, description = "RFC 8288: `<…&cursor=…>; rel=\"next\"` when there is a next page"))),
-        (status = 400, description = "Bad limit, cursor, sort, sla or updated_since", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad limit, cursor, sort, sla, updated_since, fields, expand or count", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A domain outside the caller's domains", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, state or domain", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The search index is being rebuilt (queue filters only)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The search index is being rebuilt (queue filters, sort or count only)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_records(
@@ -360,43 +388,55 @@ pub async fn list_records(
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let mut params = params.into_inner();
-    if let Some(queue) = params.queue()? {
-        return crate::search::list_queue(
-            services,
-            request,
-            actor,
-            queue,
-            params.limit,
-            params.cursor,
-        )
-        .await;
-    }
-    let engine = services.engine.clone();
-    let ListParams {
-        kind,
-        state,
-        domain,
-        limit,
-        cursor,
-        ..
-    } = params;
-    let page = blocking(move || {
-        engine.list(
-            &actor,
-            ListRequest {
-                kind,
-                state,
-                domain,
-                limit,
-                cursor,
-            },
-        )
+    let shape = crate::shape::Shape::parse(params.fields.as_deref(), params.expand.as_deref())?;
+    let count = params.count.unwrap_or(false);
+    let queue = params.queue()?;
+    let services = services.into_inner();
+    let page = web::block(move || -> Result<RecordPage, ApiError> {
+        let (records, next_cursor, filter) = match queue {
+            Some(queue) => {
+                let filter = queue.filter.clone();
+                let hits = crate::search::list_queue(
+                    &services,
+                    &actor,
+                    queue,
+                    params.limit,
+                    params.cursor,
+                )?;
+                (hits.records, hits.next_cursor, filter)
+            }
+            None => {
+                let filter = usm_search::Filter {
+                    kind: params.kind.clone(),
+                    state: params.state.clone(),
+                    domain: params.domain.clone(),
+                    ..usm_search::Filter::default()
+                };
+                let page = services.engine.list(
+                    &actor,
+                    ListRequest {
+                        kind: params.kind,
+                        state: params.state,
+                        domain: params.domain,
+                        limit: params.limit,
+                        cursor: params.cursor,
+                    },
+                )?;
+                (page.records, page.next_cursor, filter)
+            }
+        };
+        let total = count
+            .then(|| services.search.count(&actor, &filter.for_caller(&actor)))
+            .transpose()?;
+        let (records, included) = shape.apply(&services.engine, &actor, records)?;
+        Ok(RecordPage {
+            records,
+            next_cursor,
+            total,
+            included,
+        })
     })
-    .await?;
-    let page = RecordPage {
-        records: page.records,
-        next_cursor: page.next_cursor,
-    };
+    .await??;
     Ok(crate::headers::page_response(&request, &page))
 }
 

@@ -62,21 +62,19 @@ pub(crate) struct QueueParams {
     pub sort: Option<String>,
 }
 
-/// Answers a record listing with queue filters or an order from the search index.
-pub(crate) async fn list_queue(
-    services: web::Data<Services>,
-    request: actix_web::HttpRequest,
-    actor: Actor,
+/// A page of a record listing with queue filters or an order, from the search index.
+pub(crate) fn list_queue(
+    services: &Services,
+    actor: &Actor,
     params: QueueParams,
     limit: Option<usize>,
     cursor: Option<String>,
-) -> Result<HttpResponse, ApiError> {
-    let services = services.into_inner();
-    let hits = blocking(move || {
+) -> Result<usm_search::Hits, ApiError> {
+    {
         let engine = &services.engine;
-        let filter = params.filter.for_caller(&actor);
+        let filter = params.filter.for_caller(actor);
         engine.list_filters(
-            &actor,
+            actor,
             filter.kind.as_deref(),
             filter.state.as_deref(),
             filter.domain.as_deref(),
@@ -88,16 +86,10 @@ pub(crate) async fn list_queue(
             .map(str::parse::<Sort>)
             .transpose()?
             .unwrap_or_default();
-        services
+        Ok(services
             .search
-            .queue(engine, &actor, &filter, sort, limit, cursor.as_deref())
-    })
-    .await?;
-    let page = RecordPage {
-        records: hits.records,
-        next_cursor: hits.next_cursor,
-    };
-    Ok(crate::headers::page_response(&request, &page))
+            .queue(engine, actor, &filter, sort, limit, cursor.as_deref())?)
+    }
 }
 
 /// Search parameters.
@@ -144,10 +136,7 @@ pub async fn search(
             .search(engine, &actor, &q, limit, cursor.as_deref())
     })
     .await?;
-    let page = RecordPage {
-        records: hits.records,
-        next_cursor: hits.next_cursor,
-    };
+    let page = RecordPage::plain(hits.records, hits.next_cursor);
     Ok(crate::headers::page_response(&request, &page))
 }
 
@@ -366,10 +355,7 @@ pub async fn queue_records(
         )
     })
     .await?;
-    let page = RecordPage {
-        records: hits.records,
-        next_cursor: hits.next_cursor,
-    };
+    let page = RecordPage::plain(hits.records, hits.next_cursor);
     Ok(crate::headers::page_response(&request, &page))
 }
 
