@@ -34,6 +34,7 @@ mod security;
 mod service_catalog;
 mod sla;
 mod strict_input;
+mod tmf621;
 mod webhook_policy;
 mod webhooks;
 mod workflows;

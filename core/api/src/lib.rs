@@ -19,6 +19,7 @@ mod problem;
 mod records;
 mod search;
 mod shape;
+mod tmf621;
 
 use std::{sync::Arc, time::Instant};
 
@@ -181,6 +182,10 @@ pub struct Services {
     security(("bearer" = [])),
     paths(
         records::create_record,
+        tmf621::create_ticket,
+        tmf621::list_tickets,
+        tmf621::get_ticket,
+        tmf621::patch_ticket,
         batch::batch,
         records::list_records,
         records::get_record,
@@ -273,6 +278,7 @@ pub struct Services {
         (name = "automations", description = "Scheduled, event-driven and on-demand rhai scripts (admin)"),
         (name = "webhooks", description = "Event subscriptions delivered as signed CloudEvents (admin)"),
         (name = "operations", description = "Health and API description"),
+        (name = "tmf621", description = "TM Forum's Trouble Ticket API (TMF621 v4): trouble tickets are incidents, with the same rights and pipelines"),
     )
 )]
 pub struct ApiDoc;
@@ -625,6 +631,19 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/openapi.json").route(web::get().to(openapi_json)))
         .service(resource("/metrics").route(web::get().to(metrics::metrics)))
+        .service(
+            web::scope(usm_tmf621::BASE_PATH)
+                .service(
+                    resource("/troubleTicket")
+                        .route(web::get().to(tmf621::list_tickets))
+                        .route(web::post().to(tmf621::create_ticket)),
+                )
+                .service(
+                    resource("/troubleTicket/{id}")
+                        .route(web::get().to(tmf621::get_ticket))
+                        .route(web::patch().to(tmf621::patch_ticket)),
+                ),
+        )
         .service(
             web::scope("/api/v1")
                 .service(resource("/openapi.json").route(web::get().to(openapi_json)))

@@ -652,10 +652,11 @@ fn kind_def(
 ) -> KindDef {
     // What a requester tells when asking for something; the rest is agents' work or the
     // engine's (who the requester is).
-    let mut writers: BTreeMap<String, Writer> = ["description", "category", "service", "tags"]
-        .into_iter()
-        .map(|field| (field.to_owned(), Writer::Requester))
-        .collect();
+    let mut writers: BTreeMap<String, Writer> =
+        ["description", "category", "service", "tags", "extra"]
+            .into_iter()
+            .map(|field| (field.to_owned(), Writer::Requester))
+            .collect();
     writers.insert("requester".into(), Writer::System);
     writers.insert("attachments".into(), Writer::System);
     KindDef {

@@ -13,6 +13,9 @@
 //! | `closed`        | `closed`         |                                       |
 //! | `cancelled`     | `cancelled`      |                                       |
 //! | `rejected`      | `cancelled`      | `resolution_code` = `rejected`        |
+//!
+//! Moving to `resolved`, `statusChangeReason` is also the incident's `resolution`, and a
+//! characteristic named `resolutionCode` its `resolution_code`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -30,6 +33,8 @@ pub const HELD: &str = "held";
 pub const REJECTED: &str = "rejected";
 /// Where a ticket's TMF621-only members are kept: `fields.extra.tmf621`.
 const EXTRA: &str = "tmf621";
+/// The characteristic whose value a resolving PATCH records as the incident's resolution code.
+pub const RESOLUTION_CODE: &str = "resolutionCode";
 /// Longest title made from a description when a ticket has no `name`.
 const TITLE_FROM_DESCRIPTION: usize = 120;
 
@@ -481,6 +486,13 @@ pub fn change(
             .fields
             .insert("description".into(), Value::from(description));
     }
+    let resolution_code = update
+        .characteristic
+        .iter()
+        .flatten()
+        .find(|pair| pair.name == RESOLUTION_CODE)
+        .and_then(|pair| pair.value.as_str())
+        .map(str::to_owned);
     let mut kept = Kept {
         requested_resolution_date: update.requested_resolution_date,
         external_id: update.external_id,
@@ -511,6 +523,20 @@ pub fn change(
     {
         let (state, fields) = status.target();
         change.fields.extend(fields);
+        if status == Status::Resolved {
+            // A resolution is recorded as the incident's: the reason is its text, and the
+            // `resolutionCode` characteristic its code, for the rules that ask for both.
+            if let Some(reason) = &update.status_change_reason {
+                change
+                    .fields
+                    .insert("resolution".into(), Value::from(reason.clone()));
+            }
+            if let Some(code) = resolution_code {
+                change
+                    .fields
+                    .insert("resolution_code".into(), Value::from(code));
+            }
+        }
         if state != current.state.as_str() {
             change.transition = Some((state.to_owned(), update.status_change_reason));
         }

@@ -71,7 +71,10 @@ fn the_guides_create_example_becomes_an_incident_and_reads_back_as_sent() {
     }
     assert_eq!(shown["status"], "acknowledged");
     assert_eq!(shown["id"], "INC-7");
-    assert_eq!(shown["href"], "/tmf-api/troubleTicket/v4/troubleTicket/INC-7");
+    assert_eq!(
+        shown["href"],
+        "/tmf-api/troubleTicket/v4/troubleTicket/INC-7"
+    );
     assert_eq!(shown["creationDate"], "2026-12-01T09:00:00Z");
     assert_eq!(shown["lastUpdate"], "2026-12-01T10:00:00Z");
     // The client's entities first, then the incident's own links.
@@ -94,10 +97,22 @@ fn a_ticket_without_a_name_is_titled_by_its_description_and_bad_members_are_name
     assert_eq!(new.fields["impact"], "low");
 
     for (body, field) in [
-        (json!({"description": "x", "severity": "apocalyptic", "ticketType": "t"}), "/severity"),
-        (json!({"description": " ", "severity": "minor", "ticketType": "t"}), "/description"),
-        (json!({"description": "x", "severity": "minor", "ticketType": "t", "status": "resolved"}), "/status"),
-        (json!({"description": "x", "severity": "minor", "ticketType": "t", "name": ""}), "/name"),
+        (
+            json!({"description": "x", "severity": "apocalyptic", "ticketType": "t"}),
+            "/severity",
+        ),
+        (
+            json!({"description": " ", "severity": "minor", "ticketType": "t"}),
+            "/description",
+        ),
+        (
+            json!({"description": "x", "severity": "minor", "ticketType": "t", "status": "resolved"}),
+            "/status",
+        ),
+        (
+            json!({"description": "x", "severity": "minor", "ticketType": "t", "name": ""}),
+            "/name",
+        ),
     ] {
         let create: TroubleTicketCreate = serde_json::from_value(body.clone()).unwrap();
         assert_eq!(new_incident(create).unwrap_err().field, field, "{body}");
@@ -152,6 +167,7 @@ fn a_patch_moves_the_incident_or_only_retags_it_within_a_state() {
         Some(("resolved".into(), Some("Credit note issued".into())))
     );
     assert_eq!(change.fields["impact"], "medium");
+    assert_eq!(change.fields["resolution"], "Credit note issued");
     assert_eq!(change.fields["extra"]["tmf621"]["severity"], "major");
 
     // held → pending is the same state: only the hold reason changes.
@@ -182,15 +198,22 @@ fn a_patch_moves_the_incident_or_only_retags_it_within_a_state() {
     .unwrap_err();
     assert_eq!(error.field, "/statusChangeReason");
     // Read-only members are refused by the body's shape.
-    for body in [json!({"id": "INC-9"}), json!({"creationDate": "2020-01-01T00:00:00Z"}), json!({"priority": "P1"})] {
+    for body in [
+        json!({"id": "INC-9"}),
+        json!({"creationDate": "2020-01-01T00:00:00Z"}),
+        json!({"priority": "P1"}),
+    ] {
         assert!(serde_json::from_value::<TroubleTicketUpdate>(body).is_err());
     }
 }
 
 #[test]
 fn a_sparse_ticket_keeps_its_identity_and_filters_match_as_shown() {
-    let record = record("in_progress", json!({"impact": "high", "category": "Line",
-        "extra": {"tmf621": {"externalId": "EXT-1", "severity": "critical"}}}));
+    let record = record(
+        "in_progress",
+        json!({"impact": "high", "category": "Line",
+        "extra": {"tmf621": {"externalId": "EXT-1", "severity": "critical"}}}),
+    );
     let ticket = ticket(&record, None);
     let sparse = select(&ticket, Some(&["status".to_owned(), "severity".to_owned()]));
     assert_eq!(
@@ -214,5 +237,8 @@ fn a_sparse_ticket_keeps_its_identity_and_filters_match_as_shown() {
     // A severity sent once but outdated by a later impact reads as the impact's word.
     let mut changed = record.clone();
     changed.fields.insert("impact".into(), json!("low"));
-    assert_eq!(super::ticket(&changed, None).severity.as_deref(), Some("minor"));
+    assert_eq!(
+        super::ticket(&changed, None).severity.as_deref(),
+        Some("minor")
+    );
 }
