@@ -39,6 +39,14 @@ from usm_client.api.records import (
     upload,
 )
 from usm_client.api.search import create_queue, queue_records, search
+from usm_client.api.tmf621 import (
+    create_ticket,
+    get_ticket,
+    list_tickets,
+    patch_ticket,
+    register_listener,
+    unregister_listener,
+)
 from usm_client.api.tokens import create_token, list_tokens, revoke_token
 from usm_client.api.webhooks import create_webhook, delete_webhook, list_webhooks
 from usm_client.api.workflows import list_workflows
@@ -58,6 +66,9 @@ from usm_client.models import (
     Problem,
     RecordPatch,
     TransitionRequest,
+    TroubleTicketCreate,
+    TroubleTicketHubCreate,
+    TroubleTicketUpdate,
     UploadForm,
 )
 from usm_client.types import File
@@ -288,6 +299,44 @@ def main(base: str, token: str) -> None:
         "queue",
     )
     check(queue_records.sync_detailed(queue.id, client=client), 200, "queue records")
+
+    # TMF621: a trouble ticket is an incident; its listener is a webhook in TMF621's words.
+    ticket = check(
+        create_ticket.sync_detailed(
+            client=client,
+            body=TroubleTicketCreate.from_dict(
+                {"description": "Customer complaint over last invoice.", "severity": "Urgent",
+                 "ticketType": "Bill Dispute", "externalId": "CRM-1"}
+            ),
+        ),
+        201,
+        "ticket",
+    )
+    assert ticket.status == "acknowledged" and ticket.severity == "Urgent", ticket
+    moved = check(
+        patch_ticket.sync_detailed(
+            ticket.id, client=client,
+            body=TroubleTicketUpdate.from_dict({"status": "inProgress"}),
+        ),
+        200,
+        "ticket moved",
+    )
+    assert moved.status == "inProgress"
+    assert check(get_ticket.sync_detailed(ticket.id, client=client), 200, "get ticket").id == ticket.id
+    listed = check(list_tickets.sync_detailed(client=client, external_id="CRM-1"), 200, "tickets")
+    assert [t.id for t in listed] == [ticket.id]
+    listener = check(
+        register_listener.sync_detailed(
+            client=client,
+            body=TroubleTicketHubCreate.from_dict(
+                {"callback": "http://127.0.0.1:9/listener",
+                 "query": "eventType=TroubleTicketStateChangeEvent"}
+            ),
+        ),
+        201,
+        "listener",
+    )
+    check(unregister_listener.sync_detailed(listener.id, client=client), 204, "listener removed")
 
     # Notifications, webhooks, audit, KPIs, modules.
     rules = check(list_rules.sync_detailed(client=client, domain="it"), 200, "rules")

@@ -241,3 +241,129 @@ async fn tickets_follow_the_callers_rights() {
         .unwrap();
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registered_listener_hears_of_ticket_events_it_asked_for() {
+    use crate::webhooks::{Receiver, start_receiver, wait_until};
+    use std::time::Duration;
+
+    let server = TestServer::start_with(|config| {
+        config.webhook_allowed_networks = vec!["127.0.0.0/8".into()];
+    })
+    .unwrap();
+    let state = actix_web::web::Data::new(Receiver::default());
+    let (url, receiver) = start_receiver(state.clone());
+    let hub = "/tmf-api/troubleTicket/v4/hub";
+    let all = server
+        .post(hub, &json!({"callback": format!("{url}/all")}))
+        .await
+        .unwrap();
+    assert_eq!(all.status, StatusCode::CREATED, "{}", all.body);
+    let all_id = all.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        all.header("location"),
+        Some(format!("{hub}/{all_id}").as_str())
+    );
+    let moves = server
+        .post(
+            hub,
+            &json!({"callback": format!("{url}/moves"), "query": "eventType=TroubleTicketStateChangeEvent"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        moves.body["query"],
+        "eventType=TroubleTicketStateChangeEvent"
+    );
+    for (body, field) in [
+        (
+            json!({"callback": format!("{url}/x"), "query": "eventType=TroubleTicketDeleteEvent"}),
+            "/query",
+        ),
+        (
+            json!({"callback": format!("{url}/x"), "query": "status=resolved"}),
+            "/query",
+        ),
+    ] {
+        let refused = server.post(hub, &body).await.unwrap();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+        assert_eq!(refused.body["field"], field);
+    }
+    let agent = server.token("ann", &["agent"], None).await.unwrap();
+    let forbidden = server
+        .act(
+            &agent,
+            Method::POST,
+            hub,
+            Some(json!({"callback": format!("{url}/mine")})),
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+
+    let created = server
+        .post(
+            TICKETS,
+            &json!({"description": "VPN down", "severity": "major", "ticketType": "Network"}),
+        )
+        .await
+        .unwrap();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    server
+        .create(json!({"kind": "task", "title": "no ticket"}))
+        .await
+        .unwrap();
+    merge_patch(&server, &id, json!({"name": "VPN down for all"}), None).await;
+    merge_patch(&server, &id, json!({"status": "inProgress"}), None).await;
+    wait_until(
+        || state.received.lock().unwrap().len() >= 4,
+        Duration::from_secs(20),
+    )
+    .await;
+    let received = state.received.lock().unwrap().clone();
+    let heard = |path: &str| -> Vec<(String, String)> {
+        received
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| {
+                (
+                    r.body["eventType"].as_str().unwrap().to_owned(),
+                    r.body["event"]["troubleTicket"]["status"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        heard("/all"),
+        [
+            ("TroubleTicketCreateEvent".into(), "acknowledged".into()),
+            (
+                "TroubleTicketAttributeValueChangeEvent".into(),
+                "acknowledged".into()
+            ),
+            ("TroubleTicketStateChangeEvent".into(), "inProgress".into()),
+        ]
+    );
+    assert_eq!(
+        heard("/moves"),
+        [("TroubleTicketStateChangeEvent".into(), "inProgress".into())]
+    );
+    let first = received.iter().find(|r| r.path == "/all").unwrap();
+    assert_eq!(first.body["event"]["troubleTicket"]["id"], id.as_str());
+    assert!(first.body["eventId"].is_string() && first.body["eventTime"].is_string());
+
+    // Unregistered, a listener hears nothing more; its id is gone.
+    let removed = server
+        .call(Method::DELETE, &format!("{hub}/{all_id}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let again = server
+        .call(Method::DELETE, &format!("{hub}/{all_id}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    receiver.stop(true).await;
+}

@@ -118,7 +118,7 @@ fn the_reference_hmac_matches_rfc_4231() {
     );
 }
 
-async fn wait_until(mut done: impl FnMut() -> bool, within: Duration) {
+pub(crate) async fn wait_until(mut done: impl FnMut() -> bool, within: Duration) {
     let deadline = Instant::now() + within;
     while !done() {
         assert!(Instant::now() < deadline, "timed out");

@@ -250,26 +250,54 @@ pub async fn create_webhook(
     body: web::Json<NewSubscription>,
 ) -> Result<HttpResponse, ApiError> {
     let services = services.into_inner();
-    let subscription = web::block(move || -> Result<_, ApiError> {
-        let store = services.engine.store();
-        let policy = &services.config.webhook_policy;
-        let subscription = webhooks::create(store.as_ref(), policy, &actor, body.into_inner())?;
-        let shown = serde_json::to_value(redacted(subscription.clone())).ok();
-        if let Err(error) = auth::audit(
-            store.as_ref(),
-            &actor,
-            "webhook.create",
-            &format!("webhook:{}", subscription.id),
-            auth::scope_of(&subscription.domains).as_ref(),
-            None,
-            shown,
-        ) {
-            tracing::error!(%error, "cannot write the audit entry");
-        }
-        Ok(subscription)
-    })
-    .await??;
+    let subscription =
+        web::block(move || subscribe(&services, &actor, body.into_inner())).await??;
     Ok(HttpResponse::Created().json(subscription))
+}
+
+/// Creates a subscription for `actor` and audits it (the webhooks and the TMF621 hub).
+pub(crate) fn subscribe(
+    services: &Services,
+    actor: &usm_model::Actor,
+    new: NewSubscription,
+) -> Result<Subscription, ApiError> {
+    let store = services.engine.store();
+    let policy = &services.config.webhook_policy;
+    let subscription = webhooks::create(store.as_ref(), policy, actor, new)?;
+    let shown = serde_json::to_value(redacted(subscription.clone())).ok();
+    if let Err(error) = auth::audit(
+        store.as_ref(),
+        actor,
+        "webhook.create",
+        &format!("webhook:{}", subscription.id),
+        auth::scope_of(&subscription.domains).as_ref(),
+        None,
+        shown,
+    ) {
+        tracing::error!(%error, "cannot write the audit entry");
+    }
+    Ok(subscription)
+}
+
+/// Deletes a subscription `actor` may see and audits it (the webhooks and the TMF621 hub).
+pub(crate) fn unsubscribe(
+    store: &dyn usm_store::Store,
+    actor: &usm_model::Actor,
+    id: &str,
+) -> Result<Subscription, ApiError> {
+    let deleted = redacted(webhooks::delete(store, actor, id)?);
+    if let Err(error) = auth::audit(
+        store,
+        actor,
+        "webhook.delete",
+        &format!("webhook:{id}"),
+        auth::scope_of(&deleted.domains).as_ref(),
+        serde_json::to_value(&deleted).ok(),
+        None,
+    ) {
+        tracing::error!(%error, "cannot write the audit entry");
+    }
+    Ok(deleted)
 }
 
 /// Lists the webhook subscriptions whose domains lie within the caller's.
@@ -294,22 +322,7 @@ pub async fn delete_webhook(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let store = services.engine.store().clone();
-    let deleted = web::block(move || -> Result<_, ApiError> {
-        let deleted = redacted(webhooks::delete(store.as_ref(), &actor, &id)?);
-        if let Err(error) = auth::audit(
-            store.as_ref(),
-            &actor,
-            "webhook.delete",
-            &format!("webhook:{id}"),
-            auth::scope_of(&deleted.domains).as_ref(),
-            serde_json::to_value(&deleted).ok(),
-            None,
-        ) {
-            tracing::error!(%error, "cannot write the audit entry");
-        }
-        Ok(deleted)
-    })
-    .await??;
+    let deleted = web::block(move || unsubscribe(store.as_ref(), &actor, &id)).await??;
     Ok(HttpResponse::Ok().json(deleted))
 }
 
@@ -462,6 +475,7 @@ mod tests {
             domains: vec![],
             secret: "s3cret-s3cret-s3cret".into(),
             max_attempts: 8,
+            format: usm_engine::webhooks::Format::Cloudevents,
             created_at: usm_model::Timestamp::now(),
             created_by: "admin".into(),
         };

@@ -186,6 +186,8 @@ pub struct Services {
         tmf621::list_tickets,
         tmf621::get_ticket,
         tmf621::patch_ticket,
+        tmf621::register_listener,
+        tmf621::unregister_listener,
         batch::batch,
         records::list_records,
         records::get_record,
@@ -642,6 +644,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     resource("/troubleTicket/{id}")
                         .route(web::get().to(tmf621::get_ticket))
                         .route(web::patch().to(tmf621::patch_ticket)),
+                )
+                .service(resource("/hub").route(web::post().to(tmf621::register_listener)))
+                .service(
+                    resource("/hub/{id}").route(web::delete().to(tmf621::unregister_listener)),
                 ),
         )
         .service(

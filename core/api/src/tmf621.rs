@@ -4,8 +4,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
-use usm_engine::{Engine, EngineError, ListRequest, NewRecord, RecordPatch};
-use usm_model::{Actor, ErrorCode, Record};
+use usm_engine::{
+    Engine, EngineError, ListRequest, NewRecord, RecordPatch,
+    webhooks::{self, Format, NewSubscription},
+};
+use usm_model::{Actor, ErrorCode, EventType, Record};
 use usm_tmf621::{
     MappingError, Status, TicketFilter, TroubleTicket, TroubleTicketCreate, TroubleTicketUpdate,
 };
@@ -338,4 +341,143 @@ pub async fn patch_ticket(
     })
     .await?;
     Ok(ticket_response(HttpResponse::Ok(), &record, &ticket, None))
+}
+
+/// A listener's registration (TMF630 hub): events go to `callback` as TMF621 events.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TroubleTicketHub_Create)]
+pub struct HubRegistration {
+    /// Where events are POSTed (`http` or `https`, within the server's webhook policy).
+    pub callback: String,
+    /// `eventType=` one or more of `TroubleTicketCreateEvent`,
+    /// `TroubleTicketAttributeValueChangeEvent`, `TroubleTicketStateChangeEvent`,
+    /// comma-separated; every one when absent.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// A registered listener.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = TroubleTicketHub)]
+pub struct Hub {
+    /// Its id (a webhook subscription's, listed and logged with the webhooks).
+    pub id: String,
+    /// Where events go.
+    pub callback: String,
+    /// The event filter, as registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// The event types a hub query names.
+fn hub_events(query: Option<&str>) -> Result<Vec<EventType>, ApiError> {
+    let refuse = |message: String| {
+        ApiError::new(ErrorCode::InvalidInput, format!("query: {message}")).with_field("/query")
+    };
+    let mut events = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name != "eventType" {
+            return Err(refuse(format!(
+                "{}: only eventType can be filtered on",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        for event in value.split(',').map(str::trim) {
+            events.push(match event {
+                "TroubleTicketCreateEvent" => EventType::RecordCreated,
+                "TroubleTicketAttributeValueChangeEvent" => EventType::RecordUpdated,
+                "TroubleTicketStateChangeEvent" => EventType::RecordTransitioned,
+                other => {
+                    return Err(refuse(format!(
+                        "{}: not an event of this API",
+                        other.chars().take(64).collect::<String>()
+                    )));
+                }
+            });
+        }
+    }
+    Ok(events)
+}
+
+/// Registers a listener for trouble ticket events (admins): creations, changes and status
+/// changes of the incidents in the caller's domains, signed and retried as webhooks are.
+#[utoipa::path(
+    post, path = "/tmf-api/troubleTicket/v4/hub", tag = "tmf621",
+    request_body = HubRegistration,
+    responses(
+        (status = 201, body = Hub, headers(("Location" = String))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The webhook policy refuses the callback", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn register_listener(
+    services: web::Data<Services>,
+    crate::principal::Admin(actor): crate::principal::Admin,
+    body: web::Json<Object<HubRegistration>>,
+) -> Result<HttpResponse, ApiError> {
+    let registration = body.into_inner().0;
+    let events = hub_events(registration.query.as_deref())?;
+    let services = services.into_inner();
+    let callback = registration.callback.clone();
+    let subscription = blocking(move || {
+        let new = NewSubscription {
+            url: callback,
+            events,
+            kinds: Vec::new(),
+            // A scoped admin hears of its own domains.
+            domains: actor
+                .domains
+                .iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect(),
+            secret: None,
+            max_attempts: None,
+            format: Format::Tmf621,
+        };
+        crate::admin::subscribe(&services, &actor, new)
+    })
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("{}/hub/{}", usm_tmf621::BASE_PATH, subscription.id),
+        ))
+        .json(Hub {
+            id: subscription.id,
+            callback: registration.callback,
+            query: registration.query,
+        }))
+}
+
+/// Removes a listener.
+#[utoipa::path(
+    delete, path = "/tmf-api/troubleTicket/v4/hub/{id}", tag = "tmf621",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No listener with this id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn unregister_listener(
+    services: web::Data<Services>,
+    crate::principal::Admin(actor): crate::principal::Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let store = services.engine.store().clone();
+    blocking(move || {
+        // Only listeners: a CloudEvents webhook is removed through /api/v1/webhooks.
+        let listener = webhooks::get(store.as_ref(), &id)
+            .ok()
+            .filter(|s| s.format == Format::Tmf621);
+        if listener.is_none() {
+            return Err(webhooks::WebhookError::NotFound(id.chars().take(64).collect()).into());
+        }
+        crate::admin::unsubscribe(store.as_ref(), &actor, &id)
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

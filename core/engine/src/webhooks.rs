@@ -77,6 +77,23 @@ pub struct NewSubscription {
     /// Attempts before a delivery is dead-lettered (default 8, max 20).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// How events are written (default `cloudevents`).
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// How a subscription's events are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = WebhookFormat))]
+pub enum Format {
+    /// CloudEvents 1.0 JSON with the event and the record.
+    #[default]
+    Cloudevents,
+    /// TMF621 v4 trouble ticket events (`TroubleTicketCreateEvent`, …) of incidents; the
+    /// other kinds and event types are not sent.
+    Tmf621,
 }
 
 /// A webhook subscription.
@@ -99,6 +116,9 @@ pub struct Subscription {
     pub secret: String,
     /// Attempts before dead-lettering.
     pub max_attempts: u32,
+    /// How its events are written.
+    #[serde(default)]
+    pub format: Format,
     /// When it was created.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
@@ -321,11 +341,37 @@ pub fn create(
             .check_addresses(name, &addresses)
             .map_err(WebhookError::Refused)?;
     }
-    let kinds = new
+    let mut kinds = new
         .kinds
         .iter()
         .map(|k| Kind::new(k.as_str()).map_err(|e| invalid("/kinds", e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut events = new.events;
+    if new.format == Format::Tmf621 {
+        // Trouble tickets are incidents, and TMF621 has events for their creation, changes
+        // and moves only.
+        const TICKET_EVENTS: [EventType; 3] = [
+            EventType::RecordCreated,
+            EventType::RecordUpdated,
+            EventType::RecordTransitioned,
+        ];
+        if kinds.iter().any(|kind| kind.as_str() != "incident") {
+            return Err(invalid("/kinds", "tmf621 events are of incidents only"));
+        }
+        if let Some(other) = events.iter().find(|e| !TICKET_EVENTS.contains(e)) {
+            return Err(invalid(
+                "/events",
+                format!(
+                    "tmf621 has no event for {}: record.created, record.updated and record.transitioned only",
+                    serde_json::to_value(other).unwrap_or_default()
+                ),
+            ));
+        }
+        kinds = vec![Kind::new("incident").map_err(|e| invalid("/kinds", e.to_string()))?];
+        if events.is_empty() {
+            events = TICKET_EVENTS.to_vec();
+        }
+    }
     let secret = match new.secret {
         Some(secret) if (16..=256).contains(&secret.len()) => secret,
         Some(_) => return Err(invalid("/secret", "16 to 256 characters")),
@@ -338,11 +384,12 @@ pub fn create(
     let subscription = Subscription {
         id: random_hex(6)?,
         url: url.to_owned(),
-        events: new.events,
+        events,
         kinds,
         domains,
         secret,
         max_attempts,
+        format: new.format,
         created_at: Timestamp::now(),
         created_by: actor.name.clone(),
     };

@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use usm_engine::{
     Background, Engine,
-    webhooks::{self, Delivery, Subscription, WebhookPolicy},
+    webhooks::{self, Delivery, Format, Subscription, WebhookPolicy},
 };
-use usm_model::{Event, Timestamp};
+use usm_model::{Event, EventType, Timestamp};
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -207,6 +207,31 @@ fn cloud_event(engine: &Engine, event: &Event) -> Value {
     })
 }
 
+/// The TMF621 v4 event of an incident's event: the ticket as it is at delivery, in the state
+/// the event left it (a listener catching up learns each move in order); `None` when the
+/// incident is gone.
+fn ticket_event(engine: &Engine, event: &Event) -> Option<Value> {
+    let mut record = engine.store().get(&event.record_id).ok().flatten()?;
+    record.state = event.state.clone();
+    let due = engine
+        .sla(&record)
+        .ok()
+        .flatten()
+        .and_then(|sla| sla.resolution)
+        .and_then(|clock| clock.due_at);
+    let event_type = match event.event_type {
+        EventType::RecordCreated => "TroubleTicketCreateEvent",
+        EventType::RecordTransitioned => "TroubleTicketStateChangeEvent",
+        _ => "TroubleTicketAttributeValueChangeEvent",
+    };
+    Some(json!({
+        "eventId": format!("usm-{}", event.seq),
+        "eventTime": event.at,
+        "eventType": event_type,
+        "event": {"troubleTicket": usm_tmf621::ticket(&record, due)},
+    }))
+}
+
 /// HMAC-SHA256 of the body with the subscription's secret, hex.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -229,7 +254,14 @@ async fn deliver(
     event: &Event,
     retry_base: Duration,
 ) {
-    let body = cloud_event(engine, event).to_string();
+    let (body, content_type) = match subscription.format {
+        Format::Cloudevents => (cloud_event(engine, event), "application/cloudevents+json"),
+        Format::Tmf621 => match ticket_event(engine, event) {
+            Some(body) => (body, "application/json"),
+            None => return,
+        },
+    };
+    let body = body.to_string();
     let signature = format!(
         "sha256={}",
         signature(&subscription.secret, body.as_bytes())
@@ -250,7 +282,7 @@ async fn deliver(
         let result = match policy.check_url(&subscription.url) {
             Ok(url) => client
                 .post(url)
-                .header("content-type", "application/cloudevents+json")
+                .header("content-type", content_type)
                 .header("x-usm-signature", &signature)
                 .header(
                     "x-usm-delivery",
