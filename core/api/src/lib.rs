@@ -420,7 +420,7 @@ impl utoipa::Modify for CommonProblems {
             }
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let api = path.starts_with("/api/");
+            let api = path.starts_with("/api/") || path.starts_with("/tmf-api/");
             // Writes of records wait for a pipeline turn and may be turned away.
             let admitted = path.starts_with("/api/v1/records") || path.ends_with("/order");
             if let Some(get) = &mut item.get {
