@@ -193,7 +193,9 @@ fn main() {
                                 Visibility::Public
                             },
                         };
-                        engine.add_comment(admin, id.as_str(), comment).unwrap();
+                        engine
+                            .add_comment(admin, id.as_str(), comment, None)
+                            .unwrap();
                     }
                 }
             });

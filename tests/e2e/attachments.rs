@@ -654,3 +654,71 @@ async fn an_upload_reaches_the_disk_before_its_body_has_all_arrived() {
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert_eq!(scratch_files(server.data_dir()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_honour_if_match_when_sent() {
+    let server = TestServer::start().unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Printer jam"}))
+        .await
+        .unwrap();
+    let send = |method: Method, path: &str, tag: Option<&str>, body: Option<(&str, Vec<u8>)>| {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(tag) = tag {
+            request = request.header(header::IF_MATCH, tag);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(header::CONTENT_TYPE, content_type)
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"a.txt\"",
+                )
+                .body(bytes);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let comment = |text: &str| {
+        Some((
+            "application/json",
+            json!({"body": text}).to_string().into_bytes(),
+        ))
+    };
+    let comments = "/api/v1/records/INC-1/comments";
+    // A stale version is refused; the current one, or none, goes through.
+    let (stale, problem) = send(Method::POST, comments, Some("\"7\""), comment("late")).await;
+    assert_eq!(stale, StatusCode::PRECONDITION_FAILED, "{problem}");
+    assert_eq!(problem["code"], "version_mismatch");
+    let (current, _) = send(Method::POST, comments, Some("\"1\""), comment("on time")).await;
+    assert_eq!(current, StatusCode::CREATED);
+    let (unconditioned, _) = send(Method::POST, comments, None, comment("whenever")).await;
+    assert_eq!(unconditioned, StatusCode::CREATED);
+
+    let files = "/api/v1/records/INC-1/attachments";
+    let file = || Some(("text/plain", b"hello".to_vec()));
+    let (stale, _) = send(Method::POST, files, Some("\"1\""), file()).await;
+    assert_eq!(stale, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        blob_files(server.data_dir()).is_empty(),
+        "a refused upload stores nothing"
+    );
+    let (attached, attachment) = send(Method::POST, files, Some("\"3\""), file()).await;
+    assert_eq!(attached, StatusCode::CREATED, "{attachment}");
+    let one = format!("{files}/{}", attachment["id"].as_str().unwrap());
+    let (stale, _) = send(Method::DELETE, &one, Some("\"3\""), None).await;
+    assert_eq!(stale, StatusCode::PRECONDITION_FAILED);
+    let (removed, _) = send(Method::DELETE, &one, Some("\"4\""), None).await;
+    assert_eq!(removed, StatusCode::OK);
+}

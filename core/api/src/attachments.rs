@@ -377,7 +377,8 @@ async fn multipart_file(
     post, path = "/api/v1/records/{id}/attachments", tag = "records",
     params(("id" = String, Path),
         ("Content-Disposition" = Option<String>, Header,
-            description = "For a raw body: `attachment; filename=\"report.pdf\"` names the file")),
+            description = "For a raw body: `attachment; filename=\"report.pdf\"` names the file"),
+        ("If-Match" = Option<String>, Header, description = "The ETag the change is based on (never required: nothing is overwritten)")),
     request_body(
         description = "The file itself (`Content-Disposition: attachment; filename=\"…\"` names it), or `multipart/form-data` with exactly one part, the file",
         content(
@@ -390,6 +391,7 @@ async fn multipart_file(
         (status = 400, body = Problem, content_type = "application/problem+json", description = "No file name, a bad media type, or a broken multipart body (`multipart_invalid`)"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The record's attachments are full (`attachment_quota_exceeded`), or it is read-only: its module is not enabled in its domain (`module_not_enabled`)"),
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "The file is larger than `attachment_max_bytes`"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "A multipart type other than `multipart/form-data`"),
     )
@@ -407,6 +409,18 @@ pub async fn upload(
         engine(move || engine_ref.get(&actor, &id)).await?
     };
     services.engine.writable(&record)?;
+    // A stale If-Match is refused before any byte is stored; the write checks it again.
+    let expected = crate::headers::if_match(&request)?;
+    if let Some(expected) = expected
+        && expected != record.version
+    {
+        return Err(usm_engine::EngineError::VersionMismatch {
+            id: record.id.clone(),
+            expected,
+            current: record.version,
+        }
+        .into());
+    }
     let room = Room::of(&services, &record)?;
     let media = media_type(request.headers())?;
     let multipart = media.type_() == mime::MULTIPART;
@@ -454,6 +468,7 @@ pub async fn upload(
                 sha256: blob.sha256,
                 size: blob.size,
             },
+            expected,
         )
     })
     .await?;
@@ -567,17 +582,20 @@ const DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Removes an attachment (agents); the record's history keeps what it was.
 #[utoipa::path(delete, path = "/api/v1/records/{id}/attachments/{attachment}", tag = "records",
-    params(("id" = String, Path), ("attachment" = String, Path)),
+    params(("id" = String, Path), ("attachment" = String, Path), ("If-Match" = Option<String>, Header, description = "The ETag the change is based on (never required: nothing is overwritten)")),
     responses((status = 200, body = Attachment), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The record is read-only: its module is not enabled in its domain (`module_not_enabled`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn remove(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, attachment_id) = path.into_inner();
+    let expected = crate::headers::if_match(&request)?;
     let engine_ref = services.engine.clone();
-    let removed = engine(move || engine_ref.detach(&actor, &id, &attachment_id)).await?;
+    let removed = engine(move || engine_ref.detach(&actor, &id, &attachment_id, expected)).await?;
     Ok(HttpResponse::Ok().json(removed))
 }

@@ -185,6 +185,7 @@ fn store_file(
                 sha256: blob.sha256,
                 size: blob.size,
             },
+            None,
         )
         .map(drop)
         .map_err(|e| e.to_string())

@@ -580,8 +580,9 @@ pub struct CommentParams {
 #[utoipa::path(
     post, path = "/api/v1/records/{id}/comments", tag = "records",
     request_body = usm_engine::conversation::NewComment,
-    params(("id" = String, Path)),
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "The ETag the change is based on (never required: nothing is overwritten)")),
     responses(
+        (status = 412, description = "The record changed since the given ETag", body = Problem, content_type = "application/problem+json"),
         (status = 201, body = usm_engine::conversation::Comment, headers(("ETag" = String, description = "The record's new version"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A requester's internal note", body = Problem, content_type = "application/problem+json"),
@@ -592,11 +593,16 @@ pub struct CommentParams {
 pub async fn add_comment(
     services: web::Data<Services>,
     Principal(actor): Principal,
+    request: HttpRequest,
     id: web::Path<String>,
     body: web::Json<usm_engine::conversation::NewComment>,
 ) -> Result<HttpResponse, ApiError> {
+    // A comment adds and overwrites nothing, so If-Match is honoured when sent but never
+    // required: two agents answering at once both get through.
+    let expected = crate::headers::if_match(&request)?;
     let engine = services.engine.clone();
-    let comment = blocking(move || engine.add_comment(&actor, &id, body.into_inner())).await?;
+    let comment =
+        blocking(move || engine.add_comment(&actor, &id, body.into_inner(), expected)).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, etag(comment.version)))
         .json(comment))

@@ -85,11 +85,12 @@ impl Engine {
         &self,
         actor: &Actor,
         id: &str,
+        if_match: Option<u64>,
         change: impl Fn(&Record, &mut Vec<Attachment>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let target = WriteTarget {
             id,
-            if_match: None,
+            if_match,
             action: Action::Attachment,
             cause: None,
         };
@@ -129,9 +130,10 @@ impl Engine {
         actor: &Actor,
         id: &str,
         new: NewAttachment,
+        if_match: Option<u64>,
     ) -> Result<Attachment, EngineError> {
         let limits = &self.config.limits;
-        self.change_attachments(actor, id, |current, attachments| {
+        self.change_attachments(actor, id, if_match, |current, attachments| {
             let current_id = &current.id;
             let full = |message: String| EngineError::AttachmentQuotaExceeded {
                 id: current_id.clone(),
@@ -195,8 +197,9 @@ impl Engine {
         actor: &Actor,
         id: &str,
         attachment: &str,
+        if_match: Option<u64>,
     ) -> Result<Attachment, EngineError> {
-        self.change_attachments(actor, id, |_, attachments| {
+        self.change_attachments(actor, id, if_match, |_, attachments| {
             if !actor.works_records() {
                 return Err(EngineError::Forbidden(
                     "removing an attachment needs the agent role".into(),

@@ -120,6 +120,7 @@ impl Engine {
         actor: &Actor,
         id: &str,
         new: NewComment,
+        if_match: Option<u64>,
     ) -> Result<Comment, EngineError> {
         let max = self.config.limits.max_comment_chars;
         if new.body.trim().is_empty() {
@@ -136,7 +137,7 @@ impl Engine {
         }
         let target = WriteTarget {
             id,
-            if_match: None,
+            if_match,
             action: Action::Comment,
             cause: None,
         };

@@ -412,6 +412,7 @@ impl Mailgate {
                         body: truncate(&text, max),
                         visibility: Visibility::Public,
                     },
+                    None,
                 )?;
                 ("commented", record)
             }

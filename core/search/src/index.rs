@@ -646,7 +646,7 @@ mod tests {
             body: "vendor contract expired".into(),
             visibility: Visibility::Internal,
         };
-        engine.add_comment(&agent, &eves, note).unwrap();
+        engine.add_comment(&agent, &eves, note, None).unwrap();
         let (_dir, index) = built(&engine);
         let find = |actor: &Actor, text: &str| {
             let hits = index.search(&engine, actor, text, 10, None).unwrap();
