@@ -777,7 +777,29 @@ async fn metrics_need_a_token_by_default_and_count_what_happened() {
         metric(&text, "usm_http_requests_total{class=\"5xx\"}"),
         Some(0.0)
     );
-    assert!(metric(&text, "usm_http_request_seconds_total").unwrap() > 0.0);
+    // Latency by the route's pattern (not the id), method and status.
+    let missed = r#"{route="/api/v1/records/{id}",method="GET",status="404"}"#;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("usm_http_request_duration_seconds_count{missed}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            &format!("usm_http_request_duration_seconds_sum{missed}")
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("usm_outbox_lag{consumer=\"search\"}")),
+        "{text}"
+    );
     assert!(metric(&text, "usm_pipeline_steps").is_some());
 }
 
@@ -800,7 +822,11 @@ async fn health_and_metrics_openness_is_configurable() {
     assert_eq!(health.status, StatusCode::OK);
     let (status, text) = metrics_text(&server, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(text.contains("# TYPE usm_http_requests_total counter"));
+    assert!(text.contains("# TYPE usm_http_requests counter"), "{text}");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends so: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

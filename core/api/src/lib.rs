@@ -930,8 +930,14 @@ pub fn create_app(
             async move {
                 let response = response.await?;
                 let status = response.status().as_u16();
-                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                observed.http_metrics.observe(status, micros);
+                let elapsed = started.elapsed();
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                observed.http_metrics.observe(
+                    response.request().match_pattern().as_deref(),
+                    method.as_str(),
+                    status,
+                    elapsed.as_secs_f64(),
+                );
                 if status >= 500 {
                     tracing::warn!(%method, %path, status, micros, "request failed");
                 } else {
