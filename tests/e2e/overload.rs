@@ -444,6 +444,8 @@ async fn a_suspended_step_shows_in_the_pipelines_and_the_metrics() {
         "usm_step_suspensions_total{module=\"runaway\",step=\"spin\"} 1",
         "usm_step_failures_total{module=\"runaway\",step=\"spin\",kind=\"timeout\"} 2",
         "usm_pipeline_writes{state=\"waiting\"} 0",
+        // Two calls ran (and timed out); the suspended third never started.
+        "usm_step_duration_seconds_count{module=\"runaway\",step=\"spin\"} 2",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

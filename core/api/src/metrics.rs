@@ -210,6 +210,14 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
         signed(steps as u64),
     );
     step_health(&mut registry, &pipelines);
+    let latencies = services
+        .engine
+        .pipelines()
+        .step_latencies()
+        .into_iter()
+        .map(|(module, step, latency)| (StepLabels { module, step }, latency))
+        .collect();
+    registry.register_collector(Box::new(StepLatencies(latencies)));
     let (running, waiting) = services.engine.pipeline_load();
     labelled_gauge(
         &mut registry,
@@ -292,4 +300,28 @@ fn step_health(registry: &mut Registry, pipelines: &[usm_engine::PipelineView]) 
         "Whether a step is suspended now (1) or runs (0)",
         suspended,
     );
+}
+
+/// Each step's latency histogram, labelled by module and step, read from the pipelines in force
+/// at the scrape (an upgraded module's step starts a new histogram).
+#[derive(Debug)]
+struct StepLatencies(Vec<(StepLabels, usm_engine::StepLatency)>);
+
+impl prometheus_client::collector::Collector for StepLatencies {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let mut family = encoder.encode_descriptor(
+            "step_duration_seconds",
+            "Time each pipeline step's calls take, by module and step",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (labels, latency) in &self.0 {
+            latency.0.encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
 }

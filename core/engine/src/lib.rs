@@ -56,7 +56,7 @@ pub use module::{
 };
 pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{
-    BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepView,
+    BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepLatency, StepView,
 };
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
 pub use sla_worker::{SlaPolicies, SlaView, SlaWorker, timeline};

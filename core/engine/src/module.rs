@@ -429,6 +429,7 @@ impl Module {
                 kinds: decl.kinds.clone(),
                 step,
                 breaker: Default::default(),
+                latency: Default::default(),
             }));
         }
         let mut workflows = Vec::with_capacity(manifest.workflows.len());

@@ -441,6 +441,7 @@ mod pipelines {
             kinds: Vec::new(),
             step: Arc::new(step),
             breaker: Default::default(),
+            latency: Default::default(),
         })
     }
 
