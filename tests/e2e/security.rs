@@ -800,6 +800,10 @@ async fn metrics_need_a_token_by_default_and_count_what_happened() {
             .any(|l| l.starts_with("usm_outbox_lag{consumer=\"search\"}")),
         "{text}"
     );
+    // The one create was committed (and flushed: acks are durable).
+    assert!(metric(&text, "usm_store_commit_duration_seconds_count").unwrap() >= 1.0);
+    assert!(metric(&text, "usm_store_flush_duration_seconds_count").unwrap() >= 1.0);
+    assert!(metric(&text, "usm_store_writes_per_flush_sum").unwrap() >= 1.0);
     assert!(metric(&text, "usm_pipeline_steps").is_some());
 }
 

@@ -137,6 +137,23 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
         http.latency.clone(),
     );
 
+    if let Some(store) = services.engine.store().metrics() {
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time from a commit's call to its acknowledgement (durable, with durable acks)",
+            store.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_flush_duration_seconds",
+            "Time one group-commit flush (fsync) takes",
+            store.flush_seconds.clone(),
+        );
+        registry.register(
+            "store_writes_per_flush",
+            "Writes one group-commit flush made durable",
+            store.writes_per_flush.clone(),
+        );
+    }
     let store = services.engine.store().clone();
     let pending = web::block(move || store.timer_count())
         .await

@@ -271,6 +271,11 @@ pub trait Store: Send + Sync + 'static {
     /// nothing read of that kind has changed (a cache key, not a durable figure).
     fn kind_writes(&self, kind: &Kind) -> u64;
 
+    /// Commit and flush timings, for stores that measure them.
+    fn metrics(&self) -> Option<&StoreMetrics> {
+        None
+    }
+
     /// History entries of a record with a version above `after`, oldest first, at most `limit`.
     fn history(
         &self,
@@ -406,4 +411,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// How a durable store's writes fare, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// A commit from its call to its acknowledgement (durable, with durable acks).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// One flush (fsync) of the group commit.
+    pub flush_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// How many waiting writes one flush made durable.
+    pub writes_per_flush: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        Self {
+            // 10 µs to about 1.3 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            // 1 to 1,024.
+            writes_per_flush: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        }
+    }
 }

@@ -139,6 +139,24 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// A commit, acknowledged once durable when acks are.
+    fn commit_now(&self, write: Write) -> Result<Committed, StoreError> {
+        let ttl = self.config.idempotency_ttl;
+        let result = self.transact(|tx| layout::apply_write(tx, &write, ttl));
+        // The write that bound the key may still wait for its flush; a replay answered before
+        // that flush would acknowledge a record a crash can still take away.
+        if let Err(StoreError::IdempotencyKeyUsed { .. }) = &result
+            && self.config.durable_acks
+        {
+            self.group_commit.wait_durable()?;
+        }
+        let committed = result?;
+        self.kind_writes.bump(&committed.record.kind);
+        Ok(committed)
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.group_commit.shut_down();
@@ -212,18 +230,17 @@ impl Store for SledStore {
     }
 
     fn commit(&self, write: Write) -> Result<Committed, StoreError> {
-        let ttl = self.config.idempotency_ttl;
-        let result = self.transact(|tx| layout::apply_write(tx, &write, ttl));
-        // The write that bound the key may still wait for its flush; a replay answered before
-        // that flush would acknowledge a record a crash can still take away.
-        if let Err(StoreError::IdempotencyKeyUsed { .. }) = &result
-            && self.config.durable_acks
-        {
-            self.group_commit.wait_durable()?;
-        }
-        let committed = result?;
-        self.kind_writes.bump(&committed.record.kind);
-        Ok(committed)
+        let started = std::time::Instant::now();
+        let result = self.commit_now(write);
+        self.group_commit
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn metrics(&self) -> Option<&crate::StoreMetrics> {
+        Some(&self.group_commit.metrics)
     }
 
     fn kind_writes(&self, kind: &usm_model::Kind) -> u64 {
@@ -377,6 +394,7 @@ struct GroupCommit {
     state: Mutex<FlushState>,
     work: Condvar,
     done: Condvar,
+    metrics: crate::StoreMetrics,
 }
 
 #[derive(Default)]
@@ -426,9 +444,15 @@ impl GroupCommit {
                 return; // shutting down with nothing pending
             }
             let target = state.requested;
+            let covered = target - state.flushed;
             drop(state);
+            let started = std::time::Instant::now();
             #[allow(clippy::disallowed_methods)] // this is the group commit
             let result = db.flush();
+            self.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.writes_per_flush.observe(covered as f64);
             state = self.lock();
             if let Err(error) = result {
                 tracing::error!(%error, "flush failed; failing the writes it covered");
