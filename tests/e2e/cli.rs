@@ -160,3 +160,52 @@ async fn modules_are_installed_enabled_disabled_and_removed_from_the_command_lin
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_runs_against_a_server_at_a_steady_rate_with_a_kind_of_its_choice() {
+    let server = TestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("task.json");
+    std::fs::write(
+        &body,
+        r#"{"kind": "incident", "title": "Rotate the keys", "fields": {"description": "Quarterly"}}"#,
+    )
+    .unwrap();
+    let report = usm(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "bench",
+            "--url",
+            &server.base,
+            "--body",
+            body.to_str().unwrap(),
+            "--mode",
+            "http",
+            "--records",
+            "60",
+            "--concurrency",
+            "4",
+            "--rate",
+            "300",
+            "--kind",
+            "task",
+            "--json",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(report[0]["path"], "http", "{report}");
+    assert_eq!(report[0]["records"], 60);
+    assert_eq!(report[0]["rate"], 300.0);
+    let tasks = server.list_all("kind=task").await.unwrap();
+    assert_eq!(tasks.len(), 60);
+    // Pacing is for HTTP clients; a bad rate is refused before anything is sent.
+    for args in [
+        &["bench", "--rate", "300"][..],
+        &["bench", "--mode", "http", "--rate=-1"],
+    ] {
+        let refused = usm(&server, ADMIN_TOKEN, args).await.unwrap_err();
+        assert!(refused.contains("--rate"), "{refused}");
+    }
+}

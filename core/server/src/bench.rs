@@ -38,6 +38,14 @@ pub struct BenchArgs {
     /// the record's number appended. Default: a realistic incident of about 1 KB.
     #[arg(long)]
     pub body: Option<std::path::PathBuf>,
+    /// The kind to create, in place of the body's.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// A steady rate: this many creates a second in all, each due at its time whether or not
+    /// the ones before it finished; latency is counted from when a create was due, so a server
+    /// that falls behind shows it (HTTP only).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// The paths `usm bench` can measure.
@@ -74,6 +82,9 @@ pub struct BenchReport {
     pub p99_micros: u64,
     /// Slowest create, in microseconds.
     pub max_micros: u64,
+    /// The steady rate asked for (creates a second), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
 }
 
 fn report(
@@ -101,6 +112,7 @@ fn report(
         p50_micros: pick(0.50),
         p99_micros: pick(0.99),
         max_micros: pick(1.0),
+        rate: args.rate,
     }
 }
 
@@ -117,10 +129,13 @@ impl Body {
             .with_context(|| format!("{} is not JSON", path.display()))?,
             None => default_incident(),
         };
-        let body = match value {
+        let mut body = match value {
             serde_json::Value::Object(body) => Self(body),
             _ => anyhow::bail!("the body must be a JSON object"),
         };
+        if let Some(kind) = &args.kind {
+            body.0.insert("kind".into(), kind.clone().into());
+        }
         // Checked up front, so a bad file fails before anything is measured.
         body.record(0)?;
         Ok(body)
@@ -177,6 +192,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
         args.concurrency > 0 && args.records > 0,
         "records and concurrency must be positive"
     );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of creates a second"
+        );
+        anyhow::ensure!(
+            args.mode == BenchMode::Http,
+            "--rate paces HTTP clients: add --mode http"
+        );
+    }
     let body = Body::load(args)?;
     let mut reports = Vec::new();
     if matches!(args.mode, BenchMode::Engine | BenchMode::Both) {
@@ -279,23 +304,34 @@ fn bench_http(args: &BenchArgs, body: &Body) -> anyhow::Result<BenchReport> {
                 let bodies = Body(body.0.clone());
                 let records = args.records;
                 let step = args.concurrency;
+                let rate = args.rate;
                 actix_web::rt::spawn(async move {
                     let mut latencies = Vec::new();
                     for i in (worker..records).step_by(step) {
                         let body = serde_json::to_vec(&bodies.json(i))?;
-                        let t = Instant::now();
+                        // At a steady rate, create `i` is due at its slot, and its latency runs
+                        // from there: waiting for an earlier slow create counts.
+                        let t = match rate {
+                            Some(rate) => {
+                                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                                tokio::time::sleep_until(due.into()).await;
+                                due
+                            }
+                            None => Instant::now(),
+                        };
                         let response = client
                             .post(&url)
                             .header("content-type", "application/json")
                             .body(body)
                             .send()
                             .await?;
+                        let status = response.status();
+                        let answer = response.bytes().await?;
                         anyhow::ensure!(
-                            response.status().as_u16() == 201,
-                            "create failed: {}",
-                            response.status()
+                            status.as_u16() == 201,
+                            "create failed: {status}: {}",
+                            String::from_utf8_lossy(&answer[..answer.len().min(500)])
                         );
-                        response.bytes().await?;
                         latencies.push(t.elapsed());
                     }
                     Ok::<_, anyhow::Error>(latencies)

@@ -125,6 +125,12 @@ pub fn main() -> anyhow::Result<()> {
                         r.p99_micros,
                         r.max_micros
                     )?;
+                    if let Some(rate) = r.rate {
+                        writeln!(
+                            out,
+                            "        at a steady {rate} creates/s asked; latency counted from each create's due time"
+                        )?;
+                    }
                 }
             }
             Ok(())
