@@ -4,7 +4,12 @@
 use std::path::Path;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Read when the script runs, not baked in when it was compiled: cargo reuses a compiled
+    // build script for a checkout elsewhere that shares the target directory (a worktree).
+    let manifest = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest
         .parent()
         .expect("tests/ lives in the repository root");
     let components = usm_guest_build::build_plugins(&root.join("plugins"), &root.join("sdk"))

@@ -37,7 +37,12 @@ fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Read when the script runs, not baked in when it was compiled: cargo reuses a compiled
+    // build script for a checkout elsewhere that shares the target directory (a worktree).
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest
         .ancestors()
         .nth(2)
         .expect("core/server lives two levels below the repository root");
