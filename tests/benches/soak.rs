@@ -51,11 +51,14 @@ fn incident(n: usize) -> Value {
                  affected alike; the second floor is fine. Last change on that switch: firmware \
                  upgrade yesterday at 18:00 (CHG-{}).", n % 50 + 1
             ),
-            "symptoms": ["mail send timeout", "calendar does not load", "slow web client"],
-            "affected_users": 40 + n % 60,
-            "location": {"building": "HQ", "floor": 3, "rack": "B4", "port": 17},
-            "contact": {"name": "Bob Ray", "phone": "+31 20 555 0134", "channel": "phone"},
-            "reported_via": "service desk",
+            // The caller's story that no module reads lives under `extra`.
+            "extra": {
+                "symptoms": ["mail send timeout", "calendar does not load", "slow web client"],
+                "affected_users": 40 + n % 60,
+                "location": {"building": "HQ", "floor": 3, "rack": "B4", "port": 17},
+                "contact": {"name": "Bob Ray", "phone": "+31 20 555 0134", "channel": "phone"},
+                "reported_via": "service desk",
+            },
         }
     })
 }
