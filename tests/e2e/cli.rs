@@ -209,3 +209,119 @@ async fn the_benchmark_runs_against_a_server_at_a_steady_rate_with_a_kind_of_its
         assert!(refused.contains("--rate"), "{refused}");
     }
 }
+
+/// The regression check CI runs: a floor the run cannot reach fails it, naming the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_fails_below_its_floor() {
+    let server = TestServer::start().unwrap();
+    let run = |floor: &'static str| {
+        let server = &server;
+        async move {
+            usm(
+                server,
+                ADMIN_TOKEN,
+                &[
+                    "bench",
+                    "--mode",
+                    "engine",
+                    "--bundled-modules",
+                    "--records",
+                    "20",
+                    "--concurrency",
+                    "2",
+                    "--min-rate",
+                    floor,
+                    "--json",
+                ],
+            )
+            .await
+        }
+    };
+    let report = run("1").await.unwrap();
+    assert_eq!(report[0]["records"], 20, "{report}");
+    let refused = run("1000000000").await.unwrap_err();
+    assert!(
+        refused.contains("below the floor of 1000000000 creates/s: engine made"),
+        "{refused}"
+    );
+    let refused = usm(
+        &server,
+        ADMIN_TOKEN,
+        &["bench", "--url", &server.base, "--bundled-modules"],
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("--bundled-modules"), "{refused}");
+}
+
+/// `usm module pack` runs the directory's build script, leaves it out of the bundle, and writes
+/// a bundle the server installs; a failing build packs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_directory_is_built_packed_and_installed() {
+    let server = TestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("packed");
+    std::fs::create_dir(&module).unwrap();
+    std::fs::write(
+        module.join("module.toml"),
+        "id = \"packed\"\nversion = \"1.2.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+         [[steps]]\nname = \"s\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\n\
+         script = \"s.rhai\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        module.join("build.sh"),
+        "printf 'fn run(input) { patch(#{}) }' > s.rhai\n",
+    )
+    .unwrap();
+    let bundle = dir.path().join("out.tar.gz");
+    let packed = usm(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "module",
+            "pack",
+            module.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(packed["id"], "packed");
+    assert_eq!(packed["version"], "1.2.0");
+    assert_eq!(
+        packed["files"],
+        json!(["module.toml", "s.rhai"]),
+        "{packed}"
+    );
+    assert_eq!(
+        packed["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&bundle).unwrap().len()
+    );
+    usm(
+        &server,
+        ADMIN_TOKEN,
+        &["module", "install", bundle.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let installed = server.get("/api/v1/modules/packed").await.unwrap();
+    assert_eq!(installed.body["version"], "1.2.0", "{}", installed.body);
+
+    std::fs::write(module.join("build.sh"), "echo broken >&2; exit 3\n").unwrap();
+    let failed = usm(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "module",
+            "pack",
+            module.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(failed.contains("build.sh failed"), "{failed}");
+}

@@ -128,9 +128,25 @@ fn budgeted(version: &str, wasm: &str, rhai: &str) -> Vec<u8> {
 async fn manifests_may_ask_for_10_s_and_256_mib_and_no_more() {
     let server = TestServer::start().unwrap();
     for (wasm, rhai, field, says) in [
-        ("timeout_ms = 10001", "", "priority.wasm", "timeout_ms"),
-        ("memory_mib = 257", "", "priority.wasm", "memory_mib"),
-        ("", "timeout_ms = 10001", "priority.rhai", "timeout_ms"),
+        // A limit the server refuses is the manifest's key, not the step's file.
+        (
+            "timeout_ms = 10001",
+            "",
+            "module.toml: steps[0].timeout_ms",
+            "maximum",
+        ),
+        (
+            "memory_mib = 257",
+            "",
+            "module.toml: steps[0].memory_mib",
+            "at most",
+        ),
+        (
+            "",
+            "timeout_ms = 10001",
+            "module.toml: steps[1].timeout_ms",
+            "between 1 and",
+        ),
     ] {
         let reply = server
             .upload_module(budgeted("1.0.0", wasm, rhai))

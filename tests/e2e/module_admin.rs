@@ -131,6 +131,7 @@ async fn broken_bundles_are_refused_whole_with_a_location() {
         )
     };
     let wrong_api = std::fs::read(guests::GUEST_WRONG_API).unwrap();
+    let priority = std::fs::read(guests::PRIORITY).unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not a tarball".to_vec(), "bundle"),
         (
@@ -177,6 +178,53 @@ async fn broken_bundles_are_refused_whole_with_a_location() {
             .unwrap(),
             "module.toml: api",
         ),
+        // A config or limit the step refuses is the manifest's fault, not the component's.
+        (
+            bundle::pack(&files(&[
+                (
+                    "module.toml",
+                    step("wasm = \"w.wasm\"\n[steps.config]\nmatrix.high.high = \"urgent\"")
+                        .as_bytes(),
+                ),
+                ("w.wasm", &priority),
+            ]))
+            .unwrap(),
+            "module.toml: steps[0].config/matrix/high/high",
+        ),
+        (
+            bundle::pack(&files(&[
+                (
+                    "module.toml",
+                    step("wasm = \"w.wasm\"\ntimeout_ms = 999999999").as_bytes(),
+                ),
+                ("w.wasm", &priority),
+            ]))
+            .unwrap(),
+            "module.toml: steps[0].timeout_ms",
+        ),
+        // A misspelled kind would install and never run; a kind of another process too.
+        (
+            bundle::pack(&files(&[
+                (
+                    "module.toml",
+                    step("script = \"s.rhai\"\nkinds = [\"incidnet\"]").as_bytes(),
+                ),
+                ("s.rhai", b"fn run(input) { patch(#{}) }"),
+            ]))
+            .unwrap(),
+            "module.toml:11: steps[0].kinds",
+        ),
+        (
+            bundle::pack(&files(&[
+                (
+                    "module.toml",
+                    step("script = \"s.rhai\"\nkinds = [\"incident\", \"change\"]").as_bytes(),
+                ),
+                ("s.rhai", b"fn run(input) { patch(#{}) }"),
+            ]))
+            .unwrap(),
+            "module.toml:11: steps[0].kinds",
+        ),
     ];
     for (bytes, location) in cases {
         let reply = upload(&server, bytes).await;
@@ -188,6 +236,14 @@ async fn broken_bundles_are_refused_whole_with_a_location() {
         );
         assert_eq!(reply.body["code"], "module_invalid");
         assert_eq!(reply.body["field"], location, "{}", reply.body);
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        if location.ends_with("kinds") {
+            assert!(
+                detail.contains("no kind \"incidnet\"; the recover kinds are")
+                    || detail.contains("kind \"change\" belongs to process change"),
+                "{detail}"
+            );
+        }
     }
     assert!(
         server.get("/api/v1/modules").await.unwrap().body["modules"]

@@ -189,6 +189,75 @@ fn a_wrong_api_version_is_refused_before_instantiation() {
     }
 }
 
+fn replace_all(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(
+        from.len(),
+        to.len(),
+        "names keep their length, so sizes stay valid"
+    );
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(found) = out[at..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
+        out[at + found..at + found + to.len()].copy_from_slice(to.as_bytes());
+        at += found + to.len();
+    }
+    out
+}
+
+/// Components from componentize-js or componentize-py carry no usm-sdk section: their version is
+/// the one their `usm:plugin/…@x.y.z` imports name.
+#[test]
+fn without_the_sdk_section_the_version_comes_from_the_wit_names() {
+    let host = PluginHost::new(PluginLimits::default(), None).unwrap();
+    let sdk_built = std::fs::read(guests::PRIORITY).unwrap();
+    // usm-sdk's section sits in the component's core module; renamed, it is as good as absent.
+    let section = usm_plugin_host::API_SECTION;
+    let plain = replace_all(&sdk_built, section, &"x".repeat(section.len()));
+    assert_ne!(plain, sdk_built);
+    let step = |bytes: &[u8]| {
+        host.step(&StepSpec {
+            module: "test",
+            step: "step",
+            bytes,
+            hook: Hook::Create,
+            config: &json!({"matrix": {"high": {"high": "P1"}}}),
+            capabilities: &[],
+            limits: limits(50, 32),
+        })
+    };
+    let built = step(&plain).unwrap();
+    assert!(matches!(
+        run(
+            &built,
+            incident(json!({"impact": "high", "urgency": "high"}))
+        )
+        .unwrap(),
+        StepOutput::Patch(_)
+    ));
+    let current = format!("@{}", usm_engine::HOST_API_VERSION);
+    let future = replace_all(&plain, &current, "@9.1.0");
+    match step(&future) {
+        Err(PluginError::ApiVersion(message)) => assert_eq!(
+            message,
+            format!(
+                "the plugin was built for usm:plugin 9.1.0; this server implements {}",
+                usm_engine::HOST_API_VERSION
+            )
+        ),
+        other => panic!("expected an API version error, got {:?}", other.err()),
+    }
+    let foreign = replace_all(&plain, "usm:plugin/", "abc:plugin/");
+    match step(&foreign) {
+        Err(PluginError::ApiVersion(message)) => {
+            assert!(message.contains("not a usm plugin"), "{message}")
+        }
+        other => panic!("expected an API version error, got {:?}", other.err()),
+    }
+}
+
 #[test]
 fn describe_and_config_schema_are_checked_against_the_manifest() {
     let host = PluginHost::new(PluginLimits::default(), None).unwrap();
@@ -202,7 +271,7 @@ fn describe_and_config_schema_are_checked_against_the_manifest() {
             &[],
             limits(50, 32)
         ),
-        Err(PluginError::Mismatch(_))
+        Err(PluginError::Hook(_))
     ));
     match build(
         &host,
@@ -212,8 +281,9 @@ fn describe_and_config_schema_are_checked_against_the_manifest() {
         &[],
         limits(50, 32),
     ) {
-        Err(PluginError::Mismatch(message)) => {
-            assert!(message.contains("config/matrix/high/high"), "{message}")
+        Err(PluginError::Config { pointer, message }) => {
+            assert_eq!(pointer, "/matrix/high/high");
+            assert!(message.contains("urgent"), "{message}")
         }
         other => panic!("expected a config error, got {:?}", other.err()),
     }

@@ -804,6 +804,7 @@ async fn metrics_need_a_token_by_default_and_count_what_happened() {
     assert!(metric(&text, "usm_store_commit_duration_seconds_count").unwrap() >= 1.0);
     assert!(metric(&text, "usm_store_flush_duration_seconds_count").unwrap() >= 1.0);
     assert!(metric(&text, "usm_store_writes_per_flush_sum").unwrap() >= 1.0);
+    assert!(metric(&text, "usm_store_writes_per_transaction_sum").unwrap() >= 1.0);
     assert!(metric(&text, "usm_pipeline_steps").is_some());
 }
 

@@ -153,6 +153,11 @@ pub async fn metrics(services: web::Data<Services>, request: HttpRequest) -> Htt
             "Writes one group-commit flush made durable",
             store.writes_per_flush.clone(),
         );
+        registry.register(
+            "store_writes_per_transaction",
+            "Record writes the write combiner applied in one transaction",
+            store.writes_per_transaction.clone(),
+        );
     }
     let store = services.engine.store().clone();
     let pending = web::block(move || store.timer_count())

@@ -51,8 +51,8 @@ pub use background::Background;
 pub use catalogs::Catalogs;
 pub use error::EngineError;
 pub use module::{
-    BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, ManifestCheck, Module,
-    ModuleError, ModuleFiles, RECORDS_READ, Runtimes, StepBuilder, StepDecl,
+    BuildError, BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, ManifestCheck,
+    Module, ModuleError, ModuleFiles, RECORDS_READ, Runtimes, StepBuilder, StepDecl, peek_manifest,
 };
 pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{

@@ -214,8 +214,35 @@ pub struct BuildRequest<'a> {
 
 /// Builds steps of one runtime; implemented by `usm-plugin-host` and `usm-script-host`.
 pub trait StepBuilder: Send + Sync {
-    /// Compiles and checks a step; the error says what is wrong with which file.
-    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String>;
+    /// Compiles and checks a step; the error says what is wrong, in the file or the manifest.
+    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, BuildError>;
+}
+
+/// Why a step could not be built: a problem with its file, or with a key of its declaration in
+/// `module.toml` (its config, its limits, its hook), which the error then names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    /// The member of the step's declaration at fault (`config/matrix`, `timeout_ms`); `None`
+    /// when the file is.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl BuildError {
+    /// A problem with a key of the step's declaration.
+    pub fn in_manifest(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for BuildError {
+    fn from(message: String) -> Self {
+        Self { key: None, message }
+    }
 }
 
 /// Checks a section of a manifest that another service reads (notification rules and
@@ -416,7 +443,10 @@ impl Module {
                     config: &config,
                     capabilities: &granted,
                 })
-                .map_err(|message| ModuleError::new(file.clone(), message))?;
+                .map_err(|error| match error.key {
+                    Some(member) => ModuleError::new(key(&member), error.message),
+                    None => ModuleError::new(file.clone(), error.message),
+                })?;
             steps.push(Arc::new(BoundStep {
                 module: manifest.id.clone(),
                 name: decl.name.clone(),
@@ -545,7 +575,7 @@ fn catalog_additions(manifest: &Manifest) -> Result<CatalogAdditions, ModuleErro
 }
 
 /// Parses `module.toml` strictly, without building anything.
-pub(crate) fn peek_manifest(files: &ModuleFiles) -> Result<Manifest, ModuleError> {
+pub fn peek_manifest(files: &ModuleFiles) -> Result<Manifest, ModuleError> {
     let text = files
         .get("module.toml")
         .ok_or_else(|| ModuleError::new("module.toml", "missing"))?;
@@ -590,6 +620,49 @@ fn read_tree(
                 ));
             }
             files.insert(relative, bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses steps limited to kinds the composed catalog does not have, or has under another
+/// process: such a step would install and silently never run.
+pub(crate) fn check_step_kinds(
+    module: &Module,
+    manifest_text: &str,
+    catalog: &usm_model::Catalog,
+) -> Result<(), ModuleError> {
+    for (index, step) in module.manifest.steps.iter().enumerate() {
+        for kind in &step.kinds {
+            let problem = match catalog.get(kind) {
+                None => {
+                    let known: Vec<&str> = catalog
+                        .kinds()
+                        .filter(|def| def.process == step.process)
+                        .map(|def| def.name.as_str())
+                        .collect();
+                    format!(
+                        "no kind \"{kind}\"; the {} kinds are {}",
+                        step.process,
+                        known.join(", ")
+                    )
+                }
+                Some(def) if def.process != step.process => format!(
+                    "kind \"{kind}\" belongs to process {}, not the step's {}",
+                    def.process, step.process
+                ),
+                Some(_) => continue,
+            };
+            let quoted = format!("\"{kind}\"");
+            let line = manifest_text
+                .lines()
+                .position(|line| line.contains(&quoted))
+                .map(|at| at + 1);
+            let location = match line {
+                Some(line) => format!("module.toml:{line}: steps[{index}].kinds"),
+                None => format!("module.toml: steps[{index}].kinds"),
+            };
+            return Err(ModuleError::new(location, problem));
         }
     }
     Ok(())

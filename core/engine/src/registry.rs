@@ -578,13 +578,19 @@ impl Registry {
             }
             None => (Vec::new(), BTreeSet::new(), Installed::Installed),
         };
+        let manifest_text = files
+            .get("module.toml")
+            .map(|text| String::from_utf8_lossy(text).into_owned())
+            .unwrap_or_default();
         let module =
             Module::build(files, &self.runtimes, &grants).map_err(RegistryError::Invalid)?;
-        let catalogs = self
+        let composed = self
             .next_catalog(&modules, &manifest.id, Some(&module.catalog))
-            .and_then(|_| {
-                self.next_catalogs(&modules, &manifest.id, Some((&module.catalog, &domains)))
-            })
+            .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+        crate::module::check_step_kinds(&module, &manifest_text, &composed)
+            .map_err(RegistryError::Invalid)?;
+        let catalogs = self
+            .next_catalogs(&modules, &manifest.id, Some((&module.catalog, &domains)))
             .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
         let _writes_held = self.engine.hold_writes();
         self.check_in_use(&catalogs, Dropping::Refused)?;

@@ -1207,7 +1207,10 @@ struct PausingSteps {
 }
 
 impl crate::StepBuilder for PausingSteps {
-    fn build(&self, _request: &crate::BuildRequest<'_>) -> Result<Arc<dyn crate::Step>, String> {
+    fn build(
+        &self,
+        _request: &crate::BuildRequest<'_>,
+    ) -> Result<Arc<dyn crate::Step>, crate::BuildError> {
         let entered = self.entered.lock().unwrap().clone();
         let go = Arc::clone(&self.go);
         Ok(Arc::new(

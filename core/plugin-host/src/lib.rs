@@ -27,8 +27,8 @@ use std::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use usm_engine::{
-    BuildRequest, Effect, HOST_API_VERSION, Hook, Phase, RECORDS_READ, Step, StepBuilder,
-    StepError, StepInput, StepOutput,
+    BuildError, BuildRequest, Effect, HOST_API_VERSION, Hook, Phase, RECORDS_READ, Step,
+    StepBuilder, StepError, StepInput, StepOutput,
     budget::{BudgetCheck, CallBudget},
 };
 use usm_store::Store;
@@ -60,6 +60,17 @@ pub enum PluginError {
     /// The plugin's description or config does not fit the manifest.
     #[error("{0}")]
     Mismatch(String),
+    /// The manifest gives the plugin a hook it does not serve.
+    #[error("{0}")]
+    Hook(String),
+    /// The step's config in the manifest does not fit the plugin's config schema.
+    #[error("config{pointer}: {message}")]
+    Config {
+        /// Where in the config (a JSON pointer; empty for the whole).
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Runs WASM component steps.
@@ -284,7 +295,7 @@ impl PluginHost {
             .map_err(|e| PluginError::Instantiate(e.to_string()))?;
         let wit_hook = bindings::wit_hook(hook);
         if !info.hooks.contains(&wit_hook) {
-            return Err(PluginError::Mismatch(format!(
+            return Err(PluginError::Hook(format!(
                 "the plugin {} serves {:?}, not the {hook} hook the manifest gives it",
                 info.name, info.hooks
             )));
@@ -297,10 +308,10 @@ impl PluginHost {
                 PluginError::Mismatch(format!("the plugin's config schema is invalid: {e}"))
             })?;
             if let Some(error) = validator.iter_errors(config).next() {
-                return Err(PluginError::Mismatch(format!(
-                    "config{}: {error}",
-                    error.instance_path()
-                )));
+                return Err(PluginError::Config {
+                    pointer: error.instance_path().to_string(),
+                    message: error.to_string(),
+                });
             }
         }
         Ok(step)
@@ -308,7 +319,7 @@ impl PluginHost {
 }
 
 impl StepBuilder for PluginHost {
-    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String> {
+    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, BuildError> {
         let bytes = request
             .files
             .get(request.file)
@@ -329,15 +340,21 @@ impl StepBuilder for PluginHost {
             max_output_bytes: self.limits.max_output_bytes,
         };
         if limits.memory_bytes > self.limits.max_memory_bytes {
-            return Err(format!(
-                "memory_mib asks for {} bytes; this server allows at most {}",
-                limits.memory_bytes, self.limits.max_memory_bytes
+            return Err(BuildError::in_manifest(
+                "memory_mib",
+                format!(
+                    "asks for {} bytes; this server allows at most {}",
+                    limits.memory_bytes, self.limits.max_memory_bytes
+                ),
             ));
         }
         if limits.timeout > self.limits.max_timeout {
-            return Err(format!(
-                "timeout_ms is over the server's maximum of {:?}",
-                self.limits.max_timeout
+            return Err(BuildError::in_manifest(
+                "timeout_ms",
+                format!(
+                    "is over the server's maximum of {:?}",
+                    self.limits.max_timeout
+                ),
             ));
         }
         let step = self
@@ -350,7 +367,13 @@ impl StepBuilder for PluginHost {
                 capabilities: request.capabilities,
                 limits,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|error| match error {
+                PluginError::Config { pointer, message } => {
+                    BuildError::in_manifest(format!("config{pointer}"), message)
+                }
+                PluginError::Hook(message) => BuildError::in_manifest("hook", message),
+                other => BuildError::from(other.to_string()),
+            })?;
         Ok(Arc::new(step))
     }
 }
@@ -565,23 +588,50 @@ impl Step for WasmStep {
 }
 
 /// Reads the `usm:plugin` version a component was built for and checks this server implements it.
+/// usm-sdk records it in the [`API_SECTION`] custom section; a component built by other tools
+/// (componentize-js, componentize-py) names it in its `usm:plugin/…@x.y.z` imports and exports.
 pub fn check_api_version(bytes: &[u8]) -> Result<(), PluginError> {
-    let mut found = None;
+    let mut section = None;
+    let mut named = std::collections::BTreeSet::new();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let payload =
             payload.map_err(|e| PluginError::Compile(format!("not a valid component: {e}")))?;
-        if let wasmparser::Payload::CustomSection(section) = payload
-            && section.name() == API_SECTION
-        {
-            found = Some(String::from_utf8_lossy(section.data()).into_owned());
-            break;
+        match payload {
+            wasmparser::Payload::CustomSection(custom) if custom.name() == API_SECTION => {
+                section = Some(String::from_utf8_lossy(custom.data()).into_owned());
+            }
+            wasmparser::Payload::ComponentImportSection(imports) => {
+                for import in imports {
+                    let import = import.map_err(|e| PluginError::Compile(e.to_string()))?;
+                    named.extend(plugin_api_version(import.name.0));
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(exports) => {
+                for export in exports {
+                    let export = export.map_err(|e| PluginError::Compile(e.to_string()))?;
+                    named.extend(plugin_api_version(export.name.0));
+                }
+            }
+            _ => {}
         }
     }
-    let text = found.ok_or_else(|| {
-        PluginError::ApiVersion(format!(
-            "no {API_SECTION} section: the plugin was not built with usm-sdk"
-        ))
-    })?;
+    let text = match (section, named.len()) {
+        (Some(text), _) => text,
+        (None, 1) => named.pop_first().unwrap_or_default(),
+        (None, 0) => {
+            return Err(PluginError::ApiVersion(format!(
+                "neither a {API_SECTION} section nor a usm:plugin import or export: not a usm \
+                 plugin (build it against sdk/wit/usm-plugin.wit)"
+            )));
+        }
+        (None, _) => {
+            let versions: Vec<_> = named.into_iter().collect();
+            return Err(PluginError::ApiVersion(format!(
+                "the component names several usm:plugin versions ({}); build it against one",
+                versions.join(", ")
+            )));
+        }
+    };
     let version = semver::Version::parse(text.trim()).map_err(|e| {
         PluginError::ApiVersion(format!("{API_SECTION} holds {text:?}, not a version: {e}"))
     })?;
@@ -598,6 +648,12 @@ pub fn check_api_version(bytes: &[u8]) -> Result<(), PluginError> {
             "the plugin was built for usm:plugin {version}; this server implements {HOST_API_VERSION}"
         )))
     }
+}
+
+/// The version in an interface name such as `usm:plugin/host@0.1.0`.
+fn plugin_api_version(name: &str) -> Option<String> {
+    let (interface, version) = name.strip_prefix("usm:plugin/")?.split_once('@')?;
+    (!interface.is_empty()).then(|| version.to_owned())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -17,7 +17,7 @@ use rhai::{
 };
 use serde_json::Value;
 use usm_engine::{
-    BuildRequest, Effect, Step, StepBuilder, StepError, StepInput, StepOutput,
+    BuildError, BuildRequest, Effect, Step, StepBuilder, StepError, StepInput, StepOutput,
     budget::{BudgetCheck, CallBudget},
 };
 
@@ -203,10 +203,13 @@ impl ScriptHost {
 const MAX_TIMEOUT_MS: u64 = 10_000;
 
 impl StepBuilder for ScriptHost {
-    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, String> {
+    fn build(&self, request: &BuildRequest<'_>) -> Result<Arc<dyn Step>, BuildError> {
         let timeout_ms = request.step.timeout_ms.unwrap_or(self.limits.timeout_ms);
         if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-            return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"));
+            return Err(BuildError::in_manifest(
+                "timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
         }
         let scripts =
             ModuleScripts::compile(request.files, &self.limits).map_err(|e| e.to_string())?;

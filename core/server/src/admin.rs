@@ -40,6 +40,49 @@ pub enum ModuleCommand {
         /// The module id.
         id: String,
     },
+    /// Pack a module directory into the .tar.gz bundle the server accepts, locally; a
+    /// `build.sh` in the directory runs first (to build its components).
+    Pack {
+        /// The module directory (with module.toml).
+        dir: PathBuf,
+        /// Where to write the bundle (default: ID-VERSION.tar.gz here).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// The name of the script `usm module pack` runs in a module directory before packing it.
+pub const BUILD_SCRIPT: &str = "build.sh";
+
+/// Packs the module directory `dir` into a bundle file and describes what it wrote.
+pub fn pack(dir: &Path, output: Option<&Path>) -> anyhow::Result<Value> {
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let script = dir.join(BUILD_SCRIPT);
+    if script.is_file() {
+        let status = std::process::Command::new("sh")
+            .arg(BUILD_SCRIPT)
+            .current_dir(dir)
+            .status()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        anyhow::ensure!(status.success(), "{} failed ({status})", script.display());
+    }
+    let mut files = usm_engine::Module::read_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    files.remove(BUILD_SCRIPT);
+    let manifest = usm_engine::peek_manifest(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = usm_engine::bundle::pack(&files).map_err(|e| anyhow::anyhow!(e))?;
+    let output = output.map_or_else(
+        || PathBuf::from(format!("{}-{}.tar.gz", manifest.id, manifest.version)),
+        Path::to_path_buf,
+    );
+    std::fs::write(&output, &bytes)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(json!({
+        "bundle": output.display().to_string(),
+        "id": manifest.id,
+        "version": manifest.version.to_string(),
+        "files": files.keys().collect::<Vec<_>>(),
+        "bytes": bytes.len(),
+    }))
 }
 
 /// Token administration commands.
@@ -206,6 +249,7 @@ pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
                 .header("content-type", "application/gzip")
                 .body(bundle(&path)?),
             ModuleCommand::List => client.get(&base),
+            ModuleCommand::Pack { .. } => anyhow::bail!("packing needs no server: call pack"),
             ModuleCommand::Enable {
                 id,
                 domains,

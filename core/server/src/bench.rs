@@ -46,6 +46,15 @@ pub struct BenchArgs {
     /// that falls behind shows it (HTTP only).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Run the in-process engine and server with the bundled modules enabled, as `usm serve`
+    /// does (the default `it` mix: usm-core, itil4, cobit2019, iso20000); without it they run
+    /// the bare engine.
+    #[arg(long)]
+    pub bundled_modules: bool,
+    /// Fail (exit non-zero) when any measured path creates fewer records a second than this: a
+    /// regression check.
+    #[arg(long)]
+    pub min_rate: Option<f64>,
 }
 
 /// The paths `usm bench` can measure.
@@ -202,6 +211,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
             "--rate paces HTTP clients: add --mode http"
         );
     }
+    if let Some(floor) = args.min_rate {
+        anyhow::ensure!(
+            floor.is_finite() && floor > 0.0,
+            "--min-rate must be a positive number of creates a second"
+        );
+    }
+    anyhow::ensure!(
+        !(args.bundled_modules && args.url.is_some()),
+        "--bundled-modules sets up an in-process server; a server at --url runs its own modules"
+    );
     let body = Body::load(args)?;
     let mut reports = Vec::new();
     if matches!(args.mode, BenchMode::Engine | BenchMode::Both) {
@@ -213,6 +232,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<BenchReport>> {
     Ok(reports)
 }
 
+/// The reports that fall below `--min-rate`, as an error naming each.
+pub fn check_min_rate(args: &BenchArgs, reports: &[BenchReport]) -> anyhow::Result<()> {
+    let Some(floor) = args.min_rate else {
+        return Ok(());
+    };
+    let slow: Vec<String> = reports
+        .iter()
+        .filter(|r| r.records_per_second < floor)
+        .map(|r| format!("{} made {:.0} creates/s", r.path, r.records_per_second))
+        .collect();
+    anyhow::ensure!(
+        slow.is_empty(),
+        "below the floor of {floor:.0} creates/s: {}",
+        slow.join("; ")
+    );
+    Ok(())
+}
+
 /// The admin secret of the in-process server the benchmark starts.
 const BENCH_TOKEN: &str = "usm_bench_0123456789abcdef0123456789abcdef";
 
@@ -221,8 +258,8 @@ fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         durable_acks: !args.no_durable_acks,
-        bundled_modules: false,
-        default_agreements: false,
+        bundled_modules: args.bundled_modules,
+        default_agreements: args.bundled_modules,
         admin_token: Some(BENCH_TOKEN.into()),
         rate_limit_per_second: 0,
         ..Config::default()
@@ -231,11 +268,7 @@ fn temp_config(args: &BenchArgs, dir: &std::path::Path) -> Config {
 
 fn bench_engine(args: &BenchArgs, body: &Body) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
-    let engine = crate::open(&Config {
-        bundled_modules: false,
-        ..temp_config(args, dir.path())
-    })?
-    .engine;
+    let engine = crate::open(&temp_config(args, dir.path()))?.engine;
     let actor = Actor::new("bench", [Role::Agent]);
     let started = Instant::now();
     let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {

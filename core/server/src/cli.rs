@@ -93,7 +93,10 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Command::Module { remote, command } => {
-            let result = admin::run(&remote, command)?;
+            let result = match command {
+                admin::ModuleCommand::Pack { dir, output } => admin::pack(&dir, output.as_deref())?,
+                command => admin::run(&remote, command)?,
+            };
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &result)?;
             use std::io::Write as _;
@@ -133,7 +136,8 @@ pub fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            Ok(())
+            drop(out);
+            bench::check_min_rate(&args, &reports)
         }
     }
 }

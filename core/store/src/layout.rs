@@ -83,8 +83,11 @@ impl TreeId {
     }
 }
 
-/// The version of this layout; stored under [`FORMAT_KEY`] and checked on open.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+/// The version of this layout; stored under [`FORMAT_KEY`] and checked on open. Version 2
+/// compresses long values; version 1 stores are read as they are and marked 2 when opened.
+pub(crate) const FORMAT_VERSION: u64 = 2;
+/// Older layouts this build reads and upgrades in place.
+pub(crate) const READABLE_FORMATS: std::ops::RangeInclusive<u64> = 1..=FORMAT_VERSION;
 /// Counter key holding the layout version.
 pub(crate) const FORMAT_KEY: &[u8] = b"~format";
 const CREATED_COUNTER: &[u8] = b"~created";
@@ -153,21 +156,57 @@ fn expiry_key(at: Timestamp, key: &[u8]) -> Vec<u8> {
     expiry
 }
 
+/// The first byte of a compressed value: never the first byte of JSON text, so values written
+/// before compression (format 1) read as they are.
+const LZ4_TAG: u8 = 0x01;
+/// Values shorter than this stay plain JSON: compressing them saves little and costs a copy.
+const COMPRESS_FROM: usize = 256;
+/// The largest value decompression will allocate for; a longer claim is corruption.
+const MAX_VALUE_BYTES: usize = 64 << 20;
+
+/// A value as stored: JSON, LZ4-compressed when that is worth it (records and history entries
+/// shrink to about half: their field names and texts repeat).
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+    let json = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         what: "value to encode",
         detail: e.to_string(),
-    })
+    })?;
+    if json.len() < COMPRESS_FROM {
+        return Ok(json);
+    }
+    let length = u32::try_from(json.len()).map_err(|_| StoreError::Corrupt {
+        what: "value to encode",
+        detail: format!("{} bytes is too long", json.len()),
+    })?;
+    let mut stored = Vec::with_capacity(5 + lz4_flex::block::get_maximum_output_size(json.len()));
+    stored.push(LZ4_TAG);
+    stored.extend_from_slice(&length.to_le_bytes());
+    stored.extend_from_slice(&lz4_flex::block::compress(&json));
+    Ok(stored)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
+    let corrupt = |detail: String| StoreError::Corrupt { what, detail };
+    let inflated;
+    let json = match bytes.split_first() {
+        Some((&LZ4_TAG, rest)) => {
+            let (length, compressed) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| corrupt("a compressed value without its length".into()))?;
+            let length = u32::from_le_bytes(*length) as usize;
+            if length > MAX_VALUE_BYTES {
+                return Err(corrupt(format!("a compressed value claims {length} bytes")));
+            }
+            inflated = lz4_flex::block::decompress(compressed, length)
+                .map_err(|e| corrupt(e.to_string()))?;
+            inflated.as_slice()
+        }
+        _ => bytes,
+    };
+    serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
 }
 
 pub(crate) fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
@@ -846,4 +885,52 @@ pub(crate) fn expiry_entries<R: KvRead>(reader: &R) -> Result<Vec<Vec<u8>>, Stor
             Ok(expiry_key(entry.at, key))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_compressed_and_read_back() {
+        let value = serde_json::json!({"description": "the printer on floor 3 ".repeat(40)});
+        let stored = encode(&value).unwrap();
+        let json = serde_json::to_vec(&value).unwrap();
+        assert_eq!(stored[0], LZ4_TAG);
+        assert!(
+            stored.len() < json.len() / 4,
+            "{} of {}",
+            stored.len(),
+            json.len()
+        );
+        assert_eq!(decode::<serde_json::Value>("v", &stored).unwrap(), value);
+    }
+
+    #[test]
+    fn short_values_and_values_of_format_1_are_plain_json() {
+        let value = serde_json::json!({"seq": 1});
+        assert_eq!(encode(&value).unwrap(), serde_json::to_vec(&value).unwrap());
+        let long = serde_json::json!({"text": "x".repeat(1000)});
+        let plain = serde_json::to_vec(&long).unwrap();
+        assert_eq!(decode::<serde_json::Value>("v", &plain).unwrap(), long);
+    }
+
+    #[test]
+    fn a_damaged_compressed_value_is_corrupt_not_a_panic_or_a_huge_allocation() {
+        let mut huge_claim = vec![LZ4_TAG];
+        huge_claim.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge_claim.extend_from_slice(b"whatever");
+        let stored = encode(&serde_json::json!({"t": "y".repeat(500)})).unwrap();
+        for damaged in [
+            huge_claim,
+            vec![LZ4_TAG, 1],
+            stored[..stored.len() / 2].to_vec(),
+        ] {
+            let error = decode::<serde_json::Value>("record", &damaged).unwrap_err();
+            assert!(
+                matches!(error, StoreError::Corrupt { what: "record", .. }),
+                "{error}"
+            );
+        }
+    }
 }

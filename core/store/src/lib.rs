@@ -422,6 +422,8 @@ pub struct StoreMetrics {
     pub flush_seconds: prometheus_client::metrics::histogram::Histogram,
     /// How many waiting writes one flush made durable.
     pub writes_per_flush: prometheus_client::metrics::histogram::Histogram,
+    /// How many record writes the write combiner applied in one transaction.
+    pub writes_per_transaction: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for StoreMetrics {
@@ -433,6 +435,7 @@ impl Default for StoreMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             // 1 to 1,024.
             writes_per_flush: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            writes_per_transaction: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
         }
     }
 }

@@ -1,7 +1,8 @@
 use std::{
     path::Path,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use sled::{
@@ -25,6 +26,7 @@ pub struct SledStore {
     config: StoreConfig,
     group_commit: Arc<GroupCommit>,
     flusher: Option<JoinHandle<()>>,
+    combiner: Option<(mpsc::Sender<Pending>, JoinHandle<()>)>,
     kind_writes: crate::KindWrites,
 }
 
@@ -70,11 +72,15 @@ impl SledStore {
         match counters.get(FORMAT_KEY)? {
             Some(bytes) => {
                 let found = layout::decode_u64("format version", &bytes)?;
-                if found != FORMAT_VERSION {
+                if !layout::READABLE_FORMATS.contains(&found) {
                     return Err(StoreError::Format {
                         found,
                         expected: FORMAT_VERSION,
                     });
+                }
+                if found != FORMAT_VERSION {
+                    counters.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                    tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
             }
             None => {
@@ -92,12 +98,29 @@ impl SledStore {
                     StoreError::Durability(format!("cannot start the flush thread: {e}"))
                 })?
         };
+        let combiner = {
+            let (sender, receiver) = mpsc::channel();
+            let combiner = Combiner {
+                trees: trees.clone(),
+                idempotency_ttl: config.idempotency_ttl,
+                group_commit: Arc::clone(&group_commit),
+                durable_acks: config.durable_acks,
+            };
+            let thread = std::thread::Builder::new()
+                .name("usm-store-write".into())
+                .spawn(move || combiner.run(&receiver))
+                .map_err(|e| {
+                    StoreError::Durability(format!("cannot start the write thread: {e}"))
+                })?;
+            (sender, thread)
+        };
         let store = Self {
             db,
             trees,
             config,
             group_commit,
             flusher: Some(flusher),
+            combiner: Some(combiner),
             kind_writes: crate::KindWrites::default(),
         };
         let expiry = store.tree(TreeId::IdempotencyExpiry);
@@ -140,16 +163,22 @@ impl SledStore {
 }
 
 impl SledStore {
-    /// A commit, acknowledged once durable when acks are.
+    /// A commit through the write combiner, acknowledged once durable when acks are.
     fn commit_now(&self, write: Write) -> Result<Committed, StoreError> {
-        let ttl = self.config.idempotency_ttl;
-        let result = self.transact(|tx| layout::apply_write(tx, &write, ttl));
-        // The write that bound the key may still wait for its flush; a replay answered before
-        // that flush would acknowledge a record a crash can still take away.
-        if let Err(StoreError::IdempotencyKeyUsed { .. }) = &result
-            && self.config.durable_acks
+        let closed = || StoreError::Durability("the store is closing".into());
+        let (sender, _) = self.combiner.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        sender
+            .send(Pending { write, reply })
+            .map_err(|_| closed())?;
+        let Combined { result, ticket } = answer.recv().map_err(|_| closed())?;
+        // A replay's binding write may still wait for its flush: answering before that flush
+        // would acknowledge a record a crash can still take away.
+        let wait = matches!(result, Ok(_) | Err(StoreError::IdempotencyKeyUsed { .. }));
+        if let Some(ticket) = ticket
+            && wait
         {
-            self.group_commit.wait_durable()?;
+            self.group_commit.wait_for(ticket)?;
         }
         let committed = result?;
         self.kind_writes.bump(&committed.record.kind);
@@ -157,8 +186,116 @@ impl SledStore {
     }
 }
 
+/// A write waiting for the combiner, and where its outcome goes.
+struct Pending {
+    write: Write,
+    reply: mpsc::SyncSender<Combined>,
+}
+
+struct Combined {
+    result: Result<Committed, StoreError>,
+    /// The group-commit ticket whose flush makes the write durable (absent without durable acks).
+    ticket: Option<u64>,
+}
+
+/// The most writes one transaction carries: a bound on the transaction's memory and on the
+/// replays a failing write causes.
+const MAX_COMBINED: usize = 128;
+
+/// The write combiner: one thread applies every queued record write in one sled transaction
+/// and asks for one flush. sled runs multi-tree transactions one at a time and holds them off
+/// while an fsync runs, so writes applied one per transaction alternate with flushes; combined,
+/// the writes that queued during a flush share the next transaction and the next flush.
+struct Combiner {
+    trees: Vec<sled::Tree>,
+    idempotency_ttl: Duration,
+    group_commit: Arc<GroupCommit>,
+    durable_acks: bool,
+}
+
+impl Combiner {
+    fn run(&self, queue: &mpsc::Receiver<Pending>) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMBINED
+                && let Ok(next) = queue.try_recv()
+            {
+                batch.push(next);
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Commits what it can of `batch` in one transaction: a write that fails (a stale version,
+    /// a used idempotency key) gets its error and the others are applied without it, as if it
+    /// had come first and failed alone.
+    fn commit(&self, batch: Vec<Pending>) {
+        let mut results: Vec<Option<Result<Committed, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        loop {
+            let live: Vec<usize> = (0..batch.len()).filter(|&i| results[i].is_none()).collect();
+            if live.is_empty() {
+                break;
+            }
+            match self.transact(live.iter().map(|&i| &batch[i].write)) {
+                Ok(committed) => {
+                    for (i, committed) in live.into_iter().zip(committed) {
+                        results[i] = Some(Ok(committed));
+                    }
+                    break;
+                }
+                Err(TransactionError::Abort((failed, error))) => {
+                    results[live[failed]] = Some(Err(error));
+                }
+                Err(TransactionError::Storage(error)) => {
+                    for i in live {
+                        results[i] = Some(Err(StoreError::Backend(error.clone())));
+                    }
+                    break;
+                }
+            }
+        }
+        let applied = results.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+        let group = &self.group_commit;
+        group.metrics.writes_per_transaction.observe(applied as f64);
+        let ticket = self.durable_acks.then(|| group.request(applied as u64));
+        for (pending, result) in batch.into_iter().zip(results) {
+            let result = result
+                .unwrap_or_else(|| Err(StoreError::Durability("the write was not applied".into())));
+            // A writer that gave up waiting is gone; its write stands either way.
+            let _ = pending.reply.send(Combined { result, ticket });
+        }
+    }
+
+    fn transact<'w>(
+        &self,
+        writes: impl Iterator<Item = &'w Write> + Clone,
+    ) -> Result<Vec<Committed>, TransactionError<(usize, StoreError)>> {
+        self.trees.as_slice().transaction(|trees| {
+            let tx = SledTx(trees);
+            let mut committed = Vec::new();
+            for (position, write) in writes.clone().enumerate() {
+                match layout::apply_write(&tx, write, self.idempotency_ttl) {
+                    Ok(done) => committed.push(done),
+                    Err(TxFail::Abort(error)) => {
+                        return Err(ConflictableTransactionError::Abort((position, error)));
+                    }
+                    Err(TxFail::Kv(error)) => return Err(error.into()),
+                }
+            }
+            Ok(committed)
+        })
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
+        if let Some((sender, thread)) = self.combiner.take() {
+            drop(sender);
+            if thread.join().is_err() {
+                tracing::error!("the store write thread panicked");
+            }
+        }
         self.group_commit.shut_down();
         if let Some(flusher) = self.flusher.take()
             && flusher.join().is_err()
@@ -401,6 +538,9 @@ struct GroupCommit {
 struct FlushState {
     requested: u64,
     flushed: u64,
+    /// Writes behind the tickets requested, and behind those flushed (for the metrics).
+    writes_requested: u64,
+    writes_flushed: u64,
     /// Tickets up to this one were covered by a failed flush.
     failed_through: u64,
     failure: Option<String>,
@@ -413,10 +553,21 @@ impl GroupCommit {
     }
 
     fn wait_durable(&self) -> Result<(), StoreError> {
+        self.wait_for(self.request(1))
+    }
+
+    /// A ticket for everything applied so far, `writes` of it since the last request: the next
+    /// flush to start covers it.
+    fn request(&self, writes: u64) -> u64 {
         let mut state = self.lock();
+        state.writes_requested += writes;
         state.requested += 1;
-        let ticket = state.requested;
         self.work.notify_one();
+        state.requested
+    }
+
+    fn wait_for(&self, ticket: u64) -> Result<(), StoreError> {
+        let mut state = self.lock();
         while state.flushed < ticket {
             state = self
                 .done
@@ -444,7 +595,8 @@ impl GroupCommit {
                 return; // shutting down with nothing pending
             }
             let target = state.requested;
-            let covered = target - state.flushed;
+            let covered = state.writes_requested - state.writes_flushed;
+            state.writes_flushed = state.writes_requested;
             drop(state);
             let started = std::time::Instant::now();
             #[allow(clippy::disallowed_methods)] // this is the group commit

@@ -470,6 +470,74 @@ fn concurrent_creates_get_distinct_ids_and_ordered_events() {
     );
 }
 
+/// Writes that arrive together share a transaction in the sled store: one that fails there (a
+/// used key, a stale version) must fail alone, as if it had come by itself.
+#[test]
+fn concurrent_failing_writes_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let target = create(&store, "it", "contended");
+    let start = std::sync::Barrier::new(16);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..16)
+            .map(|n| {
+                let (store, start, target) = (&store, &start, target.clone());
+                scope.spawn(move || {
+                    start.wait();
+                    if n % 2 == 0 {
+                        let mut record = target;
+                        record.title = format!("writer {n}");
+                        store.commit(Write {
+                            record,
+                            history: entry(Action::Update),
+                            expected: Expected::Version(1),
+                        })
+                    } else {
+                        store.commit(Write {
+                            record: incident("it", &format!("keyed {n}")),
+                            history: entry(Action::Create),
+                            expected: Expected::Create {
+                                prefix: "INC".into(),
+                                idempotency: Some(IdempotencyClaim {
+                                    key: format!("key-{}", n % 4),
+                                    request_hash: "h".into(),
+                                }),
+                            },
+                        })
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let updates = outcomes.iter().step_by(2);
+    let won: Vec<_> = updates.clone().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one update of version 1 wins");
+    assert!(
+        updates
+            .filter(|o| o.is_err())
+            .all(|o| matches!(o, Err(StoreError::VersionMismatch { current: 2, .. }))),
+        "the others see the winner's version: {outcomes:?}"
+    );
+    let stored = store.get(&target.id).unwrap().unwrap();
+    assert_eq!((stored.version, &stored.title), (2, &won[0].record.title));
+
+    let creates: Vec<_> = outcomes.iter().skip(1).step_by(2).collect();
+    let created: Vec<_> = creates.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(created.len(), 2, "one create per key (keys 1 and 3)");
+    for outcome in creates.iter().filter(|o| o.is_err()) {
+        let Err(StoreError::IdempotencyKeyUsed { record_id, .. }) = outcome else {
+            panic!("a replay is refused with its key's record: {outcome:?}");
+        };
+        assert!(created.iter().any(|c| &c.record.id == record_id));
+    }
+    assert_eq!(
+        store.events_after(0, 100).unwrap().len(),
+        1 + 1 + 2,
+        "only applied writes leave events"
+    );
+}
+
 #[test]
 fn expired_idempotency_keys_can_be_reused() {
     let dir = tempfile::tempdir().unwrap();
@@ -540,5 +608,40 @@ fn sled_data_directory_levels_off_under_steady_load() {
     assert!(
         store.outbox_len().unwrap() <= 1,
         "consumed events are pruned"
+    );
+}
+
+/// A store written before values were compressed (format 1) opens, reads and is marked as
+/// format 2; a store from a newer usm is refused.
+#[test]
+fn sled_reads_and_upgrades_format_1_and_refuses_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let set_format = |version: u64| {
+        let db = ::sled::open(dir.path()).unwrap();
+        let counters = db.open_tree("counters").unwrap();
+        let before = counters.get("~format").unwrap().unwrap();
+        counters.insert("~format", &version.to_be_bytes()).unwrap();
+        u64::from_be_bytes(before.as_ref().try_into().unwrap())
+    };
+    let record = {
+        let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+        create(&store, "it", "written as format 1")
+    };
+    assert_eq!(set_format(1), 2);
+    {
+        let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(store.get(&record.id).unwrap().unwrap(), record);
+    }
+    assert_eq!(set_format(3), 2, "opening a format 1 store marks it 2");
+    let refused = SledStore::open(dir.path(), StoreConfig::default()).err();
+    assert!(
+        matches!(
+            refused,
+            Some(StoreError::Format {
+                found: 3,
+                expected: 2
+            })
+        ),
+        "{refused:?}"
     );
 }
