@@ -325,3 +325,66 @@ async fn a_module_directory_is_built_packed_and_installed() {
     .unwrap_err();
     assert!(failed.contains("build.sh failed"), "{failed}");
 }
+
+/// `usm plugin test` runs a module's steps on a record locally: patches in order, a rejection
+/// as an outcome, a failing step as a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_test_runs_a_modules_steps_on_a_record_locally() {
+    let server = TestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.json");
+    std::fs::write(
+        &record,
+        r#"{"kind": "incident", "title": "VPN down", "fields": {"impact": "high", "urgency": "medium"}}"#,
+    )
+    .unwrap();
+    let run = |module: String, extra: &'static [&'static str]| {
+        let server = &server;
+        let record = record.to_str().unwrap().to_owned();
+        async move {
+            let mut args = vec!["plugin", "test", &module, "--record", &record];
+            args.extend_from_slice(extra);
+            usm(server, ADMIN_TOKEN, &args).await
+        }
+    };
+    let priority = usm_tests::repo_path("scripts/examples/priority");
+    let report = run(priority.display().to_string(), &[]).await.unwrap();
+    assert_eq!(report["outcome"], "accepted", "{report}");
+    assert_eq!(report["steps"][0]["outcome"], "patched");
+    assert_eq!(report["steps"][0]["patch"]["fields"]["priority"], "P2");
+    assert_eq!(report["record"]["fields"]["priority"], "P2");
+    assert!(report["steps"][0]["micros"].as_u64().is_some());
+    let refused = run(priority.display().to_string(), &["--hook", "update"])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("no step of module priority-rhai"),
+        "{refused}"
+    );
+
+    let module = dir.path().join("gate");
+    std::fs::create_dir(&module).unwrap();
+    let manifest = "id = \"gate\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+         [[steps]]\nname = \"gate\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\n\
+         script = \"gate.rhai\"\n";
+    std::fs::write(module.join("module.toml"), manifest).unwrap();
+    std::fs::write(
+        module.join("gate.rhai"),
+        r#"fn run(input) { if input.record.fields.impact == "high" { reject("needs_approval", "high impact") } else { patch(#{}) } }"#,
+    )
+    .unwrap();
+    let report = run(module.display().to_string(), &[]).await.unwrap();
+    assert_eq!(report["outcome"], "rejected", "{report}");
+    assert_eq!(report["steps"][0]["reason"], "needs_approval");
+
+    std::fs::write(
+        module.join("gate.rhai"),
+        r#"fn run(input) { throw "boom" }"#,
+    )
+    .unwrap();
+    let failed = run(module.display().to_string(), &[]).await.unwrap_err();
+    assert!(
+        failed.contains("step gate failed") && failed.contains("boom"),
+        "{failed}"
+    );
+}

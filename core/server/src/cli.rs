@@ -15,6 +15,13 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a module's steps on a record in the server's sandbox and limits; prints each step's
+    /// outcome, patch or rejection, effects and time (exit 1 when a step fails).
+    Test(crate::plugin_dev::PluginTestArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API over the embedded store.
     Serve {
@@ -26,6 +33,11 @@ enum Command {
     },
     /// Measure durable creates per second and their latency.
     Bench(bench::BenchArgs),
+    /// Develop plugins: run a module's steps on a record locally.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Create, list and revoke API tokens on a running server.
     Token {
         #[command(flatten)]
@@ -99,6 +111,16 @@ pub fn main() -> anyhow::Result<()> {
             };
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &result)?;
+            use std::io::Write as _;
+            writeln!(out)?;
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => {
+            let report = crate::plugin_dev::run(&args)?;
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &report)?;
             use std::io::Write as _;
             writeln!(out)?;
             Ok(())

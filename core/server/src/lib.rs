@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bundled;
 pub mod cli;
 mod config;
+pub mod plugin_dev;
 mod telemetry;
 pub mod webhooks;
 
