@@ -171,7 +171,11 @@ impl SledStore {
         sender
             .send(Pending { write, reply })
             .map_err(|_| closed())?;
-        let Combined { result, ticket } = answer.recv().map_err(|_| closed())?;
+        let Combined { result, ticket } = answer.recv().map_err(|_| {
+            StoreError::Durability(
+                "the store's write thread failed while applying the write".into(),
+            )
+        })?;
         // A replay's binding write may still wait for its flush: answering before that flush
         // would acknowledge a record a crash can still take away.
         let wait = matches!(result, Ok(_) | Err(StoreError::IdempotencyKeyUsed { .. }));
@@ -222,7 +226,14 @@ impl Combiner {
             {
                 batch.push(next);
             }
-            self.commit(batch);
+            // A panic applying a batch fails that batch's writers (their replies drop) and
+            // leaves the thread serving the next writes.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.commit(batch);
+            }));
+            if applied.is_err() {
+                tracing::error!("a batch of writes panicked; its writers were failed");
+            }
         }
     }
 
