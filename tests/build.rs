@@ -12,8 +12,12 @@ fn main() {
     let root = manifest
         .parent()
         .expect("tests/ lives in the repository root");
-    let components = usm_guest_build::build_plugins(&root.join("plugins"), &root.join("sdk"))
+    let mut components = usm_guest_build::build_plugins(&root.join("plugins"), &root.join("sdk"))
         .unwrap_or_else(|error| panic!("cannot build the guest plugins: {error}"));
+    components.extend(
+        usm_guest_build::build_script_plugins(&root.join("plugins"))
+            .unwrap_or_else(|error| panic!("cannot build the example plugins: {error}")),
+    );
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     std::fs::write(
         Path::new(&out).join("guests.rs"),

@@ -324,7 +324,9 @@ impl Module {
         Self::build(Self::read_dir(dir)?, runtimes, grants)
     }
 
-    /// Reads every regular file of a module directory, bounded in count and size.
+    /// Reads every regular file of a module directory, bounded in count and size. Hidden
+    /// entries and the toolchains' build directories ([`SKIPPED_DIRS`]) are not part of a
+    /// module: a plugin's source directory can be its module directory.
     pub fn read_dir(dir: &Path) -> Result<ModuleFiles, ModuleError> {
         let mut files = ModuleFiles::new();
         let mut total = 0u64;
@@ -585,6 +587,10 @@ pub fn peek_manifest(files: &ModuleFiles) -> Result<Manifest, ModuleError> {
         .map_err(|e| ModuleError::new("module.toml", e.to_string().trim_end().to_owned()))
 }
 
+/// Build directories of the toolchains plugins are written with (npm, cargo, CPython), left
+/// out when a module is read from a directory.
+pub const SKIPPED_DIRS: &[&str] = &["node_modules", "target", "__pycache__"];
+
 fn read_tree(
     root: &Path,
     dir: &Path,
@@ -596,6 +602,11 @@ fn read_tree(
     for entry in entries {
         let entry =
             entry.map_err(|e| ModuleError::new(dir.display().to_string(), e.to_string()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || SKIPPED_DIRS.contains(&name.as_ref()) {
+            continue;
+        }
         let path = entry.path();
         let file_type = entry
             .file_type()

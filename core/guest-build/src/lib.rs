@@ -62,6 +62,48 @@ pub fn build_plugins(plugins: &Path, sdk: &Path) -> Result<Vec<Component>, Strin
     Ok(components)
 }
 
+/// Builds the example plugins written in other languages: every `examples/*/build.sh` under
+/// `plugins` runs (fetching its pinned toolchain from npm or PyPI the first time) and must leave
+/// `priority.wasm`-style components named in its `module.toml`. Returns one component per
+/// directory, named after it (`priority-js` → `priority_js`), at the `.wasm` it built.
+pub fn build_script_plugins(plugins: &Path) -> Result<Vec<Component>, String> {
+    let examples = plugins.join("examples");
+    let mut components = Vec::new();
+    for entry in std::fs::read_dir(&examples).map_err(|e| format!("{}: {e}", examples.display()))? {
+        let dir = entry.map_err(|e| e.to_string())?.path();
+        let script = dir.join("build.sh");
+        if !script.is_file() {
+            continue;
+        }
+        let output = Command::new("sh")
+            .arg("build.sh")
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{} failed ({}):\n{}{}",
+                script.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let wasm = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| path.extension().is_some_and(|e| e == "wasm"))
+            .ok_or_else(|| format!("{} built no .wasm in {}", script.display(), dir.display()))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().replace('-', "_"))
+            .unwrap_or_default();
+        components.push(Component { name, path: wasm });
+    }
+    components.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(components)
+}
+
 /// Writes `pub const NAME: &str = "path";` for each component, upper-cased.
 pub fn constants(components: &[Component]) -> String {
     components
@@ -99,15 +141,32 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
-/// Rebuild when guest sources change; never watch `target/` (it changes on every build).
+/// Rebuild when guest sources change. Watches files one by one, never what a build writes:
+/// build directories (`target/`, `node_modules/`, hidden ones such as `.venv/`) and `.wasm`
+/// files, or every build would make the next one run again.
 fn watch(plugins: &Path, sdk: &Path) -> Result<(), String> {
     for root in [plugins, sdk] {
-        let entries = std::fs::read_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
-        for entry in entries {
-            let path = entry.map_err(|e| e.to_string())?.path();
-            if path.file_name().is_some_and(|n| n == "target") {
-                continue;
-            }
+        watch_tree(root)?;
+    }
+    Ok(())
+}
+
+fn watch_tree(dir: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let generated = name.starts_with('.')
+            || ["target", "node_modules", "__pycache__"].contains(&name.as_ref())
+            || name.ends_with(".wasm");
+        if generated {
+            continue;
+        }
+        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
+            watch_tree(&path)?;
+        } else {
             #[allow(clippy::print_stdout)] // build-script protocol
             {
                 println!("cargo:rerun-if-changed={}", path.display());
