@@ -1,5 +1,6 @@
 //! Pipeline benchmarks (not tests): the per-call cost of the same step as native Rust, rhai and
-//! WASM on a ~1 KB, 20-field record, and creates through a six-step pipeline (3 WASM + 3 rhai)
+//! WASM built from Rust, JavaScript and Python on a ~1 KB, 20-field record (and the least
+//! memory each component runs under), and creates through a six-step pipeline (3 WASM + 3 rhai)
 //! in-process and over HTTP. Run with `cargo bench -p usm-tests --bench pipeline`;
 //! `USM_BENCH_SHORT=1` runs a few seconds' worth of each part with every check (CI does).
 
@@ -112,7 +113,10 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 fn per_call(name: &str, step: &dyn Step) {
-    let calls = size(20_000, 500);
+    per_call_n(name, step, size(20_000, 500));
+}
+
+fn per_call_n(name: &str, step: &dyn Step, calls: usize) {
     let record = record();
     let actor = Actor::new("bench", [Role::Agent]);
     let input = StepInput {
@@ -425,24 +429,80 @@ fn steps() {
         usm_script_host::ModuleScripts::compile(&files, &ScriptLimits::default()).unwrap();
     per_call("rhai", &scripts.step("priority.rhai", &config, 50).unwrap());
 
-    let host = PluginHost::new(PluginLimits::default(), None).unwrap();
-    let bytes = std::fs::read(guests::PRIORITY).unwrap();
-    let wasm = host
-        .step(&usm_plugin_host::StepSpec {
-            module: "bench",
-            step: "priority",
-            bytes: &bytes,
-            hook: Hook::Create,
-            config: &config,
-            capabilities: &[],
-            limits: usm_plugin_host::CallLimits {
-                timeout: Duration::from_millis(50),
-                memory_bytes: 32 << 20,
-                max_output_bytes: 1 << 20,
-            },
-        })
-        .unwrap();
-    per_call("wasm (fresh instance)", &wasm);
+    // A store keeps compiled components, so building a step again (below, at each memory cap)
+    // does not compile it again.
+    let host = PluginHost::new(
+        PluginLimits::default(),
+        Some(Arc::new(usm_store::MemoryStore::new())),
+    )
+    .unwrap();
+    // The same step in three languages; the JavaScript and Python runtimes cost milliseconds a
+    // call, so they get fewer calls.
+    for (name, wasm, calls) in [
+        ("wasm Rust", guests::PRIORITY, size(20_000, 500)),
+        ("wasm JavaScript", guests::PRIORITY_JS, size(2_000, 50)),
+        ("wasm Python", guests::PRIORITY_PY, size(2_000, 50)),
+    ] {
+        let bytes = std::fs::read(wasm).unwrap();
+        let step = wasm_step(&host, &bytes, &config, 32).unwrap();
+        per_call_n(&format!("{name} (fresh instance)"), &step, calls);
+        // `describe` does nothing but return a constant: its cost is the fresh instance's, and
+        // what `run` costs beyond it is the step's own work, all a reused instance would pay.
+        let started = Instant::now();
+        for _ in 0..calls {
+            step.describe().unwrap();
+        }
+        println!(
+            "{:<22} instantiate + describe mean {:>7.1} µs",
+            "",
+            started.elapsed().as_secs_f64() * 1e6 / calls as f64
+        );
+        println!(
+            "{:<22} {:.1} MB component; runs under a memory cap of {} MiB, not less",
+            "",
+            bytes.len() as f64 / 1e6,
+            least_memory_mib(&host, &bytes, &config)
+        );
+    }
+}
+
+fn wasm_step(
+    host: &PluginHost,
+    bytes: &[u8],
+    config: &Value,
+    memory_mib: u64,
+) -> Result<usm_plugin_host::WasmStep, usm_plugin_host::PluginError> {
+    host.step(&usm_plugin_host::StepSpec {
+        module: "bench",
+        step: "priority",
+        bytes,
+        hook: Hook::Create,
+        config,
+        capabilities: &[],
+        limits: usm_plugin_host::CallLimits {
+            timeout: Duration::from_millis(500),
+            memory_bytes: memory_mib << 20,
+            max_output_bytes: 1 << 20,
+        },
+    })
+}
+
+/// The smallest `memory_mib` (a whole MiB) under which the step installs (the host calls
+/// `describe`) and runs on the record.
+fn least_memory_mib(host: &PluginHost, bytes: &[u8], config: &Value) -> u64 {
+    let record = record();
+    let actor = Actor::new("bench", [Role::Agent]);
+    let input = StepInput {
+        hook: Hook::Create,
+        phase: Phase::Before,
+        record: &record,
+        previous: None,
+        actor: &actor,
+        context: &Value::Null,
+    };
+    (1..=256)
+        .find(|&mib| wasm_step(host, bytes, config, mib).is_ok_and(|step| step.run(&input).is_ok()))
+        .expect("the step runs under 256 MiB")
 }
 
 /// `it` creates while `hr` clients hit a step that loops until its 50 ms deadline, compared with
