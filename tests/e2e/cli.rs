@@ -388,3 +388,88 @@ async fn plugin_test_runs_a_modules_steps_on_a_record_locally() {
         "{failed}"
     );
 }
+
+/// `usm plugin new` writes a module per language that builds with its `build.sh` (cargo,
+/// componentize-js from npm, componentize-py from PyPI) and passes `usm plugin test` as
+/// written; in each, an error the step raises (a Rust `Err`, a thrown JavaScript `Error`, a
+/// Python exception) fails the step with its message. The new directory must be new or empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_new_writes_a_module_that_builds_and_passes_plugin_test_in_each_language() {
+    let server = TestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for lang in ["js", "python", "rust"] {
+        let name = format!("route-{lang}");
+        let module = dir.path().join(&name);
+        let module_arg = module.to_str().unwrap().to_owned();
+        let created = usm(
+            &server,
+            ADMIN_TOKEN,
+            &["plugin", "new", &name, "--lang", lang, "--dir", &module_arg],
+        )
+        .await
+        .unwrap();
+        assert!(
+            created["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "build.sh"),
+            "{created}"
+        );
+        let build = module.join("build.sh");
+        let built = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg(build)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            built.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let record = module.join("fixtures/incident.json");
+        let record_arg = record.to_str().unwrap();
+        let test = ["plugin", "test", &module_arg, "--record", record_arg];
+        let report = usm(&server, ADMIN_TOKEN, &test).await.unwrap();
+        assert_eq!(report["outcome"], "accepted", "{lang}: {report}");
+        assert_eq!(report["steps"][0]["outcome"], "patched", "{lang}: {report}");
+        assert_eq!(
+            report["record"]["fields"]["assignment_group"], "team-network",
+            "{lang}: {report}"
+        );
+
+        let manifest = std::fs::read_to_string(module.join("module.toml")).unwrap();
+        let misconfigured = manifest.replace(
+            "teams = { network = \"team-network\", mail = \"team-messaging\" }",
+            "teams = \"everyone\"",
+        );
+        assert_ne!(misconfigured, manifest);
+        std::fs::write(module.join("module.toml"), misconfigured).unwrap();
+        let failed = usm(&server, ADMIN_TOKEN, &test).await.unwrap_err();
+        assert!(
+            failed.contains(&format!("step {name} failed"))
+                && failed.contains("config: teams must map categories to groups"),
+            "{lang}: {failed}"
+        );
+
+        let again = usm(
+            &server,
+            ADMIN_TOKEN,
+            &["plugin", "new", &name, "--lang", lang, "--dir", &module_arg],
+        )
+        .await
+        .unwrap_err();
+        assert!(again.contains("exists and is not empty"), "{again}");
+    }
+    let invalid = usm(
+        &server,
+        ADMIN_TOKEN,
+        &["plugin", "new", "Bad Name", "--lang", "js"],
+    )
+    .await
+    .unwrap_err();
+    assert!(invalid.contains("is not a module id"), "{invalid}");
+}

@@ -53,6 +53,7 @@ pub use error::EngineError;
 pub use module::{
     BuildError, BuildRequest, HOST_API_VERSION, KNOWN_CAPABILITIES, Manifest, ManifestCheck,
     Module, ModuleError, ModuleFiles, RECORDS_READ, Runtimes, StepBuilder, StepDecl, peek_manifest,
+    valid_module_id,
 };
 pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{

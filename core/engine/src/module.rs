@@ -306,7 +306,9 @@ impl std::fmt::Debug for Module {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` is a valid module id: 1-64 lowercase letters, digits, '-' or '_', starting with
+/// a letter.
+pub fn valid_module_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
         && id
@@ -348,7 +350,7 @@ impl Module {
             std::str::from_utf8(text).map_err(|_| ModuleError::new("module.toml", "not UTF-8"))?;
         let manifest: Manifest = toml::from_str(text)
             .map_err(|e| ModuleError::new("module.toml", e.to_string().trim_end().to_owned()))?;
-        if !valid_id(&manifest.id) {
+        if !valid_module_id(&manifest.id) {
             return Err(ModuleError::new(
                 "module.toml: id",
                 "1-64 lowercase letters, digits, '-' or '_', starting with a letter",
@@ -392,7 +394,7 @@ impl Module {
         let mut steps = Vec::with_capacity(manifest.steps.len());
         for (index, decl) in manifest.steps.iter().enumerate() {
             let key = |member: &str| format!("module.toml: steps[{index}].{member}");
-            if !valid_id(&decl.name) {
+            if !valid_module_id(&decl.name) {
                 return Err(ModuleError::new(
                     key("name"),
                     "1-64 lowercase letters, digits, '-' or '_'",

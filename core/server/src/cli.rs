@@ -19,6 +19,9 @@ enum PluginCommand {
     /// Run a module's steps on a record in the server's sandbox and limits; prints each step's
     /// outcome, patch or rejection, effects and time (exit 1 when a step fails).
     Test(crate::plugin_dev::PluginTestArgs),
+    /// Create a module directory for a step in Rust, JavaScript or Python: module.toml, the
+    /// step's source, build.sh and a fixture record, ready for `sh build.sh` and `plugin test`.
+    New(crate::plugin_new::PluginNewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,10 +118,11 @@ pub fn main() -> anyhow::Result<()> {
             writeln!(out)?;
             Ok(())
         }
-        Command::Plugin {
-            command: PluginCommand::Test(args),
-        } => {
-            let report = crate::plugin_dev::run(&args)?;
+        Command::Plugin { command } => {
+            let report = match command {
+                PluginCommand::Test(args) => crate::plugin_dev::run(&args)?,
+                PluginCommand::New(args) => crate::plugin_new::run(&args)?,
+            };
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &report)?;
             use std::io::Write as _;

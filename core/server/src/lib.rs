@@ -8,6 +8,7 @@ pub mod bundled;
 pub mod cli;
 mod config;
 pub mod plugin_dev;
+pub mod plugin_new;
 mod telemetry;
 pub mod webhooks;
 
