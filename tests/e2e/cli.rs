@@ -473,3 +473,50 @@ async fn plugin_new_writes_a_module_that_builds_and_passes_plugin_test_in_each_l
     .unwrap_err();
     assert!(invalid.contains("is not a module id"), "{invalid}");
 }
+
+/// `usm module preview` sends a module directory (or `--enable`/`--disable ID`) to the preview
+/// endpoint and prints its report.
+#[tokio::test(flavor = "multi_thread")]
+async fn module_preview_reports_what_a_module_would_change() {
+    let server = TestServer::start().unwrap();
+    for fields in [json!({"impact": "high", "urgency": "low"}), json!({})] {
+        server
+            .create(json!({"kind": "incident", "title": "t", "fields": fields}))
+            .await
+            .unwrap();
+    }
+    let priority = usm_tests::repo_path("scripts/examples/priority");
+    let report = usm(
+        &server,
+        ADMIN_TOKEN,
+        &[
+            "module",
+            "preview",
+            priority.to_str().unwrap(),
+            "--domain",
+            "it",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (&report["records"], &report["changed"]),
+        (&json!(2), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(
+        report["samples"][0]["after"]["record"]["fields"]["priority"],
+        "P3"
+    );
+    let missing = usm(
+        &server,
+        ADMIN_TOKEN,
+        &["module", "preview", "--disable", "nope", "--domain", "it"],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        missing.contains("module nope is not installed"),
+        "{missing}"
+    );
+}

@@ -477,3 +477,222 @@ async fn grants_survive_an_upgrade_and_every_module_action_is_audited() {
     assert_eq!(upgrade["after"]["grants"], json!(["records:read"]));
     assert_eq!(audit["entries"][7]["after"], serde_json::Value::Null);
 }
+
+async fn preview(server: &TestServer, query: &str, bundle: Option<Vec<u8>>) -> Reply {
+    let response = server
+        .client()
+        .post(format!("{}/api/v1/modules/preview?{query}", server.base))
+        .header("content-type", "application/gzip")
+        .body(bundle.unwrap_or_default())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A preview replays the domain's recent creates from their recorded input through the
+/// pipelines as they are and as they would be: counts on a known history, the most recent
+/// first, nothing written — for a bundle, an installed module enabled, and one disabled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_replays_recent_creates_with_a_change_and_writes_nothing() {
+    let server = TestServer::start().unwrap();
+    let payroll = server
+        .create(json!({"kind": "incident", "domain": "hr", "title": "payroll late"}))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for (title, fields) in [
+        ("mail down", json!({"impact": "high", "urgency": "high"})),
+        ("printer jam", json!({"impact": "low", "urgency": "low"})),
+        ("slow laptop", json!({})),
+        ("forbidden site", json!({"impact": "medium"})),
+    ] {
+        let record = server
+            .create(json!({"kind": "incident", "title": title, "fields": fields}))
+            .await
+            .unwrap();
+        ids.push(record["id"].as_str().unwrap().to_owned());
+    }
+    // Installed and enabled after four creates: its steps ran only on the fifth.
+    assert_eq!(
+        upload(&server, bundle::pack(&tagger("1.0.0", "v1")).unwrap())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    server
+        .post("/api/v1/modules/tagger/enable", &json!({"domains": ["it"]}))
+        .await
+        .unwrap();
+    let tagged = server
+        .create(json!({"kind": "incident", "title": "vpn flaps", "fields": {"impact": "medium", "urgency": "low"}}))
+        .await
+        .unwrap();
+    assert_eq!(tagged["fields"]["tag_a"], "v1");
+    ids.push(tagged["id"].as_str().unwrap().to_owned());
+    let modules_before = server.get("/api/v1/modules").await.unwrap().body;
+    let histories_before = histories(&server, &ids).await;
+
+    // The rhai priority module, uploaded: the three incidents with impact and urgency change.
+    let priority =
+        usm_engine::Module::read_dir(&usm_tests::repo_path("scripts/examples/priority")).unwrap();
+    let report = preview(
+        &server,
+        "domains=it",
+        Some(bundle::pack(&priority).unwrap()),
+    )
+    .await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    let report = report.body;
+    assert_eq!(
+        (
+            &report["records"],
+            &report["changed"],
+            &report["rejected_now"],
+            &report["accepted_now"]
+        ),
+        (&json!(5), &json!(3), &json!(0), &json!(0)),
+        "{report}"
+    );
+    let samples = report["samples"].as_array().unwrap();
+    let sampled: Vec<&str> = samples.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(sampled, [&ids[4], &ids[1], &ids[0]], "most recent first");
+    let mail = &samples[2];
+    assert_eq!(mail["before"]["outcome"], "accepted");
+    assert_eq!(mail["before"]["record"]["fields"].get("priority"), None);
+    assert_eq!(mail["after"]["record"]["fields"]["priority"], "P1");
+    assert!(
+        mail["diff"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "/fields/priority" && c["to"] == "P1"),
+        "{mail}"
+    );
+    // The tagger's own patch is part of both sides, from the recorded input without it.
+    assert_eq!(samples[0]["after"]["record"]["fields"]["tag_a"], "v1");
+
+    // A gate that refuses one title: that record would be refused now.
+    let gate = files(&[
+        (
+            "module.toml",
+            b"id = \"gate\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+              [[steps]]\nname = \"gate\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\nscript = \"gate.rhai\"\n",
+        ),
+        (
+            "gate.rhai",
+            br#"fn run(input) { if input.record.title.contains("forbidden") { reject("forbidden_title", "not that") } else { patch(#{}) } }"#,
+        ),
+    ]);
+    let report = preview(
+        &server,
+        "domains=it&limit=1000",
+        Some(bundle::pack(&gate).unwrap()),
+    )
+    .await
+    .body;
+    assert_eq!(
+        (&report["changed"], &report["rejected_now"]),
+        (&json!(0), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(report["samples"][0]["id"], ids[3].as_str());
+    assert_eq!(report["samples"][0]["after"]["outcome"], "refused");
+    assert_eq!(report["samples"][0]["after"]["code"], "step_rejected");
+    assert_eq!(report["samples"][0]["after"]["module"], "gate");
+
+    // Without the tagger every record loses its tags; `limit` keeps the most recent.
+    let report = preview(&server, "domains=it&without=tagger", None)
+        .await
+        .body;
+    assert_eq!(
+        (&report["records"], &report["changed"]),
+        (&json!(5), &json!(5)),
+        "{report}"
+    );
+    let report = preview(&server, "domains=it&without=tagger&limit=2", None)
+        .await
+        .body;
+    assert_eq!(report["records"], 2, "{report}");
+    let sampled: Vec<&str> = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sampled, [&ids[4], &ids[3]]);
+    // Enabled where it already is: nothing changes.
+    let report = preview(&server, "domains=it&module=tagger", None)
+        .await
+        .body;
+    assert_eq!(
+        (&report["records"], &report["changed"]),
+        (&json!(5), &json!(0)),
+        "{report}"
+    );
+    // Enabled in hr too, hr's record gains its tags.
+    let report = preview(&server, "domains=it,hr&module=tagger", None)
+        .await
+        .body;
+    assert_eq!(
+        (&report["records"], &report["changed"]),
+        (&json!(6), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(report["samples"][0]["id"], payroll["id"]);
+    assert_eq!(
+        report["samples"][0]["after"]["record"]["fields"]["tag_b"],
+        "v1"
+    );
+
+    for (query, body, status) in [
+        (
+            "domains=it&module=tagger",
+            Some(bundle::pack(&gate).unwrap()),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("domains=it", None, StatusCode::BAD_REQUEST),
+        ("domains=it&module=nope", None, StatusCode::NOT_FOUND),
+        ("domains=mars&module=tagger", None, StatusCode::BAD_REQUEST),
+        (
+            "domains=it",
+            Some(b"not a bundle".to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let refused = preview(&server, query, body).await;
+        assert_eq!(refused.status, status, "{query}: {}", refused.body);
+        assert_eq!(
+            refused.headers["content-type"], "application/problem+json",
+            "{query}"
+        );
+    }
+
+    // Nothing was written: the same modules, the same histories.
+    assert_eq!(
+        server.get("/api/v1/modules").await.unwrap().body,
+        modules_before
+    );
+    assert_eq!(histories(&server, &ids).await, histories_before);
+}
+
+async fn histories(server: &TestServer, ids: &[String]) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for id in ids {
+        all.push(
+            server
+                .get(&format!("/api/v1/records/{id}/history"))
+                .await
+                .unwrap()
+                .body,
+        );
+    }
+    all
+}

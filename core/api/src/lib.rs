@@ -209,6 +209,7 @@ pub struct Services {
         modules::list_modules,
         modules::get_module,
         modules::install_module,
+        modules::preview_module,
         modules::enable_module,
         modules::disable_module,
         modules::remove_module,
@@ -659,6 +660,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     resource("/modules")
                         .route(web::get().to(modules::list_modules))
                         .route(web::post().to(modules::install_module)),
+                )
+                .service(
+                    resource("/modules/preview").route(web::post().to(modules::preview_module)),
                 )
                 .service(
                     resource("/modules/{id}")

@@ -166,6 +166,94 @@ pub async fn install_module(
     Ok(response.json(InstallResult { module, result }))
 }
 
+/// Query parameters of a preview.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewParams {
+    /// The domains whose recent records are replayed, comma-separated.
+    pub domains: String,
+    /// Replay the most recent this many records (1–1000; default 100).
+    pub limit: Option<usize>,
+    /// Preview enabling this installed module in those domains (no body).
+    pub module: Option<String>,
+    /// Preview disabling this installed module in those domains (no body).
+    pub without: Option<String>,
+}
+
+/// What would this module change? Replays the most recent creates of the domains through their
+/// pipelines as they are and as they would be with a change — the uploaded bundle installed
+/// (or upgrading the installed module of its id) and enabled there, or with `module=ID` an
+/// installed module enabled there, or with `without=ID` one disabled there — each from the
+/// input its create recorded (the result with the steps' changes undone), replayed as its
+/// creator with the agent role, under the catalogs the change would compose. Writes nothing
+/// and runs no after-step. A bundle is compiled as an install would be, so it needs a global
+/// admin.
+#[utoipa::path(post, path = "/api/v1/modules/preview", tag = "modules", params(PreviewParams),
+    request_body(content((ModuleBundle = "application/gzip"), (ModuleBundle = "application/octet-stream")),
+        description = "A .tar.gz of the module directory; empty with `module` or `without`"),
+    responses(
+        (status = 200, description = "What the change would do", body = usm_engine::PreviewReport),
+        (status = 400, description = "Both or neither of a bundle and `module`/`without`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No installed module of that id", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid bundle, or an unknown domain", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn preview_module(
+    services: web::Data<Services>,
+    Admin(actor): Admin,
+    params: web::Query<PreviewParams>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let PreviewParams {
+        domains,
+        limit,
+        module,
+        without,
+    } = params.into_inner();
+    let body = payload
+        .to_bytes_limited(MAX_BUNDLE_UPLOAD)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                usm_model::ErrorCode::PayloadTooLarge,
+                format!("a module bundle may be at most {MAX_BUNDLE_UPLOAD} bytes"),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                usm_model::ErrorCode::InvalidInput,
+                format!("cannot read the upload: {e}"),
+            )
+        })?;
+    let change = match (module, without, body.is_empty()) {
+        (Some(id), None, true) => usm_engine::PreviewChange::Enable(id),
+        (None, Some(id), true) => usm_engine::PreviewChange::Disable(id),
+        (None, None, false) => {
+            let files = usm_engine::bundle::unpack(&body).map_err(|message| {
+                ApiError::new(usm_model::ErrorCode::ModuleInvalid, message).with_field("bundle")
+            })?;
+            usm_engine::PreviewChange::Module(files)
+        }
+        _ => {
+            return Err(ApiError::new(
+                usm_model::ErrorCode::InvalidInput,
+                "preview one change: a bundle as the body, or `module` or `without` with no body",
+            ));
+        }
+    };
+    let domains: Vec<String> = domains
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let registry = services.registry.clone();
+    let report =
+        blocking(move || registry.preview(&actor, change, &domains, limit.unwrap_or(100))).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
 /// Enables a module in domains: its steps and catalog additions join those domains at once.
 /// A scoped admin enables only in its domains, and changes grants only of a module enabled
 /// nowhere else.

@@ -22,6 +22,7 @@ pub mod kpis;
 mod module;
 mod outbox;
 mod pipeline;
+mod preview;
 mod registry;
 pub mod retention;
 pub mod sla;
@@ -58,6 +59,9 @@ pub use module::{
 pub use outbox::{AfterStepWorker, CommitSignal, head as outbox_head};
 pub use pipeline::{
     BoundStep, BreakerPolicy, BreakerView, PipelineView, Pipelines, Runtime, StepLatency, StepView,
+};
+pub use preview::{
+    MAX_PREVIEW_RECORDS, PreviewChange, PreviewOutcome, PreviewReport, PreviewSample,
 };
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
 pub use sla_worker::{SlaPolicies, SlaView, SlaWorker, timeline};
@@ -524,6 +528,7 @@ impl Engine {
         let pipelines = self.pipelines();
         let (record, steps) = self.run_before(
             &pipelines,
+            None,
             Hook::Create,
             actor,
             record,
@@ -1072,6 +1077,7 @@ impl Engine {
                     }
                     self.run_before(
                         &pipelines,
+                        None,
                         hook,
                         actor,
                         record,
@@ -1187,9 +1193,11 @@ impl Engine {
     /// Runs the before-phase of `hook` on a proposed record. A client's write (`admitted`)
     /// first waits for its turn: background effects are already paced by their workers.
     #[allow(clippy::too_many_arguments)]
+    /// `catalogs` replaces the catalogs in force (a preview's, with a module's additions).
     fn run_before(
         &self,
         pipelines: &Pipelines,
+        catalogs: Option<&Catalogs>,
         hook: Hook,
         actor: &Actor,
         proposed: Record,
@@ -1215,7 +1223,10 @@ impl Engine {
         .run(proposed, |module, before, mut candidate| {
             candidate.title = self.title(&candidate.title)?;
             self.check_links(actor, &candidate.links, previous)?;
-            let catalog = self.catalog_in(&candidate.domain);
+            let catalog = catalogs.map_or_else(
+                || self.catalog_in(&candidate.domain),
+                |catalogs| Arc::clone(catalogs.domain(&candidate.domain)),
+            );
             let def = kind_def(&catalog, candidate.kind.as_str())?;
             controls::check_step(def, module, &before.fields, &candidate.fields)?;
             candidate.fields = valid_fields(&catalog, def, std::mem::take(&mut candidate.fields))?;

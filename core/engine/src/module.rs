@@ -274,7 +274,7 @@ pub struct ModuleError {
 }
 
 impl ModuleError {
-    fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             location: location.into(),
             message: message.into(),

@@ -15,7 +15,8 @@ use usm_model::{
 use usm_store::{ListQuery, StoreError};
 
 use crate::{
-    Catalogs, Engine, Module, ModuleError, ModuleFiles, Pipelines, Runtimes,
+    BoundStep, Catalogs, Engine, Module, ModuleError, ModuleFiles, Pipelines, PreviewChange,
+    PreviewReport, Runtimes,
     auth::{self, Forbidden},
     bundle,
     workflow::{DocumentType, Reason, WifDocument, WifError},
@@ -823,6 +824,97 @@ impl Registry {
                     .ok_or_else(|| RegistryError::UnknownDomain(name.chars().take(64).collect()))
             })
             .collect()
+    }
+
+    /// Replays the most recent `limit` creates of `domains` through their pipelines as they are
+    /// and as they would be with `change`, and reports the difference; writes nothing. A module
+    /// previewed from its files is built (compiled) as an install would, so it needs a global
+    /// admin, as an install does; the other changes need an admin of those domains. The
+    /// changed side runs with the catalogs the change would compose (a module's fields, kinds
+    /// and states where it would be enabled).
+    pub fn preview(
+        &self,
+        actor: &Actor,
+        change: PreviewChange,
+        domains: &[String],
+        limit: usize,
+    ) -> Result<PreviewReport, RegistryError> {
+        let domains = self.domains(domains)?;
+        auth::admin_over(actor, Some(&domains))?;
+        if domains.is_empty() {
+            return Err(RegistryError::Invalid(ModuleError::new(
+                "domains",
+                "name the domains whose records to replay",
+            )));
+        }
+        let limit = limit.clamp(1, crate::preview::MAX_PREVIEW_RECORDS);
+        let modules = self.lock();
+        let built;
+        let (id, module, on) = match &change {
+            PreviewChange::Module(files) => {
+                auth::global_admin(actor, "previewing a module bundle")?;
+                let manifest =
+                    crate::module::peek_manifest(files).map_err(RegistryError::Invalid)?;
+                let installed = modules.get(&manifest.id);
+                let grants = installed
+                    .map(|e| e.record.grants.clone())
+                    .unwrap_or_default();
+                built = Module::build(files.clone(), &self.runtimes, &grants)
+                    .map_err(RegistryError::Invalid)?;
+                let mut on = installed
+                    .map(|e| e.record.domains.clone())
+                    .unwrap_or_default();
+                on.extend(domains.iter().cloned());
+                (manifest.id, &built, on)
+            }
+            PreviewChange::Enable(id) | PreviewChange::Disable(id) => {
+                let entry = modules
+                    .get(id)
+                    .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+                let mut on = entry.record.domains.clone();
+                if matches!(change, PreviewChange::Enable(_)) {
+                    on.extend(domains.iter().cloned());
+                } else {
+                    on.retain(|d| !domains.contains(d));
+                }
+                (id.clone(), entry.module.as_ref(), on)
+            }
+        };
+        let catalogs = self
+            .next_catalogs(&modules, &id, Some((&module.catalog, &on)))
+            .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+        let mut enabled: Vec<(Domain, Arc<BoundStep>)> = Vec::new();
+        for domain in &on {
+            enabled.extend(
+                module
+                    .steps
+                    .iter()
+                    .map(|step| (domain.clone(), Arc::clone(step))),
+            );
+        }
+        for entry in modules
+            .iter()
+            .filter_map(|(other, entry)| (*other != id).then_some(entry))
+        {
+            for domain in &entry.record.domains {
+                enabled.extend(
+                    entry
+                        .module
+                        .steps
+                        .iter()
+                        .map(|step| (domain.clone(), Arc::clone(step))),
+                );
+            }
+        }
+        drop(modules);
+        let changed = Pipelines::compose(enabled.iter().map(|(d, s)| (d, s)));
+        let domains: Vec<Domain> = domains.into_iter().collect();
+        Ok(self.engine.preview_creates(
+            &self.engine.pipelines(),
+            (&changed, &catalogs),
+            &domains,
+            limit,
+        )?)
     }
 
     /// Every workflow: the installed modules' templates and the imported ones (an import with a

@@ -40,6 +40,25 @@ pub enum ModuleCommand {
         /// The module id.
         id: String,
     },
+    /// What would a change do? Replays the domains' recent creates with a module (a directory
+    /// or bundle) installed and enabled there, `--enable ID` or `--disable ID`; writes nothing.
+    Preview {
+        /// A module directory or a .tar.gz bundle (or give --enable or --disable).
+        #[arg(required_unless_present_any = ["enable", "disable"], conflicts_with_all = ["enable", "disable"])]
+        path: Option<PathBuf>,
+        /// Preview enabling this installed module.
+        #[arg(long, conflicts_with = "disable")]
+        enable: Option<String>,
+        /// Preview disabling this installed module.
+        #[arg(long)]
+        disable: Option<String>,
+        /// A domain whose records to replay (repeat for several).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// Replay the most recent this many records (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Pack a module directory into the .tar.gz bundle the server accepts, locally; a
     /// `build.sh` in the directory runs first (to build its components).
     Pack {
@@ -265,6 +284,26 @@ pub fn run(remote: &Remote, command: ModuleCommand) -> anyhow::Result<Value> {
                 .post(format!("{base}/{id}/disable"))
                 .json(&json!({"domains": domains})),
             ModuleCommand::Remove { id } => client.delete(format!("{base}/{id}")),
+            ModuleCommand::Preview {
+                path,
+                enable,
+                disable,
+                domains,
+                limit,
+            } => {
+                let mut query = vec![("domains", domains.join(",")), ("limit", limit.to_string())];
+                query.extend(enable.map(|id| ("module", id)));
+                query.extend(disable.map(|id| ("without", id)));
+                let url = url::Url::parse_with_params(&format!("{base}/preview"), &query)
+                    .context("the server URL")?;
+                let request = client.post(url);
+                match path {
+                    Some(path) => request
+                        .header("content-type", "application/gzip")
+                        .body(bundle(&path)?),
+                    None => request,
+                }
+            }
         })
     })
 }
