@@ -116,7 +116,8 @@ fn per_call(name: &str, step: &dyn Step) {
     per_call_n(name, step, size(20_000, 500));
 }
 
-fn per_call_n(name: &str, step: &dyn Step, calls: usize) {
+/// Calls `with` on a create's before-step input of the benchmark's record.
+fn on_record<T>(with: impl FnOnce(&StepInput<'_>) -> T) -> T {
     let record = record();
     let actor = Actor::new("bench", [Role::Agent]);
     let input = StepInput {
@@ -127,14 +128,22 @@ fn per_call_n(name: &str, step: &dyn Step, calls: usize) {
         actor: &actor,
         context: &Value::Null,
     };
+    with(&input)
+}
+
+fn per_call_n(name: &str, step: &dyn Step, calls: usize) {
+    on_record(|input| per_call_on(name, step, calls, input));
+}
+
+fn per_call_on(name: &str, step: &dyn Step, calls: usize, input: &StepInput<'_>) {
     for _ in 0..calls / 20 {
-        step.run(&input).unwrap();
+        step.run(input).unwrap();
     }
     let mut samples = Vec::with_capacity(calls);
     let started = Instant::now();
     for _ in 0..calls {
         let t = Instant::now();
-        let output = step.run(&input).unwrap();
+        let output = step.run(input).unwrap();
         samples.push(t.elapsed());
         assert!(matches!(output, StepOutput::Patch(_)));
     }
@@ -490,19 +499,13 @@ fn wasm_step(
 /// The smallest `memory_mib` (a whole MiB) under which the step installs (the host calls
 /// `describe`) and runs on the record.
 fn least_memory_mib(host: &PluginHost, bytes: &[u8], config: &Value) -> u64 {
-    let record = record();
-    let actor = Actor::new("bench", [Role::Agent]);
-    let input = StepInput {
-        hook: Hook::Create,
-        phase: Phase::Before,
-        record: &record,
-        previous: None,
-        actor: &actor,
-        context: &Value::Null,
-    };
-    (1..=256)
-        .find(|&mib| wasm_step(host, bytes, config, mib).is_ok_and(|step| step.run(&input).is_ok()))
-        .expect("the step runs under 256 MiB")
+    on_record(|input| {
+        (1..=256)
+            .find(|&mib| {
+                wasm_step(host, bytes, config, mib).is_ok_and(|step| step.run(input).is_ok())
+            })
+            .expect("the step runs under 256 MiB")
+    })
 }
 
 /// `it` creates while `hr` clients hit a step that loops until its 50 ms deadline, compared with

@@ -41,6 +41,25 @@ impl From<RegistryError> for ApiError {
 /// Largest module bundle upload (compressed).
 pub(crate) const MAX_BUNDLE_UPLOAD: usize = 64 * 1024 * 1024;
 
+/// Reads an uploaded bundle, at most [`MAX_BUNDLE_UPLOAD`] bytes.
+async fn read_bundle(payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    payload
+        .to_bytes_limited(MAX_BUNDLE_UPLOAD)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                usm_model::ErrorCode::PayloadTooLarge,
+                format!("a module bundle may be at most {MAX_BUNDLE_UPLOAD} bytes"),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                usm_model::ErrorCode::InvalidInput,
+                format!("cannot read the upload: {e}"),
+            )
+        })
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -141,21 +160,7 @@ pub async fn install_module(
 ) -> Result<HttpResponse, ApiError> {
     // Decided again by the registry; checked first so a scoped admin's upload is not read.
     usm_engine::auth::global_admin(&actor, "installing or upgrading a module")?;
-    let body = payload
-        .to_bytes_limited(MAX_BUNDLE_UPLOAD)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                usm_model::ErrorCode::PayloadTooLarge,
-                format!("a module bundle may be at most {MAX_BUNDLE_UPLOAD} bytes"),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                usm_model::ErrorCode::InvalidInput,
-                format!("cannot read the upload: {e}"),
-            )
-        })?;
+    let body = read_bundle(payload).await?;
     let registry = services.registry.clone();
     let (module, result) = blocking(move || registry.install_bundle(&actor, &body)).await?;
     let mut response = if result == Installed::Unchanged {
@@ -211,21 +216,7 @@ pub async fn preview_module(
         module,
         without,
     } = params.into_inner();
-    let body = payload
-        .to_bytes_limited(MAX_BUNDLE_UPLOAD)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                usm_model::ErrorCode::PayloadTooLarge,
-                format!("a module bundle may be at most {MAX_BUNDLE_UPLOAD} bytes"),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                usm_model::ErrorCode::InvalidInput,
-                format!("cannot read the upload: {e}"),
-            )
-        })?;
+    let body = read_bundle(payload).await?;
     let change = match (module, without, body.is_empty()) {
         (Some(id), None, true) => usm_engine::PreviewChange::Enable(id),
         (None, Some(id), true) => usm_engine::PreviewChange::Disable(id),
