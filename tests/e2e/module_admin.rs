@@ -662,6 +662,16 @@ async fn a_preview_replays_recent_creates_with_a_change_and_writes_nothing() {
         ("domains=it&module=nope", None, StatusCode::NOT_FOUND),
         ("domains=mars&module=tagger", None, StatusCode::BAD_REQUEST),
         (
+            "domains=it&module=tagger&limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "domains=it&module=tagger&limit=1001",
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
             "domains=it",
             Some(b"not a bundle".to_vec()),
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -233,6 +233,17 @@ pub async fn preview_module(
             ));
         }
     };
+    let limit = limit.unwrap_or(100);
+    if !(1..=usm_engine::MAX_PREVIEW_RECORDS).contains(&limit) {
+        return Err(ApiError::new(
+            usm_model::ErrorCode::InvalidInput,
+            format!(
+                "limit is {limit}; a preview replays 1 to {} records",
+                usm_engine::MAX_PREVIEW_RECORDS
+            ),
+        )
+        .with_field("limit"));
+    }
     let domains: Vec<String> = domains
         .split(',')
         .map(str::trim)
@@ -240,8 +251,7 @@ pub async fn preview_module(
         .map(str::to_owned)
         .collect();
     let registry = services.registry.clone();
-    let report =
-        blocking(move || registry.preview(&actor, change, &domains, limit.unwrap_or(100))).await?;
+    let report = blocking(move || registry.preview(&actor, change, &domains, limit)).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 

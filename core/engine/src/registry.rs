@@ -848,26 +848,27 @@ impl Registry {
             )));
         }
         let limit = limit.clamp(1, crate::preview::MAX_PREVIEW_RECORDS);
-        let modules = self.lock();
-        let built;
-        let (id, module, on) = match &change {
+        let built = match &change {
             PreviewChange::Module(files) => {
                 auth::global_admin(actor, "previewing a module bundle")?;
                 let manifest =
                     crate::module::peek_manifest(files).map_err(RegistryError::Invalid)?;
-                let installed = modules.get(&manifest.id);
-                let grants = installed
+                let grants = self
+                    .lock()
+                    .get(&manifest.id)
                     .map(|e| e.record.grants.clone())
                     .unwrap_or_default();
-                built = Module::build(files.clone(), &self.runtimes, &grants)
+                // Built without holding the registry: compiling a large component takes
+                // seconds, and installs and enables wait for the lock.
+                let module = Module::build(files.clone(), &self.runtimes, &grants)
                     .map_err(RegistryError::Invalid)?;
-                let mut on = installed
-                    .map(|e| e.record.domains.clone())
-                    .unwrap_or_default();
-                on.extend(domains.iter().cloned());
-                (manifest.id, &built, on)
+                Some(Arc::new(module))
             }
-            PreviewChange::Enable(id) | PreviewChange::Disable(id) => {
+            PreviewChange::Enable(_) | PreviewChange::Disable(_) => None,
+        };
+        let modules = self.lock();
+        let (id, module, on) = match (&change, built) {
+            (PreviewChange::Enable(id) | PreviewChange::Disable(id), _) => {
                 let entry = modules
                     .get(id)
                     .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
@@ -877,7 +878,19 @@ impl Registry {
                 } else {
                     on.retain(|d| !domains.contains(d));
                 }
-                (id.clone(), entry.module.as_ref(), on)
+                (id.clone(), Arc::clone(&entry.module), on)
+            }
+            (PreviewChange::Module(_), built) => {
+                let module = built.ok_or_else(|| {
+                    RegistryError::Invalid(ModuleError::new("bundle", "the module was not built"))
+                })?;
+                let id = module.manifest.id.clone();
+                let mut on = modules
+                    .get(&id)
+                    .map(|e| e.record.domains.clone())
+                    .unwrap_or_default();
+                on.extend(domains.iter().cloned());
+                (id, module, on)
             }
         };
         let catalogs = self
