@@ -608,6 +608,16 @@ async fn a_preview_replays_recent_creates_with_a_change_and_writes_nothing() {
     assert_eq!(report["samples"][0]["after"]["code"], "step_rejected");
     assert_eq!(report["samples"][0]["after"]["module"], "gate");
 
+    // A newer tagger replaces the installed one rather than running beside it.
+    let upgrade = bundle::pack(&tagger("2.0.0", "v2")).unwrap();
+    let report = preview(&server, "domains=it", Some(upgrade)).await.body;
+    assert_eq!(report["changed"], 5, "{report}");
+    let after = &report["samples"][0]["after"]["record"]["fields"];
+    assert_eq!(
+        (&after["tag_a"], &after["tag_b"]),
+        (&json!("v2"), &json!("v2"))
+    );
+
     // Without the tagger every record loses its tags; `limit` keeps the most recent.
     let report = preview(&server, "domains=it&without=tagger", None)
         .await
