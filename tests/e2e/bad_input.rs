@@ -40,14 +40,7 @@ async fn raw_post(server: &TestServer, path: &str, body: &'static str) -> Reply 
         .send()
         .await
         .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(response).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -487,14 +487,7 @@ async fn preview(server: &TestServer, query: &str, bundle: Option<Vec<u8>>) -> R
         .send()
         .await
         .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(response).await.unwrap()
 }
 
 /// A preview replays the domain's recent creates from their recorded input through the

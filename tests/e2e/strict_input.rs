@@ -8,7 +8,7 @@ use std::{
 };
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use usm_tests::{ADMIN_TOKEN, Reply, TestServer};
 
 /// Sends `body` as is (not re-encoded by serde_json) as an admin.
@@ -21,14 +21,7 @@ async fn raw(server: &TestServer, method: Method, path: &str, body: &str) -> Rep
         .send()
         .await
         .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    Reply::read(response).await.unwrap()
 }
 
 fn is_problem(reply: &Reply) -> bool {

@@ -19,14 +19,7 @@ async fn merge_patch(server: &TestServer, id: &str, patch: Value, if_match: Opti
         request = request.header("if-match", tag);
     }
     let response = request.send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    Reply::read(response).await.unwrap()
 }
 
 fn guide_example() -> Value {

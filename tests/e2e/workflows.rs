@@ -32,14 +32,7 @@ async fn send(
         request = request.body(body.to_string());
     }
     let response = request.send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    Reply::read(response).await.unwrap()
 }
 
 async fn import(server: &TestServer, content_type: &str, body: &Value) -> Reply {

@@ -117,6 +117,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a response: its status, headers and body (`Null` when empty or not JSON).
+    pub async fn read(response: reqwest::Response) -> reqwest::Result<Self> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
+        Ok(Self {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
+    }
+
     /// A header as a string, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -257,15 +269,7 @@ impl TestServer {
             request = request.json(body);
         }
         let response = request.send().await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply::read(response).await?)
     }
 
     /// Creates a token and returns its secret.
@@ -334,15 +338,7 @@ impl TestServer {
             request = request.header(*name, *value);
         }
         let response = request.send().await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply::read(response).await?)
     }
 
     /// GET `path`.
@@ -364,14 +360,7 @@ impl TestServer {
             .body(bundle)
             .send()
             .await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.json().await.unwrap_or_default();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply::read(response).await?)
     }
 
     /// PATCH `path` with `body`.
