@@ -17,6 +17,7 @@ mod directory;
 mod frameworks;
 mod inbound;
 mod isolation;
+mod kpis;
 mod languages;
 mod limits;
 mod module_admin;

@@ -922,6 +922,8 @@ async fn changes_closed_without_an_outcome_count_as_unknown() {
             server.transition(id, to).await.unwrap();
         }
     }
+    // The KPIs count a write once the outbox workers have seen it.
+    server.settle().await.unwrap();
     let kpis = server
         .get("/api/v1/kpis?process=change")
         .await

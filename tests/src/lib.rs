@@ -80,7 +80,7 @@ pub async fn settle(base: &str) -> anyhow::Result<()> {
         let head = metric(&text, "usm_outbox_head ");
         let consumed = metric(&text, "usm_outbox_consumed{");
         anyhow::ensure!(
-            head.len() == 1 && consumed.len() == 6,
+            head.len() == 1 && consumed.len() == 7,
             "no outbox positions in /metrics: {text}"
         );
         if consumed.iter().all(|&c| c == head[0]) {

@@ -168,6 +168,8 @@ pub struct Services {
     pub blobs: usm_blobs::BlobStore,
     /// Queues and full-text search.
     pub search: Arc<usm_search::SearchIndex>,
+    /// Improve-process KPIs.
+    pub kpis: Arc<usm_kpis::KpiService>,
     /// Inbound e-mail.
     pub mailgate: Arc<usm_mailgate::Mailgate>,
     /// The service catalog.

@@ -18,13 +18,14 @@ use prometheus_client::{
 use crate::{Services, principal};
 
 /// The outbox consumers whose positions `/metrics` reports (and `settle` in the tests waits on).
-const CONSUMERS: [&str; 6] = [
+const CONSUMERS: [&str; 7] = [
     usm_engine::AfterStepWorker::CONSUMER,
     usm_engine::SlaWorker::CONSUMER,
     usm_script_host::automation::AutomationWorker::CONSUMER,
     usm_search::SearchWorker::CONSUMER,
     usm_notify::NotificationWorker::CONSUMER,
     usm_service_catalog::FulfilmentWorker::CONSUMER,
+    usm_kpis::KpiWorker::CONSUMER,
 ];
 
 /// A request's route (the matched pattern, so ids do not multiply the series), method and

@@ -668,7 +668,7 @@ fn instant(name: &str, value: Option<&str>) -> Result<Option<usm_model::Timestam
 /// backlog by state, reopen rate; as JSON or CSV.
 #[utoipa::path(get, path = "/api/v1/kpis", tag = "kpis", params(KpiParams),
     responses((status = 200, description = "The KPIs, as JSON or (format=csv) CSV",
-        content((usm_engine::kpis::Kpis = "application/json"), (String = "text/csv")))))]
+        content((usm_kpis::Kpis = "application/json"), (String = "text/csv")))))]
 pub async fn kpis(
     services: web::Data<Services>,
     Principal(actor): Principal,
@@ -692,14 +692,14 @@ pub async fn kpis(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/csv")),
     };
-    let kpi_request = usm_engine::kpis::KpiRequest {
+    let kpi_request = usm_kpis::KpiRequest {
         domain: params.domain,
         process: params.process,
         from: instant("from", params.from.as_deref())?,
         to: instant("to", params.to.as_deref())?,
     };
-    let engine = services.engine.clone();
-    let kpis = blocking(move || engine.kpis(&actor, &kpi_request)).await?;
+    let service = std::sync::Arc::clone(&services.kpis);
+    let kpis = blocking(move || service.compute(&actor, &kpi_request)).await?;
     if csv {
         Ok(HttpResponse::Ok()
             .content_type("text/csv")

@@ -289,7 +289,8 @@ impl EngineError {
         }
     }
 
-    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// Bad input in `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidInput {
             field: field.into(),
             message: message.into(),

@@ -18,7 +18,6 @@ pub mod controls;
 pub mod conversation;
 mod cursor;
 mod error;
-pub mod kpis;
 mod module;
 mod outbox;
 mod pipeline;
@@ -64,7 +63,7 @@ pub use preview::{
     MAX_PREVIEW_RECORDS, PreviewChange, PreviewOutcome, PreviewReport, PreviewSample,
 };
 pub use registry::{Installed, ModuleInfo, Registry, RegistryError, WorkflowSummary};
-pub use sla_worker::{SlaPolicies, SlaView, SlaWorker, timeline};
+pub use sla_worker::{SlaPolicies, SlaView, SlaWorker, ledger as sla_ledger, timeline};
 pub use step::{Effect, Hook, OnError, Phase, Step, StepError, StepInput, StepOutput};
 pub use usm_model::Kind;
 

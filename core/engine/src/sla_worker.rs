@@ -156,7 +156,7 @@ pub struct SlaView {
 }
 
 /// The record's ledger, oldest first (entries that do not decode are skipped with a log line).
-pub(crate) fn ledger(store: &dyn Store, id: &RecordId) -> Result<Vec<LedgerEntry>, StoreError> {
+pub fn ledger(store: &dyn Store, id: &RecordId) -> Result<Vec<LedgerEntry>, StoreError> {
     let mut entries: Vec<LedgerEntry> = store
         .sla_ledger(id)?
         .into_iter()

@@ -14,7 +14,8 @@ use jiff::{Timestamp, tz::TimeZone};
 use rhai::{AST, Dynamic, EvalAltResult, Map, Scope, module_resolvers::StaticModuleResolver};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use usm_engine::{Background, Engine, ListRequest, NewRecord, RecordPatch, auth, kpis::KpiRequest};
+use usm_engine::{Background, Engine, ListRequest, NewRecord, RecordPatch, auth};
+use usm_kpis::{KpiRequest, KpiService};
 use usm_model::{Actor, Domain, EventType, Role};
 use usm_store::StoreError;
 
@@ -163,7 +164,7 @@ fn json_of(value: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
 }
 
 /// Registers the host functions on an automation engine.
-fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>) {
+fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>, kpi_service: Arc<KpiService>) {
     let engine = Arc::clone(&usm);
     rhai.register_fn(
         "query",
@@ -237,7 +238,7 @@ fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>) {
             ))
         },
     );
-    let engine = Arc::clone(&usm);
+    let engine = usm;
     rhai.register_fn("notify", move |id: &str, audience: &str, message: &str| -> Result<(), Box<EvalAltResult>> {
         let actor = current_actor()?;
         let record = engine.get(&actor, id).map_err(host_error)?;
@@ -245,7 +246,6 @@ fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>) {
         engine.store().notify(&record, &actor.name, 0, payload).map_err(host_error)?;
         Ok(())
     });
-    let engine = usm;
     rhai.register_fn(
         "kpis",
         move |filter: Map| -> Result<Dynamic, Box<EvalAltResult>> {
@@ -265,7 +265,7 @@ fn register_host(rhai: &mut rhai::Engine, usm: Arc<Engine>) {
                 from: None,
                 to: None,
             };
-            let kpis = engine.kpis(&actor, &request).map_err(host_error)?;
+            let kpis = kpi_service.compute(&actor, &request).map_err(host_error)?;
             Ok(serde_json::to_value(kpis).map_or(Dynamic::UNIT, |v| to_dynamic(&v)))
         },
     );
@@ -292,11 +292,12 @@ impl Automations {
     /// Automation support over `usm`, loading the automations stored before.
     pub fn new(
         usm: Arc<Engine>,
+        kpis: Arc<KpiService>,
         limits: &ScriptLimits,
         timeout: Duration,
     ) -> Result<Self, AutomationError> {
         let mut rhai = hardened_engine(limits, StaticModuleResolver::new());
-        register_host(&mut rhai, Arc::clone(&usm));
+        register_host(&mut rhai, Arc::clone(&usm), kpis);
         let automations = Self {
             usm,
             rhai,

@@ -53,6 +53,7 @@ pub struct Server {
     search: usm_search::SearchWorker,
     notifications: usm_notify::NotificationWorker,
     fulfilment: usm_service_catalog::FulfilmentWorker,
+    kpis: usm_kpis::KpiWorker,
     pruner: Pruner,
 }
 
@@ -70,6 +71,8 @@ pub struct Opened {
     pub automations: Arc<Automations>,
     /// Attachment contents.
     pub blobs: usm_blobs::BlobStore,
+    /// The KPIs.
+    pub kpis: Arc<usm_kpis::KpiService>,
 }
 
 impl Server {
@@ -83,6 +86,7 @@ impl Server {
             new_admin_token,
             automations,
             blobs,
+            kpis,
         } = open(config)?;
         if let Some(secret) = new_admin_token {
             announce_admin_token(&secret);
@@ -123,6 +127,7 @@ impl Server {
             },
             blobs: blobs.clone(),
             search: Arc::clone(&search),
+            kpis: Arc::clone(&kpis),
             mailgate: Arc::new(usm_mailgate::Mailgate::new(engine.clone(), unknown_senders)),
             catalog: Arc::new(usm_service_catalog::ServiceCatalog::new(
                 engine.clone(),
@@ -169,6 +174,7 @@ impl Server {
         .context("cannot start the notification worker")?;
         let fulfilment = usm_service_catalog::FulfilmentWorker::start(Arc::clone(&engine))
             .context("cannot start the fulfilment worker")?;
+        let kpis = usm_kpis::KpiWorker::start(kpis).context("cannot start the KPI worker")?;
         let consumers = [
             AfterStepWorker::CONSUMER,
             SlaWorker::CONSUMER,
@@ -176,6 +182,7 @@ impl Server {
             usm_search::SearchWorker::CONSUMER,
             usm_notify::NotificationWorker::CONSUMER,
             usm_service_catalog::FulfilmentWorker::CONSUMER,
+            usm_kpis::KpiWorker::CONSUMER,
         ];
         let grace = Duration::from_secs(config.attachment_grace_secs);
         let collect_blobs: usm_engine::retention::Chore = Box::new(move |engine| {
@@ -219,6 +226,7 @@ impl Server {
             search,
             notifications,
             fulfilment,
+            kpis,
             pruner,
         })
     }
@@ -237,7 +245,7 @@ impl Server {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "usm serving");
         self.server.await.context("the HTTP server failed")?;
-        let (after_steps, sla, webhooks, automations, search, notifications, fulfilment, pruner) = (
+        let (after_steps, sla, webhooks, automations, search, notifications, fulfilment, kpis) = (
             self.after_steps,
             self.sla,
             self.webhooks,
@@ -245,10 +253,12 @@ impl Server {
             self.search,
             self.notifications,
             self.fulfilment,
-            self.pruner,
+            self.kpis,
         );
+        let pruner = self.pruner;
         web::block(move || {
             pruner.stop();
+            kpis.stop();
             fulfilment.stop();
             notifications.stop();
             search.stop();
@@ -380,8 +390,11 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     )
     .context("cannot load the API tokens")?;
     let new_admin_token = bootstrap_admin(&tokens, config)?;
+    let kpis =
+        usm_kpis::KpiService::open(Arc::clone(&engine)).context("cannot read the KPI sums")?;
     let automations = Automations::new(
         Arc::clone(&engine),
+        Arc::clone(&kpis),
         &ScriptLimits::default(),
         Duration::from_secs(5),
     )
@@ -398,6 +411,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
         new_admin_token,
         automations: Arc::new(automations),
         blobs,
+        kpis,
     })
 }
 
