@@ -140,3 +140,37 @@ async fn a_store_without_sums_has_them_rebuilt_from_its_records() {
     assert!(store.setting("kpi/position").unwrap().is_some());
     assert_eq!(store.settings("kpi/r/").unwrap().len(), 7);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_requester_gets_the_figures_of_their_own_records() {
+    let server = TestServer::start().unwrap();
+    desk(&server).await;
+    let rob = server
+        .person_with_token(
+            json!({"id": "rob", "name": "Rob Lee", "email": "rob@example.org", "domains": ["it"]}),
+            "requester",
+        )
+        .await;
+    let created = server
+        .act(
+            &rob,
+            reqwest::Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "title": "VPN drops"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    server.settle().await.unwrap();
+    let own = server
+        .act(&rob, reqwest::Method::GET, "/api/v1/kpis", None)
+        .await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["records"], 1, "{}", own.body);
+    assert_eq!(
+        own.body["backlog_by_state"],
+        json!({"new": 1}),
+        "{}",
+        own.body
+    );
+    assert_eq!(kpis(&server, "").await["records"], 8);
+}
