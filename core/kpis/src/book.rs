@@ -42,22 +42,22 @@ impl Bucket {
         }
     }
 
-    fn key(&self) -> String {
+    /// `{domain}/{process}/{hour}`, zero-padded so that keys sort by hour.
+    fn path(&self) -> String {
         format!(
-            "{HOURS}{}/{}/{:010}",
+            "{}/{}/{:010}",
             self.domain,
             self.process.as_str(),
             self.hour
         )
     }
 
+    fn key(&self) -> String {
+        format!("{HOURS}{}", self.path())
+    }
+
     fn contributions_prefix(&self) -> String {
-        format!(
-            "{CONTRIBUTIONS}{}/{}/{:010}/",
-            self.domain,
-            self.process.as_str(),
-            self.hour
-        )
+        format!("{CONTRIBUTIONS}{}/", self.path())
     }
 
     pub fn contribution_key(&self, record: &RecordId) -> String {
