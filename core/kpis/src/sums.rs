@@ -175,8 +175,8 @@ impl Sums {
         }
     }
 
-    /// Adds other sums.
-    pub fn add(&mut self, other: &Sums) {
+    /// Adds other sums' counts, leaving the backlog out.
+    fn add_counts(&mut self, other: &Sums) {
         self.records += other.records;
         self.resolved += other.resolved;
         self.resolve_ms += other.resolve_ms;
@@ -188,6 +188,11 @@ impl Sums {
         self.changes_unknown += other.changes_unknown;
         self.changes_successful += other.changes_successful;
         self.reopened += other.reopened;
+    }
+
+    /// Adds other sums.
+    pub fn add(&mut self, other: &Sums) {
+        self.add_counts(other);
         for (key, count) in &other.backlog {
             let sum = self.backlog.entry(key.clone()).or_default();
             *sum += count;
@@ -231,12 +236,7 @@ impl Totals {
                 *self.backlog.entry(state.to_owned()).or_default() += to_usize(count);
             }
         }
-        let backlog = std::mem::take(&mut self.sums.backlog);
-        self.sums.add(&Sums {
-            backlog: BTreeMap::new(),
-            ..sums.clone()
-        });
-        self.sums.backlog = backlog;
+        self.sums.add_counts(sums);
     }
 
     /// The KPIs.
