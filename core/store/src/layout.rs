@@ -12,7 +12,7 @@ use crate::{Committed, Expected, ListQuery, StoreError, Write};
 
 /// The named trees; the only way code reaches a tree (no string lookups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum TreeId {
+pub enum TreeId {
     /// record id → [`StoredRecord`]
     Records,
     /// record id, 0, version (u64 BE) → [`HistoryEntry`]
@@ -45,7 +45,7 @@ pub(crate) enum TreeId {
 
 impl TreeId {
     /// Every tree, in the order backends open them (index = `self as usize`).
-    pub(crate) const ALL: [TreeId; 14] = [
+    pub const ALL: [TreeId; 14] = [
         Self::Records,
         Self::History,
         Self::Approvals,
@@ -63,7 +63,7 @@ impl TreeId {
     ];
 
     /// The tree's name on disk.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Records => "records",
             Self::History => "history",
@@ -85,17 +85,19 @@ impl TreeId {
 
 /// The version of this layout; stored under [`FORMAT_KEY`] and checked on open. Version 2
 /// compresses long values; version 1 stores are read as they are and marked 2 when opened.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 2;
 /// Older layouts this build reads and upgrades in place.
-pub(crate) const READABLE_FORMATS: std::ops::RangeInclusive<u64> = 1..=FORMAT_VERSION;
+pub const READABLE_FORMATS: std::ops::RangeInclusive<u64> = 1..=FORMAT_VERSION;
 /// Counter key holding the layout version.
-pub(crate) const FORMAT_KEY: &[u8] = b"~format";
+pub const FORMAT_KEY: &[u8] = b"~format";
 const CREATED_COUNTER: &[u8] = b"~created";
 const OUTBOX_COUNTER: &[u8] = b"~outbox";
 
 /// A failed transaction: either our own abort or a backend error.
-pub(crate) enum TxFail<E> {
+pub enum TxFail<E> {
+    /// The transaction's own decision, returned to the caller as it is.
     Abort(StoreError),
+    /// The key-value engine failed (a conflict to retry, or an error).
     Kv(E),
 }
 
@@ -106,18 +108,23 @@ impl<E> From<StoreError> for TxFail<E> {
 }
 
 /// Reads and writes inside one transaction.
-pub(crate) trait KvTx {
+pub trait KvTx {
+    /// The engine's error.
     type Error;
+    /// The value under `key`, as this transaction sees it (including its own writes).
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail<Self::Error>>;
+    /// Sets `key` to `value`.
     fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Self::Error>>;
+    /// Removes `key`, if present.
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>>;
 }
 
 /// A key and its value.
-pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// Reads outside transactions.
-pub(crate) trait KvRead {
+pub trait KvRead {
+    /// The committed value under `key`.
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` entries whose key starts with `prefix`, from `start` (inclusive) on.
     fn scan(
@@ -131,14 +138,14 @@ pub(crate) trait KvRead {
 
 /// A record with its position in creation order (the key of its index entries).
 #[derive(Serialize, Deserialize)]
-pub(crate) struct StoredRecord {
-    pub(crate) seq: u64,
-    pub(crate) record: Record,
+pub struct StoredRecord {
+    pub seq: u64,
+    pub record: Record,
 }
 
 /// What an idempotency key is bound to.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct IdempotencyEntry {
+pub struct IdempotencyEntry {
     record_id: RecordId,
     request_hash: String,
     at: Timestamp,
@@ -169,7 +176,7 @@ const MAX_VALUE_BYTES: usize = 64 << 20;
 
 /// A value as stored: JSON, DEFLATE-compressed when that is worth it (a record's JSON keeps
 /// about 60 % of its bytes; LZ4, tried first, kept 85 %).
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         what: "value to encode",
         detail: e.to_string(),
@@ -189,10 +196,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(stored)
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt { what, detail };
     let inflated;
     let json = match bytes.split_first() {
@@ -219,7 +223,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
 }
 
-pub(crate) fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+pub fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         what,
         detail: format!("expected 8 bytes, found {}", bytes.len()),
@@ -228,13 +232,13 @@ pub(crate) fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreE
 }
 
 /// `a`, 0, `n` as u64 BE: keys of per-record sequences (history, approvals).
-pub(crate) fn child_key(id: &RecordId, n: u64) -> Vec<u8> {
+pub fn child_key(id: &RecordId, n: u64) -> Vec<u8> {
     let mut key = child_prefix(id);
     key.extend_from_slice(&n.to_be_bytes());
     key
 }
 
-pub(crate) fn child_prefix(id: &RecordId) -> Vec<u8> {
+pub fn child_prefix(id: &RecordId) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.as_str().len() + 9);
     key.extend_from_slice(id.as_str().as_bytes());
     key.push(0);
@@ -274,7 +278,7 @@ fn index_keys(record: &Record, seq: u64) -> Vec<Vec<u8>> {
 }
 
 /// The index prefix serving `query`.
-pub(crate) fn query_prefix(query: &ListQuery) -> Vec<u8> {
+pub fn query_prefix(query: &ListQuery) -> Vec<u8> {
     let mut tag = 0;
     tag |= if query.domain.is_some() {
         DOMAIN_BIT
@@ -292,7 +296,7 @@ pub(crate) fn query_prefix(query: &ListQuery) -> Vec<u8> {
 }
 
 /// The creation sequence number at the end of an index key.
-pub(crate) fn index_seq(key: &[u8]) -> Result<u64, StoreError> {
+pub fn index_seq(key: &[u8]) -> Result<u64, StoreError> {
     let tail = key.len().checked_sub(8).ok_or(StoreError::Corrupt {
         what: "index key",
         detail: "shorter than 8 bytes".into(),
@@ -309,7 +313,7 @@ fn backlink_key(target: &RecordId, rel: LinkRel, source: &RecordId) -> Vec<u8> {
 }
 
 /// Splits a backlink key (without the target prefix) into relation and source.
-pub(crate) fn parse_backlink(rest: &[u8]) -> Result<(LinkRel, RecordId), StoreError> {
+pub fn parse_backlink(rest: &[u8]) -> Result<(LinkRel, RecordId), StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         what: "backlink key",
         detail: detail.to_owned(),
@@ -335,7 +339,7 @@ fn next_counter<T: KvTx>(tx: &T, name: &[u8]) -> Result<u64, TxFail<T::Error>> {
 }
 
 /// Applies `write` inside a transaction. Pure apart from `tx`: backends may run it more than once.
-pub(crate) fn apply_write<T: KvTx>(
+pub fn apply_write<T: KvTx>(
     tx: &T,
     write: &Write,
     idempotency_ttl: Duration,
@@ -471,7 +475,7 @@ pub(crate) fn apply_write<T: KvTx>(
 }
 
 /// Appends a notification event inside a transaction.
-pub(crate) fn apply_notification<T: KvTx>(
+pub fn apply_notification<T: KvTx>(
     tx: &T,
     record: &Record,
     actor: &str,
@@ -496,7 +500,7 @@ pub(crate) fn apply_notification<T: KvTx>(
 }
 
 /// The counter key of a named outbox consumer's cursor.
-pub(crate) fn cursor_key(consumer: &str) -> Vec<u8> {
+pub fn cursor_key(consumer: &str) -> Vec<u8> {
     format!("~cursor/{consumer}").into_bytes()
 }
 
@@ -509,7 +513,7 @@ const LIST_SCAN_BUDGET: usize = 10_000;
 /// Reads a page of records for `query` through the index. Filters the index cannot serve (the
 /// caller's domain scope, ownership) are applied while scanning, within a scan budget; a page may
 /// then hold fewer than `limit` records and still have a `next` position.
-pub(crate) fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Page, StoreError> {
+pub fn list<R: KvRead>(reader: &R, query: &ListQuery) -> Result<crate::Page, StoreError> {
     let prefix = query_prefix(query);
     let mut from = query.after.map_or(0, |after| after.saturating_add(1));
     let mut records = Vec::with_capacity(query.limit.min(LIST_BATCH));
@@ -579,14 +583,16 @@ fn matches(query: &ListQuery, record: &Record) -> bool {
         && query.owner.as_ref().is_none_or(owned)
 }
 
-pub(crate) fn get<R: KvRead>(reader: &R, id: &RecordId) -> Result<Option<Record>, StoreError> {
+/// A record by its id.
+pub fn get<R: KvRead>(reader: &R, id: &RecordId) -> Result<Option<Record>, StoreError> {
     reader
         .get(TreeId::Records, id.as_str().as_bytes())?
         .map(|bytes| decode::<StoredRecord>("record", &bytes).map(|s| s.record))
         .transpose()
 }
 
-pub(crate) fn history<R: KvRead>(
+/// A record's history entries above version `after`, oldest first.
+pub fn history<R: KvRead>(
     reader: &R,
     id: &RecordId,
     after: u64,
@@ -600,7 +606,8 @@ pub(crate) fn history<R: KvRead>(
         .collect()
 }
 
-pub(crate) fn approvals<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<Approval>, StoreError> {
+/// A record's approvals, oldest first.
+pub fn approvals<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<Approval>, StoreError> {
     let prefix = child_prefix(id);
     reader
         .scan(TreeId::Approvals, &prefix, &prefix, usize::MAX)?
@@ -609,7 +616,8 @@ pub(crate) fn approvals<R: KvRead>(reader: &R, id: &RecordId) -> Result<Vec<Appr
         .collect()
 }
 
-pub(crate) fn backlinks<R: KvRead>(
+/// The records linking to `id`.
+pub fn backlinks<R: KvRead>(
     reader: &R,
     id: &RecordId,
 ) -> Result<Vec<(LinkRel, RecordId)>, StoreError> {
@@ -621,7 +629,8 @@ pub(crate) fn backlinks<R: KvRead>(
         .collect()
 }
 
-pub(crate) fn events_after<R: KvRead>(
+/// Outbox events above `after`, oldest first.
+pub fn events_after<R: KvRead>(
     reader: &R,
     after: u64,
     limit: usize,
@@ -635,7 +644,7 @@ pub(crate) fn events_after<R: KvRead>(
 }
 
 /// Applies a batch of setting writes inside a transaction.
-pub(crate) fn apply_settings<T: KvTx>(
+pub fn apply_settings<T: KvTx>(
     tx: &T,
     put: &[(String, Vec<u8>)],
     delete: &[String],
@@ -649,10 +658,8 @@ pub(crate) fn apply_settings<T: KvTx>(
     Ok(())
 }
 
-pub(crate) fn settings<R: KvRead>(
-    reader: &R,
-    prefix: &str,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+/// The settings whose key starts with `prefix`, by key.
+pub fn settings<R: KvRead>(reader: &R, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     reader
         .scan(
             TreeId::Settings,
@@ -673,13 +680,14 @@ pub(crate) fn settings<R: KvRead>(
 }
 
 /// Appends an audit entry with the next audit sequence number (stored in its first bytes).
-pub(crate) fn apply_audit<T: KvTx>(tx: &T, entry: &[u8]) -> Result<u64, TxFail<T::Error>> {
+pub fn apply_audit<T: KvTx>(tx: &T, entry: &[u8]) -> Result<u64, TxFail<T::Error>> {
     let seq = next_counter(tx, b"~audit")?;
     tx.insert(TreeId::Audit, &seq.to_be_bytes(), entry.to_vec())?;
     Ok(seq)
 }
 
-pub(crate) fn audit_after<R: KvRead>(
+/// Audit entries above `after`, oldest first.
+pub fn audit_after<R: KvRead>(
     reader: &R,
     after: u64,
     limit: usize,
@@ -705,7 +713,7 @@ fn timer_key(timer: &crate::Timer) -> Vec<u8> {
 }
 
 /// Replaces a record's timers inside a transaction.
-pub(crate) fn apply_schedule<T: KvTx>(
+pub fn apply_schedule<T: KvTx>(
     tx: &T,
     record: &RecordId,
     timers: &[crate::Timer],
@@ -732,7 +740,7 @@ pub(crate) fn apply_schedule<T: KvTx>(
 }
 
 /// Fires a timer inside a transaction: removes it, appends its event, writes its ledger entry.
-pub(crate) fn apply_fire<T: KvTx>(
+pub fn apply_fire<T: KvTx>(
     tx: &T,
     timer: &crate::Timer,
     record: &Record,
@@ -779,7 +787,8 @@ pub(crate) fn apply_fire<T: KvTx>(
     Ok(Some(event))
 }
 
-pub(crate) fn due_timers<R: KvRead>(
+/// Timers due at or before `now`, earliest first.
+pub fn due_timers<R: KvRead>(
     reader: &R,
     now: Timestamp,
     limit: usize,
@@ -795,7 +804,8 @@ pub(crate) fn due_timers<R: KvRead>(
     Ok(out)
 }
 
-pub(crate) fn cursor<R: KvRead>(reader: &R, consumer: &str) -> Result<u64, StoreError> {
+/// A named consumer's outbox position.
+pub fn cursor<R: KvRead>(reader: &R, consumer: &str) -> Result<u64, StoreError> {
     match reader.get(TreeId::Counters, &cursor_key(consumer))? {
         Some(bytes) => decode_u64("cursor", &bytes),
         None => Ok(0),
@@ -808,7 +818,7 @@ const PRUNE_BATCH: usize = 512;
 
 /// What one pruning transaction is to remove.
 #[derive(Default)]
-pub(crate) struct PrunePlan {
+pub struct PrunePlan {
     /// Keys of outbox events every consumer has passed.
     events: Vec<Vec<u8>>,
     /// Keys of [`TreeId::IdempotencyExpiry`] entries past the retention.
@@ -816,7 +826,8 @@ pub(crate) struct PrunePlan {
 }
 
 impl PrunePlan {
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether there is nothing to prune.
+    pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.expired.is_empty()
     }
 }
@@ -824,7 +835,7 @@ impl PrunePlan {
 /// The next batch to prune: outbox events at or below every consumer's cursor (a consumer
 /// without a cursor has read nothing) and older than the outbox retention, and idempotency keys
 /// bound at least their retention before `now`.
-pub(crate) fn prune_plan<R: KvRead>(
+pub fn prune_plan<R: KvRead>(
     reader: &R,
     consumers: &[String],
     now: Timestamp,
@@ -862,10 +873,7 @@ pub(crate) fn prune_plan<R: KvRead>(
 
 /// Removes a planned batch inside a transaction; returns (events, idempotency keys) removed.
 /// An idempotency key bound anew since it was planned keeps its new binding.
-pub(crate) fn apply_prune<T: KvTx>(
-    tx: &T,
-    plan: &PrunePlan,
-) -> Result<(usize, usize), TxFail<T::Error>> {
+pub fn apply_prune<T: KvTx>(tx: &T, plan: &PrunePlan) -> Result<(usize, usize), TxFail<T::Error>> {
     for key in &plan.events {
         tx.remove(TreeId::Outbox, key)?;
     }
@@ -886,7 +894,7 @@ pub(crate) fn apply_prune<T: KvTx>(
 }
 
 /// Expiry entries for idempotency keys bound before the expiry tree existed.
-pub(crate) fn expiry_entries<R: KvRead>(reader: &R) -> Result<Vec<Vec<u8>>, StoreError> {
+pub fn expiry_entries<R: KvRead>(reader: &R) -> Result<Vec<Vec<u8>>, StoreError> {
     reader
         .scan(TreeId::Idempotency, &[], &[], usize::MAX)?
         .iter()

@@ -1,7 +1,8 @@
 //! `usm-store` owns persistence. The [`Store`] trait is what the engine sees; [`SledStore`] is
-//! the embedded, durable backend and [`MemoryStore`] an in-memory one for unit tests. Both share
-//! one implementation of the key layout and of the write transaction (`layout`), so they cannot
-//! drift apart.
+//! the embedded, durable backend and [`MemoryStore`] an in-memory one for unit tests. Every
+//! backend — these two and the PostgreSQL one in `usm-store-postgres` — is a transactional
+//! key-value engine under one implementation of the key layout and of the write transaction
+//! ([`kv`]), so they cannot drift apart.
 //!
 //! Every write is one atomic transaction that stores the new record version, its history entry,
 //! the index entries, the approval (if any) and an outbox event. [`Store::commit`] returns only
@@ -9,6 +10,17 @@
 
 mod layout;
 mod memory;
+
+/// The key layout and the transactions every backend runs, over a small key-value interface: a
+/// new backend implements [`kv::KvRead`] and [`kv::KvTx`] and calls these functions.
+pub mod kv {
+    pub use crate::layout::{
+        Entry, KvRead, KvTx, PrunePlan, TreeId, TxFail, apply_audit, apply_fire,
+        apply_notification, apply_prune, apply_schedule, apply_settings, apply_write, approvals,
+        audit_after, backlinks, cursor, cursor_key, due_timers, events_after, get, history, list,
+        prune_plan, settings,
+    };
+}
 mod sled_store;
 
 use std::time::Duration;
@@ -66,6 +78,9 @@ pub enum StoreError {
     /// Flushing to disk failed; the write may not be durable.
     #[error("flush to disk failed: {0}")]
     Durability(String),
+    /// The database of a networked backend failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Stored bytes could not be decoded.
     #[error("corrupt {what} in the store: {detail}")]
     Corrupt {
