@@ -1,0 +1,145 @@
+//! Where the database is and how to reach it.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Why the database settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a PostgreSQL connection URL.
+    #[error("store_url is not a PostgreSQL URL (postgres://user@host:port/database): {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The password file cannot be read.
+    #[error("cannot read the database password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The URL asks for TLS, which this build does not speak to PostgreSQL yet.
+    #[error(
+        "store_url asks for TLS (sslmode={0}); this usm connects to PostgreSQL without TLS only: \
+         reach the database over a private network or a local socket"
+    )]
+    TlsRequired(&'static str),
+}
+
+/// The database of a [`PostgresStore`](crate::PostgresStore).
+#[derive(Clone)]
+pub struct PostgresSettings {
+    /// `postgres://user[:password]@host:port/database[?options]` (libpq's URL form).
+    pub url: String,
+    /// A file holding the password, so that it stays out of the URL, the command line and the
+    /// environment (one line; a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// Most connections this node keeps open.
+    pub pool_size: usize,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact(&self.url))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl PostgresSettings {
+    /// Settings for `url` with the defaults: no password file, 16 connections, 10 s to connect.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            password_file: None,
+            pool_size: 16,
+            connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// The driver's configuration: the URL, the password from its file, usm's application name.
+    pub fn tokio_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(ConnectError::Url)?;
+        match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                return Err(ConnectError::TlsRequired("require"));
+            }
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => {}
+            _ => return Err(ConnectError::TlsRequired("verify")),
+        }
+        if let Some(path) = &self.password_file {
+            let password =
+                std::fs::read_to_string(path).map_err(|source| ConnectError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            config.password(password.trim_end_matches(['\r', '\n']));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("usm");
+        }
+        config.connect_timeout(self.connect_timeout);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://usm:secret@db:5432/usm?sslmode=disable"),
+            "postgres://usm:***@db:5432/usm?sslmode=disable"
+        );
+        assert_eq!(redact("postgres://usm@db/usm"), "postgres://usm:***@db/usm");
+        assert_eq!(redact("host=db user=usm"), "host=db user=usm");
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("usm-pg-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+        let settings = PostgresSettings {
+            password_file: Some(file),
+            ..PostgresSettings::new("postgres://usm@127.0.0.1:5432/usm")
+        };
+        let config = settings.tokio_config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(config.get_application_name(), Some("usm"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_urls_and_tls_are_refused_with_a_reason() {
+        assert!(matches!(
+            PostgresSettings::new("postgres://usm@db/usm?sslmode=require").tokio_config(),
+            Err(ConnectError::TlsRequired("require"))
+        ));
+        assert!(matches!(
+            PostgresSettings::new("postgres://usm@db:notaport/usm").tokio_config(),
+            Err(ConnectError::Url(_))
+        ));
+    }
+}

@@ -1,0 +1,143 @@
+//! The store contract against PostgreSQL (a database of its own per store, on the server
+//! `USM_TEST_POSTGRES_URL` names), plus what only a database shows: schema versions and nodes
+//! sharing one database.
+
+#![allow(clippy::unwrap_used)] // helpers of tests panic on failure, like the tests
+
+#[path = "../../store/tests/contract/mod.rs"]
+#[macro_use]
+mod contract;
+
+use std::sync::Mutex;
+
+use contract::{Backend, create, entry, transition};
+use usm_model::Action;
+use usm_store::{Expected, Store, StoreConfig, StoreError, Write};
+use usm_store_postgres::{PostgresSettings, PostgresStore, ScratchDatabase};
+
+/// Opens each store on a new database; the databases are dropped with the backend.
+#[derive(Default)]
+struct Postgres(Mutex<Vec<ScratchDatabase>>);
+
+impl Postgres {
+    fn database(&self) -> String {
+        let database = ScratchDatabase::create().unwrap();
+        let url = database.url.clone();
+        self.0.lock().unwrap().push(database);
+        url
+    }
+}
+
+impl Backend for Postgres {
+    fn open(&self, config: StoreConfig) -> Box<dyn Store> {
+        let settings = PostgresSettings::new(self.database());
+        Box::new(PostgresStore::connect(&settings, config).unwrap())
+    }
+}
+
+mod postgres {
+    store_contract!(super::Postgres::default());
+}
+
+fn open(url: &str) -> Result<PostgresStore, StoreError> {
+    PostgresStore::connect(&PostgresSettings::new(url), StoreConfig::default())
+}
+
+/// Two stores on one database are two nodes: each sees the other's writes, numbers never
+/// collide, and a stale version is refused whichever node wrote last.
+#[test]
+fn nodes_on_one_database_share_records_numbers_and_versions() {
+    let database = ScratchDatabase::create().unwrap();
+    let (a, b) = (open(&database.url).unwrap(), open(&database.url).unwrap());
+    let ids: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|node| {
+                scope.spawn(move || {
+                    (0..20)
+                        .map(|_| create(node, "it", "x").id)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 40, "ids are unique across nodes: {ids:?}");
+
+    let record = create(&a, "it", "shared");
+    let moved = transition(&b, b.get(&record.id).unwrap().unwrap(), "in_progress");
+    assert_eq!(a.get(&record.id).unwrap().unwrap(), moved);
+    let stale = a.commit(Write {
+        record,
+        history: entry(Action::Transition),
+        expected: Expected::Version(1),
+    });
+    assert!(
+        matches!(stale, Err(StoreError::VersionMismatch { current: 2, .. })),
+        "node a's write of version 1 is refused: {stale:?}"
+    );
+    assert_eq!(b.events_after(0, 100).unwrap().len(), 42);
+}
+
+/// Data written by a newer usm (a schema version this build does not know) is refused before
+/// anything is changed; the same database opens again once that version is gone.
+#[test]
+fn a_newer_schema_is_refused() {
+    let database = ScratchDatabase::create().unwrap();
+    let record = create(&open(&database.url).unwrap(), "it", "kept");
+    psql(
+        &database.url,
+        "INSERT INTO usm_schema_history (version, name, applied_on, checksum) \
+                         VALUES (999, 'from_the_future', '2030-01-01', '0')",
+    );
+    match open(&database.url) {
+        Err(StoreError::Format {
+            found: 999,
+            expected,
+        }) => assert!(expected >= 1),
+        other => panic!("a newer schema must be refused: {:?}", other.err()),
+    }
+    psql(
+        &database.url,
+        "DELETE FROM usm_schema_history WHERE version = 999",
+    );
+    assert_eq!(
+        open(&database.url)
+            .unwrap()
+            .get(&record.id)
+            .unwrap()
+            .unwrap(),
+        record
+    );
+}
+
+/// Runs SQL on the database with psql, the way an operator would.
+fn psql(url: &str, sql: &str) {
+    let status = std::process::Command::new("psql")
+        .args([url, "--quiet", "--set", "ON_ERROR_STOP=1", "--command", sql])
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql {sql}");
+}
+
+/// A database that cannot be reached fails the open with the database's reason, in time.
+#[test]
+fn an_unreachable_database_is_an_error_not_a_hang() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let settings = PostgresSettings {
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..PostgresSettings::new(format!("postgres://usm@127.0.0.1:{port}/usm"))
+    };
+    let error = PostgresStore::connect(&settings, StoreConfig::default())
+        .err()
+        .unwrap();
+    assert!(matches!(error, StoreError::Database(_)), "{error}");
+}
