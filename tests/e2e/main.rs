@@ -26,6 +26,7 @@ mod notifications;
 mod overload;
 mod pipelines;
 mod plugins;
+mod postgres;
 mod process;
 mod records;
 mod restart;

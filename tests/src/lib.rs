@@ -3,6 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     thread::JoinHandle,
 };
 
@@ -102,7 +103,24 @@ pub struct TestServer {
     thread: Option<JoinHandle<anyhow::Result<()>>>,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// The server's PostgreSQL database, when the tests run on PostgreSQL (see [`STORE_VARIABLE`]).
+    database: Option<Arc<usm_store_postgres::ScratchDatabase>>,
     client: reqwest::Client,
+}
+
+/// `USM_E2E_STORE=postgres` runs every test server on a PostgreSQL database of its own (on the
+/// server `USM_TEST_POSTGRES_URL` names) instead of the embedded store.
+pub const STORE_VARIABLE: &str = "USM_E2E_STORE";
+
+/// A database for a new test server when the tests run on PostgreSQL.
+fn test_database() -> anyhow::Result<Option<Arc<usm_store_postgres::ScratchDatabase>>> {
+    match std::env::var(STORE_VARIABLE).as_deref() {
+        Err(_) | Ok("sled") => Ok(None),
+        Ok("postgres") => Ok(Some(Arc::new(
+            usm_store_postgres::ScratchDatabase::create().map_err(anyhow::Error::msg)?,
+        ))),
+        Ok(other) => anyhow::bail!("{STORE_VARIABLE}={other}: expected sled or postgres"),
+    }
 }
 
 /// A response: status, headers and body parsed as JSON (`Null` when empty or not JSON).
@@ -145,7 +163,7 @@ impl TestServer {
     pub fn start() -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_path_buf();
-        let mut server = Self::start_on(dir, |_| {})?;
+        let mut server = Self::start_on(dir, test_database()?, |_| {})?;
         server._temp = Some(temp);
         Ok(server)
     }
@@ -154,13 +172,14 @@ impl TestServer {
     pub fn start_with(tweak: impl FnOnce(&mut Config) + Send + 'static) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_path_buf();
-        let mut server = Self::start_on(dir, tweak)?;
+        let mut server = Self::start_on(dir, test_database()?, tweak)?;
         server._temp = Some(temp);
         Ok(server)
     }
 
     fn start_on(
         data_dir: PathBuf,
+        database: Option<Arc<usm_store_postgres::ScratchDatabase>>,
         tweak: impl FnOnce(&mut Config) + Send + 'static,
     ) -> anyhow::Result<Self> {
         // One compilation of each component for every server of the test process.
@@ -177,6 +196,7 @@ impl TestServer {
             default_agreements: false,
             admin_token: Some(ADMIN_TOKEN.into()),
             rate_limit_per_second: 0,
+            store_url: database.as_ref().map(|d| d.url.clone()),
             ..Config::default()
         };
         tweak(&mut config);
@@ -204,6 +224,7 @@ impl TestServer {
             thread: Some(thread),
             data_dir,
             _temp: None,
+            database,
             client: admin_client(),
         })
     }
@@ -221,8 +242,10 @@ impl TestServer {
     ) -> anyhow::Result<Self> {
         let temp = self._temp.take();
         let dir = self.data_dir.clone();
+        let database = self.database.clone();
         self.stop().await?;
-        let mut server = tokio::task::spawn_blocking(move || Self::start_on(dir, tweak)).await??;
+        let mut server =
+            tokio::task::spawn_blocking(move || Self::start_on(dir, database, tweak)).await??;
         server._temp = temp;
         Ok(server)
     }

@@ -25,6 +25,16 @@ pub struct Config {
     pub addr: String,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// The store's database: `postgres://user@host:port/database` keeps records in PostgreSQL,
+    /// where every node naming the same database shares them; absent, the embedded store in
+    /// `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
+    /// A file holding the database password, so that it stays out of `store_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_password_file: Option<PathBuf>,
+    /// Most database connections this node keeps open.
+    pub store_pool_size: usize,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, in `RUST_LOG` syntax.
@@ -179,6 +189,9 @@ impl Default for Config {
         Self {
             addr: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
+            store_url: None,
+            store_password_file: None,
+            store_pool_size: 16,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             workers: None,
@@ -237,6 +250,11 @@ pub struct ConfigOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The store's database, `postgres://user@host:port/database` [env: USM_STORE_URL]
+    /// [default: the embedded store in the data directory]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
     /// Log format [env: USM_LOG_FORMAT] [default: human]
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -314,6 +314,36 @@ fn check_open_access(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configured store: PostgreSQL when `store_url` names a database, else sled in the data
+/// directory.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store_config = StoreConfig {
+        durable_acks: config.durable_acks,
+        cache_capacity: config.cache_mib.saturating_mul(1024 * 1024),
+        idempotency_ttl: Duration::from_secs(config.idempotency_retention_secs),
+        outbox_retention: Duration::from_secs(config.outbox_retention_secs),
+    };
+    Ok(match &config.store_url {
+        Some(url) => {
+            let settings = usm_store_postgres::PostgresSettings {
+                password_file: config.store_password_file.clone(),
+                pool_size: config.store_pool_size.max(1),
+                ..usm_store_postgres::PostgresSettings::new(url.as_str())
+            };
+            let store = usm_store_postgres::PostgresStore::connect(&settings, store_config)
+                .with_context(|| {
+                    format!(
+                        "cannot open the store at {}",
+                        usm_store_postgres::redact(url)
+                    )
+                })?;
+            tracing::info!(database = %usm_store_postgres::redact(url), "store on PostgreSQL");
+            Arc::new(store)
+        }
+        None => Arc::new(SledStore::open(&config.data_dir, store_config)?),
+    })
+}
+
 /// Opens the store in the configured data directory, builds the engine over it, restores the
 /// installed modules, installs the bundled ones (enabling the default mix on a fresh data
 /// directory) and the module directories named in the configuration.
@@ -324,15 +354,7 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
             config.data_dir.display()
         )
     })?;
-    let store = SledStore::open(
-        &config.data_dir,
-        StoreConfig {
-            durable_acks: config.durable_acks,
-            cache_capacity: config.cache_mib.saturating_mul(1024 * 1024),
-            idempotency_ttl: Duration::from_secs(config.idempotency_retention_secs),
-            outbox_retention: Duration::from_secs(config.outbox_retention_secs),
-        },
-    )?;
+    let store = open_store(config)?;
     let domains = config
         .domains
         .iter()
@@ -340,7 +362,6 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
             Domain::new(d.as_str()).with_context(|| format!("domain {d:?} in the configuration"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         Arc::new(Catalog::core()),

@@ -36,7 +36,7 @@ use usm_store::{
 };
 
 pub use scratch::ScratchDatabase;
-pub use settings::{ConnectError, PostgresSettings};
+pub use settings::{ConnectError, PostgresSettings, redact};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

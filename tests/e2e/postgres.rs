@@ -1,0 +1,88 @@
+//! The server on PostgreSQL: the default `it` pipeline writes through it, and a node starting on
+//! a fresh disk serves what another node wrote to the same database. (The whole suite also runs
+//! on PostgreSQL with `USM_E2E_STORE=postgres`, as `.ci/run` does.)
+
+use std::sync::Arc;
+
+use serde_json::json;
+use usm_store_postgres::ScratchDatabase;
+use usm_tests::TestServer;
+
+fn on(database: &Arc<ScratchDatabase>) -> impl FnOnce(&mut usm_server::Config) + Send + 'static {
+    let url = database.url.clone();
+    move |config| {
+        config.store_url = Some(url);
+        config.bundled_modules = true;
+        config.default_agreements = true;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
+    let database = Arc::new(ScratchDatabase::create().unwrap());
+    let mut first = TestServer::start_with(on(&database)).unwrap();
+    let created = first
+        .create(json!({"kind": "incident", "domain": "it", "title": "VPN down",
+                       "fields": {"impact": "high", "urgency": "high"}}))
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["fields"]["priority"], "P1",
+        "the bundled it pipeline ran: {created}"
+    );
+    first.transition(&id, "in_progress").await.unwrap();
+    first.settle().await.unwrap();
+    // The SLA clocks are computed at read time; the record is everything else.
+    let stored = |mut record: serde_json::Value| {
+        record.as_object_mut().unwrap().remove("sla");
+        record
+    };
+    let record = stored(first.get(&format!("/api/v1/records/{id}")).await.unwrap().body);
+    let history = first
+        .get(&format!("/api/v1/records/{id}/history"))
+        .await
+        .unwrap()
+        .body;
+    first.stop().await.unwrap();
+
+    // Another data directory: nothing of the first node's disk, only the database.
+    let second = TestServer::start_with(on(&database)).unwrap();
+    assert_ne!(second.data_dir(), first.data_dir());
+    assert_eq!(
+        stored(second.get(&format!("/api/v1/records/{id}")).await.unwrap().body),
+        record
+    );
+    assert_eq!(
+        second
+            .get(&format!("/api/v1/records/{id}/history"))
+            .await
+            .unwrap()
+            .body,
+        history
+    );
+    let next = second
+        .create(json!({"kind": "incident", "domain": "it", "title": "Printer jam"}))
+        .await
+        .unwrap();
+    assert_ne!(next["id"], created["id"], "numbers continue in the database");
+    let found = second.list_all("kind=incident").await.unwrap();
+    assert_eq!(found.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_stops_the_start_with_its_address_and_no_password() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("postgres://usm:hunter2@127.0.0.1:{port}/usm");
+    let error = TestServer::start_with(move |config| config.store_url = Some(url))
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("cannot open the store at postgres://usm:***@127.0.0.1:{port}/usm")),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
