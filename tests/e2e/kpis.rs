@@ -2,7 +2,6 @@
 //! the sums rebuilt from the records when a store has none.
 
 use serde_json::{Value, json};
-use usm_store::{SledStore, Store, StoreConfig};
 use usm_tests::TestServer;
 
 /// Four incidents (one resolved, one resolved and reopened, one closed, one new) and three
@@ -106,10 +105,6 @@ async fn sums_give_the_same_figures_for_any_bounds() {
     assert_eq!(nothing["records"], 0, "{nothing}");
 }
 
-fn open_store(server: &TestServer) -> SledStore {
-    SledStore::open(server.data_dir(), StoreConfig::default()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_without_sums_has_them_rebuilt_from_its_records() {
     let mut server = TestServer::start().unwrap();
@@ -117,7 +112,7 @@ async fn a_store_without_sums_has_them_rebuilt_from_its_records() {
     let before = kpis(&server, "").await;
     server.stop().await.unwrap();
     {
-        let store = open_store(&server);
+        let store = server.open_store().unwrap();
         let kept: Vec<String> = store
             .settings("kpi/")
             .unwrap()
@@ -136,7 +131,7 @@ async fn a_store_without_sums_has_them_rebuilt_from_its_records() {
     assert_eq!(kpis(&server, "").await, before);
     let mut server = server;
     server.stop().await.unwrap();
-    let store = open_store(&server);
+    let store = server.open_store().unwrap();
     assert!(store.setting("kpi/position").unwrap().is_some());
     assert_eq!(store.settings("kpi/r/").unwrap().len(), 7);
 }

@@ -22,8 +22,10 @@ async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
     let database = Arc::new(ScratchDatabase::create().unwrap());
     let mut first = TestServer::start_with(on(&database)).unwrap();
     let created = first
-        .create(json!({"kind": "incident", "domain": "it", "title": "VPN down",
-                       "fields": {"impact": "high", "urgency": "high"}}))
+        .create(
+            json!({"kind": "incident", "domain": "it", "title": "VPN down",
+                       "fields": {"impact": "high", "urgency": "high"}}),
+        )
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -38,7 +40,13 @@ async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
         record.as_object_mut().unwrap().remove("sla");
         record
     };
-    let record = stored(first.get(&format!("/api/v1/records/{id}")).await.unwrap().body);
+    let record = stored(
+        first
+            .get(&format!("/api/v1/records/{id}"))
+            .await
+            .unwrap()
+            .body,
+    );
     let history = first
         .get(&format!("/api/v1/records/{id}/history"))
         .await
@@ -50,7 +58,13 @@ async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
     let second = TestServer::start_with(on(&database)).unwrap();
     assert_ne!(second.data_dir(), first.data_dir());
     assert_eq!(
-        stored(second.get(&format!("/api/v1/records/{id}")).await.unwrap().body),
+        stored(
+            second
+                .get(&format!("/api/v1/records/{id}"))
+                .await
+                .unwrap()
+                .body
+        ),
         record
     );
     assert_eq!(
@@ -65,7 +79,10 @@ async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
         .create(json!({"kind": "incident", "domain": "it", "title": "Printer jam"}))
         .await
         .unwrap();
-    assert_ne!(next["id"], created["id"], "numbers continue in the database");
+    assert_ne!(
+        next["id"], created["id"],
+        "numbers continue in the database"
+    );
     let found = second.list_all("kind=incident").await.unwrap();
     assert_eq!(found.len(), 2);
 }
@@ -81,7 +98,9 @@ async fn an_unreachable_database_stops_the_start_with_its_address_and_no_passwor
         .unwrap();
     let message = format!("{error:#}");
     assert!(
-        message.contains(&format!("cannot open the store at postgres://usm:***@127.0.0.1:{port}/usm")),
+        message.contains(&format!(
+            "cannot open the store at postgres://usm:***@127.0.0.1:{port}/usm"
+        )),
         "{message}"
     );
     assert!(!message.contains("hunter2"), "{message}");

@@ -276,6 +276,19 @@ impl TestServer {
         &self.data_dir
     }
 
+    /// Opens the store of a stopped server: its sled data directory, or its PostgreSQL database
+    /// when the tests run on PostgreSQL.
+    pub fn open_store(&self) -> anyhow::Result<Box<dyn usm_store::Store>> {
+        let config = usm_store::StoreConfig::default();
+        Ok(match &self.database {
+            Some(database) => Box::new(usm_store_postgres::PostgresStore::connect(
+                &usm_store_postgres::PostgresSettings::new(database.url.as_str()),
+                config,
+            )?),
+            None => Box::new(usm_store::SledStore::open(&self.data_dir, config)?),
+        })
+    }
+
     /// Sends a request as the holder of `token` (no token when `None`).
     pub async fn call_as(
         &self,

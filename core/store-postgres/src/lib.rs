@@ -264,9 +264,18 @@ impl PostgresStore {
                 Err(TxFail::Kv(error)) => error,
                 Ok(value) => match self.block(async {
                     write_staged(&tx, writes, &absent).await?;
-                    tx.commit().await
+                    let committing = Instant::now();
+                    tx.commit().await?;
+                    Ok(committing.elapsed())
                 }) {
-                    Ok(()) => return Ok(value),
+                    Ok(commit_time) => {
+                        // The commit is the flush: PostgreSQL makes the WAL durable in it.
+                        self.metrics
+                            .flush_seconds
+                            .observe(commit_time.as_secs_f64());
+                        self.metrics.writes_per_flush.observe(1.0);
+                        return Ok(value);
+                    }
                     Err(error) => error,
                 },
             };
@@ -472,6 +481,7 @@ impl Store for PostgresStore {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.metrics.writes_per_transaction.observe(1.0);
         self.kind_writes.bump(&committed.record.kind);
         Ok(committed)
     }
