@@ -8,6 +8,7 @@ mod automations;
 mod bad_input;
 mod catalog;
 mod cli;
+mod cluster;
 mod concurrency;
 mod controls;
 mod conversation;

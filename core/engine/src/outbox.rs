@@ -94,6 +94,9 @@ fn run(engine: &Engine, stop: &AtomicBool) {
 /// Processes one batch; returns how many events it consumed.
 fn drain(engine: &Engine, stop: &AtomicBool) -> Result<usize, EngineError> {
     let store = engine.store();
+    if !usm_store::holds_lease(store.as_ref(), CONSUMER) {
+        return Ok(0);
+    }
     let cursor = store.cursor(CONSUMER)?;
     let events = store.events_after(cursor, BATCH)?;
     let mut processed = 0;

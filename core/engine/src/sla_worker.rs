@@ -487,6 +487,12 @@ impl SlaWorker {
         Background::spawn("usm-sla", commits, move |stop| {
             while !stop.load(Ordering::SeqCst) {
                 let seen = engine.commits().count();
+                // Firing is once-only in the store anyway; the lease keeps the nodes from
+                // rescheduling the same records side by side.
+                if !usm_store::holds_lease(engine.store().as_ref(), CONSUMER) {
+                    engine.commits().wait_past(seen, Duration::from_millis(200));
+                    continue;
+                }
                 let consumed = consume(&engine, &stop).unwrap_or_else(|error| {
                     tracing::error!(%error, "the SLA worker cannot read the outbox");
                     0

@@ -99,18 +99,23 @@ pub struct Book {
 }
 
 impl Book {
+    /// The outbox position of the sums in the store.
+    pub fn stored_position(store: &dyn Store) -> Result<Option<u64>, StoreError> {
+        store
+            .setting(POSITION)?
+            .map(|bytes| {
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| corrupt("KPI position", "not a number"))
+            })
+            .transpose()
+    }
+
     /// Loads the book from the store's settings.
     pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
         let mut book = Book {
-            position: match store.setting(POSITION)? {
-                Some(bytes) => Some(
-                    std::str::from_utf8(&bytes)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| corrupt("KPI position", "not a number"))?,
-                ),
-                None => None,
-            },
+            position: Self::stored_position(store)?,
             ..Book::default()
         };
         for (key, bytes) in store.settings(HOURS)? {

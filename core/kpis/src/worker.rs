@@ -15,7 +15,7 @@ use usm_store::{ListQuery, StoreError};
 
 use crate::{
     KpiService,
-    book::{Batch, counted},
+    book::{Batch, Book, counted},
     sums::Contribution,
 };
 
@@ -33,8 +33,25 @@ impl KpiWorker {
     pub fn start(service: Arc<KpiService>) -> std::io::Result<Self> {
         let commits = Arc::clone(service.engine.commits());
         Background::spawn("usm-kpis", commits, move |stop| {
+            let mut held = false;
             while !stop.load(Ordering::SeqCst) {
                 let seen = service.engine.commits().count();
+                let holds = usm_store::holds_lease(service.engine.store().as_ref(), Self::CONSUMER);
+                if !holds || !held {
+                    // Another node keeps the sums (or did until now): read what it wrote, so
+                    // that this node answers from them and, holding the lease, adds to them.
+                    if let Err(error) = service.reload() {
+                        tracing::error!(%error, "cannot reload the KPI sums");
+                    }
+                }
+                held = holds;
+                if !holds {
+                    service
+                        .engine
+                        .commits()
+                        .wait_past(seen, Duration::from_millis(500));
+                    continue;
+                }
                 let outcome = if service.read_position().is_none() {
                     rebuild(&service, &stop).map(|_| Step::Applied)
                 } else {
@@ -70,6 +87,17 @@ enum Step {
 }
 
 impl KpiService {
+    /// Reloads the book when the store's position is not the one in memory (another node moved
+    /// the sums on).
+    fn reload(&self) -> Result<(), StoreError> {
+        let store = self.engine.store().as_ref();
+        if Book::stored_position(store)? != self.read_position() {
+            let book = Book::load(store)?;
+            *self.book.write().unwrap_or_else(PoisonError::into_inner) = book;
+        }
+        Ok(())
+    }
+
     fn read_position(&self) -> Option<u64> {
         self.book
             .read()

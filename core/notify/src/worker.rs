@@ -153,6 +153,9 @@ fn consume(
     stop: &AtomicBool,
 ) -> Result<usize, NotifyError> {
     let store = engine.store().as_ref();
+    if !usm_store::holds_lease(store, NotificationWorker::CONSUMER) {
+        return Ok(0);
+    }
     let cursor = store.cursor(NotificationWorker::CONSUMER)?;
     let events = store.events_after(cursor, BATCH)?;
     for event in &events {

@@ -595,6 +595,14 @@ impl AutomationWorker {
         Background::spawn("usm-automations", commits, move |stop| {
             while !stop.load(Ordering::SeqCst) {
                 let seen = automations.usm.commits().count();
+                // Cron and event automations run on one node at a time.
+                if !usm_store::holds_lease(automations.usm.store().as_ref(), CONSUMER) {
+                    automations
+                        .usm
+                        .commits()
+                        .wait_past(seen, Duration::from_millis(500));
+                    continue;
+                }
                 automations.run_due(Timestamp::now());
                 let read = automations.consume_events().unwrap_or_else(|error| {
                     tracing::error!(%error, "automation events failed");

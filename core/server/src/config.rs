@@ -35,6 +35,9 @@ pub struct Config {
     pub store_password_file: Option<PathBuf>,
     /// Most database connections this node keeps open.
     pub store_pool_size: usize,
+    /// Seconds a node's lease on an outbox consumer outlives its last renewal: the longest the
+    /// other nodes sharing the database wait to take over the work of a node that died.
+    pub store_lease_secs: u64,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, in `RUST_LOG` syntax.
@@ -192,6 +195,7 @@ impl Default for Config {
             store_url: None,
             store_password_file: None,
             store_pool_size: 16,
+            store_lease_secs: 10,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             workers: None,

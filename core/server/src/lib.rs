@@ -271,7 +271,13 @@ impl Server {
         let store = self.engine.store().clone();
         drop(self.engine);
         let flushed = Arc::clone(&store);
-        web::block(move || flushed.flush()).await??;
+        // The workers have stopped: the nodes sharing the store may take their work over now
+        // rather than once the leases expire.
+        web::block(move || {
+            flushed.flush()?;
+            flushed.release_leases()
+        })
+        .await??;
         // HTTP workers drop their copies of the services on their own threads; wait for them so
         // the store is closed (and the data directory unlocked) when `run` returns.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -328,6 +334,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             let settings = usm_store_postgres::PostgresSettings {
                 password_file: config.store_password_file.clone(),
                 pool_size: config.store_pool_size.max(1),
+                lease_ttl: Duration::from_secs(config.store_lease_secs.max(1)),
                 ..usm_store_postgres::PostgresSettings::new(url.as_str())
             };
             let store = usm_store_postgres::PostgresStore::connect(&settings, store_config)

@@ -148,6 +148,10 @@ async fn follow(
     let store = Arc::clone(engine.store());
     let consumer = subscription.consumer();
     while !stop.load(Ordering::SeqCst) {
+        if !usm_store::holds_lease(store.as_ref(), &consumer) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         let queued =
             webhooks::queued_redeliveries(store.as_ref(), &subscription.id).unwrap_or_default();
         for (key, seq) in queued {

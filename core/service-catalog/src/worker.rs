@@ -70,6 +70,9 @@ fn transient(error: &EngineError) -> bool {
 /// the batch before its event, which is read again on the next turn.
 fn consume(engine: &Engine, actor: &Actor, stop: &AtomicBool) -> Result<usize, EngineError> {
     let store = engine.store().as_ref();
+    if !usm_store::holds_lease(store, FulfilmentWorker::CONSUMER) {
+        return Ok(0);
+    }
     let cursor = store.cursor(FulfilmentWorker::CONSUMER)?;
     let events = store.events_after(cursor, BATCH)?;
     for event in &events {

@@ -24,6 +24,7 @@ use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    sync::PoisonError,
     time::{Duration, Instant},
 };
 
@@ -63,6 +64,16 @@ const INSERT_NEW: &str = "INSERT INTO usm_kv (tree, key, value) \
 const DELETE: &str = "DELETE FROM usm_kv WHERE (tree, key) IN \
                       (SELECT * FROM unnest($1::int2[], $2::bytea[]))";
 const COUNT: &str = "SELECT count(*) FROM usm_kv WHERE tree = $1";
+/// Takes a lease that is free, expired or already ours, renewing it; no row when another node
+/// holds it. One statement: the row lock it takes orders nodes asking at once.
+const TAKE_LEASE: &str = "INSERT INTO usm_leases (name, holder, expires_at) \
+                          VALUES ($1, $2, now() + $3::int8 * interval '1 millisecond') \
+                          ON CONFLICT (name) DO UPDATE \
+                          SET holder = excluded.holder, expires_at = excluded.expires_at \
+                          WHERE usm_leases.holder = excluded.holder \
+                          OR usm_leases.expires_at < now() \
+                          RETURNING holder";
+const RELEASE_LEASES: &str = "DELETE FROM usm_leases WHERE holder = $1";
 
 /// The store on a PostgreSQL database.
 pub struct PostgresStore {
@@ -72,6 +83,11 @@ pub struct PostgresStore {
     config: StoreConfig,
     kind_writes: KindWrites,
     metrics: usm_store::StoreMetrics,
+    /// This process among the nodes: the holder name of its leases.
+    node: String,
+    lease_ttl: Duration,
+    /// Until when (on this node's monotonic clock) each lease it took is surely still its own.
+    leases: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -146,6 +162,9 @@ impl PostgresStore {
             config,
             kind_writes: KindWrites::default(),
             metrics: usm_store::StoreMetrics::default(),
+            node: settings.node_id(),
+            lease_ttl: settings.lease_ttl,
+            leases: std::sync::Mutex::default(),
         };
         store.migrate()?;
         store.check_trees()?;
@@ -618,6 +637,53 @@ impl Store for PostgresStore {
 
     fn timer_count(&self) -> Result<usize, StoreError> {
         self.count(TreeId::Timers)
+    }
+
+    fn lease(&self, name: &str) -> Result<bool, StoreError> {
+        let asked = Instant::now();
+        let held = |leases: &std::collections::HashMap<String, Instant>| {
+            leases
+                .get(name)
+                .is_some_and(|until| until.saturating_duration_since(asked) > self.lease_ttl / 2)
+        };
+        if held(&self.leases.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(true);
+        }
+        let ttl_ms = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+        let client = self.client()?;
+        let taken = self
+            .block(async {
+                let statement = client.prepare_cached(TAKE_LEASE).await?;
+                client
+                    .query_opt(&statement, &[&name, &self.node, &ttl_ms])
+                    .await
+            })
+            .map_err(database)?
+            .is_some();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if taken {
+            // Measured from before the request: the database's expiry is no earlier.
+            if leases
+                .insert(name.to_owned(), asked + self.lease_ttl)
+                .is_none()
+            {
+                tracing::info!(lease = name, node = %self.node, "took the lease");
+            }
+        } else if leases.remove(name).is_some() {
+            tracing::warn!(lease = name, node = %self.node, "lost the lease to another node");
+        }
+        Ok(taken)
+    }
+
+    fn release_leases(&self) -> Result<(), StoreError> {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let client = self.client()?;
+        self.block(client.execute(RELEASE_LEASES, &[&self.node]))
+            .map_err(database)?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -36,6 +36,12 @@ pub struct PostgresSettings {
     pub pool_size: usize,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// This node's name in the leases it holds (a process id and start time are added, so that
+    /// every run is a node of its own); the host name when absent.
+    pub node_name: Option<String>,
+    /// How long a lease outlives its holder's last renewal: the longest another node waits to
+    /// take over the work of a node that died.
+    pub lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -45,6 +51,8 @@ impl std::fmt::Debug for PostgresSettings {
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("node_name", &self.node_name)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -72,7 +80,24 @@ impl PostgresSettings {
             password_file: None,
             pool_size: 16,
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
+            node_name: None,
+            lease_ttl: Duration::from_secs(10),
         }
+    }
+
+    /// The holder name of this process's leases: node name, process id, start time.
+    pub fn node_id(&self) -> String {
+        let name = self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|host| host.trim().to_owned())
+                .filter(|host| !host.is_empty())
+                .unwrap_or_else(|| "node".into())
+        });
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{name}/{}/{started:x}", std::process::id())
     }
 
     /// The driver's configuration: the URL, the password from its file, usm's application name.

@@ -141,3 +141,46 @@ fn an_unreachable_database_is_an_error_not_a_hang() {
         .unwrap();
     assert!(matches!(error, StoreError::Database(_)), "{error}");
 }
+
+/// One node at a time holds a lease; it passes on when its holder gives it up, and when its
+/// holder stops renewing it, once it expires.
+#[test]
+fn a_lease_has_one_holder_and_passes_on_when_released_or_expired() {
+    let database = ScratchDatabase::create().unwrap();
+    let node = |ttl_ms| {
+        let settings = PostgresSettings {
+            lease_ttl: std::time::Duration::from_millis(ttl_ms),
+            ..PostgresSettings::new(database.url.as_str())
+        };
+        PostgresStore::connect(&settings, StoreConfig::default()).unwrap()
+    };
+    let (a, b, c) = (node(60_000), node(60_000), node(60_000));
+    assert!(a.lease("after-steps").unwrap());
+    assert!(!b.lease("after-steps").unwrap());
+    assert!(b.lease("sla").unwrap(), "leases are per name");
+    assert!(a.lease("after-steps").unwrap(), "the holder keeps it");
+    a.release_leases().unwrap();
+    assert!(
+        b.lease("after-steps").unwrap(),
+        "released: the next node takes it"
+    );
+    assert!(!c.lease("after-steps").unwrap());
+
+    // A holder that stops renewing (here: a short lease, never asked for again) loses it to
+    // the next node that asks once it has expired; until then nobody else gets it.
+    let short = node(300);
+    assert!(short.lease("webhooks").unwrap());
+    assert!(!c.lease("webhooks").unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.lease("webhooks").unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired lease was never taken over"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !short.lease("webhooks").unwrap(),
+        "the old holder knows it lost it"
+    );
+}

@@ -421,11 +421,35 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// Whether this node may run the named singleton work now — an outbox consumer whose
+    /// effects must happen once however many nodes share the store. A store one process owns
+    /// always says yes. A shared store grants a lease to one node at a time, renewed while that
+    /// node keeps asking; once it stops asking (stopped, killed, cut off), another node that
+    /// asks gets the lease after it expires. Ask before each batch of work.
+    fn lease(&self, _name: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives up every lease this node holds, so that another node takes over at once (on a
+    /// graceful stop).
+    fn release_leases(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Number of pending timers.
     fn timer_count(&self) -> Result<usize, StoreError>;
 
     /// Flushes everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Whether this node holds the lease `name` now ([`Store::lease`]); a store that cannot answer
+/// says no, and the error is logged: the work waits rather than risk running twice.
+pub fn holds_lease(store: &dyn Store, name: &str) -> bool {
+    store.lease(name).unwrap_or_else(|error| {
+        tracing::error!(lease = name, %error, "cannot renew a lease; the work it guards waits");
+        false
+    })
 }
 
 /// How a durable store's writes fare, for `/metrics`.
