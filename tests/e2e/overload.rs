@@ -159,6 +159,9 @@ impl Store for StallingStore {
     ) -> Result<Option<Event>, StoreError> {
         self.inner.fire_timer(timer, record, payload, ledger)
     }
+    fn generation(&self, area: &str) -> Result<u64, StoreError> {
+        self.inner.generation(area)
+    }
     fn timer_count(&self) -> Result<usize, StoreError> {
         self.inner.timer_count()
     }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use reqwest::Method;
 use serde_json::json;
 use usm_store_postgres::ScratchDatabase;
 use usm_tests::TestServer;
@@ -104,4 +105,83 @@ async fn an_unreachable_database_stops_the_start_with_its_address_and_no_passwor
         "{message}"
     );
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+/// Asks `check` until it holds, for at most ten seconds.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Two nodes running side by side: a token made or revoked on one, a module disabled on one,
+/// take effect on the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_modules_changed_on_one_node_take_effect_on_the_other() {
+    let database = Arc::new(ScratchDatabase::create().unwrap());
+    let a = TestServer::start_with(on(&database)).unwrap();
+    let b = TestServer::start_with(on(&database)).unwrap();
+
+    let made = a
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "bot", "roles": ["agent"], "domains": ["it"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.status, 201, "{}", made.body);
+    let secret = made.body["token"].as_str().unwrap().to_owned();
+    let status_on_b = || async {
+        b.call_as(
+            Some(&secret),
+            Method::GET,
+            "/api/v1/records?domain=it",
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+    };
+    eventually("the token made on a works on b", || async {
+        status_on_b().await == 200
+    })
+    .await;
+    let revoked = a
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{}", made.body["id"].as_str().unwrap()),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    eventually("the token revoked on a is refused on b", || async {
+        status_on_b().await == 401
+    })
+    .await;
+
+    let incident = json!({"kind": "incident", "domain": "it", "title": "x",
+                          "fields": {"impact": "high", "urgency": "high"}});
+    assert_eq!(
+        b.create(incident.clone()).await.unwrap()["fields"]["priority"],
+        "P1"
+    );
+    let disabled = a
+        .post("/api/v1/modules/itil4/disable", &json!({"domains": ["it"]}))
+        .await
+        .unwrap();
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    eventually("itil4 disabled on a stops prioritising on b", || async {
+        b.create(incident.clone()).await.unwrap()["fields"]
+            .get("priority")
+            .is_none()
+    })
+    .await;
 }

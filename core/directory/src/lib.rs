@@ -371,6 +371,12 @@ impl Directory {
         Ok(self.entries.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Forgets what was read, so that the next read sees the changes other nodes sharing the
+    /// store made.
+    pub fn reload(&self) {
+        *self.entries.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Runs `change` on the entries under the write lock, so checks and the write agree.
     fn change<T>(
         &self,

@@ -275,6 +275,19 @@ pub struct Tokens {
     by_hash: RwLock<HashMap<String, TokenRecord>>,
 }
 
+fn load_tokens(store: &dyn Store) -> Result<HashMap<String, TokenRecord>, StoreError> {
+    let mut by_hash = HashMap::new();
+    for (key, bytes) in store.settings(TOKEN_PREFIX)? {
+        let record: TokenRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                what: "token",
+                detail: format!("{key}: {e}"),
+            })?;
+        by_hash.insert(record.hash.clone(), record);
+    }
+    Ok(by_hash)
+}
+
 impl Tokens {
     /// Loads the stored tokens; `domains` are the server's domains (token scopes must be among them).
     pub fn open(
@@ -282,21 +295,21 @@ impl Tokens {
         domains: Vec<Domain>,
         directory: Arc<usm_directory::Directory>,
     ) -> Result<Self, StoreError> {
-        let mut by_hash = HashMap::new();
-        for (key, bytes) in store.settings(TOKEN_PREFIX)? {
-            let record: TokenRecord =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    what: "token",
-                    detail: format!("{key}: {e}"),
-                })?;
-            by_hash.insert(record.hash.clone(), record);
-        }
+        let by_hash = RwLock::new(load_tokens(store.as_ref())?);
         Ok(Self {
             store,
             domains,
             directory,
-            by_hash: RwLock::new(by_hash),
+            by_hash,
         })
+    }
+
+    /// Reads the tokens again, for the ones other nodes sharing the store created or revoked.
+    /// Holds the tokens while reading, so a token this node writes meanwhile is not lost.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let mut tokens = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+        *tokens = load_tokens(self.store.as_ref())?;
+        Ok(())
     }
 
     /// Whether a token acts under `name` of its own (not as a person): a person may not take

@@ -255,14 +255,92 @@ impl Registry {
     /// Loads every installed module from the store (compiled artifacts come from the cache) and
     /// swaps in their pipelines.
     pub fn open(engine: Arc<Engine>, runtimes: Runtimes) -> Result<Self, RegistryError> {
-        let store = Arc::clone(engine.store());
+        let registry = Self {
+            engine,
+            runtimes,
+            modules: Mutex::new(BTreeMap::new()),
+        };
+        let mut modules = registry.lock();
+        let stored = registry.stored_records()?;
+        let loaded = registry.load(stored, &BTreeMap::new())?;
+        registry.compose(&loaded)?;
+        *modules = loaded;
+        drop(modules);
+        Ok(registry)
+    }
+
+    /// Reads the installed modules again, for the installs, upgrades, enablements and removals
+    /// other nodes sharing the store made, and swaps in the result as a local change would.
+    /// Modules whose bundle and grants did not change are kept as built. Returns whether
+    /// anything changed.
+    pub fn refresh(&self) -> Result<bool, RegistryError> {
+        let mut modules = self.lock();
+        let stored = self.stored_records()?;
+        let same = stored.len() == modules.len()
+            && stored.iter().zip(modules.values()).all(|(new, old)| {
+                (
+                    &new.id,
+                    &new.digest,
+                    &new.domains,
+                    &new.grants,
+                    &new.version,
+                ) == (
+                    &old.record.id,
+                    &old.record.digest,
+                    &old.record.domains,
+                    &old.record.grants,
+                    &old.record.version,
+                )
+            });
+        if same {
+            return Ok(false);
+        }
+        let loaded = self.load(stored, &modules)?;
+        self.compose(&loaded)?;
+        *modules = loaded;
+        tracing::info!(
+            modules = modules.len(),
+            "modules changed by another node swapped in"
+        );
+        Ok(true)
+    }
+
+    /// The stored module records, by id.
+    fn stored_records(&self) -> Result<Vec<ModuleRecord>, RegistryError> {
+        self.engine
+            .store()
+            .settings(MODULE_PREFIX)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    RegistryError::Store(StoreError::Corrupt {
+                        what: "module record",
+                        detail: format!("{key}: {e}"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Builds the modules of `records`, reusing those of `built` with the same bundle and
+    /// grants.
+    fn load(
+        &self,
+        records: Vec<ModuleRecord>,
+        built: &BTreeMap<String, Entry>,
+    ) -> Result<BTreeMap<String, Entry>, RegistryError> {
+        let store = self.engine.store();
         let mut modules = BTreeMap::new();
-        for (key, bytes) in store.settings(MODULE_PREFIX)? {
-            let record: ModuleRecord =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    what: "module record",
-                    detail: format!("{key}: {e}"),
-                })?;
+        for record in records {
+            if let Some(entry) = built.get(&record.id)
+                && entry.record.digest == record.digest
+                && entry.record.grants == record.grants
+            {
+                let module = Arc::clone(&entry.module);
+                modules.insert(record.id.clone(), Entry { record, module });
+                continue;
+            }
+            let key = format!("{MODULE_PREFIX}{}", record.id);
             let bundle = store
                 .artifact(&bundle_key(&record.digest))?
                 .ok_or_else(|| StoreError::Corrupt {
@@ -275,9 +353,9 @@ impl Registry {
                     message,
                 })
             })?;
-            let module =
-                Module::build(files, &runtimes, &record.grants).map_err(RegistryError::Invalid)?;
-            tracing::info!(module = %record.id, version = %record.version, domains = ?record.domains, "module restored");
+            let module = Module::build(files, &self.runtimes, &record.grants)
+                .map_err(RegistryError::Invalid)?;
+            tracing::info!(module = %record.id, version = %record.version, domains = ?record.domains, "module loaded");
             modules.insert(
                 record.id.clone(),
                 Entry {
@@ -286,20 +364,17 @@ impl Registry {
                 },
             );
         }
-        let registry = Self {
-            engine,
-            runtimes,
-            modules: Mutex::new(modules),
-        };
-        {
-            let modules = registry.lock();
-            let catalogs = registry
-                .next_catalog(&modules, "", None)
-                .and_then(|_| registry.next_catalogs(&modules, "", None))
-                .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
-            registry.swap(&modules, catalogs);
-        }
-        Ok(registry)
+        Ok(modules)
+    }
+
+    /// Composes the catalogs of `modules` and swaps them in with their pipelines.
+    fn compose(&self, modules: &BTreeMap<String, Entry>) -> Result<(), RegistryError> {
+        let catalogs = self
+            .next_catalog(modules, "", None)
+            .and_then(|_| self.next_catalogs(modules, "", None))
+            .map_err(|error| RegistryError::Invalid(catalog_error(&error)))?;
+        self.swap(modules, catalogs);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {

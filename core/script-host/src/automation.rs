@@ -305,13 +305,35 @@ impl Automations {
             last_minute: Mutex::new(BTreeMap::new()),
             timeout,
         };
-        for (_, bytes) in automations.usm.store().settings(SPEC_PREFIX)? {
+        let stored = automations.load()?;
+        *automations
+            .compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = stored;
+        Ok(automations)
+    }
+
+    /// The stored automations, compiled.
+    fn load(&self) -> Result<BTreeMap<String, Arc<Compiled>>, AutomationError> {
+        let mut compiled = BTreeMap::new();
+        for (_, bytes) in self.usm.store().settings(SPEC_PREFIX)? {
             let spec: AutomationSpec = serde_json::from_slice(&bytes)
                 .map_err(|e| AutomationError::Invalid(format!("stored automation: {e}")))?;
-            let compiled = automations.compile(spec)?;
-            automations.insert(compiled);
+            let automation = self.compile(spec)?;
+            compiled.insert(automation.spec.id.clone(), Arc::new(automation));
         }
-        Ok(automations)
+        Ok(compiled)
+    }
+
+    /// Reads the automations again, for the ones other nodes sharing the store defined or
+    /// removed; holds them while reading, so one this node defines meanwhile is not lost.
+    pub fn reload(&self) -> Result<(), AutomationError> {
+        let mut compiled = self
+            .compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *compiled = self.load()?;
+        Ok(())
     }
 
     fn compile(&self, spec: AutomationSpec) -> Result<Compiled, AutomationError> {

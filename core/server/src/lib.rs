@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bundled;
 pub mod cli;
 mod config;
+mod peers;
 pub mod plugin_dev;
 pub mod plugin_new;
 mod telemetry;
@@ -55,6 +56,8 @@ pub struct Server {
     fulfilment: usm_service_catalog::FulfilmentWorker,
     kpis: usm_kpis::KpiWorker,
     pruner: Pruner,
+    /// Follows the other nodes sharing the store, when it is shared.
+    peers: Option<peers::Peers>,
 }
 
 /// The engine, the module registry and the tokens over one store.
@@ -97,6 +100,10 @@ impl Server {
             other => {
                 anyhow::bail!("inbound_unknown_senders is \"refuse\" or \"create\", not {other:?}")
             }
+        };
+        let peers = match config.store_url {
+            Some(_) => Some(follow_peers(&engine, &registry, &tokens, &automations)?),
+            None => None,
         };
         let search_dir = config.data_dir.join("search");
         let search = Arc::new(usm_search::SearchIndex::open(&search_dir).with_context(|| {
@@ -228,6 +235,7 @@ impl Server {
             fulfilment,
             kpis,
             pruner,
+            peers,
         })
     }
 
@@ -255,8 +263,9 @@ impl Server {
             self.fulfilment,
             self.kpis,
         );
-        let pruner = self.pruner;
+        let (pruner, peers) = (self.pruner, self.peers);
         web::block(move || {
+            drop(peers);
             pruner.stop();
             kpis.stop();
             fulfilment.stop();
@@ -291,6 +300,51 @@ impl Server {
         tracing::info!("usm stopped; store flushed and closed");
         Ok(())
     }
+}
+
+/// Reloads what the other nodes sharing the store change: tokens (a revocation takes effect on
+/// every node), modules and their enablement, the directory, automations and agreements.
+fn follow_peers(
+    engine: &Arc<Engine>,
+    registry: &Arc<Registry>,
+    tokens: &Arc<Tokens>,
+    automations: &Arc<Automations>,
+) -> anyhow::Result<peers::Peers> {
+    let (registry, tokens, automations) = (
+        Arc::clone(registry),
+        Arc::clone(tokens),
+        Arc::clone(automations),
+    );
+    let (directory, policies) = (Arc::clone(engine), Arc::clone(engine));
+    let areas: Vec<(&'static str, peers::Reload)> = vec![
+        (
+            "token",
+            Box::new(move || tokens.reload().map_err(|e| e.to_string())),
+        ),
+        (
+            "module",
+            Box::new(move || registry.refresh().map(drop).map_err(|e| e.to_string())),
+        ),
+        (
+            "directory",
+            Box::new(move || {
+                directory.directory().reload();
+                Ok(())
+            }),
+        ),
+        (
+            "automation",
+            Box::new(move || automations.reload().map_err(|e| e.to_string())),
+        ),
+        (
+            "kind/agreement",
+            Box::new(move || {
+                policies.sla_policies().invalidate();
+                Ok(())
+            }),
+        ),
+    ];
+    peers::Peers::start(engine, areas)
 }
 
 /// `auth_required = false` makes every caller an anonymous admin: allowed only on an address

@@ -88,7 +88,12 @@ pub struct PostgresStore {
     lease_ttl: Duration,
     /// Until when (on this node's monotonic clock) each lease it took is surely still its own.
     leases: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The last generation read of each kind, and when.
+    kind_generations: std::sync::Mutex<std::collections::HashMap<Kind, (Instant, u64)>>,
 }
+
+/// How old a kind's generation may be before `kind_writes` reads it again.
+const KIND_GENERATION_AGE: Duration = Duration::from_millis(250);
 
 fn database(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Database(Box::new(error))
@@ -165,6 +170,7 @@ impl PostgresStore {
             node: settings.node_id(),
             lease_ttl: settings.lease_ttl,
             leases: std::sync::Mutex::default(),
+            kind_generations: std::sync::Mutex::default(),
         };
         store.migrate()?;
         store.check_trees()?;
@@ -506,7 +512,37 @@ impl Store for PostgresStore {
     }
 
     fn kind_writes(&self, kind: &Kind) -> u64 {
-        self.kind_writes.get(kind)
+        // This node's writes count at once, the other nodes' within `KIND_GENERATION_AGE`: a
+        // cache keyed on the sum is rebuilt after a write anywhere.
+        let local = self.kind_writes.get(kind);
+        let now = Instant::now();
+        let mut seen = self
+            .kind_generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = seen
+            .get(kind)
+            .filter(|(at, _)| now.duration_since(*at) < KIND_GENERATION_AGE)
+            .map(|(_, generation)| *generation);
+        let generation = match fresh {
+            Some(generation) => generation,
+            None => {
+                drop(seen);
+                let generation = self
+                    .generation(&format!("kind/{kind}"))
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot read a kind's generation");
+                        0
+                    });
+                seen = self
+                    .kind_generations
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                seen.insert(kind.clone(), (now, generation));
+                generation
+            }
+        };
+        local.wrapping_add(generation)
     }
 
     fn metrics(&self) -> Option<&usm_store::StoreMetrics> {
@@ -633,6 +669,10 @@ impl Store for PostgresStore {
         ledger: &serde_json::Value,
     ) -> Result<Option<Event>, StoreError> {
         self.transact(|tx| kv::apply_fire(tx, timer, record, &payload, ledger))
+    }
+
+    fn generation(&self, area: &str) -> Result<u64, StoreError> {
+        kv::generation(self, area)
     }
 
     fn timer_count(&self) -> Result<usize, StoreError> {

@@ -466,6 +466,7 @@ pub fn apply_write<T: KvTx>(
         payload: None,
     };
     tx.insert(TreeId::Outbox, &event.seq.to_be_bytes(), encode(&event)?)?;
+    next_counter(tx, &generation_key(&format!("kind/{}", stored.record.kind)))?;
     debug_assert!(old.is_some() || history.action == Action::Create);
     Ok(Committed {
         record: stored.record,
@@ -655,7 +656,28 @@ pub fn apply_settings<T: KvTx>(
     for (key, value) in put {
         tx.insert(TreeId::Settings, key.as_bytes(), value.clone())?;
     }
+    let areas: std::collections::BTreeSet<&str> = delete
+        .iter()
+        .chain(put.iter().map(|(key, _)| key))
+        .map(|key| key.split_once('/').map_or(key.as_str(), |(area, _)| area))
+        .collect();
+    for area in areas {
+        next_counter(tx, &generation_key(area))?;
+    }
     Ok(())
+}
+
+/// The counter of an area's generation ([`crate::Store::generation`]).
+fn generation_key(area: &str) -> Vec<u8> {
+    format!("~gen/{area}").into_bytes()
+}
+
+/// The generation of an area: how many transactions changed it.
+pub fn generation<R: KvRead>(reader: &R, area: &str) -> Result<u64, StoreError> {
+    match reader.get(TreeId::Counters, &generation_key(area))? {
+        Some(bytes) => decode_u64("generation", &bytes),
+        None => Ok(0),
+    }
 }
 
 /// The settings whose key starts with `prefix`, by key.

@@ -17,8 +17,8 @@ pub mod kv {
     pub use crate::layout::{
         Entry, KvRead, KvTx, PrunePlan, TreeId, TxFail, apply_audit, apply_fire,
         apply_notification, apply_prune, apply_schedule, apply_settings, apply_write, approvals,
-        audit_after, backlinks, cursor, cursor_key, due_timers, events_after, get, history, list,
-        prune_plan, settings,
+        audit_after, backlinks, cursor, cursor_key, due_timers, events_after, generation, get,
+        history, list, prune_plan, settings,
     };
 }
 mod sled_store;
@@ -420,6 +420,12 @@ pub trait Store: Send + Sync + 'static {
         self.write_settings(&[(key, bytes)], &[])?;
         Ok(true)
     }
+
+    /// A number that moves whenever something in `area` changes, on whichever node sharing the
+    /// store changed it: the settings whose key starts with `{area}/`, or the records of a kind
+    /// for `kind/{kind}`. A node compares it with the last it saw to know when to reload what it
+    /// keeps in memory of the store (tokens, modules, the directory, agreements).
+    fn generation(&self, area: &str) -> Result<u64, StoreError>;
 
     /// Whether this node may run the named singleton work now — an outbox consumer whose
     /// effects must happen once however many nodes share the store. A store one process owns

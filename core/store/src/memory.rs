@@ -273,6 +273,10 @@ impl Store for MemoryStore {
         self.transact(|tx| layout::apply_fire(tx, timer, record, &payload, ledger))
     }
 
+    fn generation(&self, area: &str) -> Result<u64, StoreError> {
+        layout::generation(self, area)
+    }
+
     fn timer_count(&self) -> Result<usize, StoreError> {
         Ok(self.lock()[TreeId::Timers as usize].len())
     }

@@ -525,6 +525,10 @@ impl Store for SledStore {
         self.transact(|tx| layout::apply_fire(tx, timer, record, &payload, ledger))
     }
 
+    fn generation(&self, area: &str) -> Result<u64, StoreError> {
+        layout::generation(self, area)
+    }
+
     fn timer_count(&self) -> Result<usize, StoreError> {
         Ok(self.tree(TreeId::Timers).len())
     }

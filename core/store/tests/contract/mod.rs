@@ -509,6 +509,33 @@ pub fn expired_idempotency_keys_can_be_reused(backend: &dyn Backend) {
     assert!(store.commit(write).is_ok(), "a key past its TTL binds anew");
 }
 
+/// A generation moves with every change in its area, and only then.
+pub fn moves_generations_with_their_areas(store: &dyn Store) {
+    let (tokens, modules) = (
+        store.generation("token").unwrap(),
+        store.generation("module").unwrap(),
+    );
+    store
+        .write_settings(&[("token/abc".into(), b"{}".to_vec())], &[])
+        .unwrap();
+    assert!(store.generation("token").unwrap() > tokens);
+    assert_eq!(store.generation("module").unwrap(), modules);
+    let token_now = store.generation("token").unwrap();
+    store.write_settings(&[], &["token/abc".into()]).unwrap();
+    assert!(
+        store.generation("token").unwrap() > token_now,
+        "removals count"
+    );
+
+    let incidents = store.generation("kind/incident").unwrap();
+    let record = create(store, "it", "x");
+    let created = store.generation("kind/incident").unwrap();
+    assert!(created > incidents);
+    transition(store, record, "in_progress");
+    assert!(store.generation("kind/incident").unwrap() > created);
+    assert_eq!(store.generation("kind/change").unwrap(), 0);
+}
+
 /// Opens fresh, empty stores of one backend.
 pub trait Backend {
     /// A new, empty store with these tunables.
@@ -528,6 +555,7 @@ macro_rules! store_contract {
             a_key_bound_anew_survives_its_old_expiry,
             replays_return_the_record_as_created,
             keeps_an_sla_ledger,
+            moves_generations_with_their_areas,
         );
         store_contract!(@backend $backend;
             concurrent_creates_get_distinct_ids_and_ordered_events,
