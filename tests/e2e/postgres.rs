@@ -185,3 +185,45 @@ async fn tokens_and_modules_changed_on_one_node_take_effect_on_the_other() {
     })
     .await;
 }
+
+/// A file uploaded through one node downloads through another, whose disk never had it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attachment_uploaded_through_one_node_downloads_through_another() {
+    let database = Arc::new(ScratchDatabase::create().unwrap());
+    let a = TestServer::start_with(on(&database)).unwrap();
+    let b = TestServer::start_with(on(&database)).unwrap();
+    let record = a
+        .create(json!({"kind": "incident", "domain": "it", "title": "Scanner log"}))
+        .await
+        .unwrap();
+    let id = record["id"].as_str().unwrap();
+    // Two and a half chunks.
+    let file: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 253) as u8).collect();
+    let uploaded = reqwest::Client::new()
+        .post(format!("{}/api/v1/records/{id}/attachments", a.base))
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .header("content-disposition", "attachment; filename=\"scan.log\"")
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let downloaded = reqwest::Client::new()
+        .get(format!("{}/api/v1/records/{id}/attachments/1", b.base))
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.status(), 200);
+    assert!(
+        downloaded.bytes().await.unwrap() == file,
+        "the bytes differ"
+    );
+    // Now on b's disk too.
+    let cached = std::fs::read_dir(b.data_dir().join("attachments"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|fan| fan.file_name() != "tmp");
+    assert!(cached, "b keeps the fetched blob");
+}

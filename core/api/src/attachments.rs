@@ -547,10 +547,14 @@ pub async fn download(
     let (id, attachment_id) = path.into_inner();
     let engine_ref = services.engine.clone();
     let attachment = engine(move || engine_ref.attachment(&actor, &id, &attachment_id)).await?;
-    let path = services.blobs.path(&attachment.sha256).ok_or_else(|| {
-        ApiError::new(ErrorCode::Internal, "the attachment's digest is malformed")
-    })?;
-    let file = tokio::fs::File::open(&path).await.map_err(|error| {
+    let blobs = services.blobs.clone();
+    let sha256 = attachment.sha256.clone();
+    let path = web::block(move || blobs.fetch(&sha256)).await?;
+    let opened = match path {
+        Ok(path) => tokio::fs::File::open(&path).await,
+        Err(error) => Err(error),
+    };
+    let file = opened.map_err(|error| {
         tracing::error!(%error, blob = %attachment.sha256, "an attachment's blob is missing");
         ApiError::new(
             ErrorCode::Internal,

@@ -3,6 +3,11 @@
 //! renamed into place and its directory fsynced before anyone may reference it, so a crash
 //! leaves at worst an unreferenced blob, which [`BlobStore::collect`] removes, never a reference
 //! to a missing one.
+//!
+//! On a store several nodes share, [`BlobStore::shared_through`] makes the directory a cache of
+//! blobs kept in that store (see `shared`).
+
+mod shared;
 
 use std::{
     collections::HashSet,
@@ -56,10 +61,20 @@ pub struct Blob {
     pub size: u64,
 }
 
-/// A directory of blobs.
-#[derive(Debug, Clone)]
+/// A directory of blobs, and the shared store behind it if there is one.
+#[derive(Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    shared: Option<std::sync::Arc<dyn usm_store::Store>>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("dir", &self.dir)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
 }
 
 fn is_digest(text: &str) -> bool {
@@ -78,6 +93,7 @@ impl BlobStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         let store = Self {
             dir: dir.to_path_buf(),
+            shared: None,
         };
         fs::create_dir_all(store.tmp())?;
         for entry in fs::read_dir(store.tmp())? {
@@ -86,8 +102,40 @@ impl BlobStore {
         Ok(store)
     }
 
+    /// Keeps every blob in `store` too, which other nodes share: a blob is copied there before
+    /// [`BlobWriter::finish`] returns, and [`BlobStore::fetch`] brings one this node lacks.
+    pub fn shared_through(mut self, store: std::sync::Arc<dyn usm_store::Store>) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
     fn tmp(&self) -> PathBuf {
         self.dir.join("tmp")
+    }
+
+    /// The path of the blob named `sha256` on this node, fetched from the shared store when
+    /// another node stored it; `NotFound` when no one has it or the name is not a digest.
+    pub fn fetch(&self, sha256: &str) -> io::Result<PathBuf> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = self
+            .path(sha256)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a digest"))?;
+        if path.exists() {
+            return Ok(path);
+        }
+        let Some(store) = &self.shared else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such blob"));
+        };
+        let tmp = self.tmp().join(format!(
+            "fetch-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        if shared::fetch(store.as_ref(), sha256, &path, &tmp)? {
+            Ok(path)
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, "no such blob"))
+        }
     }
 
     /// Where the blob named `sha256` lives (two-level fan-out keeps directories small); `None`
@@ -120,7 +168,10 @@ impl BlobStore {
     /// Removes the blobs not in `referenced` that are older than `grace` (so a blob written for
     /// a commit still in flight is kept). Returns how many it removed.
     pub fn collect(&self, referenced: &HashSet<String>, grace: Duration) -> io::Result<usize> {
-        let mut removed = 0;
+        let mut removed = match &self.shared {
+            Some(store) => shared::collect(store.as_ref(), |sha| referenced.contains(sha), grace)?,
+            None => 0,
+        };
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -313,6 +364,9 @@ impl BlobWriter {
             sync_dir(&fan)?;
             sync_dir(&self.store.dir)?;
         }
+        if let Some(store) = &self.store.shared {
+            shared::put(store.as_ref(), &sha256, &path, self.size)?;
+        }
         Ok(Blob {
             sha256,
             size: self.size,
@@ -333,6 +387,61 @@ impl Drop for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_blob_is_fetched_by_another_node_checked_and_collected() {
+        let store: std::sync::Arc<dyn usm_store::Store> =
+            std::sync::Arc::new(usm_store::MemoryStore::new());
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = BlobStore::open(one.path())
+            .unwrap()
+            .shared_through(std::sync::Arc::clone(&store));
+        let second = BlobStore::open(two.path())
+            .unwrap()
+            .shared_through(std::sync::Arc::clone(&store));
+        let bytes: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i % 249) as u8).collect();
+        let mut writer = first.writer(u64::MAX).unwrap();
+        writer.write(bytes.clone()).unwrap();
+        let blob = writer.finish().unwrap();
+        let fetched = second.fetch(&blob.sha256).unwrap();
+        assert!(fetched.starts_with(two.path()));
+        assert!(fs::read(&fetched).unwrap() == bytes);
+        let unknown = "0".repeat(64);
+        assert_eq!(
+            second.fetch(&unknown).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+
+        // A damaged chunk is refused, not served.
+        let third = tempfile::tempdir().unwrap();
+        let damaged = BlobStore::open(third.path())
+            .unwrap()
+            .shared_through(std::sync::Arc::clone(&store));
+        let key = format!("blob/{}/000001", blob.sha256);
+        let mut chunk = store.artifact(&key).unwrap().unwrap();
+        chunk[7] ^= 1;
+        store.put_artifact(&key, &chunk).unwrap();
+        assert!(damaged.fetch(&blob.sha256).is_err());
+        assert!(!damaged.path(&blob.sha256).unwrap().exists());
+
+        // Referenced, it stays; unreferenced past the grace, it goes from the store too.
+        let referenced = HashSet::from([blob.sha256.clone()]);
+        first.collect(&referenced, Duration::ZERO).unwrap();
+        assert!(
+            store
+                .setting(&format!("blob/{}", blob.sha256))
+                .unwrap()
+                .is_some()
+        );
+        first.collect(&HashSet::new(), Duration::ZERO).unwrap();
+        assert!(
+            store
+                .setting(&format!("blob/{}", blob.sha256))
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.artifact(&key).unwrap().is_none());
+    }
 
     #[test]
     fn blobs_are_content_addressed_limited_and_collected() {

@@ -484,8 +484,12 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     if config.bundled_modules {
         bundled::define_automations(&automations)?;
     }
-    let blobs = usm_blobs::BlobStore::open(&config.data_dir.join("attachments"))
+    let mut blobs = usm_blobs::BlobStore::open(&config.data_dir.join("attachments"))
         .context("cannot open the attachment store")?;
+    if config.store_url.is_some() {
+        // Every node serves every attachment: the database keeps them, this directory caches.
+        blobs = blobs.shared_through(Arc::clone(engine.store()));
+    }
     Ok(Opened {
         engine,
         registry: Arc::new(registry),
