@@ -149,7 +149,7 @@ pub(crate) fn collect(
         }
         // The manifest first: a blob without one is never read.
         store
-            .write_settings(&[], &[key.clone()])
+            .write_settings(&[], std::slice::from_ref(&key))
             .map_err(store_error)?;
         for n in 0..manifest.chunks {
             store
