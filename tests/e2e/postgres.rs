@@ -227,3 +227,112 @@ async fn an_attachment_uploaded_through_one_node_downloads_through_another() {
         .any(|fan| fan.file_name() != "tmp");
     assert!(cached, "b keeps the fetched blob");
 }
+
+async fn history(server: &TestServer, id: &str) -> serde_json::Value {
+    let path = format!("/api/v1/records/{id}/history");
+    server.get(&path).await.unwrap().body
+}
+
+async fn download(server: &TestServer, id: &str) -> Vec<u8> {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/records/{id}/attachments/1", server.base))
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// Runs `usm store copy` and returns its JSON report.
+fn store_copy(from: &str, to: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usm-under-test"))
+        .args(["store", "copy", "--from", from, "--to", to, "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "usm store copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A store moves from a data directory into PostgreSQL and back with `usm store copy`: records,
+/// history and attachments read the same on each, and a copy never lands on a store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_moves_between_a_directory_and_postgres_and_back() {
+    let mut embedded = TestServer::start_with(|config| {
+        config.store_url = None;
+        config.bundled_modules = true;
+        config.default_agreements = true;
+    })
+    .unwrap();
+    let record = embedded
+        .create(json!({"kind": "incident", "domain": "it", "title": "Badge reader offline"}))
+        .await
+        .unwrap();
+    let id = record["id"].as_str().unwrap().to_owned();
+    embedded.transition(&id, "in_progress").await.unwrap();
+    let file = b"door 3 log".repeat(1000);
+    let uploaded = reqwest::Client::new()
+        .post(format!("{}/api/v1/records/{id}/attachments", embedded.base))
+        .bearer_auth(usm_tests::ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .header("content-disposition", "attachment; filename=\"door.log\"")
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    embedded.settle().await.unwrap();
+    let before = history(&embedded, &id).await;
+    embedded.stop().await.unwrap();
+
+    let database = Arc::new(ScratchDatabase::create().unwrap());
+    let dir = embedded.data_dir().display().to_string();
+    let report = store_copy(&dir, &database.url);
+    assert_eq!(report["attachments"], 1, "{report}");
+    assert!(
+        report["copied"]["entries"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_usm-under-test"))
+        .args([
+            "store",
+            "copy",
+            "--from",
+            &dir,
+            "--to",
+            &database.url,
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a second copy onto the same database is refused"
+    );
+
+    let mut on_postgres = TestServer::start_with(on(&database)).unwrap();
+    assert_eq!(history(&on_postgres, &id).await, before);
+    assert!(download(&on_postgres, &id).await == file);
+    on_postgres.stop().await.unwrap();
+
+    let back = tempfile::tempdir().unwrap();
+    let back_dir = back.path().join("data");
+    let report = store_copy(&database.url, &back_dir.display().to_string());
+    assert_eq!(report["attachments"], 1, "{report}");
+    let url_free = back_dir.clone();
+    let returned = TestServer::start_with(move |config| {
+        config.store_url = None;
+        config.data_dir = url_free;
+        config.bundled_modules = true;
+        config.default_agreements = true;
+    })
+    .unwrap();
+    assert_eq!(history(&returned, &id).await, before);
+    assert!(download(&returned, &id).await == file);
+}

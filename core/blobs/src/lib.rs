@@ -165,6 +165,52 @@ impl BlobStore {
         })
     }
 
+    /// Copies every blob of this directory into the shared store (moving a store from a data
+    /// directory into a database); returns how many.
+    pub fn share_all(&self) -> io::Result<usize> {
+        let Some(store) = &self.shared else {
+            return Ok(0);
+        };
+        let mut shared = 0;
+        for (sha256, path) in self.local_blobs()? {
+            shared::put(store.as_ref(), &sha256, &path, fs::metadata(&path)?.len())?;
+            shared += 1;
+        }
+        Ok(shared)
+    }
+
+    /// Brings every blob of the shared store into this directory (moving a store from a
+    /// database into a data directory); returns how many.
+    pub fn fetch_all(&self) -> io::Result<usize> {
+        let Some(store) = &self.shared else {
+            return Ok(0);
+        };
+        let digests = shared::list(store.as_ref())?;
+        for sha256 in &digests {
+            self.fetch(sha256)?;
+        }
+        Ok(digests.len())
+    }
+
+    /// Every blob of this directory: (digest, path).
+    fn local_blobs(&self) -> io::Result<Vec<(String, PathBuf)>> {
+        let mut blobs = Vec::new();
+        for fan in fs::read_dir(&self.dir)? {
+            let fan = fan?;
+            if fan.file_name() == "tmp" || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for blob in fs::read_dir(fan.path())? {
+                let blob = blob?;
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if is_digest(&name) {
+                    blobs.push((name, blob.path()));
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
     /// Removes the blobs not in `referenced` that are older than `grace` (so a blob written for
     /// a commit still in flight is kept). Returns how many it removed.
     pub fn collect(&self, referenced: &HashSet<String>, grace: Duration) -> io::Result<usize> {

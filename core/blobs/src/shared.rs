@@ -131,6 +131,16 @@ pub(crate) fn fetch(store: &dyn Store, sha256: &str, path: &Path, tmp: &Path) ->
     copied.map(|()| true)
 }
 
+/// The digests of the blobs `store` holds.
+pub(crate) fn list(store: &dyn Store) -> io::Result<Vec<String>> {
+    Ok(store
+        .settings("blob/")
+        .map_err(store_error)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix("blob/").map(str::to_owned))
+        .collect())
+}
+
 /// Removes from `store` the blobs `keep` rejects that were stored longer than `grace` ago.
 pub(crate) fn collect(
     store: &dyn Store,

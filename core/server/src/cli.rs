@@ -25,6 +25,13 @@ enum PluginCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy a whole store — records, history, settings, attachments — between a data directory
+    /// and a PostgreSQL database (either way), into an empty target, checking counts at the end.
+    Copy(crate::store_copy::CopyArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API over the embedded store.
     Serve {
@@ -33,6 +40,11 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: ConfigOverrides,
+    },
+    /// Move a stopped server's store between the embedded store and PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Measure durable creates per second and their latency.
     Bench(bench::BenchArgs),
@@ -76,6 +88,16 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, overrides } => serve(config, &overrides),
+        Command::Store {
+            command: StoreCommand::Copy(args),
+        } => {
+            let report = crate::store_copy::run(&args)?;
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            use std::io::Write as _;
+            writeln!(out)?;
+            Ok(())
+        }
         Command::Token { remote, command } => {
             let result = admin::run_token(&remote, command)?;
             let mut out = std::io::stdout().lock();

@@ -10,6 +10,7 @@ mod config;
 mod peers;
 pub mod plugin_dev;
 pub mod plugin_new;
+pub mod store_copy;
 mod telemetry;
 pub mod webhooks;
 

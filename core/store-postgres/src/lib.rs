@@ -448,6 +448,24 @@ async fn write_staged(
     Ok(())
 }
 
+impl usm_store::copy::KvCopy for PostgresStore {
+    fn tree_len(&self, tree: TreeId) -> Result<u64, StoreError> {
+        self.count(tree).map(|n| n as u64)
+    }
+
+    fn load(&self, tree: TreeId, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let trees = vec![tree_id(tree); entries.len()];
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = entries.into_iter().unzip();
+        let client = self.client()?;
+        self.block(async {
+            let statement = client.prepare_cached(UPSERT).await?;
+            client.execute(&statement, &[&trees, &keys, &values]).await
+        })
+        .map_err(database)?;
+        Ok(())
+    }
+}
+
 impl KvRead for PostgresStore {
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client()?;

@@ -8,6 +8,7 @@
 //! the index entries, the approval (if any) and an outbox event. [`Store::commit`] returns only
 //! once that transaction is durable: writers share fsyncs through a group commit.
 
+pub mod copy;
 mod layout;
 mod memory;
 

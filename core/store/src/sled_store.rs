@@ -372,6 +372,21 @@ impl KvRead for SledStore {
     }
 }
 
+impl crate::copy::KvCopy for SledStore {
+    fn tree_len(&self, tree: TreeId) -> Result<u64, StoreError> {
+        Ok(self.tree(tree).len() as u64)
+    }
+
+    fn load(&self, tree: TreeId, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in entries {
+            batch.insert(key, value);
+        }
+        self.tree(tree).apply_batch(batch)?;
+        self.flush()
+    }
+}
+
 impl Store for SledStore {
     fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
         layout::get(self, id)
