@@ -40,8 +40,18 @@ impl KpiWorker {
                 if !holds || !held {
                     // Another node keeps the sums (or did until now): read what it wrote, so
                     // that this node answers from them and, holding the lease, adds to them.
-                    if let Err(error) = service.reload() {
+                    let reloaded = if holds {
+                        service.resume()
+                    } else {
+                        service.reload()
+                    };
+                    if let Err(error) = reloaded {
                         tracing::error!(%error, "cannot reload the KPI sums");
+                        service
+                            .engine
+                            .commits()
+                            .wait_past(seen, Duration::from_secs(1));
+                        continue;
                     }
                 }
                 held = holds;
@@ -94,6 +104,19 @@ impl KpiService {
         if Book::stored_position(store)? != self.read_position() {
             let book = Book::load(store)?;
             *self.book.write().unwrap_or_else(PoisonError::into_inner) = book;
+        }
+        Ok(())
+    }
+
+    /// Reloads the book and moves the cursor up to it: the cursor is not flushed with the sums,
+    /// so after a crash it may lag behind them with no event left to move it.
+    fn resume(&self) -> Result<(), StoreError> {
+        self.reload()?;
+        let store = self.engine.store().as_ref();
+        if let Some(position) = self.read_position()
+            && store.cursor(KpiWorker::CONSUMER)? < position
+        {
+            store.set_cursor(KpiWorker::CONSUMER, position)?;
         }
         Ok(())
     }
