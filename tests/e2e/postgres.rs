@@ -86,6 +86,15 @@ async fn a_node_on_a_fresh_disk_serves_what_another_node_wrote() {
     );
     let found = second.list_all("kind=incident").await.unwrap();
     assert_eq!(found.len(), 2);
+    // The second node's search index is its own, built from the database.
+    second.settle().await.unwrap();
+    let searched = second.get("/api/v1/search?q=VPN").await.unwrap();
+    assert_eq!(searched.status, 200, "{}", searched.body);
+    assert_eq!(
+        searched.body["records"][0]["id"], created["id"],
+        "{}",
+        searched.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

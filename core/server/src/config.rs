@@ -33,6 +33,10 @@ pub struct Config {
     /// A file holding the database password, so that it stays out of `store_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_password_file: Option<PathBuf>,
+    /// PEM certificates of the CAs the database's certificate must chain to when `store_url`
+    /// says `sslmode=require` (the Mozilla roots when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ca_file: Option<PathBuf>,
     /// Most database connections this node keeps open.
     pub store_pool_size: usize,
     /// Seconds a node's lease on an outbox consumer outlives its last renewal: the longest the
@@ -194,6 +198,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             store_url: None,
             store_password_file: None,
+            store_ca_file: None,
             store_pool_size: 16,
             store_lease_secs: 10,
             log_format: LogFormat::Human,

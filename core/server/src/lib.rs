@@ -388,6 +388,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Some(url) => {
             let settings = usm_store_postgres::PostgresSettings {
                 password_file: config.store_password_file.clone(),
+                ca_file: config.store_ca_file.clone(),
                 pool_size: config.store_pool_size.max(1),
                 lease_ttl: Duration::from_secs(config.store_lease_secs.max(1)),
                 ..usm_store_postgres::PostgresSettings::new(url.as_str())

@@ -49,6 +49,9 @@ pub struct CopyArgs {
     /// A file holding the database password (for whichever side is a database).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// PEM certificates of the CAs the database's certificate must chain to (`sslmode=require`).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// No progress bar (it is also left out when standard error is not a terminal).
     #[arg(long)]
     pub quiet: bool,
@@ -97,6 +100,7 @@ fn open(location: &Location, args: &CopyArgs, source: bool) -> anyhow::Result<Op
         Location::Database(url) => {
             let settings = PostgresSettings {
                 password_file: args.password_file.clone(),
+                ca_file: args.ca_file.clone(),
                 ..PostgresSettings::new(url.as_str())
             };
             let store = Arc::new(

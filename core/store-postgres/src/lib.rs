@@ -37,7 +37,7 @@ use usm_store::{
 };
 
 pub use scratch::ScratchDatabase;
-pub use settings::{ConnectError, PostgresSettings, redact};
+pub use settings::{ConnectError, PostgresSettings, Transport, redact};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -147,13 +147,13 @@ impl PostgresStore {
             // never corrupt the store.
             pg.options("-c synchronous_commit=off");
         }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match settings.transport().map_err(database)? {
+            Transport::Plain => Manager::from_config(pg, NoTls, manager_config),
+            Transport::Tls(tls) => Manager::from_config(pg, tls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)

@@ -16,12 +16,26 @@ pub enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
-    /// The URL asks for TLS, which this build does not speak to PostgreSQL yet.
-    #[error(
-        "store_url asks for TLS (sslmode={0}); this usm connects to PostgreSQL without TLS only: \
-         reach the database over a private network or a local socket"
-    )]
-    TlsRequired(&'static str),
+    /// The CA file cannot be read or holds no certificate.
+    #[error("cannot use the database CA file {path}: {detail}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The URL asks for an `sslmode` this build does not know.
+    #[error("store_url's sslmode is not one of disable, prefer, require")]
+    SslMode,
+}
+
+/// How the connections are made.
+pub enum Transport {
+    /// In the clear (`sslmode=disable`, or `prefer`, the default).
+    Plain,
+    /// TLS, the server's certificate checked against the CA file or the Mozilla roots, and its
+    /// name against the URL's host (`sslmode=require`).
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
 }
 
 /// The database of a [`PostgresStore`](crate::PostgresStore).
@@ -42,6 +56,9 @@ pub struct PostgresSettings {
     /// How long a lease outlives its holder's last renewal: the longest another node waits to
     /// take over the work of a node that died.
     pub lease_ttl: Duration,
+    /// PEM certificates of the CAs the database's certificate must chain to, with
+    /// `sslmode=require`; the Mozilla roots (webpki-roots) when absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PostgresSettings {
@@ -53,6 +70,7 @@ impl std::fmt::Debug for PostgresSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("node_name", &self.node_name)
             .field("lease_ttl", &self.lease_ttl)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -82,7 +100,54 @@ impl PostgresSettings {
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
             node_name: None,
             lease_ttl: Duration::from_secs(10),
+            ca_file: None,
         }
+    }
+
+    /// How to connect: TLS when the URL says `sslmode=require`.
+    pub fn transport(&self) -> Result<Transport, ConnectError> {
+        let config: tokio_postgres::Config = self.url.parse().map_err(ConnectError::Url)?;
+        match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => {
+                Ok(Transport::Plain)
+            }
+            tokio_postgres::config::SslMode::Require => Ok(Transport::Tls(self.tls()?)),
+            _ => Err(ConnectError::SslMode),
+        }
+    }
+
+    fn tls(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectError> {
+        use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let ca_error = |detail: String| ConnectError::CaFile {
+                    path: path.clone(),
+                    detail,
+                };
+                for certificate in
+                    CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))?
+                {
+                    roots
+                        .add(certificate.map_err(|e| ca_error(e.to_string()))?)
+                        .map_err(|e| ca_error(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_error("no certificate in it".into()));
+                }
+            }
+            None => roots.extend(webpki_roots_anchors()),
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConnectError::CaFile {
+                path: PathBuf::new(),
+                detail: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
     }
 
     /// The holder name of this process's leases: node name, process id, start time.
@@ -103,12 +168,13 @@ impl PostgresSettings {
     /// The driver's configuration: the URL, the password from its file, usm's application name.
     pub fn tokio_config(&self) -> Result<tokio_postgres::Config, ConnectError> {
         let mut config: tokio_postgres::Config = self.url.parse().map_err(ConnectError::Url)?;
-        match config.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Require => {
-                return Err(ConnectError::TlsRequired("require"));
-            }
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => {}
-            _ => return Err(ConnectError::TlsRequired("verify")),
+        if matches!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Prefer
+        ) {
+            // `prefer` would try TLS and fail on a certificate it cannot check: usm connects
+            // in the clear unless told `require`, and then checks the certificate.
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         }
         if let Some(path) = &self.password_file {
             let password =
@@ -124,6 +190,11 @@ impl PostgresSettings {
         config.connect_timeout(self.connect_timeout);
         Ok(config)
     }
+}
+
+/// The Mozilla roots, for a database whose certificate a public CA signed.
+fn webpki_roots_anchors() -> impl Iterator<Item = rustls_pki_types::TrustAnchor<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS.iter().cloned()
 }
 
 #[cfg(test)]
@@ -157,10 +228,22 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls_and_tls_are_refused_with_a_reason() {
+    fn bad_urls_and_ca_files_are_refused_with_a_reason() {
+        let missing = PostgresSettings {
+            ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..PostgresSettings::new("postgres://usm@db/usm?sslmode=require")
+        };
         assert!(matches!(
-            PostgresSettings::new("postgres://usm@db/usm?sslmode=require").tokio_config(),
-            Err(ConnectError::TlsRequired("require"))
+            missing.transport(),
+            Err(ConnectError::CaFile { .. })
+        ));
+        assert!(matches!(
+            PostgresSettings::new("postgres://usm@db/usm?sslmode=require").transport(),
+            Ok(Transport::Tls(_))
+        ));
+        assert!(matches!(
+            PostgresSettings::new("postgres://usm@db/usm").transport(),
+            Ok(Transport::Plain)
         ));
         assert!(matches!(
             PostgresSettings::new("postgres://usm@db:notaport/usm").tokio_config(),

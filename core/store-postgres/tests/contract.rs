@@ -117,13 +117,27 @@ fn a_newer_schema_is_refused() {
     );
 }
 
-/// Runs SQL on the database with psql, the way an operator would.
-fn psql(url: &str, sql: &str) {
-    let status = std::process::Command::new("psql")
-        .args([url, "--quiet", "--set", "ON_ERROR_STOP=1", "--command", sql])
-        .status()
+/// Runs SQL on the database with psql, the way an operator would; returns what it printed.
+fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            url,
+            "--quiet",
+            "--no-align",
+            "--tuples-only",
+            "--set",
+            "ON_ERROR_STOP=1",
+            "--command",
+            sql,
+        ])
+        .output()
         .unwrap();
-    assert!(status.success(), "psql {sql}");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A database that cannot be reached fails the open with the database's reason, in time.
@@ -182,5 +196,44 @@ fn a_lease_has_one_holder_and_passes_on_when_released_or_expired() {
     assert!(
         !short.lease("webhooks").unwrap(),
         "the old holder knows it lost it"
+    );
+}
+
+/// With `sslmode=require` the connection is TLS and the server's certificate is checked: against
+/// the CA file when one is given (here the test cluster's own CA), else against the public roots,
+/// which do not know the test CA, so the connection is refused.
+#[test]
+fn tls_is_used_when_required_and_the_certificate_is_checked() {
+    let ca = std::env::var("USM_TEST_POSTGRES_CA")
+        .expect("USM_TEST_POSTGRES_CA names the test cluster's CA (.ci/postgres start)");
+    let database = ScratchDatabase::create().unwrap();
+    let url = format!("{}?sslmode=require", database.url);
+    let settings = PostgresSettings {
+        ca_file: Some(ca.into()),
+        ..PostgresSettings::new(url.as_str())
+    };
+    let store = PostgresStore::connect(&settings, StoreConfig::default()).unwrap();
+    create(&store, "it", "over TLS");
+    let name = database.url.rsplit('/').next().unwrap();
+    let encrypted = psql(
+        &database.url,
+        &format!(
+            "SELECT bool_and(ssl) AND count(*) > 0 FROM pg_stat_ssl JOIN pg_stat_activity \
+             USING (pid) WHERE datname = '{name}' AND application_name = 'usm'"
+        ),
+    );
+    assert_eq!(encrypted, "t", "usm's connections are encrypted");
+    drop(store);
+
+    let unchecked = PostgresStore::connect(
+        &PostgresSettings {
+            connect_timeout: std::time::Duration::from_secs(5),
+            ..PostgresSettings::new(url.as_str())
+        },
+        StoreConfig::default(),
+    );
+    assert!(
+        matches!(unchecked, Err(StoreError::Database(_))),
+        "a certificate from an unknown CA is refused"
     );
 }
