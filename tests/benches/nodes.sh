@@ -20,12 +20,12 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ -n "${USM_TEST_POSTGRES_DIR:-}" ] && "$here/.ci/postgres" stop "$USM_TEST_POSTGRES_DIR"
+    [ -n "${TEST_POSTGRES_DIR:-}" ] && "$here/.ci/postgres" stop "$TEST_POSTGRES_DIR"
     rm -rf "$work"
 }
 trap cleanup EXIT
 eval "$("$here/.ci/postgres" start)"
-server_url=${USM_TEST_POSTGRES_URL%/*}
+server_url=${TEST_POSTGRES_URL%/*}
 
 # Starts a node on port $1 with data directory $2 and store URL $3 (empty: the embedded store).
 serve() {
@@ -67,7 +67,7 @@ kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 for nodes in 1 2 3; do
     db="usm_bench_$nodes"
-    psql "$USM_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db"
+    psql "$TEST_POSTGRES_URL" -qc "CREATE DATABASE $db"
     ports=()
     for n in $(seq 1 "$nodes"); do
         port=$((18100 + nodes * 10 + n))

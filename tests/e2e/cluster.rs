@@ -1,5 +1,6 @@
 //! Three usm processes on one PostgreSQL database: writes through all three, one killed with
-//! SIGKILL mid-load; every acknowledged write is there and every effect happened once.
+//! SIGKILL mid-load; every acknowledged write is there, every fan-out happened once and every
+//! webhook event was delivered at least once, under one event id.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,8 @@ fn node_config(dir: &Path, name: &str, database: &ScratchDatabase) -> PathBuf {
     let config = dir.join(format!("{name}.toml"));
     let text = format!(
         "data_dir = {:?}\nstore_url = {:?}\nstore_lease_secs = 3\nworkers = 2\n\
-         bundled_modules = true\ndefault_agreements = true\nadmin_token = {:?}\n",
+         bundled_modules = true\ndefault_agreements = true\nadmin_token = {:?}\n\
+         webhook_allowed_networks = [\"127.0.0.0/8\"]\nwebhook_retry_base_ms = 50\n",
         data.display().to_string(),
         database.url,
         ADMIN_TOKEN,
@@ -133,6 +135,19 @@ async fn three_nodes_one_killed_lose_no_acknowledged_write_and_fan_out_once() {
         })
         .collect();
     let client = reqwest::Client::new();
+    let receiver = actix_web::web::Data::new(crate::webhooks::Receiver::default());
+    let (hook_url, hook_server) = crate::webhooks::start_receiver(receiver.clone());
+    let (status, body) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/api/v1/webhooks", nodes[0].base),
+        Some(
+            json!({"url": format!("{hook_url}/orders"), "events": ["record.created"],
+                    "kinds": ["request"], "secret": "cluster-cluster-cluster"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 
     let mut requests = Vec::new();
     for round in 0..ORDERS_PER_NODE {
@@ -211,6 +226,42 @@ async fn three_nodes_one_killed_lose_no_acknowledged_write_and_fan_out_once() {
             "{id}: {titles:?}"
         );
     }
+
+    // Each order's creation reached the webhook at least once, always as the same event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let events_by_order = loop {
+        let mut by_order =
+            std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+        for delivery in receiver.received.lock().unwrap().iter() {
+            let order = delivery.body["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let event = delivery.body["id"].as_str().unwrap_or_default().to_owned();
+            by_order.entry(order).or_default().insert(event);
+        }
+        if requests.iter().all(|r| by_order.contains_key(r)) {
+            break by_order;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orders never delivered: {:?}",
+            requests
+                .iter()
+                .filter(|r| !by_order.contains_key(*r))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for id in &requests {
+        assert_eq!(
+            events_by_order[id].len(),
+            1,
+            "{id}: {:?}",
+            events_by_order[id]
+        );
+    }
+    hook_server.stop(false).await;
     for node in nodes {
         node.kill().unwrap();
     }

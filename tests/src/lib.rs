@@ -109,7 +109,7 @@ pub struct TestServer {
 }
 
 /// `USM_E2E_STORE=postgres` runs every test server on a PostgreSQL database of its own (on the
-/// server `USM_TEST_POSTGRES_URL` names) instead of the embedded store.
+/// server `TEST_POSTGRES_URL` names) instead of the embedded store.
 pub const STORE_VARIABLE: &str = "USM_E2E_STORE";
 
 /// A database for a new test server when the tests run on PostgreSQL.

@@ -1,4 +1,4 @@
-//! Databases of their own for tests, on the server `USM_TEST_POSTGRES_URL` names (`.ci/postgres
+//! Databases of their own for tests, on the server `TEST_POSTGRES_URL` names (`.ci/postgres
 //! start` runs one and prints the variable).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +7,7 @@ use tokio_postgres::NoTls;
 
 /// The variable naming the test server (a URL of a database the tests may create databases
 /// from, such as `postgres`).
-pub const TEST_URL_VARIABLE: &str = "USM_TEST_POSTGRES_URL";
+pub const TEST_URL_VARIABLE: &str = "TEST_POSTGRES_URL";
 
 /// A new, empty database, dropped (with its connections) when this is dropped.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ fn on_server(url: &str, work: String) -> Result<(), String> {
 }
 
 impl ScratchDatabase {
-    /// Creates a database on the test server; fails when `USM_TEST_POSTGRES_URL` is not set.
+    /// Creates a database on the test server; fails when `TEST_POSTGRES_URL` is not set.
     pub fn create() -> Result<Self, String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let admin_url = std::env::var(TEST_URL_VARIABLE).map_err(|_| {

@@ -1,5 +1,5 @@
 //! The store contract against PostgreSQL (a database of its own per store, on the server
-//! `USM_TEST_POSTGRES_URL` names), plus what only a database shows: schema versions and nodes
+//! `TEST_POSTGRES_URL` names), plus what only a database shows: schema versions and nodes
 //! sharing one database.
 
 #![allow(clippy::unwrap_used)] // helpers of tests panic on failure, like the tests
@@ -204,8 +204,8 @@ fn a_lease_has_one_holder_and_passes_on_when_released_or_expired() {
 /// which do not know the test CA, so the connection is refused.
 #[test]
 fn tls_is_used_when_required_and_the_certificate_is_checked() {
-    let ca = std::env::var("USM_TEST_POSTGRES_CA")
-        .expect("USM_TEST_POSTGRES_CA names the test cluster's CA (.ci/postgres start)");
+    let ca = std::env::var("TEST_POSTGRES_CA")
+        .expect("TEST_POSTGRES_CA names the test cluster's CA (.ci/postgres start)");
     let database = ScratchDatabase::create().unwrap();
     let url = format!("{}?sslmode=require", database.url);
     let settings = PostgresSettings {

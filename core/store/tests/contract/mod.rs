@@ -536,6 +536,51 @@ pub fn moves_generations_with_their_areas(store: &dyn Store) {
     assert_eq!(store.generation("kind/change").unwrap(), 0);
 }
 
+/// Many firers of the same due timers at once (the SLA workers of several nodes, or one node's
+/// after a takeover): each timer fires exactly once, one event per timer.
+pub fn fires_each_timer_once_among_concurrent_firers(store: &dyn Store) {
+    let record = create(store, "it", "Core down");
+    let timers: Vec<Timer> = (0..8)
+        .map(|n| Timer {
+            record_id: record.id.clone(),
+            clock: format!("clock-{n}"),
+            level: "breach".into(),
+            due_at: Timestamp::UNIX_EPOCH,
+            cycle: 1,
+        })
+        .collect();
+    store.schedule_timers(&record.id, &timers).unwrap();
+    let before = store.events_after(0, 1000).unwrap().len();
+    let fired: usize = std::thread::scope(|scope| {
+        let firers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    timers
+                        .iter()
+                        .filter(|timer| {
+                            store
+                                .fire_timer(timer, &record, json!({}), &json!({"level": "breach"}))
+                                .unwrap()
+                                .is_some()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        firers.into_iter().map(|f| f.join().unwrap()).sum()
+    });
+    assert_eq!(
+        fired,
+        timers.len(),
+        "each timer fired once among the firers"
+    );
+    assert_eq!(
+        store.events_after(0, 1000).unwrap().len(),
+        before + timers.len()
+    );
+    assert_eq!(store.timer_count().unwrap(), 0);
+}
+
 /// Opens fresh, empty stores of one backend.
 pub trait Backend {
     /// A new, empty store with these tunables.
@@ -556,6 +601,7 @@ macro_rules! store_contract {
             replays_return_the_record_as_created,
             keeps_an_sla_ledger,
             moves_generations_with_their_areas,
+            fires_each_timer_once_among_concurrent_firers,
         );
         store_contract!(@backend $backend;
             concurrent_creates_get_distinct_ids_and_ordered_events,
