@@ -13,9 +13,14 @@
 //! PostgreSQL-only syntax beyond `unnest` and `FOR UPDATE`, which CockroachDB and YugabyteDB
 //! also run.
 //!
+//! Work that must run on one node at a time (an outbox consumer) holds a lease: a row of
+//! `usm_leases` taken or renewed by one conditional upsert, timed by the database's clock.
+//! Caches a node keeps follow the other nodes through generations: counters the write
+//! transactions move per settings area and per record kind.
+//!
 //! The driver is tokio-postgres with a deadpool pool on a small runtime of the store's own; the
 //! [`Store`] methods block the calling thread (callers run them on blocking threads, as they do
-//! for sled).
+//! for sled). `sslmode=require` connects over rustls, checking the server's certificate.
 
 mod scratch;
 mod settings;
