@@ -193,6 +193,23 @@ async fn tokens_and_modules_changed_on_one_node_take_effect_on_the_other() {
             .is_none()
     })
     .await;
+
+    // One node keeps the KPI sums; both answer with them.
+    let incidents = b.list_all("kind=incident").await.unwrap().len();
+    eventually("both nodes' KPIs count every incident", || async {
+        recovered(&a).await == Some(incidents as u64)
+            && recovered(&b).await == Some(incidents as u64)
+    })
+    .await;
+}
+
+/// The records of the `it` domain's Recover process (here: its incidents) the KPIs count.
+async fn recovered(server: &TestServer) -> Option<u64> {
+    let reply = server
+        .get("/api/v1/kpis?domain=it&process=recover")
+        .await
+        .unwrap();
+    reply.body["records"].as_u64()
 }
 
 /// A file uploaded through one node downloads through another, whose disk never had it.

@@ -56,10 +56,12 @@ impl KpiWorker {
                 }
                 held = holds;
                 if !holds {
+                    // Not woken by this node's commits: a reload reads every hour's sums, so
+                    // a node without the lease answers from sums at most a second old.
                     service
                         .engine
                         .commits()
-                        .wait_past(seen, Duration::from_millis(500));
+                        .wait_past(u64::MAX, Duration::from_secs(1));
                     continue;
                 }
                 let outcome = if service.read_position().is_none() {
