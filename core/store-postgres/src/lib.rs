@@ -79,24 +79,12 @@ const TAKE_LEASE: &str = "INSERT INTO usm_leases (name, holder, expires_at) \
                           OR usm_leases.expires_at < now() \
                           RETURNING holder";
 const RELEASE_LEASES: &str = "DELETE FROM usm_leases WHERE holder = $1";
-/// Takes the next number of a counter (a big-endian u64, as the layout stores it) in one
-/// statement of its own: the row is locked only while the statement runs.
-const NEXT_NUMBER: &str = "INSERT INTO usm_kv (tree, key, value) VALUES ($1, $2, int8send(1)) \
-                           ON CONFLICT (tree, key) DO UPDATE SET value = \
-                           int8send(('x' || encode(usm_kv.value, 'hex'))::bit(64)::int8 + 1) \
-                           RETURNING value";
-/// Connections of the numbering pool: numbers are taken while a write's transaction holds one
-/// of the main pool's, so they come from a pool of their own (one shared pool could run dry
-/// with every connection in a transaction waiting for a second).
-const NUMBERING_CONNECTIONS: usize = 4;
 
 /// The store on a PostgreSQL database.
 pub struct PostgresStore {
     /// Runs the connections' I/O; `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
-    /// Takes record numbers and creation positions outside the writes' transactions.
-    numbering: Pool,
     config: StoreConfig,
     kind_writes: KindWrites,
     metrics: usm_store::StoreMetrics,
@@ -164,31 +152,23 @@ impl PostgresStore {
             // never corrupt the store.
             pg.options("-c synchronous_commit=off");
         }
-        let transport = settings.transport().map_err(database)?;
-        let pool_of = |size: usize| {
-            let manager_config = ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            };
-            let manager = match &transport {
-                Transport::Plain => Manager::from_config(pg.clone(), NoTls, manager_config),
-                Transport::Tls(tls) => {
-                    Manager::from_config(pg.clone(), tls.clone(), manager_config)
-                }
-            };
-            Pool::builder(manager)
-                .max_size(size)
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(settings.connect_timeout))
-                .create_timeout(Some(settings.connect_timeout))
-                .build()
-                .map_err(database)
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
         };
-        let pool = pool_of(settings.pool_size)?;
-        let numbering = pool_of(NUMBERING_CONNECTIONS)?;
+        let manager = match settings.transport().map_err(database)? {
+            Transport::Plain => Manager::from_config(pg, NoTls, manager_config),
+            Transport::Tls(tls) => Manager::from_config(pg, tls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(settings.connect_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .build()
+            .map_err(database)?;
         let store = Self {
             runtime: Some(runtime),
             pool,
-            numbering,
             config,
             kind_writes: KindWrites::default(),
             metrics: usm_store::StoreMetrics::default(),
@@ -432,31 +412,6 @@ impl KvTx for PgTx<'_> {
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>> {
         self.writes.borrow_mut().insert((tree, key.to_vec()), None);
         Ok(())
-    }
-
-    fn next_number(&self, counter: &[u8]) -> Result<u64, TxFail<Self::Error>> {
-        // Outside the transaction: a counter every create takes would otherwise stay locked
-        // until each create's commit and make them commit one at a time.
-        let store = self.store;
-        let client = store
-            .block(store.numbering.get())
-            .map_err(|error| TxFail::Abort(database(error)))?;
-        let value: Vec<u8> = store
-            .block(async {
-                let statement = client.prepare_cached(NEXT_NUMBER).await?;
-                let row = client
-                    .query_one(&statement, &[&tree_id(TreeId::Counters), &counter])
-                    .await?;
-                Ok::<_, tokio_postgres::Error>(row.get(0))
-            })
-            .map_err(TxFail::Kv)?;
-        let bytes: [u8; 8] = value.try_into().map_err(|value: Vec<u8>| {
-            TxFail::Abort(StoreError::Corrupt {
-                what: "counter",
-                detail: format!("expected 8 bytes, found {}", value.len()),
-            })
-        })?;
-        Ok(u64::from_be_bytes(bytes))
     }
 }
 

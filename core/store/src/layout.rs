@@ -117,18 +117,6 @@ pub trait KvTx {
     fn insert(&self, tree: TreeId, key: &[u8], value: Vec<u8>) -> Result<(), TxFail<Self::Error>>;
     /// Removes `key`, if present.
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<(), TxFail<Self::Error>>;
-
-    /// The next number of the series `counter` (in [`TreeId::Counters`]) for numbering what
-    /// has no order to keep beyond uniqueness: record numbers and the creation order. By
-    /// default it is taken inside the transaction, gap-free, the counter locked until the
-    /// commit; a backend whose writers contend for that lock may take it outside instead, at
-    /// the price of a gap when the transaction does not commit.
-    fn next_number(&self, counter: &[u8]) -> Result<u64, TxFail<Self::Error>>
-    where
-        Self: Sized,
-    {
-        next_counter(self, counter)
-    }
 }
 
 /// A key and its value.
@@ -378,7 +366,7 @@ pub fn apply_write<T: KvTx>(
                     }));
                 }
             }
-            let number = tx.next_number(prefix.as_bytes())?;
+            let number = next_counter(tx, prefix.as_bytes())?;
             record.id = RecordId::from_parts(prefix, number);
             record.version = 1;
             if let Some(claim) = idempotency {
@@ -395,7 +383,7 @@ pub fn apply_write<T: KvTx>(
                     Vec::new(),
                 )?;
             }
-            (tx.next_number(CREATED_COUNTER)?, None)
+            (next_counter(tx, CREATED_COUNTER)?, None)
         }
         Expected::Version(expected) => {
             let bytes = tx
