@@ -221,21 +221,10 @@ impl BlobStore {
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        for fan in fs::read_dir(&self.dir)? {
-            let fan = fan?;
-            if fan.file_name() == "tmp" || !fan.file_type()?.is_dir() {
-                continue;
-            }
-            for blob in fs::read_dir(fan.path())? {
-                let blob = blob?;
-                let name = blob.file_name().to_string_lossy().into_owned();
-                if !is_digest(&name) || referenced.contains(&name) {
-                    continue;
-                }
-                if blob.metadata()?.modified()? < cutoff {
-                    fs::remove_file(blob.path())?;
-                    removed += 1;
-                }
+        for (sha256, path) in self.local_blobs()? {
+            if !referenced.contains(&sha256) && fs::metadata(&path)?.modified()? < cutoff {
+                fs::remove_file(path)?;
+                removed += 1;
             }
         }
         Ok(removed)
