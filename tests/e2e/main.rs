@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod cluster;
 mod concurrency;
+mod console;
 mod controls;
 mod conversation;
 mod crash;

@@ -35,8 +35,9 @@ use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
 pub use metrics::HttpMetrics;
-pub use principal::RateLimiter;
+pub use principal::{RateLimiter, admit, limit_address};
 pub use problem::{ApiError, Problem, status_of};
+pub use records::{ListParams, RecordPage, list_page};
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -845,6 +846,10 @@ fn as_problem<B: MessageBody + 'static>(
 ) -> ServiceResponse<actix_web::body::BoxBody> {
     use actix_web::ResponseError as _;
     let status = response.status();
+    // The console answers people with pages, errors included.
+    if response.request().path().starts_with("/ui") {
+        return response.map_into_boxed_body();
+    }
     let is_problem = response
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)

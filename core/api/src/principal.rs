@@ -64,6 +64,13 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
     } else {
         Actor::new("anonymous", [Role::Admin])
     };
+    admit(services, request, &actor)?;
+    Ok(actor)
+}
+
+/// Charges a request to `actor`'s budget (the console's requests, like the API's): the quota
+/// left goes back in the `RateLimit-*` headers, an empty budget is `429`.
+pub fn admit(services: &Services, request: &HttpRequest, actor: &Actor) -> Result<(), ApiError> {
     match services.rate_limiter.take(&actor.id) {
         Ok(Some(quota)) => {
             use actix_web::HttpMessage as _;
@@ -83,7 +90,7 @@ fn authenticate(request: &HttpRequest) -> Result<Actor, ApiError> {
             .with_header("RateLimit-Reset", retry_after.to_string()));
         }
     }
-    Ok(actor)
+    Ok(())
 }
 
 impl FromRequest for Principal {

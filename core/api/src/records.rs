@@ -387,57 +387,59 @@ pub async fn list_records(
     request: HttpRequest,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut params = params.into_inner();
+    let params = params.into_inner();
+    let services = services.into_inner();
+    let page = web::block(move || list_page(&services, &actor, params)).await??;
+    Ok(crate::headers::page_response(&request, &page))
+}
+
+/// A page of the record listing as the caller may see it: what `GET /api/v1/records` answers,
+/// for the console to render the same listing. Blocks on the store and the search index.
+pub fn list_page(
+    services: &Services,
+    actor: &usm_model::Actor,
+    mut params: ListParams,
+) -> Result<RecordPage, ApiError> {
     let shape = crate::shape::Shape::parse(params.fields.as_deref(), params.expand.as_deref())?;
     let count = params.count.unwrap_or(false);
     let queue = params.queue()?;
-    let services = services.into_inner();
-    let page = web::block(move || -> Result<RecordPage, ApiError> {
-        let (records, next_cursor, filter) = match queue {
-            Some(queue) => {
-                let filter = queue.filter.clone();
-                let hits = crate::search::list_queue(
-                    &services,
-                    &actor,
-                    queue,
-                    params.limit,
-                    params.cursor,
-                )?;
-                (hits.records, hits.next_cursor, filter)
-            }
-            None => {
-                let filter = usm_search::Filter {
-                    kind: params.kind.clone(),
-                    state: params.state.clone(),
-                    domain: params.domain.clone(),
-                    ..usm_search::Filter::default()
-                };
-                let page = services.engine.list(
-                    &actor,
-                    ListRequest {
-                        kind: params.kind,
-                        state: params.state,
-                        domain: params.domain,
-                        limit: params.limit,
-                        cursor: params.cursor,
-                    },
-                )?;
-                (page.records, page.next_cursor, filter)
-            }
-        };
-        let total = count
-            .then(|| services.search.count(&actor, &filter.for_caller(&actor)))
-            .transpose()?;
-        let (records, included) = shape.apply(&services.engine, &actor, records)?;
-        Ok(RecordPage {
-            records,
-            next_cursor,
-            total,
-            included,
-        })
+    let (records, next_cursor, filter) = match queue {
+        Some(queue) => {
+            let filter = queue.filter.clone();
+            let hits =
+                crate::search::list_queue(services, actor, queue, params.limit, params.cursor)?;
+            (hits.records, hits.next_cursor, filter)
+        }
+        None => {
+            let filter = usm_search::Filter {
+                kind: params.kind.clone(),
+                state: params.state.clone(),
+                domain: params.domain.clone(),
+                ..usm_search::Filter::default()
+            };
+            let page = services.engine.list(
+                actor,
+                ListRequest {
+                    kind: params.kind,
+                    state: params.state,
+                    domain: params.domain,
+                    limit: params.limit,
+                    cursor: params.cursor,
+                },
+            )?;
+            (page.records, page.next_cursor, filter)
+        }
+    };
+    let total = count
+        .then(|| services.search.count(actor, &filter.for_caller(actor)))
+        .transpose()?;
+    let (records, included) = shape.apply(&services.engine, actor, records)?;
+    Ok(RecordPage {
+        records,
+        next_cursor,
+        total,
+        included,
     })
-    .await??;
-    Ok(crate::headers::page_response(&request, &page))
 }
 
 /// An approval decision to record.

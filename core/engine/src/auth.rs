@@ -251,7 +251,8 @@ impl From<&TokenRecord> for TokenInfo {
     }
 }
 
-fn hash(secret: &str) -> String {
+/// The hash a token is known by: the hex SHA-256 of its secret.
+pub fn secret_hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -333,8 +334,14 @@ impl Tokens {
     /// Resolves a bearer secret to the actor it stands for: the token's id and name, roles and
     /// domains.
     pub fn authenticate(&self, secret: &str) -> Result<Actor, AuthError> {
+        self.authenticate_hash(&secret_hash(secret))
+    }
+
+    /// Resolves a token by its secret's hash ([`secret_hash`]): what a console session keeps,
+    /// so the secret itself is stored nowhere and revoking the token ends the session.
+    pub fn authenticate_hash(&self, hash: &str) -> Result<Actor, AuthError> {
         let tokens = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
-        let record = tokens.get(&hash(secret)).ok_or(AuthError::Invalid)?;
+        let record = tokens.get(hash).ok_or(AuthError::Invalid)?;
         if record.expires_at.is_some_and(|at| at <= Timestamp::now()) {
             return Err(AuthError::Expired);
         }
@@ -464,7 +471,7 @@ impl Tokens {
             expires_at: new.expires_at,
             created_at: Timestamp::now(),
             created_by: by.name.clone(),
-            hash: hash(secret),
+            hash: secret_hash(secret),
         };
         let encoded = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
             what: "token",

@@ -42,6 +42,8 @@ pub struct Config {
     /// Seconds a node's lease on an outbox consumer outlives its last renewal: the longest the
     /// other nodes sharing the database wait to take over the work of a node that died.
     pub store_lease_secs: u64,
+    /// Seconds a web console session lasts from sign-in.
+    pub console_session_secs: u64,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, in `RUST_LOG` syntax.
@@ -201,6 +203,7 @@ impl Default for Config {
             store_ca_file: None,
             store_pool_size: 16,
             store_lease_secs: 10,
+            console_session_secs: 8 * 3600,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             workers: None,

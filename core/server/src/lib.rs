@@ -142,9 +142,19 @@ impl Server {
                 Arc::clone(&registry),
             )),
         });
-        let mut http = HttpServer::new(move || usm_api::create_app(services.clone()))
-            .shutdown_timeout(config.shutdown_timeout_secs)
-            .disable_signals();
+        let console = web::Data::new(usm_console::Console::new(
+            Arc::clone(engine.store()),
+            &usm_console::ConsoleConfig {
+                session_ttl: Duration::from_secs(config.console_session_secs),
+            },
+        ));
+        let mut http = HttpServer::new(move || {
+            usm_api::create_app(services.clone())
+                .app_data(console.clone())
+                .configure(usm_console::configure)
+        })
+        .shutdown_timeout(config.shutdown_timeout_secs)
+        .disable_signals();
         if let Some(workers) = config.workers {
             http = http.workers(workers);
         }

@@ -1,0 +1,761 @@
+//! The web console (issue 16) in a real browser: Debian's Chromium driven headless through
+//! ChromeDriver (WebDriver, fantoccini), against a real server. Plus the console's HTTP
+//! contract checked without a browser: security headers, cookie flags, CSRF and rights.
+
+use std::{net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use usm_tests::TestServer;
+
+/// A ChromeDriver process on a free loopback port, killed when dropped.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn driver() -> Driver {
+    let binary = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "ChromeDriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does)",
+        );
+    let port = free_port();
+    let child = std::process::Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ChromeDriver starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let driver = Driver { child, url };
+    let status = format!("{}/status", driver.url);
+    for _ in 0..200 {
+        if reqwest::get(&status)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return driver;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("ChromeDriver did not answer on {status}");
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    let mut options = json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                                      "--disable-gpu", "--window-size=1280,1000"]});
+    if std::path::Path::new("/usr/bin/chromium").exists() {
+        options["binary"] = json!("/usr/bin/chromium");
+    }
+    capabilities.insert("goog:chromeOptions".into(), options);
+    // WebDriver on loopback speaks plain HTTP.
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Where the test leaves its screenshots (README shows how to look at them).
+fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    std::fs::create_dir_all(&dir).expect("a screenshot directory");
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).expect("saved");
+}
+
+/// Waits for `css` on the page; when it does not come, fails with what the page says.
+async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    match browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(element) => element,
+        Err(error) => {
+            let said = match browser.find(Locator::Css("main")).await {
+                Ok(main) => main.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let url = browser
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            panic!("{css} is not on {url} ({error}); the page says: {said}");
+        }
+    }
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    wait_for(browser, css).await.text().await.expect("its text")
+}
+
+async fn type_into(browser: &Client, css: &str, text: &str) {
+    let element = wait_for(browser, css).await;
+    element.clear().await.expect("cleared");
+    element.send_keys(text).await.expect("typed");
+}
+
+async fn click(browser: &Client, css: &str) {
+    wait_for(browser, css)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("{css} clicks: {error}"));
+}
+
+/// Clicks a submit button and waits until the browser has left the page for the answer.
+async fn submit(browser: &Client, css: &str) {
+    let page = browser.find(Locator::Css("html")).await.expect("a page");
+    click(browser, css).await;
+    for _ in 0..400 {
+        if page.tag_name().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("clicking {css} did not load a page");
+}
+
+async fn path_of(browser: &Client) -> String {
+    browser
+        .current_url()
+        .await
+        .expect("a URL")
+        .path()
+        .to_owned()
+}
+
+async fn sign_in(browser: &Client, base: &str, token: &str) {
+    browser
+        .goto(&format!("{base}/ui/login"))
+        .await
+        .expect("the sign-in page");
+    type_into(browser, "#token", token).await;
+    submit(browser, "form[action='/ui/login'] button[type=submit]").await;
+    wait_for(browser, "form.signout").await;
+}
+
+async fn sign_out(browser: &Client) {
+    submit(browser, "form.signout button").await;
+    wait_for(browser, "#token").await;
+}
+
+async fn person(server: &TestServer, id: &str, role: &str) -> String {
+    server
+        .person_with_token(
+            json!({"id": id, "name": format!("{id} Lee"), "email": format!("{id}@example.org"),
+                   "domains": ["it"]}),
+            role,
+        )
+        .await
+}
+
+#[actix_web::test]
+async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
+    let server = TestServer::start_with(|config| {
+        config.bundled_modules = true;
+        config.default_agreements = true;
+    })
+    .unwrap();
+    let agent = person(&server, "ann", "agent").await;
+    let requester = person(&server, "rob", "requester").await;
+    let item = server
+        .post(
+            "/api/v1/catalog/items",
+            &json!({"id": "monitor", "domain": "it", "name": "A second monitor",
+                    "description": "A 27-inch monitor on your desk",
+                    "form": {"type": "object", "required": ["size"], "additionalProperties": false,
+                             "properties": {"size": {"type": "string", "enum": ["24", "27"], "title": "Size"},
+                                            "note": {"type": "string", "title": "Note"}}},
+                    "approval": {"by": "none"},
+                    "fulfilment": [{"title": "Deliver a {{ variables.size }}-inch monitor",
+                                    "domain": "it", "group": "it-workplace"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(item.status, StatusCode::CREATED, "{}", item.body);
+    let driver = driver().await;
+    let browser = browser(&driver).await;
+    let base = server.base.clone();
+
+    // A page asked for without a session leads to the sign-in form, and back after it.
+    browser
+        .goto(&format!("{base}/ui/records?sort=-created_at"))
+        .await
+        .unwrap();
+    assert_eq!(path_of(&browser).await, "/ui/login");
+    screenshot(&browser, "sign-in").await;
+    type_into(&browser, "#token", &agent).await;
+    submit(&browser, "form[action='/ui/login'] button[type=submit]").await;
+    text_of(&browser, "form.signout .who").await;
+    let url = browser.current_url().await.unwrap();
+    assert_eq!(url.path(), "/ui/records");
+    assert_eq!(
+        url.query(),
+        Some("sort=-created_at"),
+        "back where the agent was going"
+    );
+
+    // Create an incident from the form generated from the kind's schema.
+    browser
+        .goto(&format!("{base}/ui/new?kind=incident&domain=it"))
+        .await
+        .unwrap();
+    type_into(&browser, "#title", "Printer on floor 3 jams").await;
+    browser
+        .find(Locator::Css("select[name='field.impact']"))
+        .await
+        .expect("an impact select, from the schema's enum")
+        .select_by_value("high")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("select[name='field.urgency']"))
+        .await
+        .unwrap()
+        .select_by_value("high")
+        .await
+        .unwrap();
+    screenshot(&browser, "create-incident").await;
+    submit(&browser, "form[action='/ui/records'] button[type=submit]").await;
+    let id = text_of(&browser, "h1 .id").await;
+    assert!(id.starts_with("INC-"), "{id}");
+    let stored = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
+    assert_eq!(stored.body["title"], "Printer on floor 3 jams");
+    assert_eq!(stored.body["fields"]["impact"], "high");
+    assert_eq!(
+        stored.body["created_by"], "ann",
+        "created as the signed-in agent"
+    );
+
+    // The queue lists it, with its count.
+    browser
+        .goto(&format!("{base}/ui/records?domain=it&kind=incident"))
+        .await
+        .unwrap();
+    let listed = text_of(&browser, "table tbody").await;
+    assert!(listed.contains(&id), "{listed}");
+    screenshot(&browser, "queue").await;
+
+    // Reply publicly, then write an internal note.
+    browser
+        .goto(&format!("{base}/ui/records/{id}"))
+        .await
+        .unwrap();
+    type_into(&browser, "#reply", "We are on our way.").await;
+    submit(&browser, "#conversation button[type=submit]").await;
+    type_into(&browser, "#reply", "Toner smells burnt.").await;
+    click(&browser, "input[name=visibility][value=internal]").await;
+    submit(&browser, "#conversation button[type=submit]").await;
+    let conversation = text_of(&browser, "ol.conversation").await;
+    assert!(
+        conversation.contains("We are on our way."),
+        "{conversation}"
+    );
+    assert!(
+        conversation.contains("Toner smells burnt."),
+        "{conversation}"
+    );
+    let comments = server
+        .get(&format!("/api/v1/records/{id}/comments"))
+        .await
+        .unwrap();
+    let visibilities: Vec<&str> = comments.body["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["visibility"].as_str().unwrap())
+        .collect();
+    assert_eq!(visibilities, ["public", "internal"]);
+
+    // Move it through its lifecycle with the state buttons the lifecycle allows.
+    type_into(&browser, "#move-comment", "Taking it").await;
+    submit(&browser, "button[name=to][value=in_progress]").await;
+    wait_for(&browser, "button[name=to][value=resolved]").await;
+    assert_eq!(text_of(&browser, "#state").await, "in_progress");
+    // ISO/IEC 20000 wants the category and resolution data before resolving: set in the same
+    // write as the move.
+    click(&browser, "details.edit summary").await;
+    type_into(&browser, "input[name='field.category']", "hardware").await;
+    type_into(&browser, "input[name='field.resolution_code']", "replaced").await;
+    type_into(
+        &browser,
+        "textarea[name='field.resolution']",
+        "New toner cartridge",
+    )
+    .await;
+    submit(&browser, "button[name=to][value=resolved]").await;
+    wait_for(&browser, "button[name=to][value=closed]").await;
+    assert_eq!(text_of(&browser, "#state").await, "resolved");
+    let resolved = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
+    assert_eq!(resolved.body["fields"]["resolution_code"], "replaced");
+    assert_eq!(resolved.body["fields"]["category"], "hardware");
+
+    // The history shows each write's pipeline trace: module, step, outcome.
+    click(&browser, "#v1 details.trace summary").await;
+    let trace = text_of(&browser, "#v1 details.trace table").await;
+    assert!(
+        trace.contains("itil4"),
+        "the ITIL 4 module's steps ran on the create: {trace}"
+    );
+    let history = server
+        .get(&format!("/api/v1/records/{id}/history"))
+        .await
+        .unwrap();
+    let first_step = &history.body["entries"][0]["steps"][0];
+    assert!(
+        trace.contains(first_step["step"].as_str().unwrap()),
+        "{trace} names {first_step}"
+    );
+    screenshot(&browser, "record").await;
+
+    // A form whose CSRF token was taken out is refused.
+    browser
+        .execute(
+            "document.querySelector('#conversation input[name=csrf]').remove()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    type_into(&browser, "#reply", "This must not arrive").await;
+    submit(&browser, "#conversation button[type=submit]").await;
+    assert_eq!(
+        browser
+            .find(Locator::Css("[data-code]"))
+            .await
+            .expect("an error page")
+            .attr("data-code")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("csrf_invalid")
+    );
+    let after = server
+        .get(&format!("/api/v1/records/{id}/comments"))
+        .await
+        .unwrap();
+    assert_eq!(after.body["comments"].as_array().unwrap().len(), 2);
+    browser
+        .goto(&format!("{base}/ui/records/{id}"))
+        .await
+        .unwrap();
+    sign_out(&browser).await;
+
+    // Signed out, the cookie no longer opens a page.
+    browser
+        .goto(&format!("{base}/ui/records/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(path_of(&browser).await, "/ui/login");
+
+    // An admin disables a module in one domain and enables it again.
+    sign_in(&browser, &base, usm_tests::ADMIN_TOKEN).await;
+    browser
+        .goto(&format!("{base}/ui/admin/modules"))
+        .await
+        .unwrap();
+    screenshot(&browser, "modules").await;
+    submit(&browser, "button[data-module=iso20000][data-domain=it].on").await;
+    wait_for(&browser, "button[data-module=iso20000][data-domain=it].off").await;
+    let module = server.get("/api/v1/modules/iso20000").await.unwrap();
+    assert!(
+        !module.body["domains"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("it")),
+        "{}",
+        module.body
+    );
+    submit(&browser, "button[data-module=iso20000][data-domain=it].off").await;
+    wait_for(&browser, "button[data-module=iso20000][data-domain=it].on").await;
+    let module = server.get("/api/v1/modules/iso20000").await.unwrap();
+    assert!(
+        module.body["domains"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("it")),
+        "{}",
+        module.body
+    );
+    sign_out(&browser).await;
+
+    // A requester orders from the catalog through the portal's generated form.
+    sign_in(&browser, &base, &requester).await;
+    browser.goto(&format!("{base}/ui/portal")).await.unwrap();
+    assert!(
+        browser
+            .find_all(Locator::Css("a[href='/ui/records']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a requester has no queues"
+    );
+    submit(&browser, "a[href='/ui/portal/items/monitor']").await;
+    browser
+        .find(Locator::Css("select[name='field.size']"))
+        .await
+        .unwrap()
+        .select_by_value("27")
+        .await
+        .unwrap();
+    type_into(&browser, "input[name='field.note']", "Left of the window").await;
+    screenshot(&browser, "order").await;
+    submit(
+        &browser,
+        "form[action='/ui/portal/items/monitor'] button[type=submit]",
+    )
+    .await;
+    let request = text_of(&browser, "h1 .id").await;
+    let ordered = server
+        .get(&format!("/api/v1/records/{request}"))
+        .await
+        .unwrap();
+    assert_eq!(ordered.status, StatusCode::OK, "{}", ordered.body);
+    assert_eq!(ordered.body["created_by"], "rob");
+    let ordered_text = ordered.body.to_string();
+    assert!(
+        ordered_text.contains("Left of the window"),
+        "{ordered_text}"
+    );
+    // The requester does not see the agent's incident: the console has the token's rights.
+    browser
+        .goto(&format!("{base}/ui/records/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser
+            .find(Locator::Css("[data-code]"))
+            .await
+            .expect("an error page")
+            .attr("data-code")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("record_not_found")
+    );
+    browser.goto(&format!("{base}/ui/portal")).await.unwrap();
+    let mine = text_of(&browser, "#mine-h + ul").await;
+    assert!(mine.contains(&request), "{mine}");
+    screenshot(&browser, "portal").await;
+
+    browser.close().await.unwrap();
+}
+
+#[actix_web::test]
+async fn an_expired_session_sends_the_browser_back_to_sign_in() {
+    let server = TestServer::start_with(|config| config.console_session_secs = 2).unwrap();
+    let driver = driver().await;
+    let browser = browser(&driver).await;
+    let base = server.base.clone();
+    sign_in(&browser, &base, usm_tests::ADMIN_TOKEN).await;
+    // Sessions end by the clock: wait past the end, then any page is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    browser.goto(&format!("{base}/ui/records")).await.unwrap();
+    assert_eq!(path_of(&browser).await, "/ui/login");
+    let notice = text_of(&browser, "p.notice").await;
+    assert!(notice.contains("expired"), "{notice}");
+    browser.close().await.unwrap();
+}
+
+/// A client that keeps cookies and does not follow redirects, like a browser seen from HTTP.
+fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in the page"))
+        + marker.len();
+    html[start..][..html[start..].find('"').unwrap()].to_owned()
+}
+
+async fn signed_in(
+    server: &TestServer,
+    client: &reqwest::Client,
+    token: &str,
+) -> reqwest::Response {
+    let form = client
+        .get(format!("{}/ui/login", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    client
+        .post(format!("{}/ui/login", server.base))
+        .form(&[("csrf", hidden(&form, "csrf").as_str()), ("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn console_pages_carry_strict_cookies_a_policy_without_inline_script_and_csrf_checks() {
+    let server = TestServer::start().unwrap();
+    let client = cookie_client();
+
+    let login = client
+        .get(format!("{}/ui/login", server.base))
+        .send()
+        .await
+        .unwrap();
+    let policy = login.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(login.headers()["x-frame-options"], "DENY");
+    let html = login.text().await.unwrap();
+    assert!(!html.contains("<script>"), "no inline script");
+    assert!(!html.contains(" style="), "no inline style");
+
+    // A token in the URL signs nobody in.
+    let in_url = client
+        .get(format!(
+            "{}/ui/login?token={}",
+            server.base,
+            usm_tests::ADMIN_TOKEN
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(in_url.status(), StatusCode::OK);
+    assert!(
+        in_url
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("usm_session="))
+    );
+
+    // The sign-in form without its CSRF value is refused; a wrong token is refused.
+    let no_csrf = client
+        .post(format!("{}/ui/login", server.base))
+        .form(&[("token", usm_tests::ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
+    let wrong = signed_in(&server, &client, "not-a-token").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let signed = signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
+    assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+    let session = signed
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("usm_session="))
+        .expect("a session cookie");
+    assert!(session.contains("HttpOnly"), "{session}");
+    assert!(session.contains("SameSite=Strict"), "{session}");
+    assert!(session.contains("Path=/ui"), "{session}");
+    assert!(!session.contains("Secure"), "plain HTTP: {session}");
+    assert!(
+        !session.contains(usm_tests::ADMIN_TOKEN),
+        "the token is not in the cookie"
+    );
+
+    // Over TLS (as a proxy in front says) the cookie is Secure.
+    let form = client
+        .get(format!("{}/ui/login", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let proxied = cookie_client()
+        .post(format!("{}/ui/login", server.base))
+        .header("x-forwarded-proto", "https")
+        .header(
+            header::COOKIE,
+            format!("usm_login={}", hidden(&form, "csrf")),
+        )
+        .form(&[
+            ("csrf", hidden(&form, "csrf").as_str()),
+            ("token", usm_tests::ADMIN_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let secure = proxied
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("usm_session="))
+        .expect("a session cookie");
+    assert!(secure.contains("Secure"), "{secure}");
+
+    // A state change without the session's CSRF token: 403, nothing written.
+    let made = server
+        .create(json!({"kind": "incident", "title": "Mail is slow"}))
+        .await
+        .unwrap();
+    let id = made["id"].as_str().unwrap();
+    let refused = client
+        .post(format!("{}/ui/records/{id}/transition", server.base))
+        .form(&[("to", "in_progress")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let page = client
+        .get(format!("{}/ui/records/{id}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    let csrf = hidden(&page, "csrf");
+    let wrong_csrf = client
+        .post(format!("{}/ui/records/{id}/transition", server.base))
+        .form(&[
+            ("to", "in_progress"),
+            ("csrf", "x".repeat(csrf.len()).as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_csrf.status(), StatusCode::FORBIDDEN);
+    let record = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
+    assert_eq!(record.body["state"], "new", "nothing was written");
+    let moved = client
+        .post(format!("{}/ui/records/{id}/transition", server.base))
+        .form(&[
+            ("to", "in_progress"),
+            ("csrf", csrf.as_str()),
+            ("comment", "on it"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::SEE_OTHER);
+    let record = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
+    assert_eq!(record.body["state"], "in_progress");
+
+    // A transition the lifecycle refuses is a page with the API's code.
+    let illegal = client
+        .post(format!("{}/ui/records/{id}/transition", server.base))
+        .form(&[("to", "new"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(illegal.status(), StatusCode::CONFLICT);
+    assert!(illegal.text().await.unwrap().contains("illegal_transition"));
+}
+
+#[actix_web::test]
+async fn revoking_the_token_ends_its_console_sessions() {
+    let server = TestServer::start().unwrap();
+    let made = server
+        .post(
+            "/api/v1/tokens",
+            &json!({"name": "desk", "roles": ["agent"]}),
+        )
+        .await
+        .unwrap();
+    let (token_id, secret) = (
+        made.body["id"].as_str().unwrap().to_owned(),
+        made.body["token"].as_str().unwrap().to_owned(),
+    );
+    let client = cookie_client();
+    assert_eq!(
+        signed_in(&server, &client, &secret).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let queue = client
+        .get(format!("{}/ui/records", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queue.status(), StatusCode::OK);
+    let revoked = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{token_id}"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let after = client
+        .get(format!("{}/ui/records", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::SEE_OTHER);
+    assert!(
+        after.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/login"),
+        "back to sign-in"
+    );
+}
+
+#[actix_web::test]
+async fn a_domain_admin_administers_only_its_domains_through_the_console() {
+    let server = TestServer::start_with(|config| config.bundled_modules = true).unwrap();
+    let hr_admin = server
+        .token("hr-admin", &["admin"], Some(&["hr"]))
+        .await
+        .unwrap();
+    let client = cookie_client();
+    signed_in(&server, &client, &hr_admin).await;
+    let page = client
+        .get(format!("{}/ui/admin/modules", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(!page.contains("data-domain=\"it\""), "only its own domains");
+    let csrf = hidden(&page, "csrf");
+    let refused = client
+        .post(format!("{}/ui/admin/modules/itil4/disable", server.base))
+        .form(&[("domain", "it"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let module: Value = server.get("/api/v1/modules/itil4").await.unwrap().body;
+    assert!(module["domains"].as_array().unwrap().contains(&json!("it")));
+}
