@@ -317,6 +317,14 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
     assert_eq!(resolved.body["fields"]["resolution_code"], "replaced");
     assert_eq!(resolved.body["fields"]["category"], "hardware");
 
+    // The agreement in force gives it SLA clocks; an approval is recorded from the page.
+    let clocks = text_of(&browser, "table.clocks").await;
+    assert!(clocks.contains("Resolution"), "{clocks}");
+    type_into(&browser, "#approval-comment", "Fine by me").await;
+    submit(&browser, "button[name=decision][value=approve]").await;
+    let approvals = text_of(&browser, "#approvals-h + ul").await;
+    assert!(approvals.contains("ann"), "{approvals}");
+
     // The history shows each write's pipeline trace: module, step, outcome.
     click(&browser, "#v1 details.trace summary").await;
     let trace = text_of(&browser, "#v1 details.trace table").await;
@@ -715,7 +723,7 @@ async fn revoking_the_token_ends_its_console_sessions() {
         )
         .await
         .unwrap();
-    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(revoked.status, StatusCode::OK, "{revoked:?}");
     let after = client
         .get(format!("{}/ui/records", server.base))
         .send()
@@ -758,4 +766,92 @@ async fn a_domain_admin_administers_only_its_domains_through_the_console() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let module: Value = server.get("/api/v1/modules/itil4").await.unwrap().body;
     assert!(module["domains"].as_array().unwrap().contains(&json!("it")));
+}
+
+#[actix_web::test]
+async fn a_requester_confirms_a_resolution_and_an_agent_sees_saved_queues_with_counts() {
+    let server = TestServer::start().unwrap();
+    let requester = person(&server, "rob", "requester").await;
+    let agent = person(&server, "ann", "agent").await;
+    let made = server
+        .act(
+            &requester,
+            Method::POST,
+            "/api/v1/records",
+            Some(json!({"kind": "incident", "domain": "it", "title": "VPN drops"})),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    server.transition(&id, "in_progress").await.unwrap();
+    server.transition(&id, "resolved").await.unwrap();
+
+    let client = cookie_client();
+    signed_in(&server, &client, &requester).await;
+    let page = client
+        .get(format!("{}/ui/records/{id}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/confirmation"), "the requester is asked");
+    assert!(
+        !page.contains("id=\"change\""),
+        "a requester has no state buttons"
+    );
+    let accepted = client
+        .post(format!("{}/ui/records/{id}/confirmation", server.base))
+        .form(&[("accept", "true"), ("csrf", hidden(&page, "csrf").as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
+    let record = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
+    assert_eq!(record.body["state"], "closed", "{}", record.body);
+    assert_eq!(record.body["fields"]["customer_confirmed"], true);
+
+    let queue = server
+        .act(
+            &agent,
+            Method::POST,
+            "/api/v1/queues",
+            Some(json!({"name": "Closed incidents", "domain": "it",
+                        "filter": {"kind": "incident", "state": "closed"}})),
+        )
+        .await;
+    assert_eq!(queue.status, StatusCode::CREATED, "{}", queue.body);
+    server.settle().await.unwrap();
+    let agent_client = cookie_client();
+    signed_in(&server, &agent_client, &agent).await;
+    let queues = agent_client
+        .get(format!("{}/ui/records", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let saved = queues
+        .split("class=\"saved\"")
+        .nth(1)
+        .expect("the saved queue is listed");
+    assert!(saved.contains("Closed incidents"), "{saved}");
+    assert!(saved.contains("<span class=\"count\">1</span>"), "{saved}");
+    let listing = agent_client
+        .get(format!(
+            "{}/ui/records?kind=incident&state=closed&count=true",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains(&format!("/ui/records/{id}")),
+        "the queue lists it"
+    );
 }

@@ -48,23 +48,35 @@ pub async fn queue(
     request: HttpRequest,
 ) -> Result<HttpResponse, Refusal> {
     let query = request.query_string().to_owned();
-    let params: ListParams = web::Query::<ListParams>::from_query(&query)
-        .map_err(|error| Refusal::BadForm(format!("the queue's filters: {error}")))?
-        .into_inner();
+    let parse = |count: bool| -> Result<ListParams, Refusal> {
+        let params = web::Query::<ListParams>::from_query(&query)
+            .map_err(|error| Refusal::BadForm(format!("the queue's filters: {error}")))?
+            .into_inner();
+        Ok(ListParams {
+            count: Some(count),
+            ..params
+        })
+    };
+    let with_count = parse(true)?;
+    let without_count = parse(false)?;
     let filters: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .filter(|(name, _)| name != "cursor" && name != "sort" && name != "count")
         .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect();
-    let sorted = params.sort.clone();
-    let with_count = ListParams {
-        count: Some(true),
-        ..params
-    };
+    let sorted = with_count.sort.clone();
     let actor = visitor.actor.clone();
     let services = services.into_inner();
     let (page, saved) = blocking(move || {
-        let page = usm_api::list_page(&services, &actor, with_count)?;
-        Ok((page, saved_queues(&services, &actor)?))
+        // Counts come from the search index; while it is rebuilt (at a first start, say) the
+        // listing shows without them rather than not at all.
+        match usm_api::list_page(&services, &actor, with_count) {
+            Ok(page) => Ok((page, saved_queues(&services, &actor)?)),
+            Err(error) if error.problem().code == ErrorCode::SearchRebuilding => Ok((
+                usm_api::list_page(&services, &actor, without_count)?,
+                Vec::new(),
+            )),
+            Err(error) => Err(error.into()),
+        }
     })
     .await?;
     let filter_pairs: Vec<(&str, &str)> = filters
