@@ -294,6 +294,31 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         .collect();
     assert_eq!(visibilities, ["public", "internal"]);
 
+    // Attach a file through the upload form.
+    let upload = std::env::temp_dir().join(format!("usm-console-{}.txt", std::process::id()));
+    std::fs::write(&upload, "paper jam log\n").unwrap();
+    browser
+        .find(Locator::Css("input#file"))
+        .await
+        .unwrap()
+        .send_keys(upload.to_str().unwrap())
+        .await
+        .unwrap();
+    submit(
+        &browser,
+        "form[enctype='multipart/form-data'] button[type=submit]",
+    )
+    .await;
+    let attachments = text_of(&browser, "ul.attachments").await;
+    let name = upload.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(attachments.contains(&name), "{attachments}");
+    let stored = server
+        .get(&format!("/api/v1/records/{id}/attachments"))
+        .await
+        .unwrap();
+    assert_eq!(stored.body["attachments"][0]["size"], 14, "{}", stored.body);
+    let _ = std::fs::remove_file(&upload);
+
     // Move it through its lifecycle with the state buttons the lifecycle allows.
     type_into(&browser, "#move-comment", "Taking it").await;
     submit(&browser, "button[name=to][value=in_progress]").await;
@@ -547,6 +572,7 @@ async fn console_pages_carry_strict_cookies_a_policy_without_inline_script_and_c
     assert!(policy.contains("script-src 'self'"), "{policy}");
     assert!(!policy.contains("unsafe-inline"), "{policy}");
     assert_eq!(login.headers()["x-frame-options"], "DENY");
+    assert_eq!(login.headers()[header::CACHE_CONTROL], "no-store");
     let html = login.text().await.unwrap();
     assert!(!html.contains("<script>"), "no inline script");
     assert!(!html.contains(" style="), "no inline style");
@@ -677,6 +703,30 @@ async fn console_pages_carry_strict_cookies_a_policy_without_inline_script_and_c
     assert_eq!(moved.status(), StatusCode::SEE_OTHER);
     let record = server.get(&format!("/api/v1/records/{id}")).await.unwrap();
     assert_eq!(record.body["state"], "in_progress");
+
+    // An upload form without the CSRF field, or with a wrong one, stores nothing.
+    for csrf_part in [None, Some("x".repeat(csrf.len()))] {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(value) = csrf_part {
+            form = form.text("csrf", value);
+        }
+        let form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(b"log".to_vec()).file_name("log.txt"),
+        );
+        let refused = client
+            .post(format!("{}/ui/records/{id}/attachments", server.base))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+    let none = server
+        .get(&format!("/api/v1/records/{id}/attachments"))
+        .await
+        .unwrap();
+    assert_eq!(none.body["attachments"], json!([]), "{}", none.body);
 
     // A transition the lifecycle refuses is a page with the API's code.
     let illegal = client

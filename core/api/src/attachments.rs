@@ -327,6 +327,7 @@ async fn multipart_file(
     body: web::Payload,
     feed: &mut BlobFeed,
     room: &Room,
+    guard: Option<FormGuard>,
 ) -> Result<(String, String), ApiError> {
     let limit = room.per_file.saturating_add(MULTIPART_OVERHEAD);
     let mut multipart = Multipart::new(
@@ -337,35 +338,72 @@ async fn multipart_file(
         },
     );
     let broken = |error| multipart_error(error, limit);
-    let mut part = next(&mut multipart)
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MultipartInvalid,
-                "the multipart body has no part; send one, the file",
-            )
-        })?
-        .map_err(broken)?;
-    let filename = part
-        .content_disposition()
-        .and_then(filename_in)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MultipartInvalid,
-                "the part is not a file: its Content-Disposition names no filename",
-            )
-        })??;
-    let content_type = media_type(part.headers())?.essence_str().to_owned();
-    stream_into(&mut part, feed, room, broken).await?;
-    drop(part);
+    let mut guarded = guard.is_none();
+    let part = loop {
+        let part = next(&mut multipart)
+            .await
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::MultipartInvalid,
+                    "the multipart body has no file part; send one, the file",
+                )
+            })?
+            .map_err(broken)?;
+        let named_file = part.content_disposition().and_then(filename_in);
+        match (named_file, &guard) {
+            (Some(filename), _) => break (part, filename?),
+            // A form's own field before its file: read it whole (it is small) and check it.
+            (None, Some(guard)) if part.name() == Some(guard.field) => {
+                let value = form_field(part, broken).await?;
+                guarded = (guard.accepts)(&value);
+            }
+            (None, _) => {
+                return Err(ApiError::new(
+                    ErrorCode::MultipartInvalid,
+                    "the part is not a file: its Content-Disposition names no filename",
+                ));
+            }
+        }
+    };
+    if !guarded {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the upload form is missing its CSRF token or carries a wrong one",
+        ));
+    }
+    let (mut file, filename) = part;
+    let content_type = media_type(file.headers())?.essence_str().to_owned();
+    stream_into(&mut file, feed, room, broken).await?;
+    drop(file);
     match next(&mut multipart).await {
         None => Ok((filename, content_type)),
         Some(Ok(_)) => Err(ApiError::new(
             ErrorCode::MultipartInvalid,
-            "the multipart body has more than one part; send exactly one, the file",
+            "the multipart body has more than one file part; send exactly one, the file",
         )),
         Some(Err(error)) => Err(broken(error)),
     }
+}
+
+/// Most bytes of a form field read before an upload's file.
+const MAX_FORM_FIELD: usize = 4 * 1024;
+
+async fn form_field(
+    mut part: actix_multipart::Field,
+    broken: impl Fn(MultipartError) -> ApiError,
+) -> Result<String, ApiError> {
+    let mut value = Vec::new();
+    while let Some(chunk) = next(&mut part).await {
+        value.extend_from_slice(&chunk.map_err(&broken)?);
+        if value.len() > MAX_FORM_FIELD {
+            return Err(ApiError::new(
+                ErrorCode::MultipartInvalid,
+                format!("a form field before the file is longer than {MAX_FORM_FIELD} bytes"),
+            ));
+        }
+    }
+    String::from_utf8(value)
+        .map_err(|_| ApiError::new(ErrorCode::MultipartInvalid, "a form field is not UTF-8"))
 }
 
 /// Attaches a file to a record the caller may see: the body is either the file itself, with
@@ -401,8 +439,36 @@ pub async fn upload(
     Principal(actor): Principal,
     id: web::Path<String>,
     request: HttpRequest,
-    mut body: web::Payload,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let (attachment, version) =
+        upload_as(&services, actor, id.into_inner(), &request, body, None).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, etag(version)))
+        .json(attachment))
+}
+
+/// A form field a browser's upload must carry before its file (the console's CSRF token): its
+/// name, and whether a value is the right one. Without it, or with a wrong value, the upload is
+/// refused with `403 forbidden` before any byte of the file is stored.
+pub struct FormGuard {
+    /// The field's name.
+    pub field: &'static str,
+    /// Whether the value sent is right.
+    pub accepts: Box<dyn Fn(&str) -> bool + Send>,
+}
+
+/// Stores an upload (the body of `POST …/attachments`, raw or `multipart/form-data`) and
+/// attaches it to record `id` as `actor`; returns the attachment and the record's new version.
+/// The console posts its upload form through this, with a [`FormGuard`].
+pub async fn upload_as(
+    services: &Services,
+    actor: usm_model::Actor,
+    id: String,
+    request: &HttpRequest,
+    mut body: web::Payload,
+    guard: Option<FormGuard>,
+) -> Result<(usm_engine::attachments::Attachment, u64), ApiError> {
     // Rights and the headers first: a client that may not attach sends us no bytes to store.
     let record = {
         let (engine_ref, actor, id) = (services.engine.clone(), actor.clone(), id.clone());
@@ -410,7 +476,7 @@ pub async fn upload(
     };
     services.engine.writable(&record)?;
     // A stale If-Match is refused before any byte is stored; the write checks it again.
-    let expected = crate::headers::if_match(&request)?;
+    let expected = crate::headers::if_match(request)?;
     if let Some(expected) = expected
         && expected != record.version
     {
@@ -421,7 +487,7 @@ pub async fn upload(
         }
         .into());
     }
-    let room = Room::of(&services, &record)?;
+    let room = Room::of(services, &record)?;
     let media = media_type(request.headers())?;
     let multipart = media.type_() == mime::MULTIPART;
     if multipart && media.subtype() != mime::FORM_DATA {
@@ -444,9 +510,14 @@ pub async fn upload(
     let started = std::time::Instant::now();
     let mut feed = BlobFeed::start(services.blobs.writer(room.limit())?, room.limit());
     let (filename, content_type) = if multipart {
-        multipart_file(&request, body, &mut feed, &room).await?
+        multipart_file(request, body, &mut feed, &room, guard).await?
+    } else if guard.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the upload form is sent as multipart/form-data",
+        ));
     } else {
-        let named = (filename(&request)?, media.essence_str().to_owned());
+        let named = (filename(request)?, media.essence_str().to_owned());
         stream_into(&mut body, &mut feed, &room, |error| broken_off(&error)).await?;
         named
     };
@@ -480,9 +551,7 @@ pub async fn upload(
         referenced_us = started.elapsed().as_micros(),
         "attachment stored"
     );
-    Ok(HttpResponse::Created()
-        .insert_header((header::ETAG, etag(record.version + 1)))
-        .json(attachment))
+    Ok((attachment, record.version + 1))
 }
 
 /// A file's bytes, as the body of an upload.

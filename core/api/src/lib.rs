@@ -34,6 +34,7 @@ use usm_engine::{Engine, Registry, auth::Tokens};
 use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
+pub use attachments::{FormGuard, upload_as};
 pub use metrics::HttpMetrics;
 pub use principal::{RateLimiter, admit, limit_address};
 pub use problem::{ApiError, Problem, status_of};

@@ -118,6 +118,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 web::post().to(records::transition),
             )
             .route("/records/{id}/comments", web::post().to(records::comment))
+            .route("/records/{id}/attachments", web::post().to(records::attach))
             .route(
                 "/records/{id}/confirmation",
                 web::post().to(records::confirmation),

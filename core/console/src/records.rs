@@ -356,6 +356,33 @@ pub async fn comment(
     Ok(see_other(&format!("{}#conversation", record_page(&id))))
 }
 
+/// `POST /ui/records/{id}/attachments`: the upload form, `multipart/form-data` with the
+/// `csrf` field before the file; stored as the API stores uploads.
+pub async fn attach(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    request: HttpRequest,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, Refusal> {
+    let id = id.into_inner();
+    let csrf = visitor.csrf.clone();
+    let guard = usm_api::FormGuard {
+        field: "csrf",
+        accepts: Box::new(move |sent| crate::session::same_secret(sent, &csrf)),
+    };
+    usm_api::upload_as(
+        &services,
+        visitor.actor.clone(),
+        id.clone(),
+        &request,
+        body,
+        Some(guard),
+    )
+    .await?;
+    Ok(see_other(&format!("{}#attachments-h", record_page(&id))))
+}
+
 /// `POST /ui/records/{id}/confirmation`: the requester accepts or rejects a resolution.
 pub async fn confirmation(
     services: web::Data<Services>,
