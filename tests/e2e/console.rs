@@ -142,6 +142,21 @@ async fn submit(browser: &Client, css: &str) {
     panic!("clicking {css} did not load a page");
 }
 
+/// Fails when a visible form field of the page has no label.
+async fn assert_labelled(browser: &Client) {
+    let unlabelled = browser
+        .execute(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]\
+             .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))\
+             .map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let url = browser.current_url().await.unwrap();
+    assert_eq!(unlabelled, json!([]), "fields without a label on {url}");
+}
+
 async fn path_of(browser: &Client) -> String {
     browser
         .current_url()
@@ -211,8 +226,16 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         .unwrap();
     assert_eq!(path_of(&browser).await, "/ui/login");
     screenshot(&browser, "sign-in").await;
-    type_into(&browser, "#token", &agent).await;
-    submit(&browser, "form[action='/ui/login'] button[type=submit]").await;
+    assert_labelled(&browser).await;
+    // With the keyboard alone: the token, then Enter.
+    let page = browser.find(Locator::Css("html")).await.unwrap();
+    type_into(&browser, "#token", &format!("{agent}\u{E007}")).await;
+    for _ in 0..400 {
+        if page.tag_name().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     text_of(&browser, "form.signout .who").await;
     let url = browser.current_url().await.unwrap();
     assert_eq!(url.path(), "/ui/records");
@@ -243,6 +266,7 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         .await
         .unwrap();
     screenshot(&browser, "create-incident").await;
+    assert_labelled(&browser).await;
     submit(&browser, "form[action='/ui/records'] button[type=submit]").await;
     let id = text_of(&browser, "h1 .id").await;
     assert!(id.starts_with("INC-"), "{id}");
@@ -262,6 +286,7 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
     let listed = text_of(&browser, "table tbody").await;
     assert!(listed.contains(&id), "{listed}");
     screenshot(&browser, "queue").await;
+    assert_labelled(&browser).await;
 
     // Reply publicly, then write an internal note.
     browser
@@ -367,6 +392,7 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         "{trace} names {first_step}"
     );
     screenshot(&browser, "record").await;
+    assert_labelled(&browser).await;
 
     // A form whose CSRF token was taken out is refused.
     browser
@@ -414,6 +440,7 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         .await
         .unwrap();
     screenshot(&browser, "modules").await;
+    assert_labelled(&browser).await;
     submit(&browser, "button[data-module=iso20000][data-domain=it].on").await;
     wait_for(&browser, "button[data-module=iso20000][data-domain=it].off").await;
     let module = server.get("/api/v1/modules/iso20000").await.unwrap();
@@ -436,6 +463,10 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         "{}",
         module.body
     );
+    browser.goto(&format!("{base}/ui/kpis")).await.unwrap();
+    wait_for(&browser, "#chart_created svg").await;
+    screenshot(&browser, "kpis").await;
+    assert_labelled(&browser).await;
     sign_out(&browser).await;
 
     // A requester orders from the catalog through the portal's generated form.
@@ -459,6 +490,7 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
         .unwrap();
     type_into(&browser, "input[name='field.note']", "Left of the window").await;
     screenshot(&browser, "order").await;
+    assert_labelled(&browser).await;
     submit(
         &browser,
         "form[action='/ui/portal/items/monitor'] button[type=submit]",
@@ -496,6 +528,36 @@ async fn agents_requesters_and_admins_work_through_the_console_in_a_browser() {
     let mine = text_of(&browser, "#mine-h + ul").await;
     assert!(mine.contains(&request), "{mine}");
     screenshot(&browser, "portal").await;
+    assert_labelled(&browser).await;
+
+    // At phone width the pages fit the screen: nothing scrolls sideways but the wide tables,
+    // each in its own scrolling box.
+    browser.set_window_size(390, 844).await.unwrap();
+    for path in ["/ui/portal", &format!("/ui/records/{request}")] {
+        browser.goto(&format!("{base}{path}")).await.unwrap();
+        let fits = browser
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let wide = browser
+            .execute(
+                "return [...document.querySelectorAll('body *')]\
+                 .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)\
+                 .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fits,
+            json!(true),
+            "{path} fits a phone's width; too wide: {wide}"
+        );
+    }
+    screenshot(&browser, "phone-record").await;
 
     browser.close().await.unwrap();
 }
@@ -904,4 +966,125 @@ async fn a_requester_confirms_a_resolution_and_an_agent_sees_saved_queues_with_c
         listing.contains(&format!("/ui/records/{id}")),
         "the queue lists it"
     );
+}
+
+#[actix_web::test]
+async fn admins_keep_tokens_and_read_people_webhook_deliveries_audit_and_kpi_charts() {
+    let server = TestServer::start_with(|config| {
+        config.webhook_allowed_networks = vec!["127.0.0.0/8".to_owned()];
+        config.webhook_retry_base_ms = 50;
+    })
+    .unwrap();
+    person(&server, "ann", "agent").await;
+    let hook = server
+        .post(
+            "/api/v1/webhooks",
+            &json!({"url": "http://127.0.0.1:9/usm", "events": ["record.created"],
+                    "max_attempts": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.body);
+    server
+        .create(json!({"kind": "incident", "title": "Disk full"}))
+        .await
+        .unwrap();
+    server.settle().await.unwrap();
+
+    let client = cookie_client();
+    signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let base = server.base.clone();
+        async move {
+            let answer = client.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{path}");
+            answer.text().await.unwrap()
+        }
+    };
+
+    // A token made in the console works on the API; revoked there, it stops.
+    let tokens = get("/ui/admin/tokens").await;
+    let made = client
+        .post(format!("{}/ui/admin/tokens", server.base))
+        .form(&[
+            ("name", "monitoring"),
+            ("role", "agent"),
+            ("domain", "it"),
+            ("csrf", hidden(&tokens, "csrf").as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let secret = made
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the secret is shown once")
+        .to_owned();
+    let works = server
+        .call_as(Some(&secret), Method::GET, "/api/v1/kinds", None)
+        .await
+        .unwrap();
+    assert_eq!(works.status, StatusCode::OK);
+    let listed = server.get("/api/v1/tokens").await.unwrap();
+    let token_id = listed.body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "monitoring")
+        .expect("listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = client
+        .post(format!("{}/ui/admin/tokens/{token_id}/revoke", server.base))
+        .form(&[("csrf", hidden(&tokens, "csrf").as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::SEE_OTHER);
+    let stopped = server
+        .call_as(Some(&secret), Method::GET, "/api/v1/kinds", None)
+        .await
+        .unwrap();
+    assert_eq!(stopped.status, StatusCode::UNAUTHORIZED);
+
+    let people = get("/ui/admin/people").await;
+    assert!(people.contains("ann Lee"), "the directory is listed");
+
+    // The webhook's delivery log.
+    let mut webhooks = get("/ui/admin/webhooks").await;
+    assert!(webhooks.contains("127.0.0.1:9"), "{webhooks}");
+    // The worker's first attempt lands in the log on its own schedule.
+    for _ in 0..100 {
+        if webhooks.contains("class=\"delivery ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        webhooks = get("/ui/admin/webhooks").await;
+    }
+    assert!(
+        webhooks.contains("class=\"delivery "),
+        "a delivery is logged: {webhooks}"
+    );
+
+    let audit = get("/ui/admin/audit").await;
+    assert!(audit.contains("token.revoke"), "{audit}");
+    assert!(audit.contains("webhook"), "{audit}");
+
+    // KPIs drawn as SVG on the server: this week's bar counts the incident.
+    let kpis = get("/ui/kpis").await;
+    let created = kpis
+        .split("id=\"chart_created\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</figure>").next())
+        .expect("the created-per-week chart");
+    assert!(created.contains("<svg"), "{created}");
+    assert_eq!(created.matches("<rect").count(), 8, "eight weeks");
+    let bars: Vec<&str> = created.split("class=\"value\">").skip(1).collect();
+    assert!(bars.last().unwrap().starts_with('1'), "{created}");
 }

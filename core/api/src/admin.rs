@@ -72,19 +72,45 @@ pub async fn create_token(
     body: web::Json<NewToken>,
 ) -> Result<HttpResponse, ApiError> {
     let services = services.into_inner();
-    let result = web::block(move || -> Result<_, ApiError> {
-        let (info, token) = services.tokens.create(&actor, body.into_inner())?;
-        audit(
-            &services,
-            &actor,
-            ("token.create", &info),
-            None,
-            serde_json::to_value(&info).ok(),
-        );
-        Ok(CreatedToken { token, info })
-    })
-    .await??;
+    let result =
+        web::block(move || create_token_audited(&services, &actor, body.into_inner())).await??;
     Ok(HttpResponse::Created().json(result))
+}
+
+/// Creates a token as `actor` and writes its audit entry: the API's and the console's way.
+/// Blocks on the store.
+pub fn create_token_audited(
+    services: &Services,
+    actor: &usm_model::Actor,
+    new: NewToken,
+) -> Result<CreatedToken, ApiError> {
+    let (info, token) = services.tokens.create(actor, new)?;
+    audit(
+        services,
+        actor,
+        ("token.create", &info),
+        None,
+        serde_json::to_value(&info).ok(),
+    );
+    Ok(CreatedToken { token, info })
+}
+
+/// Revokes a token as `actor` and writes its audit entry: the API's and the console's way.
+/// Blocks on the store.
+pub fn revoke_token_audited(
+    services: &Services,
+    actor: &usm_model::Actor,
+    id: &str,
+) -> Result<TokenInfo, ApiError> {
+    let info = services.tokens.revoke(actor, id)?;
+    audit(
+        services,
+        actor,
+        ("token.revoke", &info),
+        serde_json::to_value(&info).ok(),
+        None,
+    );
+    Ok(info)
 }
 
 /// Lists the API tokens whose domains lie within the caller's (without their secrets).
@@ -104,18 +130,7 @@ pub async fn revoke_token(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let services = services.into_inner();
-    let info = web::block(move || -> Result<_, ApiError> {
-        let info = services.tokens.revoke(&actor, &id)?;
-        audit(
-            &services,
-            &actor,
-            ("token.revoke", &info),
-            serde_json::to_value(&info).ok(),
-            None,
-        );
-        Ok(info)
-    })
-    .await??;
+    let info = web::block(move || revoke_token_audited(&services, &actor, &id)).await??;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -213,13 +228,19 @@ impl From<usm_engine::webhooks::WebhookError> for ApiError {
 /// URL (possible in subscriptions made before URL credentials were refused) never.
 fn redacted(mut subscription: Subscription) -> Subscription {
     subscription.secret = "(hidden)".into();
-    if let Ok(mut url) = url::Url::parse(&subscription.url)
+    subscription.url = redacted_url(&subscription.url);
+    subscription
+}
+
+/// A webhook's URL as shown to admins: a password in it is replaced by `hidden`.
+pub fn redacted_url(address: &str) -> String {
+    if let Ok(mut url) = url::Url::parse(address)
         && url.password().is_some()
         && url.set_password(Some("hidden")).is_ok()
     {
-        subscription.url = url.into();
+        return url.into();
     }
-    subscription
+    address.to_owned()
 }
 
 use usm_engine::webhooks::{self, Delivery, NewSubscription, Subscription};

@@ -34,6 +34,7 @@ use usm_engine::{Engine, Registry, auth::Tokens};
 use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
+pub use admin::{create_token_audited, redacted_url, revoke_token_audited};
 pub use attachments::{FormGuard, upload_as};
 pub use metrics::HttpMetrics;
 pub use principal::{RateLimiter, admit, limit_address};

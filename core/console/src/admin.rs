@@ -104,3 +104,155 @@ pub async fn change_module(
     .map_err(ApiError::from)??;
     Ok(see_other("/ui/admin/modules"))
 }
+
+/// `GET /ui/admin/tokens`: the tokens within the admin's domains, and a form for a new one.
+pub async fn tokens(
+    services: web::Data<Services>,
+    visitor: Visitor,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    let tokens = services.tokens.list(&visitor.actor);
+    page_for(
+        &visitor,
+        "tokens.html",
+        context! { tokens => value_of(&tokens), created => None::<String> },
+    )
+}
+
+/// `POST /ui/admin/tokens`: `name`, `role`, optional `domain`; the page shows the secret once.
+pub async fn create_token(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, Refusal> {
+    let form = checked_form(&request, &visitor, &body)?;
+    admin_only(&visitor)?;
+    let new: usm_engine::auth::NewToken = serde_json::from_value(serde_json::json!({
+        "name": form.text("name").unwrap_or_default(),
+        "roles": [form.text("role").unwrap_or_else(|| "agent".to_owned())],
+        "domains": form.text("domain").map(|d| vec![d]),
+    }))
+    .map_err(|error| Refusal::BadForm(format!("not a token: {error}")))?;
+    let (shared, actor) = (services.clone().into_inner(), visitor.actor.clone());
+    let created = web::block(move || usm_api::create_token_audited(&shared, &actor, new))
+        .await
+        .map_err(ApiError::from)??;
+    let secret = created.token;
+    let tokens = services.tokens.list(&visitor.actor);
+    page_for(
+        &visitor,
+        "tokens.html",
+        context! { tokens => value_of(&tokens), created => Some(secret) },
+    )
+}
+
+/// `POST /ui/admin/tokens/{id}/revoke`.
+pub async fn revoke_token(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    request: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Refusal> {
+    checked_form(&request, &visitor, &body)?;
+    admin_only(&visitor)?;
+    let (shared, actor) = (services.into_inner(), visitor.actor.clone());
+    web::block(move || usm_api::revoke_token_audited(&shared, &actor, &id))
+        .await
+        .map_err(ApiError::from)??;
+    Ok(see_other("/ui/admin/tokens"))
+}
+
+/// `GET /ui/admin/people`: the directory's people and groups in the admin's domains.
+pub async fn people(
+    services: web::Data<Services>,
+    visitor: Visitor,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    let (engine, actor) = (services.engine.clone(), visitor.actor.clone());
+    let (people, groups) = web::block(move || -> Result<_, ApiError> {
+        let directory = engine.directory();
+        Ok((
+            directory.people(&actor, None, 500)?,
+            directory.groups(&actor, None)?,
+        ))
+    })
+    .await
+    .map_err(ApiError::from)??;
+    page_for(
+        &visitor,
+        "people.html",
+        context! { people => value_of(&people), groups => value_of(&groups) },
+    )
+}
+
+/// `GET /ui/admin/webhooks`: subscriptions (secrets hidden) with their latest deliveries.
+pub async fn webhooks(
+    services: web::Data<Services>,
+    visitor: Visitor,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    let (store, actor) = (services.engine.store().clone(), visitor.actor.clone());
+    let subscriptions = web::block(move || -> Result<Vec<Value>, ApiError> {
+        usm_engine::webhooks::list_visible(store.as_ref(), &actor)?
+            .into_iter()
+            .map(|subscription| {
+                let mut log =
+                    usm_engine::webhooks::deliveries(store.as_ref(), &actor, &subscription.id)?;
+                let total = log.len();
+                log.reverse();
+                log.truncate(20);
+                Ok(context! {
+                    id => subscription.id,
+                    url => usm_api::redacted_url(&subscription.url),
+                    events => value_of(&subscription.events),
+                    domains => value_of(&subscription.domains),
+                    deliveries => value_of(&log),
+                    total => total,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(ApiError::from)??;
+    page_for(
+        &visitor,
+        "webhooks.html",
+        context! { webhooks => subscriptions },
+    )
+}
+
+/// Query of the audit page.
+#[derive(Debug, serde::Deserialize)]
+pub struct AuditQuery {
+    after: Option<u64>,
+}
+
+/// `GET /ui/admin/audit?after=…`: the audit log the admin may read, 100 entries a page.
+pub async fn audit(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    let (store, actor) = (services.engine.store().clone(), visitor.actor.clone());
+    let after = query.after.unwrap_or(0);
+    let entries =
+        web::block(move || usm_engine::auth::audit_entries(store.as_ref(), &actor, after, 100))
+            .await
+            .map_err(ApiError::from)?
+            .map_err(|error| {
+                tracing::error!(%error, "cannot read the audit log");
+                ApiError::new(ErrorCode::Internal, "the audit log cannot be read now")
+            })?;
+    let next = (entries.len() == 100)
+        .then(|| serde_json::to_value(entries.last()).ok())
+        .flatten()
+        .and_then(|last| last.get("seq").and_then(serde_json::Value::as_u64));
+    page_for(
+        &visitor,
+        "audit.html",
+        context! { entries => value_of(&entries), next => next },
+    )
+}

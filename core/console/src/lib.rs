@@ -5,6 +5,7 @@
 
 mod admin;
 mod form;
+mod kpis;
 mod portal;
 mod records;
 mod render;
@@ -124,6 +125,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 web::post().to(records::confirmation),
             )
             .route("/records/{id}/approvals", web::post().to(records::approve))
+            .route("/kpis", web::get().to(kpis::kpis))
+            .route("/admin/tokens", web::get().to(admin::tokens))
+            .route("/admin/tokens", web::post().to(admin::create_token))
+            .route(
+                "/admin/tokens/{id}/revoke",
+                web::post().to(admin::revoke_token),
+            )
+            .route("/admin/people", web::get().to(admin::people))
+            .route("/admin/webhooks", web::get().to(admin::webhooks))
+            .route("/admin/audit", web::get().to(admin::audit))
             .route("/admin/modules", web::get().to(admin::modules))
             .route(
                 "/admin/modules/{id}/{action}",

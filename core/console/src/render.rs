@@ -22,6 +22,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("modules.html", include_str!("../templates/modules.html")),
     ("portal.html", include_str!("../templates/portal.html")),
     ("item.html", include_str!("../templates/item.html")),
+    ("tokens.html", include_str!("../templates/tokens.html")),
+    ("people.html", include_str!("../templates/people.html")),
+    ("webhooks.html", include_str!("../templates/webhooks.html")),
+    ("audit.html", include_str!("../templates/audit.html")),
+    ("kpis.html", include_str!("../templates/kpis.html")),
+    (
+        "admin_nav.html",
+        include_str!("../templates/admin_nav.html"),
+    ),
 ];
 
 /// Every word the console shows, in English: one file to translate.
