@@ -1088,3 +1088,182 @@ async fn admins_keep_tokens_and_read_people_webhook_deliveries_audit_and_kpi_cha
     let bars: Vec<&str> = created.split("class=\"value\">").skip(1).collect();
     assert!(bars.last().unwrap().starts_with('1'), "{created}");
 }
+
+#[actix_web::test]
+async fn an_admin_previews_disabling_a_module_against_recent_records_before_doing_it() {
+    let server = TestServer::start_with(|config| config.bundled_modules = true).unwrap();
+    server
+        .create(json!({"kind": "incident", "title": "Mail is down",
+                       "fields": {"impact": "high", "urgency": "high"}}))
+        .await
+        .unwrap();
+    let client = cookie_client();
+    signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
+    let modules = client
+        .get(format!("{}/ui/admin/modules", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        modules.contains("/ui/admin/modules/itil4/preview?domain=it&amp;change=disable"),
+        "a preview link beside the disable button"
+    );
+    let preview = client
+        .get(format!(
+            "{}/ui/admin/modules/itil4/preview?domain=it&change=disable",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), StatusCode::OK);
+    let preview = preview.text().await.unwrap();
+    let figures = preview
+        .split("id=\"preview-figures\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</dl>").next())
+        .expect("the preview's figures");
+    let numbers: Vec<&str> = figures
+        .split("<dd>")
+        .skip(1)
+        .map(|dd| dd.split('<').next().unwrap())
+        .collect();
+    assert_eq!(numbers[0], "1", "one record replayed: {figures}");
+    assert_eq!(
+        numbers[1], "1",
+        "without ITIL 4 its priority is not set: {figures}"
+    );
+    let sample = preview
+        .split("class=\"sample\"")
+        .nth(1)
+        .expect("the record is shown as a sample");
+    assert!(
+        sample.contains("priority"),
+        "the difference is shown: {sample}"
+    );
+    let module = server.get("/api/v1/modules/itil4").await.unwrap();
+    assert!(
+        module.body["domains"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("it")),
+        "a preview changes nothing"
+    );
+}
+
+#[actix_web::test]
+async fn an_admin_installs_a_bundle_and_an_agent_downloads_an_attachment_through_the_console() {
+    let server = TestServer::start().unwrap();
+    let manifest = "id = \"stamp\"\nversion = \"1.0.0\"\nframework = \"custom\"\napi = \"^0.1\"\n\
+        [[steps]]\nname = \"stamp\"\nhook = \"create\"\nprocess = \"recover\"\nphase = \"before\"\n\
+        order = 1\nscript = \"stamp.rhai\"\n";
+    let files: usm_engine::ModuleFiles = [
+        ("module.toml".to_owned(), manifest.as_bytes().to_vec()),
+        (
+            "stamp.rhai".to_owned(),
+            b"fn run(input) { continue_() }".to_vec(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let bundle = usm_engine::bundle::pack(&files).unwrap();
+    let client = cookie_client();
+    signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
+    let page = client
+        .get(format!("{}/ui/admin/modules", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden(&page, "csrf");
+    let upload = |csrf: Option<String>| {
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(csrf) = csrf {
+            form = form.text("csrf", csrf);
+        }
+        form.part(
+            "bundle",
+            reqwest::multipart::Part::bytes(bundle.clone()).file_name("stamp.tar.gz"),
+        )
+    };
+    let refused = client
+        .post(format!("{}/ui/admin/modules", server.base))
+        .multipart(upload(None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        server.get("/api/v1/modules/stamp").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    let installed = client
+        .post(format!("{}/ui/admin/modules", server.base))
+        .multipart(upload(Some(csrf)))
+        .send()
+        .await
+        .unwrap();
+    let status = installed.status();
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        installed.text().await.unwrap()
+    );
+    let module = server.get("/api/v1/modules/stamp").await.unwrap();
+    assert_eq!(module.status, StatusCode::OK, "{}", module.body);
+    assert_eq!(module.body["version"], "1.0.0");
+
+    // An attachment uploaded through the API downloads through the console, as it was.
+    let made = server
+        .create(json!({"kind": "incident", "title": "Scanner"}))
+        .await
+        .unwrap();
+    let id = made["id"].as_str().unwrap();
+    let attached = server
+        .client()
+        .post(format!("{}/api/v1/records/{id}/attachments", server.base))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"scan.txt\"",
+        )
+        .body("scanned page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attached.status(), StatusCode::CREATED);
+    let attachment: Value = attached.json().await.unwrap();
+    let record_page = client
+        .get(format!("{}/ui/records/{id}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let link = format!(
+        "/ui/records/{id}/attachments/{}",
+        attachment["id"].as_str().unwrap()
+    );
+    assert!(record_page.contains(&link), "the page links the file");
+    let download = client
+        .get(format!("{}{link}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), StatusCode::OK);
+    assert_eq!(download.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        download.headers()[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    assert_eq!(download.text().await.unwrap(), "scanned page");
+}

@@ -385,6 +385,67 @@ async fn multipart_file(
     }
 }
 
+/// Reads a `multipart/form-data` form held in memory: its guard field, then one file of at
+/// most `limit` bytes. For the console's small uploads (module bundles); attachments stream to
+/// disk through [`upload_as`] instead.
+pub async fn form_file(
+    request: &HttpRequest,
+    body: web::Payload,
+    guard: FormGuard,
+    limit: usize,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let total = u64::try_from(limit)
+        .unwrap_or(u64::MAX)
+        .saturating_add(MULTIPART_OVERHEAD);
+    let mut multipart = Multipart::new(
+        request.headers(),
+        Capped {
+            inner: body,
+            left: total,
+        },
+    );
+    let broken = |error| multipart_error(error, total);
+    let mut guarded = false;
+    while let Some(part) = next(&mut multipart).await {
+        let mut part = part.map_err(broken)?;
+        match part.content_disposition().and_then(filename_in) {
+            None if part.name() == Some(guard.field) => {
+                guarded = (guard.accepts)(&form_field(part, broken).await?);
+            }
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::MultipartInvalid,
+                    "an unexpected form field before the file",
+                ));
+            }
+            Some(filename) => {
+                if !guarded {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "the upload form is missing its CSRF token or carries a wrong one",
+                    ));
+                }
+                let filename = filename?;
+                let mut bytes = Vec::new();
+                while let Some(chunk) = next(&mut part).await {
+                    bytes.extend_from_slice(&chunk.map_err(broken)?);
+                    if bytes.len() > limit {
+                        return Err(ApiError::new(
+                            ErrorCode::PayloadTooLarge,
+                            format!("the file is larger than {limit} bytes"),
+                        ));
+                    }
+                }
+                return Ok((filename, bytes));
+            }
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::MultipartInvalid,
+        "the form has no file",
+    ))
+}
+
 /// Most bytes of a form field read before an upload's file.
 const MAX_FORM_FIELD: usize = 4 * 1024;
 
@@ -614,6 +675,17 @@ pub async fn download(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, attachment_id) = path.into_inner();
+    download_as(&services, actor, id, attachment_id).await
+}
+
+/// An attachment's bytes as a download (`Content-Disposition: attachment`, `nosniff`), read as
+/// `actor`: the API's and the console's way.
+pub async fn download_as(
+    services: &Services,
+    actor: usm_model::Actor,
+    id: String,
+    attachment_id: String,
+) -> Result<HttpResponse, ApiError> {
     let engine_ref = services.engine.clone();
     let attachment = engine(move || engine_ref.attachment(&actor, &id, &attachment_id)).await?;
     let blobs = services.blobs.clone();

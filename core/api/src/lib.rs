@@ -35,8 +35,9 @@ use usm_model::ErrorCode;
 use utoipa::OpenApi;
 
 pub use admin::{create_token_audited, redacted_url, revoke_token_audited};
-pub use attachments::{FormGuard, upload_as};
+pub use attachments::{FormGuard, download_as, form_file, upload_as};
 pub use metrics::HttpMetrics;
+pub use modules::MAX_BUNDLE_UPLOAD;
 pub use principal::{RateLimiter, admit, limit_address};
 pub use problem::{ApiError, Problem, status_of};
 pub use records::{ListParams, RecordPage, list_page};

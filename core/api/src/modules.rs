@@ -39,7 +39,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// Largest module bundle upload (compressed).
-pub(crate) const MAX_BUNDLE_UPLOAD: usize = 64 * 1024 * 1024;
+pub const MAX_BUNDLE_UPLOAD: usize = 64 * 1024 * 1024;
 
 /// Reads an uploaded bundle, at most [`MAX_BUNDLE_UPLOAD`] bytes.
 async fn read_bundle(payload: web::Payload) -> Result<web::Bytes, ApiError> {

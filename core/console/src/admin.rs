@@ -256,3 +256,71 @@ pub async fn audit(
         context! { entries => value_of(&entries), next => next },
     )
 }
+
+/// Query of a module preview.
+#[derive(Debug, serde::Deserialize)]
+pub struct PreviewQuery {
+    domain: String,
+    change: String,
+}
+
+/// `GET /ui/admin/modules/{id}/preview?domain=…&change=enable|disable`: what enabling or
+/// disabling the module there would do to the domain's recent creates, replayed through the
+/// pipelines as they are and as they would be. Writes nothing.
+pub async fn preview(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    id: web::Path<String>,
+    query: web::Query<PreviewQuery>,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    let PreviewQuery { domain, change } = query.into_inner();
+    let id = id.into_inner();
+    let planned = match change.as_str() {
+        "enable" => usm_engine::PreviewChange::Enable(id.clone()),
+        "disable" => usm_engine::PreviewChange::Disable(id.clone()),
+        other => {
+            return Err(Refusal::BadForm(format!(
+                "{other}: a preview is of an enable or a disable"
+            )));
+        }
+    };
+    let (registry, actor) = (services.registry.clone(), visitor.actor.clone());
+    let domains = vec![domain.clone()];
+    let report = web::block(move || registry.preview(&actor, planned, &domains, 100))
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
+    page_for(
+        &visitor,
+        "preview.html",
+        context! { module => id, domain => domain, change => change,
+        report => value_of(&report) },
+    )
+}
+
+/// `POST /ui/admin/modules`: installs or upgrades a module from an uploaded `.tar.gz` bundle
+/// (`multipart/form-data`: `csrf`, then the file), as `POST /api/v1/modules` does.
+pub async fn install(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, Refusal> {
+    admin_only(&visitor)?;
+    // Installing is for global admins; checked before the upload is read.
+    usm_engine::auth::global_admin(&visitor.actor, "installing or upgrading a module")
+        .map_err(ApiError::from)?;
+    let csrf = visitor.csrf.clone();
+    let guard = usm_api::FormGuard {
+        field: "csrf",
+        accepts: Box::new(move |sent| crate::session::same_secret(sent, &csrf)),
+    };
+    let (_, bundle) = usm_api::form_file(&request, body, guard, usm_api::MAX_BUNDLE_UPLOAD).await?;
+    let (registry, actor) = (services.registry.clone(), visitor.actor.clone());
+    web::block(move || registry.install_bundle(&actor, &bundle))
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
+    Ok(see_other("/ui/admin/modules"))
+}

@@ -121,6 +121,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .route("/records/{id}/comments", web::post().to(records::comment))
             .route("/records/{id}/attachments", web::post().to(records::attach))
             .route(
+                "/records/{id}/attachments/{attachment}",
+                web::get().to(records::download),
+            )
+            .route(
                 "/records/{id}/confirmation",
                 web::post().to(records::confirmation),
             )
@@ -136,6 +140,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
             .route("/admin/webhooks", web::get().to(admin::webhooks))
             .route("/admin/audit", web::get().to(admin::audit))
             .route("/admin/modules", web::get().to(admin::modules))
+            .route("/admin/modules", web::post().to(admin::install))
+            .route("/admin/modules/{id}/preview", web::get().to(admin::preview))
             .route(
                 "/admin/modules/{id}/{action}",
                 web::post().to(admin::change_module),

@@ -383,6 +383,16 @@ pub async fn attach(
     Ok(see_other(&format!("{}#attachments-h", record_page(&id))))
 }
 
+/// `GET /ui/records/{id}/attachments/{attachment}`: the file, as the API serves it.
+pub async fn download(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Refusal> {
+    let (id, attachment) = path.into_inner();
+    Ok(usm_api::download_as(&services, visitor.actor.clone(), id, attachment).await?)
+}
+
 /// `POST /ui/records/{id}/confirmation`: the requester accepts or rejects a resolution.
 pub async fn confirmation(
     services: web::Data<Services>,

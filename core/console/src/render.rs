@@ -27,6 +27,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("webhooks.html", include_str!("../templates/webhooks.html")),
     ("audit.html", include_str!("../templates/audit.html")),
     ("kpis.html", include_str!("../templates/kpis.html")),
+    ("preview.html", include_str!("../templates/preview.html")),
     (
         "admin_nav.html",
         include_str!("../templates/admin_nav.html"),
