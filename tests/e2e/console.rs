@@ -587,6 +587,11 @@ fn cookie_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A page's HTML, as a client with the session's cookie gets it.
+async fn page_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
@@ -601,14 +606,7 @@ async fn signed_in(
     client: &reqwest::Client,
     token: &str,
 ) -> reqwest::Response {
-    let form = client
-        .get(format!("{}/ui/login", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form = page_text(&client, &format!("{}/ui/login", server.base)).await;
     client
         .post(format!("{}/ui/login", server.base))
         .form(&[("csrf", hidden(&form, "csrf").as_str()), ("token", token)])
@@ -688,14 +686,7 @@ async fn console_pages_carry_strict_cookies_a_policy_without_inline_script_and_c
     );
 
     // Over TLS (as a proxy in front says) the cookie is Secure.
-    let form = client
-        .get(format!("{}/ui/login", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form = page_text(&client, &format!("{}/ui/login", server.base)).await;
     let proxied = cookie_client()
         .post(format!("{}/ui/login", server.base))
         .header("x-forwarded-proto", "https")
@@ -900,14 +891,7 @@ async fn a_requester_confirms_a_resolution_and_an_agent_sees_saved_queues_with_c
 
     let client = cookie_client();
     signed_in(&server, &client, &requester).await;
-    let page = client
-        .get(format!("{}/ui/records/{id}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&client, &format!("{}/ui/records/{id}", server.base)).await;
     assert!(page.contains("/confirmation"), "the requester is asked");
     assert!(
         !page.contains("id=\"change\""),
@@ -937,31 +921,21 @@ async fn a_requester_confirms_a_resolution_and_an_agent_sees_saved_queues_with_c
     server.settle().await.unwrap();
     let agent_client = cookie_client();
     signed_in(&server, &agent_client, &agent).await;
-    let queues = agent_client
-        .get(format!("{}/ui/records", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let queues = page_text(&agent_client, &format!("{}/ui/records", server.base)).await;
     let saved = queues
         .split("class=\"saved\"")
         .nth(1)
         .expect("the saved queue is listed");
     assert!(saved.contains("Closed incidents"), "{saved}");
     assert!(saved.contains("<span class=\"count\">1</span>"), "{saved}");
-    let listing = agent_client
-        .get(format!(
+    let listing = page_text(
+        &agent_client,
+        &format!(
             "{}/ui/records?kind=incident&state=closed&count=true",
             server.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(
         listing.contains(&format!("/ui/records/{id}")),
         "the queue lists it"
@@ -1099,14 +1073,7 @@ async fn an_admin_previews_disabling_a_module_against_recent_records_before_doin
         .unwrap();
     let client = cookie_client();
     signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
-    let modules = client
-        .get(format!("{}/ui/admin/modules", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let modules = page_text(&client, &format!("{}/ui/admin/modules", server.base)).await;
     assert!(
         modules.contains("/ui/admin/modules/itil4/preview?domain=it&amp;change=disable"),
         "a preview link beside the disable button"
@@ -1172,14 +1139,7 @@ async fn an_admin_installs_a_bundle_and_an_agent_downloads_an_attachment_through
     let bundle = usm_engine::bundle::pack(&files).unwrap();
     let client = cookie_client();
     signed_in(&server, &client, usm_tests::ADMIN_TOKEN).await;
-    let page = client
-        .get(format!("{}/ui/admin/modules", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&client, &format!("{}/ui/admin/modules", server.base)).await;
     let csrf = hidden(&page, "csrf");
     let upload = |csrf: Option<String>| {
         let mut form = reqwest::multipart::Form::new();
@@ -1239,14 +1199,7 @@ async fn an_admin_installs_a_bundle_and_an_agent_downloads_an_attachment_through
         .unwrap();
     assert_eq!(attached.status(), StatusCode::CREATED);
     let attachment: Value = attached.json().await.unwrap();
-    let record_page = client
-        .get(format!("{}/ui/records/{id}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let record_page = page_text(&client, &format!("{}/ui/records/{id}", server.base)).await;
     let link = format!(
         "/ui/records/{id}/attachments/{}",
         attachment["id"].as_str().unwrap()

@@ -65,6 +65,14 @@ pub async fn queue(
         .collect();
     let sorted = with_count.sort.clone();
     let actor = visitor.actor.clone();
+    let directory = std::sync::Arc::clone(services.engine.directory());
+    let services_domains: Vec<Domain> = services
+        .engine
+        .domains()
+        .iter()
+        .filter(|domain| visitor.actor.in_domain(domain))
+        .cloned()
+        .collect();
     let services = services.into_inner();
     let (page, saved) = blocking(move || {
         // Counts come from the search index; while it is rebuilt (at a first start, say) the
@@ -110,13 +118,27 @@ pub async fn queue(
         pairs.push(("cursor", cursor));
         format!("/ui/records?{}", encoded(&pairs))
     });
-    let queues: Vec<Value> = QUEUES
+    let mut queues: Vec<Value> = QUEUES
         .iter()
         .map(|(label, query)| {
             context! { label => *label, href => format!("/ui/records?{query}"),
             current => *query == request.query_string() }
         })
         .collect();
+    // "My group": each group of each domain the agent is a member of.
+    for domain in services_domains {
+        for group in directory.groups_of(&visitor.actor.name, &domain) {
+            let query = encoded(&[
+                ("domain", domain.as_ref()),
+                ("assignment_group", &group),
+                ("sort", "-updated_at"),
+            ]);
+            queues.push(context! {
+                group => group, href => format!("/ui/records?{query}"),
+                current => query == request.query_string(),
+            });
+        }
+    }
     page_for(
         &visitor,
         "records.html",
@@ -248,19 +270,32 @@ fn moves(engine: &usm_engine::Engine, actor: &usm_model::Actor, record: &Record)
         .collect()
 }
 
-async fn form_of(
-    request: &HttpRequest,
-    visitor: &Visitor,
-    body: web::Bytes,
-) -> Result<FormBody, Refusal> {
-    checked_form(request, visitor, &body)
-}
-
 fn record_page(id: &str) -> String {
     format!(
         "/ui/records/{}",
         url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
     )
+}
+
+/// The shape of every form a record page posts: check the session's CSRF token, do `act` off
+/// the executor as the visitor, and go back to the record (at `anchor`).
+async fn act_on_record(
+    services: web::Data<Services>,
+    visitor: Visitor,
+    request: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+    anchor: &'static str,
+    act: impl FnOnce(&Services, &usm_model::Actor, &str, FormBody) -> Result<(), Refusal>
+    + Send
+    + 'static,
+) -> Result<HttpResponse, Refusal> {
+    let form = checked_form(&request, &visitor, &body)?;
+    let id = id.into_inner();
+    let (actor, target) = (visitor.actor.clone(), id.clone());
+    let services = services.into_inner();
+    blocking(move || act(&services, &actor, &target, form)).await?;
+    Ok(see_other(&format!("{}{anchor}", record_page(&id))))
 }
 
 /// `POST /ui/records/{id}/transition`: `to`, `csrf`, optional `comment`, and the fields to
@@ -273,48 +308,49 @@ pub async fn transition(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
-    let form = form_of(&request, &visitor, body).await?;
-    let to = form.text("to");
-    let comment = form.text("comment");
-    let (actor, id) = (visitor.actor.clone(), id.into_inner());
-    let target = id.clone();
-    let services = services.into_inner();
-    blocking(move || {
-        let engine = &services.engine;
-        let record = engine.get(&actor, &target).map_err(ApiError::from)?;
-        let fields = edit_fields(&services, &actor, &record)?;
-        let changed = changed_fields(&form, &fields, &record)?;
-        // The version the agent's page showed: a change made meanwhile is not overwritten.
-        let expected = form
-            .get("version")
-            .and_then(|v| v.parse::<u64>().ok())
-            .or(Some(record.version));
-        match to {
-            Some(to) => engine.transition_with_fields(
-                &actor,
-                &target,
-                &to,
-                comment,
-                expected,
-                (!changed.is_empty()).then_some(changed),
-            ),
-            None if changed.is_empty() => return Ok(()),
-            None => engine.update(
-                &actor,
-                &target,
-                usm_engine::RecordPatch {
-                    title: None,
-                    fields: Some(changed),
-                    links: None,
-                },
-                expected,
-            ),
-        }
-        .map(drop)
-        .map_err(|error| Refusal::Api(error.into()))
-    })
-    .await?;
-    Ok(see_other(&record_page(&id)))
+    act_on_record(
+        services,
+        visitor,
+        request,
+        id,
+        body,
+        "",
+        |services, actor, id, form| {
+            let engine = &services.engine;
+            let record = engine.get(actor, id).map_err(ApiError::from)?;
+            let fields = edit_fields(services, actor, &record)?;
+            let changed = changed_fields(&form, &fields, &record)?;
+            // The version the agent's page showed: a change made meanwhile is not overwritten.
+            let expected = form
+                .get("version")
+                .and_then(|v| v.parse::<u64>().ok())
+                .or(Some(record.version));
+            match form.text("to") {
+                Some(to) => engine.transition_with_fields(
+                    actor,
+                    id,
+                    &to,
+                    form.text("comment"),
+                    expected,
+                    (!changed.is_empty()).then_some(changed),
+                ),
+                None if changed.is_empty() => return Ok(()),
+                None => engine.update(
+                    actor,
+                    id,
+                    usm_engine::RecordPatch {
+                        title: None,
+                        fields: Some(changed),
+                        links: None,
+                    },
+                    expected,
+                ),
+            }
+            .map(drop)
+            .map_err(|error| Refusal::Api(error.into()))
+        },
+    )
+    .await
 }
 
 /// `POST /ui/records/{id}/comments`: a public reply or an internal note.
@@ -325,35 +361,37 @@ pub async fn comment(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
-    let form = form_of(&request, &visitor, body).await?;
-    let text = form
-        .text("body")
-        .ok_or_else(|| Refusal::BadForm("the reply is empty".into()))?;
-    let visibility = match form.get("visibility").unwrap_or("public") {
-        "internal" => usm_model::Visibility::Internal,
-        _ => usm_model::Visibility::Public,
-    };
-    let (engine, actor, id) = (
-        services.engine.clone(),
-        visitor.actor.clone(),
-        id.into_inner(),
-    );
-    let target = id.clone();
-    blocking(move || {
-        engine
-            .add_comment(
-                &actor,
-                &target,
-                NewComment {
-                    body: text,
-                    visibility,
-                },
-                None,
-            )
-            .map_err(|error| Refusal::Api(error.into()))
-    })
-    .await?;
-    Ok(see_other(&format!("{}#conversation", record_page(&id))))
+    act_on_record(
+        services,
+        visitor,
+        request,
+        id,
+        body,
+        "#conversation",
+        |services, actor, id, form| {
+            let text = form
+                .text("body")
+                .ok_or_else(|| Refusal::BadForm("the reply is empty".into()))?;
+            let visibility = match form.get("visibility").unwrap_or("public") {
+                "internal" => usm_model::Visibility::Internal,
+                _ => usm_model::Visibility::Public,
+            };
+            services
+                .engine
+                .add_comment(
+                    actor,
+                    id,
+                    NewComment {
+                        body: text,
+                        visibility,
+                    },
+                    None,
+                )
+                .map(drop)
+                .map_err(|error| Refusal::Api(error.into()))
+        },
+    )
+    .await
 }
 
 /// `POST /ui/records/{id}/attachments`: the upload form, `multipart/form-data` with the
@@ -401,26 +439,27 @@ pub async fn confirmation(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
-    let form = form_of(&request, &visitor, body).await?;
-    let accept = match form.get("accept") {
-        Some("true") => true,
-        Some("false") => false,
-        _ => return Err(Refusal::BadForm("accept is true or false".into())),
-    };
-    let comment = form.text("comment");
-    let (engine, actor, id) = (
-        services.engine.clone(),
-        visitor.actor.clone(),
-        id.into_inner(),
-    );
-    let target = id.clone();
-    blocking(move || {
-        engine
-            .confirm(&actor, &target, accept, comment)
-            .map_err(|error| Refusal::Api(error.into()))
-    })
-    .await?;
-    Ok(see_other(&record_page(&id)))
+    act_on_record(
+        services,
+        visitor,
+        request,
+        id,
+        body,
+        "",
+        |services, actor, id, form| {
+            let accept = match form.get("accept") {
+                Some("true") => true,
+                Some("false") => false,
+                _ => return Err(Refusal::BadForm("accept is true or false".into())),
+            };
+            services
+                .engine
+                .confirm(actor, id, accept, form.text("comment"))
+                .map(drop)
+                .map_err(|error| Refusal::Api(error.into()))
+        },
+    )
+    .await
 }
 
 /// `POST /ui/records/{id}/approvals`: an approver's decision.
@@ -431,26 +470,27 @@ pub async fn approve(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
-    let form = form_of(&request, &visitor, body).await?;
-    let decision = match form.get("decision") {
-        Some("approve") => Decision::Approve,
-        Some("reject") => Decision::Reject,
-        _ => return Err(Refusal::BadForm("decision is approve or reject".into())),
-    };
-    let comment = form.text("comment");
-    let (engine, actor, id) = (
-        services.engine.clone(),
-        visitor.actor.clone(),
-        id.into_inner(),
-    );
-    let target = id.clone();
-    blocking(move || {
-        engine
-            .approve(&actor, &target, decision, comment, None)
-            .map_err(|error| Refusal::Api(error.into()))
-    })
-    .await?;
-    Ok(see_other(&record_page(&id)))
+    act_on_record(
+        services,
+        visitor,
+        request,
+        id,
+        body,
+        "",
+        |services, actor, id, form| {
+            let decision = match form.get("decision") {
+                Some("approve") => Decision::Approve,
+                Some("reject") => Decision::Reject,
+                _ => return Err(Refusal::BadForm("decision is approve or reject".into())),
+            };
+            services
+                .engine
+                .approve(actor, id, decision, form.text("comment"), None)
+                .map(drop)
+                .map_err(|error| Refusal::Api(error.into()))
+        },
+    )
+    .await
 }
 
 /// Query of the create form.
@@ -578,7 +618,7 @@ pub async fn create(
     request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
-    let form = form_of(&request, &visitor, body).await?;
+    let form = checked_form(&request, &visitor, &body)?;
     let kind = form
         .text("kind")
         .ok_or_else(|| Refusal::BadForm("which kind? (`kind`)".into()))?;

@@ -213,13 +213,7 @@ pub async fn login_page(
 /// `POST /ui/login`: a token in the form body (never in the URL) opens a session.
 pub async fn login(request: HttpRequest, body: web::Bytes) -> Result<HttpResponse, Refusal> {
     let (services, console) = services_of(&request)?;
-    let form = FormBody::parse(
-        request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        &body,
-    )?;
+    let form = posted_form(&request, &body)?;
     let expected = request.cookie(LOGIN_COOKIE).map(|c| c.value().to_owned());
     match (form.get("csrf"), expected) {
         (Some(sent), Some(expected)) if same_secret(sent, &expected) => {}
@@ -271,14 +265,7 @@ pub async fn logout(
     body: web::Bytes,
 ) -> Result<HttpResponse, Refusal> {
     let (_, console) = services_of(&request)?;
-    let form = FormBody::parse(
-        request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        &body,
-    )?;
-    visitor.check(&form)?;
+    checked_form(&request, &visitor, &body)?;
     let cookie_value = visitor.cookie.clone();
     web::block(move || console.sessions.close(&cookie_value))
         .await
@@ -299,19 +286,23 @@ pub async fn logout(
     Ok(response)
 }
 
+fn posted_form(request: &HttpRequest, body: &[u8]) -> Result<FormBody, Refusal> {
+    FormBody::parse(
+        request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        body,
+    )
+}
+
 /// Reads a posted form and checks its CSRF token against the visitor's session.
 pub fn checked_form(
     request: &HttpRequest,
     visitor: &Visitor,
     body: &[u8],
 ) -> Result<FormBody, Refusal> {
-    let form = FormBody::parse(
-        request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        body,
-    )?;
+    let form = posted_form(request, body)?;
     visitor.check(&form)?;
     Ok(form)
 }
