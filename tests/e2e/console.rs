@@ -606,7 +606,7 @@ async fn signed_in(
     client: &reqwest::Client,
     token: &str,
 ) -> reqwest::Response {
-    let form = page_text(&client, &format!("{}/ui/login", server.base)).await;
+    let form = page_text(client, &format!("{}/ui/login", server.base)).await;
     client
         .post(format!("{}/ui/login", server.base))
         .form(&[("csrf", hidden(&form, "csrf").as_str()), ("token", token)])
