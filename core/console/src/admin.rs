@@ -311,11 +311,7 @@ pub async fn install(
     // Installing is for global admins; checked before the upload is read.
     usm_engine::auth::global_admin(&visitor.actor, "installing or upgrading a module")
         .map_err(ApiError::from)?;
-    let csrf = visitor.csrf.clone();
-    let guard = usm_api::FormGuard {
-        field: "csrf",
-        accepts: Box::new(move |sent| crate::session::same_secret(sent, &csrf)),
-    };
+    let guard = visitor.upload_guard();
     let (_, bundle) = usm_api::form_file(&request, body, guard, usm_api::MAX_BUNDLE_UPLOAD).await?;
     let (registry, actor) = (services.registry.clone(), visitor.actor.clone());
     web::block(move || registry.install_bundle(&actor, &bundle))

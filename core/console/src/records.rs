@@ -404,11 +404,7 @@ pub async fn attach(
     body: web::Payload,
 ) -> Result<HttpResponse, Refusal> {
     let id = id.into_inner();
-    let csrf = visitor.csrf.clone();
-    let guard = usm_api::FormGuard {
-        field: "csrf",
-        accepts: Box::new(move |sent| crate::session::same_secret(sent, &csrf)),
-    };
+    let guard = visitor.upload_guard();
     usm_api::upload_as(
         &services,
         visitor.actor.clone(),

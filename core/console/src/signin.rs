@@ -44,6 +44,15 @@ impl Visitor {
         }
     }
 
+    /// The check of an upload form's `csrf` part, made before the file is read.
+    pub fn upload_guard(&self) -> usm_api::FormGuard {
+        let csrf = self.csrf.clone();
+        usm_api::FormGuard {
+            field: "csrf",
+            accepts: Box::new(move |sent| same_secret(sent, &csrf)),
+        }
+    }
+
     /// What every page's layout shows of the caller.
     pub fn view(&self) -> minijinja::Value {
         context! {
